@@ -1,0 +1,1 @@
+"""GRPO of the VLA in imagination (the world model) or in the simulator (the real-env baseline)."""
