@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import signal
 import socket
@@ -13,9 +15,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.robot_config import load_robot_config
+from wmpo_learner.service.archive import write_dir_archive
 
 TOKEN = "test-token-0123456789abcdef"
 WRONG_TOKEN = "test-token-0123456789abcdeX"
@@ -142,5 +144,32 @@ def store_listing(path: Path) -> dict[str, list[str]]:
     }
 
 
+def archive_bytes(src: Path, name: str) -> bytes:
+    buf = io.BytesIO()
+    write_dir_archive(src, name, buf)
+    return buf.getvalue()
+
+
 def spool_leftovers(spool: Path) -> list[str]:
     return sorted(p.name for p in spool.iterdir() if p.name != ".lock")
+
+
+def send_partial_upload(learner: Learner, episode_id: str, body: bytes, fraction: float = 0.5) -> socket.socket:
+    """Start a real HTTP upload and stop after `fraction` of the body; returns the open socket."""
+    sock = socket.create_connection(("127.0.0.1", learner.port), timeout=10)
+    head = (
+        f"PUT /v1/episodes/{episode_id} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Type: application/x-tar\r\nX-Content-SHA256: {hashlib.sha256(body).hexdigest()}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + body[: int(len(body) * fraction)])
+    return sock
+
+
+def wait_for_spool_file(learner: Learner, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(p.is_file() and p.stat().st_size > 0 for p in learner.spool.rglob("archive.tar")):
+            return
+        time.sleep(0.02)
+    raise AssertionError("the service never started receiving the upload")

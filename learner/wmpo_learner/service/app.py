@@ -29,9 +29,9 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Res
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.requests import ClientDisconnect
-
 from wmpo_core.episode_store import EpisodeMeta, EpisodeStore, StoreError
 from wmpo_core.robot_config import RobotConfig, RobotConfigError, load_robot_config
+
 from wmpo_learner.service.archive import ArchiveError, extract_dir_archive
 from wmpo_learner.service.auth import TOKEN_ENV, BearerAuth, TokenError, load_token
 from wmpo_learner.service.ingest import EpisodeIngestor, EpisodeRejectedError
@@ -214,8 +214,11 @@ def create_app(service: LearnerService) -> FastAPI:
         log.warning("%s %s: client disconnected before the upload finished; nothing stored", request.method, request.url.path)
         return JSONResponse({"detail": "client disconnected"}, status_code=400)
 
+    # Endpoints that touch the store, the registry's files or the run book are plain `def`:
+    # FastAPI runs them in worker threads, so a long ingestion holding the store's mutex never
+    # stalls the event loop (and with it every long-poll).
     @app.get(f"{API_PREFIX}/health", response_model=Health, tags=["service"])
-    async def health() -> Health:
+    def health() -> Health:
         """Liveness and identity; the only endpoint that needs no token."""
         return Health(
             service_version=_service_version(),
@@ -282,7 +285,7 @@ def _episode_routes(api: _SecuredRoutes, service: LearnerService) -> None:
     EpisodeId = Annotated[str, PathParam(pattern=EPISODE_ID_PATTERN)]
 
     @api.get("/episodes", response_model=EpisodeList, tags=["episodes"])
-    async def list_episodes(
+    def list_episodes(
         offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=10_000)] = 1000
     ) -> EpisodeList:
         """Episodes in the learner's store, oldest first."""
@@ -290,7 +293,7 @@ def _episode_routes(api: _SecuredRoutes, service: LearnerService) -> None:
         return EpisodeList(total=total, episodes=metas)
 
     @api.get("/episodes/{episode_id}", response_model=EpisodeMeta, responses=_errors(404), tags=["episodes"])
-    async def get_episode(episode_id: EpisodeId) -> EpisodeMeta:
+    def get_episode(episode_id: EpisodeId) -> EpisodeMeta:
         meta = service.episodes.meta(episode_id)
         if meta is None:
             raise HTTPException(404, f"no episode '{episode_id}' in the learner's store")
@@ -337,11 +340,11 @@ def _episode_routes(api: _SecuredRoutes, service: LearnerService) -> None:
         return EpisodeUploadResult(episode_id=episode_id, status=outcome, num_steps=meta.num_steps, archive_bytes=received.size)
 
     @api.put("/episodes/{episode_id}/label", response_model=EpisodeMeta, responses=_errors(404), tags=["episodes"])
-    async def label_episode(episode_id: EpisodeId, body: EpisodeLabel) -> EpisodeMeta:
+    def label_episode(episode_id: EpisodeId, body: EpisodeLabel) -> EpisodeMeta:
         """Set (or clear) an uploaded episode's success label."""
         if service.episodes.meta(episode_id) is None:
             raise HTTPException(404, f"no episode '{episode_id}' in the learner's store")
-        return await anyio.to_thread.run_sync(service.episodes.label, episode_id, body.success, body.labeled_by)
+        return service.episodes.label(episode_id, body.success, body.labeled_by)
 
 
 def _policy_routes(api: _SecuredRoutes, service: LearnerService) -> None:
@@ -410,14 +413,15 @@ def _deployment_routes(api: _SecuredRoutes, service: LearnerService) -> None:
             Query(max_length=128, description="The version the caller runs ('' for none): wait while it is still the deployed one."),
         ] = None,
         timeout_s: Annotated[
-            float, Query(ge=0, le=cfg.max_long_poll_s, description="How long to wait for a change (long-poll).")
+            float,
+            Query(ge=0, description=f"How long to wait for a change (long-poll); at most --max-long-poll-s ({cfg.max_long_poll_s:g} s here)."),
         ] = 0.0,
     ) -> Deployment:
         """The version robots should run. With `after`, a long-poll: answers as soon as the deployed
         version differs from `after`, or with `changed: false` after `timeout_s`."""
         if after is None:
             return service.watch.current
-        return await service.watch.wait(after or None, timeout_s)
+        return await service.watch.wait(after or None, min(timeout_s, cfg.max_long_poll_s))
 
     @api.put("/deployment", response_model=Deployment, responses=_errors(404, 409), tags=["deployment"])
     async def deploy(body: DeployRequest) -> Deployment:

@@ -11,7 +11,6 @@ import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-
 from wmpo_core.episode_store import EpisodeMeta
 
 API_PREFIX = "/v1"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from wmpo_learner.service.durable import atomic_write_json
 from wmpo_learner.service.models import (
     TERMINAL_RUN_STATES,
     MetricPoint,
@@ -29,7 +30,6 @@ from wmpo_learner.service.models import (
     RunSummary,
     RunUpdate,
 )
-from wmpo_learner.service.durable import atomic_write_json
 
 HISTORY_IN_MEMORY = 10_000
 
@@ -68,12 +68,18 @@ class RunBook:
     def _load_history(self, run_id: str) -> collections.deque[MetricPoint]:
         points: collections.deque[MetricPoint] = collections.deque(maxlen=HISTORY_IN_MEMORY)
         path = self.root / f"{run_id}.metrics.jsonl"
-        if path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    points.append(MetricPoint.model_validate_json(line))
-                except ValidationError:
-                    continue  # a line torn by a crash mid-append
+        if not path.exists():
+            return points
+        data = path.read_bytes()
+        complete = data[: data.rfind(b"\n") + 1]
+        if len(complete) != len(data):  # a line torn by a crash mid-append: cut it off
+            with open(path, "r+b") as f:
+                f.truncate(len(complete))
+        for line in complete.splitlines():
+            try:
+                points.append(MetricPoint.model_validate_json(line))
+            except ValidationError:
+                continue
         return points
 
     def create(self, request: RunCreate) -> RunSummary:

@@ -37,12 +37,13 @@ class Spool:
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        lock_fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(self._lock_fd)
+            os.close(lock_fd)
             raise SpoolLockedError(f"{self.root}: another learner service uses this spool directory") from None
+        self._lock_fd: int | None = lock_fd
         for leftover in self.root.iterdir():  # parts of uploads a killed service was receiving
             if leftover.name != ".lock":
                 shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
@@ -53,7 +54,7 @@ class Spool:
     def close(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
-            self._lock_fd = None  # type: ignore[assignment]
+            self._lock_fd = None
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,6 @@ from typing import Any, BinaryIO, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
-
 from wmpo_core.episode_store import EpisodeMeta
 from wmpo_learner.service.archive import CHUNK_BYTES, write_dir_archive
 from wmpo_learner.service.auth import load_token

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from wmpo_core.episode_store import EpisodeStore
+
 from wmpo_ros.learner_client import LearnerClient, LearnerError, LearnerUnavailable
 
 log = logging.getLogger("wmpo.outbox")

@@ -1,0 +1,180 @@
+"""Durable outbox: nothing lost while the learner is down or killed mid-upload, uploads resume
+after restarts of either side, duplicates are harmless, permanent refusals are parked."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import httpx
+import numpy as np
+import pytest
+from service_harness import (
+    TOKEN,
+    Learner,
+    archive_bytes,
+    free_port,
+    record_episodes,
+    send_partial_upload,
+    spool_leftovers,
+    start_learner,
+    store_listing,
+    wait_for_spool_file,
+)
+from wmpo_core.episode_store import EpisodeStore
+from wmpo_ros.learner_client import LearnerClient
+from wmpo_ros.outbox import Backoff, Outbox, OutboxWorker, store_uploader
+
+FAST = Backoff(initial_s=0.2, factor=2.0, max_s=1.0, jitter=0.5)
+SHORT_TIMEOUT = httpx.Timeout(connect=2.0, read=10.0, write=10.0, pool=2.0)
+
+
+def wait_until(predicate, timeout_s: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_backoff_is_exponential_jittered_and_capped():
+    rng = random.Random(0)
+    backoff = Backoff(initial_s=1.0, factor=2.0, max_s=60.0, jitter=0.5)
+    for attempt in range(1, 12):
+        base = min(60.0, 2.0 ** (attempt - 1))
+        delays = [backoff.delay(attempt, rng) for _ in range(200)]
+        assert all(base * 0.5 <= d <= base for d in delays), attempt
+        assert len(set(delays)) > 100  # jittered: robots that lost the learner together spread out
+    assert max(backoff.delay(50, rng) for _ in range(100)) <= 60.0
+
+
+def test_queue_is_durable_and_enqueue_is_idempotent(tmp_path):
+    path = tmp_path / "outbox.sqlite"
+    with Outbox(path) as outbox:
+        assert outbox.enqueue("ep_a", now=100.0) and outbox.enqueue("ep_b", now=101.0)
+        assert not outbox.enqueue("ep_a", now=102.0)
+        outbox.mark_failed("ep_b", "learner down", retry_at=500.0, now=103.0)
+    with Outbox(path) as reopened:  # the robot process restarted
+        assert reopened.due(now=200.0) == ["ep_a"]
+        assert reopened.due(now=600.0) == ["ep_a", "ep_b"]
+        b = reopened.entry("ep_b")
+        assert b.attempts == 1 and b.last_error == "learner down" and b.state == "pending"
+        reopened.park("ep_a", "refused: wrong robot", now=300.0)
+        assert reopened.stats(now=400.0).parked == 1 and reopened.due(now=1e9) == ["ep_b"]
+        assert reopened.requeue("ep_a", now=700.0) and reopened.due(now=700.0) == ["ep_a", "ep_b"]
+        assert reopened.stats(now=800.0).oldest_pending_s == pytest.approx(700.0)
+
+
+@pytest.fixture
+def robot(tmp_path):
+    path = tmp_path / "robot.zarr"
+    ids = record_episodes(path, n=3, steps=4)
+    store = EpisodeStore.open(path)
+    yield path, store, ids
+    store.close()
+
+
+def test_learner_down_loses_nothing_and_uploads_resume_after_restarts(tmp_path, robot):
+    _, store, ids = robot
+    port = free_port()  # the learner is not running yet
+    client = LearnerClient(f"http://127.0.0.1:{port}", TOKEN, timeout=SHORT_TIMEOUT)
+    db = tmp_path / "outbox.sqlite"
+    outbox = Outbox(db)
+    for episode_id in ids:
+        outbox.enqueue(episode_id)
+    worker = OutboxWorker(outbox, store_uploader(client, store), backoff=FAST)
+    for _ in range(3):
+        outbox.make_all_due()
+        result = worker.run_once()
+        assert (result.sent, result.failed, result.parked) == (0, 1, 0)  # one try, then the queue waits
+    assert outbox.stats().pending == 3
+    first = outbox.entry(ids[0])
+    assert first.attempts == 3 and "unreachable" in first.last_error
+    assert outbox.next_due_at() > time.time()  # backing off, not hammering
+    outbox.close()  # the robot process stops too
+
+    learner = Learner(root=tmp_path / "learner", port=port, args=())
+    learner.root.mkdir()
+    learner.start()
+    try:
+        outbox = Outbox(db)  # robot process restarted
+        worker = OutboxWorker(outbox, store_uploader(client, store), backoff=FAST)
+        worker.start()  # retries everything pending at once
+        wait_until(lambda: outbox.stats().sent == 3, what="all episodes sent")
+        worker.stop()
+        assert {e.result for e in outbox.entries()} == {"stored"}
+        with EpisodeStore.open(learner.store) as learned:
+            assert sorted(learned.episode_ids) == sorted(ids)
+        # Duplicates are harmless: a robot that lost its queue sends everything again.
+        with Outbox(tmp_path / "fresh.sqlite") as fresh:
+            for episode_id in ids:
+                fresh.enqueue(episode_id)
+            result = OutboxWorker(fresh, store_uploader(client, store), backoff=FAST).run_once()
+            assert result.sent == 3 and {e.result for e in fresh.entries()} == {"already_stored"}
+        with EpisodeStore.open(learner.store) as learned:
+            assert len(learned) == 3
+        outbox.close()
+    finally:
+        learner.stop()
+        client.close()
+
+
+def test_permanent_refusals_are_parked_with_the_reason(tmp_path, robot):
+    path, store, ids = robot
+    (other_arm,) = record_episodes(path, n=1, steps=2, robot="so101_real", seed=3, noise=False)
+    learner = start_learner(tmp_path / "learner")
+    parked = []
+    try:
+        with Outbox(tmp_path / "outbox.sqlite") as outbox, LearnerClient(learner.url, TOKEN) as client:
+            for episode_id in [other_arm, "ep_deleted_on_the_robot", ids[0]]:
+                outbox.enqueue(episode_id)
+            worker = OutboxWorker(outbox, store_uploader(client, store), backoff=FAST, on_parked=parked.append)
+            result = worker.run_once()
+            assert (result.sent, result.failed, result.parked) == (1, 0, 2)
+            refused = outbox.entry(other_arm)
+            assert refused.state == "parked" and "422" in refused.last_error and "robot config" in refused.last_error
+            assert "not in the local store" in outbox.entry("ep_deleted_on_the_robot").last_error
+            assert [e.episode_id for e in parked] == [other_arm, "ep_deleted_on_the_robot"]
+            assert outbox.due(now=time.time() + 1e6) == []  # never retried by itself
+            assert outbox.stats().parked == 2
+    finally:
+        learner.stop()
+
+
+def test_learner_killed_mid_upload_keeps_no_partial_episode_and_the_outbox_resends(tmp_path):
+    (episode_id,) = record_episodes(tmp_path / "big.zarr", n=1, steps=40, seed=5)  # ~2 MB
+    big = EpisodeStore.open(tmp_path / "big.zarr")
+    learner = start_learner(tmp_path / "learner")
+    client = LearnerClient(learner.url, TOKEN, timeout=SHORT_TIMEOUT)
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    outbox.enqueue(episode_id)
+    try:
+        # The robot's upload is half-way through when the learner machine dies.
+        sock = send_partial_upload(learner, episode_id, archive_bytes(big.episode_path(episode_id), episode_id))
+        wait_for_spool_file(learner)
+        learner.kill()
+        sock.close()
+        assert spool_leftovers(learner.spool), "the kill should have interrupted the upload"
+        assert store_listing(learner.store)["episodes"] == []
+        with EpisodeStore.open(learner.store) as reader:
+            assert episode_id not in reader and len(reader) == 0
+
+        worker = OutboxWorker(outbox, store_uploader(client, big), backoff=FAST)
+        assert worker.run_once().failed == 1  # learner still down: the episode stays queued
+        assert outbox.entry(episode_id).state == "pending"
+
+        learner.start()
+        assert spool_leftovers(learner.spool) == []  # the restarted service cleans up after the killed one
+        assert store_listing(learner.store) == {"episodes": [], "staging": []}
+        outbox.make_all_due()
+        assert worker.run_once().sent == 1
+        assert outbox.entry(episode_id).result == "stored"
+        with EpisodeStore.open(learner.store) as learned:
+            np.testing.assert_array_equal(learned.episode(episode_id).frames("front"), big.episode(episode_id).frames("front"))
+            np.testing.assert_array_equal(learned.episode(episode_id).action(), big.episode(episode_id).action())
+    finally:
+        learner.stop()
+        client.close()
+        outbox.close()
+        big.close()
