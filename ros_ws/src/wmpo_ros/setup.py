@@ -1,0 +1,39 @@
+"""ament_python package of the WMPO stack's ROS 2 nodes (build with colcon).
+
+The launch files and robot configs live at the repository top level (launch/, robot_configs/);
+`launch` and `robot_configs` here are symlinks to them, installed into share/wmpo_ros.
+"""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "wmpo_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", sorted(glob("launch/*.launch.py"))),
+        (f"share/{PACKAGE}/robot_configs", sorted(glob("robot_configs/*.yaml"))),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=False,
+    maintainer="WMPO stack developers",
+    maintainer_email="wmpo-stack@users.noreply.github.com",
+    description="ROS 2 nodes of the WMPO stack: sim and LeRobot arm drivers, policy runner, recorder, teleop.",
+    license="Apache-2.0",
+    entry_points={
+        "console_scripts": [
+            "sim_arm = wmpo_ros.sim_arm_node:main",
+            "lerobot_bridge = wmpo_ros.lerobot_bridge_node:main",
+            "policy_node = wmpo_ros.policy_node:main",
+            "recorder = wmpo_ros.recorder_node:main",
+            "teleop = wmpo_ros.teleop_node:main",
+            "record_keys = wmpo_ros.record_keys:main",
+        ],
+    },
+)

@@ -1,0 +1,71 @@
+"""Names of the topics and services our nodes add to a robot config's own topics.
+
+The config names the arm's topics (cameras, joint states, command, instruction); everything the
+stack adds lives under the robot namespace, the parent of the instruction topic
+(`/so101/instruction` -> `/so101`). One function here, so no node spells a name on its own.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+
+from wmpo_core.robot_config import RobotConfig
+
+
+@dataclass(frozen=True)
+class GraphNames:
+    namespace: str
+    # sim arm
+    sim_reset: str
+    """std_srvs/Trigger: reset the simulated scene with the next seed; the message reports the seed."""
+    success: str
+    """std_msgs/Bool per control step: the simulator's success signal."""
+    env_seed: str
+    """std_msgs/Int64, latched: seed of the current simulated episode."""
+    expert_action: str
+    """sensor_msgs/JointState per control step (names = action dims, stamp = the observation it
+    answers): the scripted expert's suggested action (sim only)."""
+    # policy node
+    policy_enable: str
+    """std_srvs/SetBool: true starts an episode (swaps in a staged policy, resets it), false stops."""
+    policy_version: str
+    """std_msgs/String, latched: version of the active policy."""
+    policy_dry_run_action: str
+    """std_msgs/Float64MultiArray: the command the policy would send, in dry-run mode."""
+    # teleop node
+    teleop_enable: str
+    """std_srvs/SetBool: start / stop relaying the teleop device to the command topic."""
+    # recorder node
+    recorder_start: str
+    recorder_stop: str
+    recorder_discard: str
+    recorder_label_success: str
+    """std_srvs/SetBool: label the current (or last committed) episode a success or a failure."""
+    recorder_episodes: str
+    """std_msgs/String (JSON): one message per committed episode (metadata and cadence report)."""
+
+
+def robot_namespace(config: RobotConfig) -> str:
+    parent = posixpath.dirname("/" + config.topics.instruction.lstrip("/"))
+    return "/wmpo" if parent == "/" else parent
+
+
+def graph_names(config: RobotConfig) -> GraphNames:
+    ns = robot_namespace(config)
+    return GraphNames(
+        namespace=ns,
+        sim_reset=f"{ns}/sim/reset",
+        success=f"{ns}/sim/success",
+        env_seed=f"{ns}/sim/env_seed",
+        expert_action=f"{ns}/sim/expert_action",
+        policy_enable=f"{ns}/policy/enable",
+        policy_version=f"{ns}/policy/version",
+        policy_dry_run_action=f"{ns}/policy/dry_run_action",
+        teleop_enable=f"{ns}/teleop/enable",
+        recorder_start=f"{ns}/recorder/start",
+        recorder_stop=f"{ns}/recorder/stop",
+        recorder_discard=f"{ns}/recorder/discard",
+        recorder_label_success=f"{ns}/recorder/label_success",
+        recorder_episodes=f"{ns}/recorder/episodes",
+    )

@@ -1,0 +1,36 @@
+"""Small helpers every node module uses: parameter overrides and the standard `main()`."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+
+def parameter_overrides(values: Mapping[str, Any]) -> list[Parameter]:
+    """A dict of parameter values -> what `Node(parameter_overrides=...)` takes."""
+    return [Parameter(name, value=value) for name, value in values.items()]
+
+
+def run_node(factory: Callable[[], Node], args: list[str] | None = None, threads: int = 4) -> int:
+    """`ros2 run` entry point: build the node, spin it on a multi-threaded executor until Ctrl-C."""
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = None
+    try:
+        node = factory()
+        executor = MultiThreadedExecutor(num_threads=threads)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0

@@ -1,0 +1,162 @@
+"""Every node's ROS parameters, defined once: name, default, meaning.
+
+Nodes declare their parameters from here, the launch files take their argument defaults from
+here, and `wmpo robot|teleop|deploy` passes values by these names, so the three can never
+disagree. `tests/test_launch_files.py` checks that every parameter a launch file sets is one
+of these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.node import Node
+
+ParamValue = bool | int | float | str
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: ParamValue
+    description: str
+
+    @property
+    def type(self) -> type:
+        return type(self.default)
+
+    @property
+    def launch_default(self) -> str:
+        """The default as a launch-argument string (bools as true/false)."""
+        return str(self.default).lower() if isinstance(self.default, bool) else str(self.default)
+
+    def parse(self, text: str | ParamValue) -> ParamValue:
+        """Convert a launch-argument / command-line string to this parameter's type."""
+        if not isinstance(text, str) or self.type is str:
+            value = text
+        elif self.type is bool:
+            lowered = text.strip().lower()
+            if lowered not in ("true", "false", "1", "0"):
+                raise ValueError(f"parameter '{self.name}' is a bool: true or false, got '{text}'")
+            value = lowered in ("true", "1")
+        else:
+            try:
+                value = self.type(text)
+            except ValueError:
+                raise ValueError(f"parameter '{self.name}' is {self.type.__name__}, got '{text}'") from None
+        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not self.type:
+            raise ValueError(f"parameter '{self.name}' is {self.type.__name__}, got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class NodeParams:
+    executable: str
+    """console_scripts entry point of the node (wmpo_ros/setup.py)."""
+    node_name: str
+    params: tuple[Param, ...]
+
+    def __getitem__(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise KeyError(f"node '{self.node_name}' has no parameter '{name}' (has {self.names})")
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.params]
+
+    def defaults(self) -> dict[str, ParamValue]:
+        return {p.name: p.default for p in self.params}
+
+    def declare(self, node: Node) -> dict[str, Any]:
+        """Declare all parameters on `node`; returns their values (overrides applied)."""
+        for p in self.params:
+            node.declare_parameter(p.name, p.default, ParameterDescriptor(description=p.description))
+        return {p.name: node.get_parameter(p.name).value for p in self.params}
+
+
+ROBOT = Param("robot", "so101_sim", "Robot config name (robot_configs/<name>.yaml) or path to a robot config YAML.")
+
+SIM_ARM = NodeParams(
+    "sim_arm",
+    "sim_arm",
+    (
+        ROBOT,
+        Param("seed", 0, "Seed of the first episode; episode k uses seed + k. Setting it restarts the sequence."),
+        Param(
+            "real_time_factor",
+            1.0,
+            "Never step faster than this multiple of real time; 0 = as fast as commands arrive (lockstep only).",
+        ),
+        Param(
+            "lockstep",
+            True,
+            "Advance one control step per received command (synchronous simulation, results independent of CPU "
+            "load); false = step on the wall clock at real_time_factor.",
+        ),
+        Param("command_timeout_s", 2.0, "Lockstep: wall seconds to wait for a command before stepping with the hold action."),
+    ),
+)
+
+LEROBOT_BRIDGE = NodeParams(
+    "lerobot_bridge",
+    "lerobot_bridge",
+    (
+        Param("robot", "so101_real", ROBOT.description),
+        Param("calibrate", False, "Run LeRobot's interactive calibration when the arm reports no calibration."),
+    ),
+)
+
+POLICY = NodeParams(
+    "policy_node",
+    "policy_node",
+    (
+        ROBOT,
+        Param("policy", "", "Checkpoint directory or scheme spec (replay:, hold:, scripted:). Setting it loads, verifies and "
+              "stages a new policy, active from the next episode."),
+        Param("refill_threshold", 1, "Request the next chunk when this many actions or fewer remain queued."),
+        Param("watchdog_periods", 2.0, "Hold when the newest camera frame or joint state is this many control periods old."),
+        Param("dry_run", False, "Compute and log actions, publish them on the dry-run topic, never on the command topic."),
+        Param("autostart", True, "Start the first episode as soon as the node runs (else wait for the enable service)."),
+    ),
+)
+
+RECORDER = NodeParams(
+    "recorder",
+    "recorder",
+    (
+        ROBOT,
+        Param("store", "data/episodes", "Episode store directory (created if missing)."),
+        Param("source", "teleop", "Who commands the arm: teleop, policy or scripted (stamped into each episode)."),
+        Param("max_steps", 0, "End an episode after this many steps; 0 = the robot config's episode time limit."),
+        Param("end_on_success", True, "End an episode at the first step the simulator reports success."),
+        Param("settle_s", 0.5, "Wall seconds to wait for a step's frames before recording it with the newest ones."),
+        Param("autostart", False, "Start recording an episode as soon as the node runs."),
+    ),
+)
+
+TELEOP = NodeParams(
+    "teleop",
+    "teleop",
+    (
+        ROBOT,
+        Param("device", "auto", "scripted (the sim's expert), keyboard, gamepad, so101_leader; auto = scripted in a sim "
+              "with a scripted expert, else keyboard."),
+        Param("device_port", "", "Serial port of a leader arm (so101_leader)."),
+        Param("device_id", "", "LeRobot id of a leader arm (names its calibration file)."),
+        Param("autostart", True, "Relay the device as soon as the node runs (else wait for the enable service)."),
+    ),
+)
+
+RECORD_KEYS = NodeParams("record_keys", "record_keys", (ROBOT,))
+
+NODES: dict[str, NodeParams] = {n.executable: n for n in (SIM_ARM, LEROBOT_BRIDGE, POLICY, RECORDER, TELEOP, RECORD_KEYS)}
+"""executable -> its parameters."""
+
+BUILTIN_PARAMETERS = ("use_sim_time",)
+"""Declared by every rclpy node."""

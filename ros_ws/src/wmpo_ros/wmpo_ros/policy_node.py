@@ -1,0 +1,383 @@
+"""Policy node: camera frames + joint state + instruction in, one safe command per control tick out.
+
+Control loop (a timer at the config's control rate, on the ROS clock, so sim time in simulation):
+- Inference runs on a worker thread, never on the executor. A chunk computed from the newest
+  observation at tick t holds the actions for ticks t, t+1, ...; when it arrives, entries for
+  ticks already served are dropped. The next chunk is requested when `refill_threshold` or fewer
+  actions remain queued.
+- A tick with nothing queued is served late, as soon as its action arrives (never twice).
+- Watchdog: when the newest frame of any camera, or the joint state, is `watchdog_periods` control
+  periods old, the node holds (absolute dims keep the last command, delta dims 0) and drops the
+  queued chunk; it never extrapolates. With no previous command it sends nothing.
+- Every command passes `wmpo_core.safety.SafetyFilter` (limits, max step change, non-finite
+  actions dropped). Dry-run publishes on `<ns>/policy/dry_run_action` instead of the command topic.
+- Episodes: `<ns>/policy/enable` (true) starts one (a staged policy is swapped in, the policy is
+  reset), false stops. Setting the `policy` parameter loads, verifies and stages a checkpoint;
+  its version is published on `<ns>/policy/version` when it becomes active.
+- /diagnostics (1 Hz, wall clock): inference latency, queue depth, versions, watchdog state.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float64MultiArray, String
+from std_srvs.srv import SetBool
+from wmpo_core.policy import Observation, PolicyLoadError
+from wmpo_core.robot_config import load_robot_config
+from wmpo_core.safety import SafetyFilter
+
+from wmpo_ros.image_conversion import ImageEncodingError, msg_to_image
+from wmpo_ros.messages import (
+    LATCHED_QOS,
+    STATE_QOS,
+    CommandCodec,
+    JointOrderError,
+    camera_subscription_qos,
+    joint_positions,
+    stamp_to_seconds,
+)
+from wmpo_ros.names import graph_names
+from wmpo_ros.node_utils import run_node
+from wmpo_ros.params import POLICY
+from wmpo_ros.policy_holder import LoadedPolicy, PolicyHolder
+
+
+@dataclass
+class InferenceTiming:
+    """Wall (perf_counter) times of one inference, for diagnostics and bench/bench_policy_node.py."""
+
+    frame_arrival: float
+    requested: float
+    model_start: float = 0.0
+    model_end: float = 0.0
+    published: float | None = None
+    """Set when this chunk served a tick that was waiting for it."""
+
+    @property
+    def model_s(self) -> float:
+        return self.model_end - self.model_start
+
+    @property
+    def overhead_s(self) -> float | None:
+        """Tick -> command published, minus model time (only for chunks that served a waiting tick)."""
+        return None if self.published is None else self.published - self.requested - self.model_s
+
+
+@dataclass
+class _Request:
+    token: int
+    tick_time: float
+    observation: Observation
+    loaded: LoadedPolicy
+    timing: InferenceTiming
+
+
+class PolicyNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__(POLICY.node_name, **kwargs)
+        p = POLICY.declare(self)
+        self.config = load_robot_config(p["robot"])
+        self.names = graph_names(self.config)
+        self._period = self.config.control_period_s
+        self._refill = int(p["refill_threshold"])
+        self._watchdog_s = float(p["watchdog_periods"]) * self._period
+        self.dry_run = bool(p["dry_run"])
+        if self._refill < 0 or p["watchdog_periods"] <= 0:
+            raise ValueError("refill_threshold must be >= 0 and watchdog_periods > 0")
+        self.holder = PolicyHolder(self.config)
+        self._codec = CommandCodec(self.config)
+        self._safety = SafetyFilter(self.config.action)
+
+        self._lock = threading.RLock()
+        self._frames: dict[str, tuple[float, np.ndarray, float]] = {}
+        self._state: tuple[float, np.ndarray] | None = None
+        self._instruction = self.config.tasks[0]
+        self._enabled = False
+        self._token = 0
+        self._inflight = False
+        self._queue: deque[tuple[float, np.ndarray]] = deque()
+        self._pending_tick: float | None = None
+        self._last_tick: float = -np.inf
+        self.watchdog_state = "no_input"
+        self.counters = {"ticks": 0, "commands": 0, "holds": 0, "late_ticks": 0, "dropped_non_finite": 0, "clamped": 0, "rate_limited": 0}
+        self.timings: deque[InferenceTiming] = deque(maxlen=1000)
+        self._requests: queue.Queue[_Request | None] = queue.Queue()
+
+        sensors = MutuallyExclusiveCallbackGroup()
+        for cam in self.config.cameras:
+            self.create_subscription(Image, cam.topic, lambda msg, c=cam.name: self._on_image(c, msg), camera_subscription_qos(self, cam), callback_group=sensors)
+        self.create_subscription(JointState, self.config.topics.joint_states, self._on_joint_state, STATE_QOS, callback_group=sensors)
+        self.create_subscription(String, self.config.topics.instruction, self._on_instruction, LATCHED_QOS, callback_group=sensors)
+        self._command_pub = self.create_publisher(self._codec.msg_type, self.config.topics.command, STATE_QOS)
+        self._dry_run_pub = self.create_publisher(Float64MultiArray, self.names.policy_dry_run_action, STATE_QOS)
+        self._version_pub = self.create_publisher(String, self.names.policy_version, LATCHED_QOS)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_service(SetBool, self.names.policy_enable, self._on_enable, callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_timer(self._period, self._tick, callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_timer(1.0, self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME), callback_group=MutuallyExclusiveCallbackGroup())
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self._worker = threading.Thread(target=self._inference_loop, name="policy_inference", daemon=True)
+        self._worker.start()
+        if p["policy"]:
+            self.holder.swap(self.holder.load(p["policy"]))
+            self.get_logger().info(f"loaded policy {self.holder.active.version}")
+            self._version_pub.publish(String(data=self.holder.active.version))
+            if p["autostart"]:
+                self.enable(True)
+
+    # ------------------------------------------------------------------ inputs
+
+    def _on_image(self, camera: str, msg: Image) -> None:
+        try:
+            frame = msg_to_image(msg)
+        except ImageEncodingError as exc:
+            self.get_logger().error(f"camera '{camera}': {exc}", throttle_duration_sec=5.0)
+            return
+        if frame.shape != self.config.camera(camera).shape:
+            self.get_logger().error(f"camera '{camera}' sends {frame.shape}, config says {self.config.camera(camera).shape}", throttle_duration_sec=5.0)
+            return
+        with self._lock:
+            self._frames[camera] = (stamp_to_seconds(msg.header.stamp), frame, time.perf_counter())
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        try:
+            state = joint_positions(msg, self.config.joint_names)
+        except JointOrderError as exc:
+            self.get_logger().error(str(exc), throttle_duration_sec=5.0)
+            return
+        with self._lock:
+            self._state = (stamp_to_seconds(msg.header.stamp), state)
+
+    def _on_instruction(self, msg: String) -> None:
+        with self._lock:
+            self._instruction = msg.data
+
+    # ------------------------------------------------------------------ episodes and policies
+
+    def enable(self, on: bool) -> str:
+        """Start (on) or stop an episode; returns a human-readable summary. Also the service."""
+        with self._lock:
+            self._token += 1
+            self._queue.clear()
+            self._pending_tick = None
+            self._inflight = False
+            if not on:
+                self._enabled = False
+                return "stopped"
+            active = self.holder.begin_episode()
+            if active is None:
+                self._enabled = False
+                raise PolicyLoadError("no policy loaded: set the 'policy' parameter")
+            reference = None
+            if self.config.action.space == "joint_position" and self._state is not None:
+                reference = self._state[1]
+            self._safety.reset(reference)
+            self._enabled = True
+            self._last_tick = -np.inf
+        self._version_pub.publish(String(data=active.version))
+        self._tick()  # serve the episode's first tick now rather than up to a period later
+        return f"episode started with policy {active.version}"
+
+    def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        try:
+            response.message = self.enable(request.data)
+            response.success = True
+        except PolicyLoadError as exc:
+            response.success, response.message = False, str(exc)
+        return response
+
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        for param in params:
+            if param.name == "policy":
+                try:
+                    candidate = self.holder.load(str(param.value))
+                except (PolicyLoadError, OSError, ValueError) as exc:
+                    return SetParametersResult(successful=False, reason=f"policy not loaded: {exc}")
+                self.holder.stage(candidate)
+                self.get_logger().info(f"staged policy {candidate.version}; active from the next episode")
+                return SetParametersResult(successful=True, reason=f"staged {candidate.version}; active from the next episode")
+            if param.name == "dry_run":
+                self.dry_run = bool(param.value)
+            elif param.name in POLICY.names:
+                return SetParametersResult(successful=False, reason=f"'{param.name}' is read at start-up only")
+        return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------------ control loop
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _stale(self, now: float) -> str | None:
+        """Why the inputs are too old to act on, or None."""
+        for cam in self.config.camera_names:
+            if cam not in self._frames:
+                return f"no frame from camera '{cam}' yet"
+            if now - self._frames[cam][0] >= self._watchdog_s - 1e-6:
+                return f"camera '{cam}' frame is {now - self._frames[cam][0]:.3f} s old"
+        if self._state is None:
+            return "no joint state yet"
+        if now - self._state[0] >= self._watchdog_s - 1e-6:
+            return f"joint state is {now - self._state[0]:.3f} s old"
+        return None
+
+    def _tick(self) -> None:
+        with self._lock:
+            if not self._enabled:
+                return
+            now = self._now()
+            if now <= self._last_tick + 1e-6:
+                return  # this tick was already served (the enable call and the timer can both fire)
+            self._last_tick = now
+            self.counters["ticks"] += 1
+            stale = self._stale(now)
+            if stale is not None:
+                if self.watchdog_state != "stale":
+                    self.get_logger().warn(f"watchdog: {stale}; holding")
+                self.watchdog_state = "stale"
+                self._queue.clear()
+                self._pending_tick = None
+                self._send(self._safety.hold(), hold=True)
+                return
+            self.watchdog_state = "ok"
+            action = self._take_for(now)
+            if action is not None:
+                self._send_proposal(action)
+            else:
+                self._pending_tick = now
+            if len(self._queue) <= self._refill and not self._inflight:
+                self._request(now)
+
+    def _take_for(self, tick_time: float) -> np.ndarray | None:
+        while self._queue and self._queue[0][0] < tick_time - self._period / 2:
+            self._queue.popleft()
+        if self._queue and self._queue[0][0] <= tick_time + self._period / 2:
+            return self._queue.popleft()[1]
+        return None
+
+    def _request(self, tick_time: float) -> None:
+        loaded = self.holder.active
+        frames = {cam: self._frames[cam] for cam in self.config.camera_names}
+        observation = Observation(
+            images={cam: f[1] for cam, f in frames.items()},
+            state=self._state[1].copy(),
+            instruction=self._instruction,
+            stamp=max(f[0] for f in frames.values()),
+            extra={"tick_time": tick_time},
+        )
+        timing = InferenceTiming(frame_arrival=max(f[2] for f in frames.values()), requested=time.perf_counter())
+        self._inflight = True
+        self._requests.put(_Request(self._token, tick_time, observation, loaded, timing))
+
+    def _inference_loop(self) -> None:
+        while True:
+            request = self._requests.get()
+            if request is None:
+                return
+            if request.token != self._token:
+                continue  # the episode it was for is over
+            request.timing.model_start = time.perf_counter()
+            try:
+                chunk = np.asarray(request.loaded.policy.predict_chunk(request.observation), dtype=np.float64)
+                if chunk.ndim != 2 or chunk.shape[1] != self.config.action.dim or chunk.shape[0] < 1:
+                    raise ValueError(f"predict_chunk returned shape {chunk.shape}, expected (K, {self.config.action.dim})")
+            except Exception as exc:  # a failing policy must not kill the node: hold instead
+                self.get_logger().error(f"inference failed ({request.loaded.version}): {exc}", throttle_duration_sec=5.0)
+                chunk = np.full((1, self.config.action.dim), np.nan)
+            request.timing.model_end = time.perf_counter()
+            self._on_chunk(request, chunk)
+
+    def _on_chunk(self, request: _Request, chunk: np.ndarray) -> None:
+        with self._lock:
+            if request.token != self._token:
+                return
+            self._inflight = False
+            self.timings.append(request.timing)
+            self._queue = deque((request.tick_time + j * self._period, a) for j, a in enumerate(chunk))
+            if self._pending_tick is not None:
+                action = self._take_for(self._pending_tick)
+                if action is not None:
+                    self._pending_tick = None
+                    self.counters["late_ticks"] += 1
+                    self._send_proposal(action)
+                    request.timing.published = time.perf_counter()
+
+    def _send_proposal(self, proposal: np.ndarray) -> None:
+        command, events = self._safety.filter(proposal)
+        if events.dropped_non_finite:
+            self.counters["dropped_non_finite"] += 1
+            self.get_logger().warn("dropped a non-finite action; holding", throttle_duration_sec=5.0)
+        self.counters["clamped"] += bool(events.clamped_dims)
+        self.counters["rate_limited"] += bool(events.rate_limited_dims)
+        self._send(command, hold=events.dropped_non_finite)
+
+    def _send(self, command: np.ndarray | None, hold: bool) -> None:
+        if command is None:
+            return
+        self.counters["holds" if hold else "commands"] += 1
+        if self.dry_run:
+            self._dry_run_pub.publish(Float64MultiArray(data=[float(v) for v in command]))
+            self.get_logger().info(f"dry run: {np.round(command, 4).tolist()}", throttle_duration_sec=1.0)
+        else:
+            self._command_pub.publish(self._codec.encode(command))
+
+    # ------------------------------------------------------------------ diagnostics
+
+    def diagnostics(self) -> DiagnosticStatus:
+        with self._lock:
+            model_ms = [t.model_s * 1e3 for t in list(self.timings)[-100:]]
+            active, staged = self.holder.active, self.holder.staged
+            values = {
+                "policy_version": active.version if active else "",
+                "staged_version": staged.version if staged else "",
+                "enabled": str(self._enabled),
+                "dry_run": str(self.dry_run),
+                "watchdog": self.watchdog_state,
+                "queue_depth": str(len(self._queue)),
+                "inference_latency_ms_last": f"{model_ms[-1]:.2f}" if model_ms else "",
+                "inference_latency_ms_p50": f"{np.percentile(model_ms, 50):.2f}" if model_ms else "",
+                "inference_latency_ms_max": f"{max(model_ms):.2f}" if model_ms else "",
+                **{k: str(v) for k, v in self.counters.items()},
+            }
+            if active is None:
+                level, message = DiagnosticStatus.WARN, "no policy loaded"
+            elif self.watchdog_state == "stale" and self._enabled:
+                level, message = DiagnosticStatus.ERROR, "inputs stale: holding"
+            else:
+                level, message = DiagnosticStatus.OK, ("dry run" if self.dry_run else "running") if self._enabled else "idle"
+        return DiagnosticStatus(
+            level=level,
+            name=f"wmpo/{self.get_name()}",
+            message=message,
+            hardware_id=self.config.name,
+            values=[KeyValue(key=k, value=v) for k, v in values.items()],
+        )
+
+    def _publish_diagnostics(self) -> None:
+        msg = DiagnosticArray(status=[self.diagnostics()])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(msg)
+
+    def destroy_node(self) -> None:
+        with self._lock:
+            self._token += 1
+        self._requests.put(None)
+        self._worker.join(timeout=10.0)
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    return run_node(PolicyNode, args)

@@ -1,0 +1,464 @@
+"""Recorder node: synchronized (frames, joint state, commanded action) steps into the episode store.
+
+One step per command on the command topic (so exactly at control rate, and exactly what the arm
+was told after the safety filter), paired by capture timestamps with the frames and joint state
+the command answered (`wmpo_ros.step_sync`). Timestamps in the store are the real capture times
+from the message headers.
+
+Never blocks the control loop: callbacks only copy references into a synchronizer; a writer
+thread owns the store and drains a queue. Never loses a finished episode: an episode that ended
+(stop, success, time limit) is committed even if the node shuts down right after; only an
+unfinished episode is discarded at shutdown (and logged).
+
+Services (std_srvs): start, stop (commit), discard (the episode being recorded; nothing committed
+is ever touched), label_success (SetBool; the current episode, else the last committed one,
+`success_labeled_by="human"`). In simulation the env's success signal labels episodes
+(`success_labeled_by="env"`) and, with end_on_success, ends them at the first successful step.
+Each committed episode is announced on `<ns>/recorder/episodes` (JSON metadata + cadence report).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, Int64, String
+from std_srvs.srv import SetBool, Trigger
+from wmpo_core.episode_store import EpisodeStore, EpisodeWriter, StoreError
+from wmpo_core.robot_config import load_robot_config
+
+from wmpo_ros.image_conversion import ImageEncodingError, msg_to_image
+from wmpo_ros.messages import (
+    LATCHED_QOS,
+    STATE_QOS,
+    CommandCodec,
+    JointOrderError,
+    camera_subscription_qos,
+    joint_positions,
+    stamp_to_seconds,
+)
+from wmpo_ros.names import graph_names
+from wmpo_ros.node_utils import run_node
+from wmpo_ros.params import RECORDER
+from wmpo_ros.step_sync import StepSynchronizer, SyncedStep
+
+SOURCES = ("teleop", "policy", "scripted")
+
+
+@dataclass
+class CadenceReport:
+    """How well an episode kept the control rate; stored in the episode's `extra["cadence"]`."""
+
+    steps: int = 0
+    control_rate_hz: float = 0.0
+    effective_hz: float = 0.0
+    """Steps per second of ROS time (sim time in simulation)."""
+    wall_hz: float = 0.0
+    frames_received: dict[str, int] = field(default_factory=dict)
+    dropped_frames: dict[str, int] = field(default_factory=dict)
+    """Steps that had no new frame from this camera (the previous frame was recorded again)."""
+    late_frames: dict[str, int] = field(default_factory=dict)
+    """Steps whose frame was more than 1.5 control periods older than the command."""
+    skipped_frames: dict[str, int] = field(default_factory=dict)
+    """Frames received during the episode but never recorded (normal when the camera is faster)."""
+    unsettled_steps: int = 0
+    """Steps recorded on the settle timeout, before every input had caught up."""
+    unpaired_commands: int = 0
+    max_write_queue: int = 0
+
+    def line(self) -> str:
+        frames = ", ".join(
+            f"{cam}: {self.dropped_frames[cam]} dropped / {self.late_frames[cam]} late / {self.frames_received[cam]} received"
+            for cam in self.frames_received
+        )
+        return (
+            f"{self.steps} steps at {self.effective_hz:.2f} Hz (target {self.control_rate_hz:g}, wall {self.wall_hz:.2f} Hz); "
+            f"{frames}; {self.unsettled_steps} unsettled, {self.unpaired_commands} unpaired commands, "
+            f"write queue max {self.max_write_queue}"
+        )
+
+
+@dataclass
+class _Episode:
+    index: int
+    success_seen: bool = False
+    label: tuple[bool, str] | None = None
+    steps: int = 0
+    first: tuple[float, float] | None = None
+    """(ROS time, wall time) of the first step."""
+    last: tuple[float, float] | None = None
+    last_frame_times: dict[str, float] = field(default_factory=dict)
+    recorded_frames: dict[str, set[float]] = field(default_factory=dict)
+    cadence: CadenceReport = field(default_factory=CadenceReport)
+    versions: list[str] = field(default_factory=list)
+
+
+class RecorderNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__(RECORDER.node_name, **kwargs)
+        p = RECORDER.declare(self)
+        self.config = load_robot_config(p["robot"])
+        self.names = graph_names(self.config)
+        if p["source"] not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got '{p['source']}'")
+        self.source = p["source"]
+        self.max_steps = int(p["max_steps"]) or self.config.max_episode_steps
+        self.end_on_success = bool(p["end_on_success"])
+        self._period = self.config.control_period_s
+        self.store = EpisodeStore.open(p["store"], mode="a")
+        self._codec = CommandCodec(self.config)
+        self._sync = StepSynchronizer(self.config.camera_names, settle_s=float(p["settle_s"]))
+
+        self._lock = threading.Lock()
+        self._episode: _Episode | None = None
+        self._episodes_started = 0
+        self._success_available = False
+        self._env_seed: int | None = None
+        self._policy_version: str | None = None
+        self._instruction = self.config.tasks[0]
+        self._frames_received = {cam: 0 for cam in self.config.camera_names}
+        self.last_committed: dict[str, Any] | None = None
+
+        self._writes: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._writer = threading.Thread(target=self._write_loop, name="recorder_writer", daemon=True)
+        self._writer.start()
+
+        inputs = MutuallyExclusiveCallbackGroup()
+        for cam in self.config.cameras:
+            self.create_subscription(Image, cam.topic, lambda m, c=cam.name: self._on_image(c, m), camera_subscription_qos(self, cam), callback_group=inputs)
+        self.create_subscription(JointState, self.config.topics.joint_states, self._on_joint_state, STATE_QOS, callback_group=inputs)
+        self.create_subscription(self._codec.msg_type, self.config.topics.command, self._on_command, STATE_QOS, callback_group=inputs)
+        self.create_subscription(Bool, self.names.success, self._on_success, STATE_QOS, callback_group=inputs)
+        self.create_subscription(Int64, self.names.env_seed, self._on_seed, LATCHED_QOS, callback_group=inputs)
+        self.create_subscription(String, self.names.policy_version, self._on_version, LATCHED_QOS, callback_group=inputs)
+        self.create_subscription(String, self.config.topics.instruction, self._on_instruction, LATCHED_QOS, callback_group=inputs)
+        self.create_timer(0.05, self._drain, clock=Clock(clock_type=ClockType.STEADY_TIME), callback_group=inputs)
+        self._episodes_pub = self.create_publisher(String, self.names.recorder_episodes, 10)
+        services = MutuallyExclusiveCallbackGroup()
+        self.create_service(Trigger, self.names.recorder_start, self._on_start, callback_group=services)
+        self.create_service(Trigger, self.names.recorder_stop, self._on_stop, callback_group=services)
+        self.create_service(Trigger, self.names.recorder_discard, self._on_discard, callback_group=services)
+        self.create_service(SetBool, self.names.recorder_label_success, self._on_label, callback_group=services)
+        if p["autostart"]:
+            self.start()
+
+    # ------------------------------------------------------------------ inputs
+
+    def _on_image(self, camera: str, msg: Image) -> None:
+        try:
+            frame = msg_to_image(msg)
+        except ImageEncodingError as exc:
+            self.get_logger().error(f"camera '{camera}': {exc}", throttle_duration_sec=5.0)
+            return
+        if frame.shape != self.config.camera(camera).shape:
+            self.get_logger().error(f"camera '{camera}' sends {frame.shape}, config says {self.config.camera(camera).shape}", throttle_duration_sec=5.0)
+            return
+        with self._lock:
+            self._sync.add_frame(camera, stamp_to_seconds(msg.header.stamp), frame)
+            if self._episode is not None:
+                self._episode.cadence.frames_received[camera] += 1
+        self._drain()
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        try:
+            state = joint_positions(msg, self.config.joint_names)
+        except JointOrderError as exc:
+            self.get_logger().error(str(exc), throttle_duration_sec=5.0)
+            return
+        with self._lock:
+            self._sync.add_state(stamp_to_seconds(msg.header.stamp), state)
+        self._drain()
+
+    def _on_command(self, msg) -> None:
+        try:
+            action = self._codec.decode(msg)
+        except ValueError as exc:
+            self.get_logger().error(f"command: {exc}", throttle_duration_sec=5.0)
+            return
+        now = self.get_clock().now().nanoseconds * 1e-9
+        with self._lock:
+            if self._episode is None:
+                return
+            if not np.all(np.isfinite(action)):
+                self.get_logger().error("a non-finite command reached the command topic; not recorded", throttle_duration_sec=5.0)
+                return
+            # The command answers the newest observation: its time is at least the newest state's stamp
+            # (the ROS clock of this node may still lag behind /clock in simulation).
+            newest_state = self._sync.newest_state_time
+            t = max(now, newest_state) if newest_state is not None else now
+            self._sync.add_command(t, action, time.monotonic(), success_seen=self._episode.success_seen)
+        self._drain()
+
+    def _on_success(self, msg: Bool) -> None:
+        with self._lock:
+            self._success_available = True
+            if self._episode is not None and msg.data:
+                self._episode.success_seen = True
+
+    def _on_seed(self, msg: Int64) -> None:
+        with self._lock:
+            self._env_seed = int(msg.data)
+
+    def _on_version(self, msg: String) -> None:
+        with self._lock:
+            self._policy_version = msg.data or None
+
+    def _on_instruction(self, msg: String) -> None:
+        with self._lock:
+            self._instruction = msg.data
+
+    # ------------------------------------------------------------------ episodes
+
+    @property
+    def recording(self) -> bool:
+        return self._episode is not None
+
+    def start(self) -> str:
+        with self._lock:
+            if self._episode is not None:
+                raise StoreError(f"already recording episode #{self._episode.index}")
+            self._sync.clear_pending()
+            self._sync.unpaired_commands = 0
+            self._episode = _Episode(index=self._episodes_started)
+            self._episode.cadence = CadenceReport(
+                control_rate_hz=self.config.control_rate_hz,
+                frames_received={c: 0 for c in self.config.camera_names},
+                dropped_frames={c: 0 for c in self.config.camera_names},
+                late_frames={c: 0 for c in self.config.camera_names},
+                skipped_frames={c: 0 for c in self.config.camera_names},
+            )
+            self._episode.recorded_frames = {c: set() for c in self.config.camera_names}
+            self._episodes_started += 1
+            return f"recording episode #{self._episode.index} (source {self.source}, at most {self.max_steps} steps)"
+
+    def stop(self, timeout: float = 60.0) -> dict[str, Any] | None:
+        """End the current episode and wait for its commit; returns its metadata (None if empty)."""
+        with self._lock:
+            episode = self._episode
+            if episode is None:
+                raise StoreError("not recording")
+        self._drain(final=True)
+        with self._lock:
+            if self._episode is not episode:  # ended on its own while draining
+                done = None
+            else:
+                done = self._end_locked("stopped")
+        if done is None:
+            return self.last_committed
+        if not done.wait(timeout):
+            raise StoreError(f"episode #{episode.index} was not committed within {timeout:.0f} s")
+        return self.last_committed if episode.steps else None
+
+    def discard(self) -> str:
+        with self._lock:
+            episode = self._episode
+            if episode is None:
+                raise StoreError("not recording: nothing to discard (committed episodes are never touched)")
+            self._episode = None
+            self._sync.clear_pending()
+            self._writes.put(("discard", episode.index))
+            return f"discarded episode #{episode.index} ({episode.steps} steps)"
+
+    def label(self, success: bool) -> str:
+        with self._lock:
+            if self._episode is not None:
+                self._episode.label = (success, "human")
+                return f"episode #{self._episode.index} will be committed with success={success}"
+        done = threading.Event()
+        result: dict[str, str] = {}
+        self._writes.put(("label", (success, done, result)))
+        done.wait(30.0)
+        if "error" in result:
+            raise StoreError(result["error"])
+        return result.get("message", "labelling timed out")
+
+    def _end_locked(self, reason: str) -> threading.Event:
+        episode = self._episode
+        assert episode is not None
+        self._episode = None
+        self._sync.clear_pending()
+        if episode.label is not None:
+            success, labeled_by = episode.label
+        elif self._success_available:
+            success, labeled_by = episode.success_seen, "env"
+        else:
+            success, labeled_by = None, None
+        cadence = episode.cadence
+        cadence.steps = episode.steps
+        if episode.first and episode.last and episode.steps > 1:
+            cadence.effective_hz = (episode.steps - 1) / max(episode.last[0] - episode.first[0], 1e-9)
+            cadence.wall_hz = (episode.steps - 1) / max(episode.last[1] - episode.first[1], 1e-9)
+        for cam in self.config.camera_names:
+            cadence.skipped_frames[cam] = max(0, cadence.frames_received[cam] - len(episode.recorded_frames[cam]))
+        cadence.unpaired_commands = self._sync.unpaired_commands
+        done = threading.Event()
+        extra = {"cadence": cadence.__dict__, "ended_by": reason}
+        if len(set(episode.versions)) > 1:
+            extra["policy_versions"] = episode.versions
+        # The version the episode ran under (the policy node announces it when the episode starts;
+        # the announcement may reach us after the first command).
+        version = (episode.versions[0] if episode.versions else self._policy_version) if self.source == "policy" else None
+        self._writes.put(("commit", (episode, success, labeled_by, {"extra": extra, "policy_version": version}, done)))
+        return done
+
+    def _drain(self, final: bool = False) -> None:
+        """Move synchronized steps to the writer; end the episode on success or time limit."""
+        with self._lock:
+            episode = self._episode
+            if episode is None:
+                return
+            wall = time.monotonic() + (1e9 if final else 0.0)
+            for step in self._sync.pop_ready(wall):
+                self._record_locked(episode, step)
+                if self._episode is not episode:
+                    return
+                if self.end_on_success and step.success_seen:
+                    self._end_locked("success")
+                    return
+                if episode.steps >= self.max_steps:
+                    self._end_locked("time_limit")
+                    return
+
+    def _record_locked(self, episode: _Episode, step: SyncedStep) -> None:
+        cadence = episode.cadence
+        for cam, stamp in step.image_times.items():
+            if cam in episode.last_frame_times and stamp <= episode.last_frame_times[cam]:
+                cadence.dropped_frames[cam] += 1
+            if step.time - stamp > 1.5 * self._period:
+                cadence.late_frames[cam] += 1
+            episode.last_frame_times[cam] = stamp
+            episode.recorded_frames[cam].add(stamp)
+        cadence.unsettled_steps += not step.settled
+        wall = time.time()
+        if episode.first is None:
+            episode.first = (step.time, wall)
+            version = self._policy_version if self.source == "policy" else None
+            meta = {"task": self._instruction, "policy_version": version, "env_seed": self._env_seed}
+            self._writes.put(("begin", (episode.index, meta)))
+        episode.last = (step.time, wall)
+        if self._policy_version and (not episode.versions or episode.versions[-1] != self._policy_version):
+            episode.versions.append(self._policy_version)
+        episode.steps += 1
+        self._writes.put(("append", (episode.index, step)))
+        cadence.max_write_queue = max(cadence.max_write_queue, self._writes.qsize())
+
+    # ------------------------------------------------------------------ services
+
+    def _on_start(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        try:
+            response.success, response.message = True, self.start()
+        except StoreError as exc:
+            response.success, response.message = False, str(exc)
+        return response
+
+    def _on_stop(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        try:
+            meta = self.stop()
+            response.success = True
+            response.message = json.dumps(meta) if meta else "stopped; the episode had no steps and was not committed"
+        except StoreError as exc:
+            response.success, response.message = False, str(exc)
+        return response
+
+    def _on_discard(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        try:
+            response.success, response.message = True, self.discard()
+        except StoreError as exc:
+            response.success, response.message = False, str(exc)
+        return response
+
+    def _on_label(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        try:
+            response.success, response.message = True, self.label(bool(request.data))
+        except StoreError as exc:
+            response.success, response.message = False, str(exc)
+        return response
+
+    # ------------------------------------------------------------------ writer thread
+
+    def _write_loop(self) -> None:
+        writer: EpisodeWriter | None = None
+        writer_index = -1
+        while True:
+            kind, payload = self._writes.get()
+            try:
+                if kind == "stop":
+                    if writer is not None:
+                        writer.discard()
+                    return
+                if kind == "begin":
+                    writer_index, meta = payload
+                    writer = self.store.begin_episode(
+                        self.config, source=self.source, task=meta["task"], policy_version=meta["policy_version"], env_seed=meta["env_seed"]
+                    )
+                elif kind == "append":
+                    index, step = payload
+                    if writer is not None and index == writer_index:
+                        writer.append(step.images, step.state, step.action, step.time, step.image_times, step.state_time)
+                elif kind == "discard":
+                    if writer is not None and payload == writer_index:
+                        writer.discard()
+                        writer = None
+                elif kind == "commit":
+                    episode, success, labeled_by, update, done = payload
+                    extra = update["extra"]
+                    try:
+                        if writer is not None and episode.index == writer_index:
+                            writer.meta = writer.meta.model_copy(
+                                update={"extra": {**writer.meta.extra, **extra}, "policy_version": update["policy_version"]}
+                            )
+                            meta = writer.commit(success=success, success_labeled_by=labeled_by)
+                            writer = None
+                            self.last_committed = meta.model_dump(mode="json")
+                            self._episodes_pub.publish(String(data=json.dumps(self.last_committed)))
+                            self.get_logger().info(
+                                f"committed {meta.episode_id}: success={meta.success} ({meta.success_labeled_by}); "
+                                f"{CadenceReport(**extra['cadence']).line()}"
+                            )
+                        elif episode.steps == 0:
+                            self.get_logger().warn(f"episode #{episode.index} ended ({extra['ended_by']}) with no steps; nothing committed")
+                        else:
+                            self.get_logger().error(f"episode #{episode.index} not committed: an earlier write failed (see above)")
+                    finally:
+                        done.set()
+                elif kind == "label":
+                    success, done, result = payload
+                    try:
+                        if self.last_committed is None:
+                            result["error"] = "no episode recorded yet to label"
+                        else:
+                            meta = self.store.set_success(self.last_committed["episode_id"], success, "human")
+                            self.last_committed = meta.model_dump(mode="json")
+                            result["message"] = f"labelled {meta.episode_id} success={success}"
+                    finally:
+                        done.set()
+            except Exception as exc:  # the writer must survive a bad step; say loudly what was lost
+                self.get_logger().error(f"episode store write ({kind}) failed: {exc}")
+                if kind in ("begin", "append", "commit") and writer is not None:
+                    writer.discard()
+                    writer = None
+
+    def destroy_node(self) -> None:
+        with self._lock:
+            episode, self._episode = self._episode, None
+        if episode is not None and episode.steps:
+            self.get_logger().warn(f"shutting down while recording: discarding unfinished episode #{episode.index} ({episode.steps} steps)")
+        if episode is not None:
+            self._writes.put(("discard", episode.index))
+        self._writes.put(("stop", None))
+        self._writer.join()  # finished episodes still queued are committed before we exit
+        self.store.close()
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    return run_node(RecorderNode, args)

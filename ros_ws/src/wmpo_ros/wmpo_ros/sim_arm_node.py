@@ -1,0 +1,266 @@
+"""Simulated arm: a gymnasium env behind the same topics as a real arm.
+
+Publishes each camera (sensor_msgs/Image, header stamp = capture time), the joint state in config
+order, the env's success signal and, when the config names a scripted expert, the expert's
+suggested action for the current state (the scripted teleop device relays it like a human would).
+Executes commands from the configured command topic; `<ns>/sim/reset` resets the scene with the
+next seed of a deterministic sequence (`seed`, `seed + 1`, ...; a scene no command has moved yet
+keeps its seed), reported in the response and on `<ns>/sim/env_seed`.
+
+Time. Rendering costs ~0.1-0.3 s per step on a CPU, so the sim cannot promise real time. It is
+the ROS clock instead: it publishes /clock (one control period per step, starting at the wall
+time when it starts, so stamps read like unix times) and every other node runs with
+use_sim_time, so their control timers tick once per simulated step however slow the machine. In
+lockstep mode (default) the sim advances one step per received command, waiting up to
+`command_timeout_s` (then it steps with the hold action), so a run gives the same result on a
+loaded 2-core laptop as on a workstation; `real_time_factor` caps the speed. Inference latency is
+therefore not simulated in lockstep; set lockstep:=false to step on the wall clock instead.
+Before the first command of an episode the scene is frozen: it is re-published at the control
+rate with new stamps, physics does not run (there is no safe "hold" for absolute dims before any
+command).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, Int64
+from std_srvs.srv import Trigger
+from wmpo_core.robot_config import GymSimDriver, load_robot_config
+from wmpo_core.safety import SafetyFilter
+
+from wmpo_ros.image_conversion import image_to_msg
+from wmpo_ros.messages import (
+    LATCHED_QOS,
+    STATE_QOS,
+    CommandCodec,
+    camera_publisher_qos,
+    joint_state_msg,
+    nanoseconds_to_stamp,
+)
+from wmpo_ros.names import graph_names
+from wmpo_ros.node_utils import run_node
+from wmpo_ros.params import SIM_ARM
+
+CLOCK_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+
+
+class SimArmNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__(SIM_ARM.node_name, **kwargs)
+        if self.get_parameter("use_sim_time").value:
+            raise ValueError("the sim arm publishes /clock; run it with use_sim_time:=false")
+        p = SIM_ARM.declare(self)
+        self.config = load_robot_config(p["robot"])
+        if not isinstance(self.config.driver, GymSimDriver):
+            raise ValueError(f"robot config '{self.config.name}' is not simulated (driver.kind={self.config.driver.kind})")
+        if p["real_time_factor"] < 0 or (p["real_time_factor"] == 0 and not p["lockstep"]):
+            raise ValueError("real_time_factor must be > 0, or 0 (unpaced) with lockstep:=true")
+        self._rtf = float(p["real_time_factor"])
+        self._lockstep = bool(p["lockstep"])
+        self._command_timeout = float(p["command_timeout_s"])
+        self._seed_base = int(p["seed"])
+        self._episode = 0
+        self._scene_touched = False
+        self._period_ns = round(self.config.control_period_s * 1e9)
+        self._sim_ns = (time.time_ns() // self._period_ns) * self._period_ns
+        self.names = graph_names(self.config)
+        self._codec = CommandCodec(self.config)
+        self._has_expert = self.config.driver.scripted_expert is not None
+
+        self._image_pubs = {c.name: self.create_publisher(Image, c.topic, camera_publisher_qos(c)) for c in self.config.cameras}
+        self._state_pub = self.create_publisher(JointState, self.config.topics.joint_states, STATE_QOS)
+        self._success_pub = self.create_publisher(Bool, self.names.success, STATE_QOS)
+        self._seed_pub = self.create_publisher(Int64, self.names.env_seed, LATCHED_QOS)
+        self._expert_pub = self.create_publisher(JointState, self.names.expert_action, STATE_QOS) if self._has_expert else None
+        self._clock_pub = self.create_publisher(Clock, "/clock", CLOCK_QOS)
+
+        self._cond = threading.Condition()
+        self._commands_received = 0
+        self._commands_used = 0
+        self._latest_command: np.ndarray | None = None
+        self._reset_request: threading.Event | None = None
+        self._reset_reply: tuple[bool, str] = (False, "")
+        self._stop = threading.Event()
+        self.steps = 0
+        self.command_timeouts = 0
+        self.create_subscription(self._codec.msg_type, self.config.topics.command, self._on_command, STATE_QOS)
+        self.create_service(Trigger, self.names.sim_reset, self._on_reset, callback_group=MutuallyExclusiveCallbackGroup())
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="sim_arm", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._failure is not None:
+            raise RuntimeError(f"simulator failed to start: {self._failure}") from self._failure
+
+    # ------------------------------------------------------------------ ROS callbacks
+
+    def _on_command(self, msg) -> None:
+        try:
+            action = self._codec.decode(msg)
+        except ValueError as exc:
+            self.get_logger().error(f"ignoring command: {exc}", throttle_duration_sec=5.0)
+            return
+        if not np.all(np.isfinite(action)):
+            self.get_logger().error("ignoring a non-finite command", throttle_duration_sec=5.0)
+            return
+        with self._cond:
+            self._latest_command = action
+            self._commands_received += 1
+            self._cond.notify_all()
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        done = threading.Event()
+        with self._cond:
+            self._reset_request = done
+            self._cond.notify_all()
+        if not done.wait(timeout=120.0) or self._stop.is_set():
+            response.success, response.message = False, "simulator did not reset within 120 s"
+        else:
+            response.success, response.message = self._reset_reply
+        return response
+
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        for param in params:
+            if param.name == "seed":
+                with self._cond:
+                    self._seed_base, self._episode, self._scene_touched = int(param.value), 0, False
+            elif param.name in SIM_ARM.names:
+                return SetParametersResult(successful=False, reason=f"'{param.name}' is read at start-up only")
+        return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------------ simulation thread
+
+    def _run(self) -> None:
+        from wmpo_core.sim_env import (
+            SimArm,  # heavy (MuJoCo, gymnasium); the GL context belongs to this thread
+        )
+
+        try:
+            self._arm = SimArm(self.config)
+            self._hold = SafetyFilter(self.config.action)  # used for its hold rule only: the arm executes what it is told
+            self._reset_scene()
+        except BaseException as exc:  # reported by the constructor
+            self._failure = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            self._loop()
+        finally:
+            self._arm.close()
+
+    def _loop(self) -> None:
+        last_step_wall = time.monotonic()
+        while not self._stop.is_set():
+            action, fresh = self._wait_for_command(last_step_wall)
+            if self._stop.is_set():
+                break
+            with self._cond:
+                reset = self._reset_request
+                self._reset_request = None
+            if reset is not None:
+                try:
+                    self._reset_reply = (True, self._reset_scene())
+                except Exception as exc:  # keep serving; the service reports the failure
+                    self._reset_reply = (False, f"reset failed: {exc}")
+                    self.get_logger().error(self._reset_reply[1])
+                reset.set()
+                last_step_wall = time.monotonic()
+                continue
+            last_step_wall = time.monotonic()
+            self._sim_ns += self._period_ns
+            if fresh:
+                command = self._hold.last_command = action
+                self._episode_started = self._scene_touched = True
+            elif self._episode_started:
+                command = self._hold.hold()
+            else:
+                self._publish(self._last_obs)  # frozen until the first command
+                continue
+            self._last_obs = self._arm.step(command)
+            self._expert = self._arm.expert_action() if self._has_expert else None
+            self.steps += 1
+            self._publish(self._last_obs)
+
+    def _wait_for_command(self, last_step_wall: float) -> tuple[np.ndarray | None, bool]:
+        """Block until it is time to step; returns (newest command, whether it is new)."""
+        paced_period = self.config.control_period_s / self._rtf if self._rtf > 0 else 0.0
+        with self._cond:
+            lockstep = self._lockstep and self.count_publishers(self.config.topics.command) > 0
+            if lockstep:
+                # A frozen scene (no command yet this episode) is re-published at the control rate.
+                timeout = self._command_timeout if self._episode_started else min(self._command_timeout, self.config.control_period_s)
+                deadline = time.monotonic() + timeout
+                while self._commands_received == self._commands_used and not self._interrupted():
+                    if not self._cond.wait(timeout=max(0.0, deadline - time.monotonic())):
+                        if self._episode_started:
+                            self.command_timeouts += 1
+                            self.get_logger().warn(
+                                f"no command for {self._command_timeout:.1f} s: holding", throttle_duration_sec=10.0
+                            )
+                        break
+            pace_deadline = last_step_wall + (paced_period if (lockstep or self._rtf > 0) else self.config.control_period_s)
+            while not self._interrupted() and time.monotonic() < pace_deadline:
+                self._cond.wait(timeout=pace_deadline - time.monotonic())
+            fresh = self._commands_received != self._commands_used
+            self._commands_used = self._commands_received
+            return self._latest_command, fresh
+
+    def _interrupted(self) -> bool:
+        return self._stop.is_set() or self._reset_request is not None
+
+    def _reset_scene(self) -> str:
+        with self._cond:
+            # Episode k gets seed + k. A scene nothing has moved yet keeps its seed, so the first
+            # reset after start-up (or after setting `seed`) really starts at `seed`.
+            if self._scene_touched:
+                self._episode += 1
+            seed = self._seed_base + self._episode
+            self._scene_touched = False
+        self._last_obs = self._arm.reset(seed=seed)
+        self._expert = self._arm.expert_action() if self._has_expert else None
+        self._hold.reset()
+        self._episode_started = False
+        with self._cond:  # commands sent before the reset finished belong to the old scene
+            self._commands_used = self._commands_received
+        self._sim_ns += self._period_ns
+        self._seed_pub.publish(Int64(data=seed))
+        self._publish(self._last_obs)
+        return f"seed {seed}"
+
+    def _publish(self, obs) -> None:
+        stamp = nanoseconds_to_stamp(self._sim_ns)
+        for cam in self.config.cameras:
+            self._image_pubs[cam.name].publish(image_to_msg(obs.images[cam.name], stamp, f"{cam.name}_camera_optical_frame", cam.encoding))
+        self._state_pub.publish(joint_state_msg(self.config, obs.state, stamp))
+        self._success_pub.publish(Bool(data=bool(obs.success)))
+        if self._expert_pub is not None and self._expert is not None:
+            suggestion = JointState(name=list(self.config.action.names), position=[float(v) for v in self._expert])
+            suggestion.header.stamp = stamp  # the observation it answers
+            self._expert_pub.publish(suggestion)
+        self._clock_pub.publish(Clock(clock=stamp))
+
+    def destroy_node(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30.0)
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    return run_node(SimArmNode, args)

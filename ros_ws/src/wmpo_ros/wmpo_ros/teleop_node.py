@@ -1,0 +1,117 @@
+"""Teleop node: a teleoperation device -> the command topic, through the same safety filter as a policy.
+
+Polled devices (leader arm, gamepad, keyboard) are read once per control tick. The `scripted`
+device (simulation only) relays each expert suggestion the sim arm publishes, once, as it arrives:
+the suggestion answers the observation published with it, so the demonstration is exactly the
+expert's. `<ns>/teleop/enable` starts and stops relaying (episode boundaries).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_srvs.srv import SetBool
+from wmpo_core.robot_config import load_robot_config
+from wmpo_core.safety import SafetyFilter
+
+from wmpo_ros.messages import STATE_QOS, CommandCodec, JointOrderError, joint_positions
+from wmpo_ros.names import graph_names
+from wmpo_ros.node_utils import run_node
+from wmpo_ros.params import TELEOP
+from wmpo_ros.teleop_devices import TeleopDevice, make_device, resolve_device
+
+
+class TeleopNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__(TELEOP.node_name, **kwargs)
+        p = TELEOP.declare(self)
+        self.config = load_robot_config(p["robot"])
+        self.names = graph_names(self.config)
+        self.device = resolve_device(p["device"], self.config)
+        self._codec = CommandCodec(self.config)
+        self._safety = SafetyFilter(self.config.action)
+        self._lock = threading.Lock()
+        self._state: np.ndarray | None = None
+        self._enabled = False
+        self.commands_sent = 0
+        self._device: TeleopDevice | None = None
+
+        self._command_pub = self.create_publisher(self._codec.msg_type, self.config.topics.command, STATE_QOS)
+        inputs = MutuallyExclusiveCallbackGroup()
+        self.create_subscription(JointState, self.config.topics.joint_states, self._on_joint_state, STATE_QOS, callback_group=inputs)
+        if self.device == "scripted":
+            self.create_subscription(JointState, self.names.expert_action, self._on_expert, STATE_QOS, callback_group=inputs)
+        else:
+            self._device = make_device(self.device, self.config, p["device_port"], p["device_id"])
+            self._device.connect()
+            self.create_timer(self.config.control_period_s, self._tick, callback_group=inputs)
+        self.create_service(SetBool, self.names.teleop_enable, self._on_enable, callback_group=MutuallyExclusiveCallbackGroup())
+        self.get_logger().info(f"teleop device: {self.device}")
+        if p["autostart"]:
+            self.enable(True)
+
+    @property
+    def source(self) -> str:
+        """What the recorder stamps: a scripted expert is not a human teleoperator."""
+        return "scripted" if self.device == "scripted" else "teleop"
+
+    def enable(self, on: bool) -> str:
+        with self._lock:
+            self._enabled = on
+            if on:
+                reference = self._state if self.config.action.space == "joint_position" else None
+                self._safety.reset(reference)
+        return f"{'relaying' if on else 'stopped'} {self.device}"
+
+    def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        response.success, response.message = True, self.enable(request.data)
+        return response
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        try:
+            state = joint_positions(msg, self.config.joint_names)
+        except JointOrderError as exc:
+            self.get_logger().error(str(exc), throttle_duration_sec=5.0)
+            return
+        with self._lock:
+            self._state = state
+
+    def _on_expert(self, msg: JointState) -> None:
+        try:
+            action = joint_positions(msg, self.config.action.names)
+        except JointOrderError as exc:
+            self.get_logger().error(f"expert suggestion: {exc}", throttle_duration_sec=5.0)
+            return
+        self._send(action)
+
+    def _tick(self) -> None:
+        with self._lock:
+            state, last = self._state, self._safety.last_command
+        action = self._device.action(state, last)
+        if action is not None:
+            self._send(action)
+
+    def _send(self, proposal: np.ndarray) -> None:
+        with self._lock:
+            if not self._enabled:
+                return
+            command, events = self._safety.filter(proposal)
+            if events.dropped_non_finite:
+                self.get_logger().warn("teleop device produced a non-finite action; holding", throttle_duration_sec=5.0)
+            if command is None:
+                return
+            self._command_pub.publish(self._codec.encode(command))
+            self.commands_sent += 1
+
+    def destroy_node(self) -> None:
+        if self._device is not None:
+            self._device.disconnect()
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    return run_node(TeleopNode, args)
