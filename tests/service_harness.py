@@ -7,6 +7,7 @@ import io
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -37,10 +38,12 @@ class Learner:
     port: int
     args: tuple[str, ...]
     proc: subprocess.Popen | None = None
+    ca: Path | None = None
+    """Certificate to trust when the service runs with TLS (then the URL is https)."""
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ca else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def store(self) -> Path:
@@ -74,7 +77,7 @@ class Learner:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"learner service exited with {self.proc.returncode}:\n{self.log}")
             try:
-                if httpx.get(f"{self.url}/v1/health", timeout=1.0).status_code == 200:
+                if httpx.get(f"{self.url}/v1/health", timeout=1.0, verify=ssl.create_default_context(cafile=self.ca) if self.ca else True).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
@@ -100,9 +103,9 @@ class Learner:
         self.proc = None
 
 
-def start_learner(root: Path, *args: str) -> Learner:
+def start_learner(root: Path, *args: str, ca: Path | None = None) -> Learner:
     root.mkdir(parents=True, exist_ok=True)
-    return Learner(root=root, port=free_port(), args=args).start()
+    return Learner(root=root, port=free_port(), args=args, ca=ca).start()
 
 
 def auth(token: str = TOKEN) -> dict[str, str]:

@@ -4,6 +4,7 @@ after restarts of either side, duplicates are harmless, permanent refusals are p
 from __future__ import annotations
 
 import random
+import socket
 import time
 
 import httpx
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from service_harness import (
     TOKEN,
+    WRONG_TOKEN,
     Learner,
     archive_bytes,
     free_port,
@@ -22,7 +24,7 @@ from service_harness import (
     wait_for_spool_file,
 )
 from wmpo_core.episode_store import EpisodeStore
-from wmpo_ros.learner_client import LearnerClient
+from wmpo_ros.learner_client import LearnerClient, LearnerUnavailable
 from wmpo_ros.outbox import Backoff, Outbox, OutboxWorker, store_uploader
 
 FAST = Backoff(initial_s=0.2, factor=2.0, max_s=1.0, jitter=0.5)
@@ -64,6 +66,25 @@ def test_queue_is_durable_and_enqueue_is_idempotent(tmp_path):
         assert reopened.stats(now=400.0).parked == 1 and reopened.due(now=1e9) == ["ep_b"]
         assert reopened.requeue("ep_a", now=700.0) and reopened.due(now=700.0) == ["ep_a", "ep_b"]
         assert reopened.stats(now=800.0).oldest_pending_s == pytest.approx(700.0)
+
+
+def test_a_silent_learner_never_hangs_the_robot(tmp_path):
+    """A learner that accepts connections but never answers (hung process, half-open link)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    timeout = httpx.Timeout(connect=1.0, read=1.0, write=1.0, pool=1.0)
+    try:
+        with LearnerClient(f"http://127.0.0.1:{port}", TOKEN, timeout=timeout) as client:
+            with pytest.raises(LearnerUnavailable, match="timed out"):
+                client.health()
+            (episode_id,) = record_episodes(tmp_path / "robot.zarr", n=1, steps=2)
+            with EpisodeStore.open(tmp_path / "robot.zarr") as store, Outbox(tmp_path / "outbox.sqlite") as outbox:
+                outbox.enqueue(episode_id)
+                result = OutboxWorker(outbox, store_uploader(client, store), backoff=FAST).run_once()
+                assert result.failed == 1 and outbox.entry(episode_id).state == "pending"
+                assert "timed out" in outbox.entry(episode_id).last_error
+    finally:
+        listener.close()
 
 
 @pytest.fixture
@@ -120,7 +141,7 @@ def test_learner_down_loses_nothing_and_uploads_resume_after_restarts(tmp_path, 
         client.close()
 
 
-def test_permanent_refusals_are_parked_with_the_reason(tmp_path, robot):
+def test_permanent_refusals_are_parked_and_curable_ones_wait(tmp_path, robot):
     path, store, ids = robot
     (other_arm,) = record_episodes(path, n=1, steps=2, robot="so101_real", seed=3, noise=False)
     learner = start_learner(tmp_path / "learner")
@@ -138,6 +159,14 @@ def test_permanent_refusals_are_parked_with_the_reason(tmp_path, robot):
             assert [e.episode_id for e in parked] == [other_arm, "ep_deleted_on_the_robot"]
             assert outbox.due(now=time.time() + 1e6) == []  # never retried by itself
             assert outbox.stats().parked == 2
+        # A wrong token is a configuration problem, not the episode's: it waits, it is not parked.
+        with Outbox(tmp_path / "outbox2.sqlite") as outbox, LearnerClient(learner.url, WRONG_TOKEN) as wrong:
+            outbox.enqueue(ids[1])
+            outbox.enqueue(ids[2])
+            result = OutboxWorker(outbox, store_uploader(wrong, store), backoff=FAST).run_once()
+            assert (result.sent, result.failed, result.parked) == (0, 1, 0)
+            assert outbox.entry(ids[1]).state == "pending" and "401" in outbox.entry(ids[1]).last_error
+            assert outbox.due() == []  # the whole queue backs off
     finally:
         learner.stop()
 

@@ -6,6 +6,7 @@ import argparse
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ from wmpo_learner.service.app import (
     create_app,
 )
 from wmpo_learner.service.archive import write_dir_archive
-from wmpo_ros.learner_client import LearnerClient
+from wmpo_ros.learner_client import LearnerClient, LearnerUnavailable
 
 OPEN_ROUTES = {("GET", "/v1/health"), ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc")}
 READ_METHODS = {"GET", "HEAD"}
@@ -263,3 +264,29 @@ def test_cli_exits_with_a_clear_message_without_token(tmp_path):
     assert proc.returncode == 2
     assert "no token" in proc.stderr and "WMPO_LEARNER_TOKEN" in proc.stderr
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_tls_end_to_end_with_a_private_ca(tmp_path):
+    """What the off-loopback policy asks for: the token and the weights only cross TLS."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl command not available to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )
+    learner = start_learner(tmp_path / "learner", "--ssl-certfile", str(cert), "--ssl-keyfile", str(key), ca=cert)
+    try:
+        assert learner.url.startswith("https://")
+        with LearnerClient(learner.url, TOKEN, verify=str(cert)) as client:
+            assert client.health().auth_required
+            assert client.create_run("sft").state == "running"
+        with LearnerClient(learner.url, TOKEN) as untrusting:  # the system CAs do not vouch for it
+            with pytest.raises(LearnerUnavailable, match="unreachable"):
+                untrusting.health()
+        with LearnerClient(learner.url.replace("https", "http"), TOKEN) as plain:
+            with pytest.raises(LearnerUnavailable):
+                plain.health()
+    finally:
+        learner.stop()

@@ -34,7 +34,9 @@ MAX_EPISODE_BYTES = 1 << 20
 
 @pytest.fixture(scope="module")
 def learner(tmp_path_factory):
-    learner = start_learner(tmp_path_factory.mktemp("learner"), "--max-episode-bytes", str(MAX_EPISODE_BYTES))
+    learner = start_learner(
+        tmp_path_factory.mktemp("learner"), "--max-episode-bytes", str(MAX_EPISODE_BYTES), "--upload-idle-timeout-s", "2"
+    )
     yield learner
     learner.stop()
 
@@ -212,6 +214,20 @@ def test_client_disconnect_mid_upload_leaves_nothing(learner, robot, client):
     assert wait_until_clean(learner) == []
     assert store_listing(learner.store) == before
     assert client.upload_episode(store.episode_path(ids[4]), ids[4]).status == "stored"
+
+
+def test_stalled_upload_is_dropped_at_its_deadline(learner, robot):
+    store, ids, *_ = robot
+    before = store_listing(learner.store)
+    sock = send_partial_upload(learner, ids[4], archive_bytes(store.episode_path(ids[4]), ids[4]), fraction=0.3)
+    try:
+        sock.settimeout(30)
+        status_line = sock.recv(4096).split(b"\r\n", 1)[0]  # the robot went quiet; the service does not wait forever
+    finally:
+        sock.close()
+    assert b" 408 " in status_line, status_line
+    assert wait_until_clean(learner) == []
+    assert store_listing(learner.store) == before
 
 
 def test_label_an_uploaded_episode(learner, robot, client):

@@ -33,7 +33,7 @@ from wmpo_core.episode_store import EpisodeMeta, EpisodeStore, StoreError
 from wmpo_core.robot_config import RobotConfig, RobotConfigError, load_robot_config
 
 from wmpo_learner.service.archive import ArchiveError, extract_dir_archive
-from wmpo_learner.service.auth import TOKEN_ENV, BearerAuth, TokenError, load_token
+from wmpo_learner.service.auth import BearerAuth
 from wmpo_learner.service.ingest import EpisodeIngestor, EpisodeRejectedError
 from wmpo_learner.service.models import (
     API_PREFIX,
@@ -70,6 +70,7 @@ from wmpo_learner.service.registry import (
     VersionNotFoundError,
 )
 from wmpo_learner.service.runs import RunBook, RunError, RunExistsError, RunFinishedError, RunNotFoundError
+from wmpo_learner.service.token import TOKEN_ENV, TokenError, load_token
 from wmpo_learner.service.uploads import Spool, SpoolLockedError, check_upload_headers, receive_body
 
 log = logging.getLogger("wmpo.service")
@@ -323,7 +324,7 @@ def _episode_routes(api: _SecuredRoutes, service: LearnerService) -> None:
         """
         _upload_slot_or_503(service)
         async with service.upload_slots:
-            check_upload_headers(request, service.spool)
+            check_upload_headers(request, service.spool, cfg.max_episode_bytes)
             workdir = service.spool.new_dir()
             try:
                 received = await receive_body(
@@ -378,7 +379,7 @@ def _policy_routes(api: _SecuredRoutes, service: LearnerService) -> None:
         """
         _upload_slot_or_503(service)
         async with service.upload_slots:
-            check_upload_headers(request, service.spool)
+            check_upload_headers(request, service.spool, cfg.max_policy_bytes)
             workdir = service.spool.new_dir()
             try:
                 received = await receive_body(
@@ -536,7 +537,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--max-long-poll-s", type=float, default=defaults.max_long_poll_s,
                         help="longest wait a client may ask of GET /v1/deployment (default: %(default)s)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                        help="(default: %(default)s)")
+                        help="server log verbosity (default: %(default)s)")
 
 
 def config_from_args(args: argparse.Namespace) -> ServiceConfig:

@@ -1,48 +1,15 @@
-"""Bearer-token authentication, and where the token comes from on both sides.
+"""Bearer-token authentication of requests (the token itself: `wmpo_learner.service.token`).
 
-One shared secret per deployment: the service compares it in constant time; robots and learner
-jobs send it as `Authorization: Bearer <token>`. The token is read from a file (`--token-file`)
-or the `WMPO_LEARNER_TOKEN` environment variable, never from a command-line argument, where any
-user on the machine could read it in the process list.
+The service compares the `Authorization: Bearer <token>` header with its token in constant time.
 """
 
 from __future__ import annotations
 
 import hmac
-import os
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import HTTPException, Security, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-
-TOKEN_ENV = "WMPO_LEARNER_TOKEN"
-MIN_TOKEN_CHARS = 16
-TOKEN_HINT = "make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
-
-
-class TokenError(ValueError):
-    """No usable token; the message says where it was looked for."""
-
-
-def load_token(token_file: str | os.PathLike[str] | None = None, env: str = TOKEN_ENV) -> str | None:
-    """The token from `token_file` if given, else from the environment; None when neither has one."""
-    if token_file is not None:
-        path = Path(token_file)
-        try:
-            token = path.read_text().strip()
-        except OSError as exc:
-            raise TokenError(f"cannot read token file {path}: {exc.strerror or exc}") from None
-        if not token:
-            raise TokenError(f"token file {path} is empty ({TOKEN_HINT})")
-    else:
-        token = os.environ.get(env, "").strip()
-        if not token:
-            return None
-    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
-        raise TokenError(f"the token must be at least {MIN_TOKEN_CHARS} characters without spaces ({TOKEN_HINT})")
-    return token
-
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <token>`; see docs/learner_service.md")
 

@@ -64,8 +64,8 @@ class ReceivedBody:
     sha256: str
 
 
-def check_upload_headers(request: Request, spool: Spool) -> None:
-    """Refuse before reading a byte: wrong media type, or not enough disk for the declared size."""
+def check_upload_headers(request: Request, spool: Spool, max_bytes: int) -> None:
+    """Refuse before reading a byte: wrong media type, declared too big, or not enough disk."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != ARCHIVE_MEDIA_TYPE:
         raise HTTPException(
@@ -74,6 +74,8 @@ def check_upload_headers(request: Request, spool: Spool) -> None:
         )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit():
+        if int(declared) > max_bytes:
+            raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"upload of {declared} bytes exceeds the limit of {max_bytes} bytes")
         free = shutil.disk_usage(spool.root).free
         if free < COPIES_ON_DISK * int(declared) + DISK_RESERVE_BYTES:
             raise HTTPException(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import ssl
 import tempfile
 import time
 import urllib.parse
@@ -31,7 +32,6 @@ import httpx
 from pydantic import BaseModel, ValidationError
 from wmpo_core.episode_store import EpisodeMeta
 from wmpo_learner.service.archive import CHUNK_BYTES, write_dir_archive
-from wmpo_learner.service.auth import load_token
 from wmpo_learner.service.models import (
     API_PREFIX,
     ARCHIVE_MEDIA_TYPE,
@@ -55,6 +55,7 @@ from wmpo_learner.service.models import (
     RunUpdate,
     finite_or_none,
 )
+from wmpo_learner.service.token import load_token
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=5.0)
 LONG_POLL_S = 30.0
@@ -98,11 +99,13 @@ class LearnerClient:
         token: str | None,
         *,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-        verify: bool | str = True,
+        verify: bool | str | os.PathLike[str] | ssl.SSLContext = True,
         spool_dir: str | os.PathLike[str] | None = None,
     ):
         """`base_url` like 'https://learner:8765'; `verify` a CA bundle path for a private CA;
         `spool_dir` where upload archives are built (default: the system temp directory)."""
+        if isinstance(verify, (str, os.PathLike)):
+            verify = ssl.create_default_context(cafile=os.fspath(verify))
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
         self._timeout = timeout

@@ -29,7 +29,7 @@ from typing import Literal
 
 from wmpo_core.episode_store import EpisodeStore
 
-from wmpo_ros.learner_client import LearnerClient, LearnerError, LearnerUnavailable
+from wmpo_ros.learner_client import LearnerClient, LearnerError
 
 log = logging.getLogger("wmpo.outbox")
 
@@ -264,8 +264,9 @@ class OutboxWorker:
         self._thread: threading.Thread | None = None
 
     def run_once(self) -> PassResult:
-        """Try every due episode once. Stops the pass at the first 'learner unavailable': the
-        whole queue then waits one backoff interval instead of each episode hammering alone."""
+        """Try every due episode once. Stops the pass at the first failure that is about the
+        learner (down, failing, refusing the token): the whole queue then waits one backoff
+        interval instead of each episode hammering alone."""
         sent = failed = parked = 0
         for episode_id in self.outbox.due(self._clock()):
             if self._stop.is_set():
@@ -283,12 +284,14 @@ class OutboxWorker:
                         self._on_parked(entry)
                     continue
                 failed += 1
-                if isinstance(exc, LearnerUnavailable):
+                # Unreachable, 5xx, or a refusal a retry can cure (token, 408, 429) is about the
+                # service, not this episode: the whole queue waits.
+                if isinstance(exc, LearnerError):
                     self._unavailable_streak += 1
                     retry_at = now + self.backoff.delay(self._unavailable_streak, self._rng)
                     attempts = self.outbox.mark_failed(episode_id, str(exc), retry_at, now)
                     self.outbox.defer_pending(retry_at)
-                    log.warning("outbox: learner unavailable (%s); %d episode(s) wait %.1f s (attempt %d)",
+                    log.warning("outbox: learner not taking uploads (%s); %d episode(s) wait %.1f s (attempt %d)",
                                 exc, self.outbox.stats(now).pending, retry_at - now, attempts)
                     break
                 entry = self.outbox.entry(episode_id)
