@@ -1,0 +1,362 @@
+"""The VLA checkpoint: a directory of safetensors + JSON (no pickle), verified on every load.
+
+    <ckpt>/manifest.json        format, version, parent_version, created, the robot config it was
+                                trained for (name, content hash, action/joint/camera layout),
+                                tensors_sha256, free-form provenance (data, world model, ...)
+    <ckpt>/vla_config.json      wmpo_core.vla.config.VLAConfig (architecture, I/O layout)
+    <ckpt>/backbone/config.json the transformers config of the vision-language backbone
+    <ckpt>/tokenizer/           the text tokenizer (tokenizer.json, tokenizer_config.json, ...)
+    <ckpt>/normalization.json   {"action": {"q01", "q99"}, "state": {...} | null}
+    <ckpt>/model.safetensors    every weight; header metadata: format, version, parent_version,
+                                tensors_sha256, normalization_sha256, config_sha256
+
+Loading refuses (CheckpointError, a PolicyLoadError) a checkpoint whose tensors, statistics or
+config files do not match the hashes in the metadata, whose metadata disagrees with the manifest,
+whose weights miss or add keys or change shapes, or whose robot layout (name, action dims, joints,
+cameras) differs from the robot config it is loaded for. Anything else in the directory (e.g. a
+trainer's `training/` state) is not part of the policy and is ignored.
+
+Importing this module registers the format with `wmpo_core.policy.load_policy`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wmpo_core.normalization import ActionNormalizer
+from wmpo_core.policy import PolicyLoadError, register_directory_format
+from wmpo_core.robot_config import RobotConfig
+from wmpo_core.vla.config import VLAConfig, VLAConfigError
+from wmpo_core.vla.model import VLA
+
+FORMAT = "wmpo-vla"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+WEIGHTS = "model.safetensors"
+CONFIG = "vla_config.json"
+BACKBONE_DIR = "backbone"
+TOKENIZER_DIR = "tokenizer"
+NORMALIZATION = "normalization.json"
+CHECKPOINT_ENTRIES = (MANIFEST, WEIGHTS, CONFIG, BACKBONE_DIR, TOKENIZER_DIR, NORMALIZATION)
+"""The files and directories that make up the policy (what to copy when shipping it)."""
+
+
+class CheckpointError(PolicyLoadError):
+    """A VLA checkpoint that is missing, damaged, tampered with or made for another robot."""
+
+
+def _canonical(data: Any) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """Hash of names, dtypes, shapes and raw bytes of every tensor, in sorted-name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        digest.update(_canonical([name, str(tensor.dtype), list(tensor.shape)]))
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
+    return "sha256:" + digest.hexdigest()
+
+
+def _config_files(root: Path) -> list[Path]:
+    files = [root / CONFIG, *sorted((root / BACKBONE_DIR).rglob("*")), *sorted((root / TOKENIZER_DIR).rglob("*"))]
+    return [f for f in files if f.is_file()]
+
+
+def config_sha256(root: Path) -> str:
+    """Hash of the config and tokenizer files (relative names and bytes)."""
+    digest = hashlib.sha256()
+    for path in _config_files(root):
+        digest.update(_canonical(str(path.relative_to(root))))
+        digest.update(path.read_bytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def _normalization_dict(model: VLA) -> dict[str, Any]:
+    state = model.state_normalizer.to_dict() if model.state_normalizer is not None else None
+    return {"action": model.action_tokenizer.normalizer.to_dict(), "state": state}
+
+
+def robot_layout(robot_config: RobotConfig, model: VLA) -> dict[str, Any]:
+    """What of the robot config the weights depend on; checked on every load."""
+    return {
+        "name": robot_config.name,
+        "content_hash": robot_config.content_hash,
+        "action_space": robot_config.action.space,
+        "action_names": robot_config.action.names,
+        "action_kinds": [d.kind for d in robot_config.action.dims],
+        "joint_names": robot_config.joint_names,
+        "cameras": list(model.cameras),
+        "uses_state": model.state_normalizer is not None,
+    }
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+
+
+def save_checkpoint(
+    model: VLA,
+    path: str | os.PathLike[str],
+    robot_config: RobotConfig,
+    version: str | None = None,
+    parent_version: str | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    version_prefix: str = "vla",
+) -> dict[str, Any]:
+    """Write `model` as a checkpoint directory (created or overwritten); returns the manifest.
+
+    `version` defaults to '<version_prefix>-<first 12 hex of the tensor hash>', unique per weights.
+    The manifest is written last, so a save interrupted half-way leaves a directory that fails
+    verification, never a wrong policy.
+    """
+    from safetensors.torch import save_file
+
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    # Expected layout computed first: a model that does not fit the robot is never written.
+    layout = robot_layout(robot_config, model)
+    _check_robot(layout, robot_config, model, source=str(root))
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tensor_hash = tensors_sha256(tensors)
+    version = version or f"{version_prefix}-{tensor_hash.split(':')[1][:12]}"
+
+    _write_json(root / CONFIG, model.config.to_dict())
+    tmp = root / (BACKBONE_DIR + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.backbone.config.save_pretrained(tmp)
+    _replace_dir(tmp, root / BACKBONE_DIR)
+    tmp = root / (TOKENIZER_DIR + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.tokenizer.save_pretrained(tmp)
+    _replace_dir(tmp, root / TOKENIZER_DIR)
+    normalization = _normalization_dict(model)
+    _write_json(root / NORMALIZATION, normalization)
+
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "version": version,
+        "parent_version": parent_version or "",
+        "tensors_sha256": tensor_hash,
+        "normalization_sha256": _sha(_canonical(normalization)),
+        "config_sha256": config_sha256(root),
+    }
+    tmp_weights = root / (WEIGHTS + ".tmp")
+    save_file(tensors, str(tmp_weights), metadata=metadata)
+    os.replace(tmp_weights, root / WEIGHTS)
+
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "version": version,
+        "parent_version": parent_version,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(),
+        "robot": layout,
+        "chunk_size": model.chunk_size,
+        "action_dim": model.action_dim,
+        "num_bins": model.num_bins,
+        "tensors_sha256": tensor_hash,
+        "provenance": dict(provenance or {}),
+    }
+    _write_json(root / MANIFEST, manifest)
+    model.version, model.parent_version = version, parent_version
+    return manifest
+
+
+def is_vla_checkpoint(path: Path) -> bool:
+    manifest = Path(path) / MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        return json.loads(manifest.read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    root = Path(path)
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{root}: not a VLA checkpoint (no {MANIFEST})") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{root}/{MANIFEST}: unreadable ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{root}: {MANIFEST} is not a '{FORMAT}' manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{root}: checkpoint format version {manifest.get('format_version')!r}; this version reads {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+def update_provenance(path: str | os.PathLike[str], **entries: Any) -> dict[str, Any]:
+    """Add entries to a checkpoint's free-form provenance (not covered by the weight hashes)."""
+    root = Path(path)
+    manifest = read_manifest(root)
+    manifest["provenance"] = {**manifest.get("provenance", {}), **entries}
+    _write_json(root / MANIFEST, manifest)
+    return manifest
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    robot_config: RobotConfig | None,
+    device: str | torch.device = "cpu",
+) -> VLA:
+    """Load and verify a checkpoint for `robot_config` (None skips only the robot check, for tools
+    that inspect checkpoints). The model is returned in eval mode with `version` set."""
+    from safetensors import SafetensorError, safe_open
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    root = Path(path)
+    manifest = read_manifest(root)
+    missing = [e for e in CHECKPOINT_ENTRIES if not (root / e).exists()]
+    if missing:
+        raise CheckpointError(f"{root}: checkpoint is incomplete, missing {missing}")
+
+    try:
+        with safe_open(str(root / WEIGHTS), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{root}/{WEIGHTS}: unreadable safetensors file ({exc})") from None
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{root}/{WEIGHTS}: metadata does not identify a '{FORMAT}' checkpoint")
+    for key, expected in (("version", manifest.get("version")), ("parent_version", manifest.get("parent_version") or "")):
+        if metadata.get(key) != expected:
+            raise CheckpointError(
+                f"{root}: {WEIGHTS} metadata says {key}={metadata.get(key)!r} but {MANIFEST} says {expected!r}"
+            )
+    if metadata.get("tensors_sha256") != manifest.get("tensors_sha256"):
+        raise CheckpointError(f"{root}: tensor hash in {WEIGHTS} metadata differs from {MANIFEST}")
+    actual = tensors_sha256(tensors)
+    if actual != metadata.get("tensors_sha256"):
+        raise CheckpointError(
+            f"{root}/{WEIGHTS}: weights do not match their recorded sha256 (recorded {metadata.get('tensors_sha256')}, "
+            f"actual {actual}); the file is damaged or was modified"
+        )
+    try:
+        normalization = json.loads((root / NORMALIZATION).read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{root}/{NORMALIZATION}: unreadable ({exc})") from None
+    if _sha(_canonical(normalization)) != metadata.get("normalization_sha256"):
+        raise CheckpointError(
+            f"{root}/{NORMALIZATION}: statistics do not match the hash recorded with the weights; "
+            "the policy would decode actions with statistics it was not trained with"
+        )
+    if config_sha256(root) != metadata.get("config_sha256"):
+        raise CheckpointError(f"{root}: {CONFIG}, {BACKBONE_DIR}/ or {TOKENIZER_DIR}/ differ from what was saved with the weights")
+
+    try:
+        config = VLAConfig.from_dict(json.loads((root / CONFIG).read_text()))
+        action_norm = ActionNormalizer.from_dict(normalization["action"])
+        state_norm = ActionNormalizer.from_dict(normalization["state"]) if normalization.get("state") else None
+        backbone = AutoModel.from_config(AutoConfig.from_pretrained(root / BACKBONE_DIR))
+        tokenizer = AutoTokenizer.from_pretrained(root / TOKENIZER_DIR)
+        model = VLA(config, backbone, tokenizer, action_norm, state_norm)
+    except (VLAConfigError, ValueError, KeyError, OSError) as exc:
+        raise CheckpointError(f"{root}: cannot rebuild the model from its config ({exc})") from None
+
+    if robot_config is not None:
+        _check_robot(manifest.get("robot") or {}, robot_config, model, source=str(root))
+
+    expected = model.state_dict()
+    missing_keys = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    bad_shapes = [
+        f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(expected) & set(tensors))
+        if tensors[k].shape != expected[k].shape
+    ]
+    if missing_keys or unexpected or bad_shapes:
+        parts = []
+        if missing_keys:
+            parts.append(f"missing {len(missing_keys)} weights (e.g. {missing_keys[:3]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected weights (e.g. {unexpected[:3]})")
+        if bad_shapes:
+            parts.append(f"{len(bad_shapes)} shape mismatches (e.g. {bad_shapes[:3]})")
+        raise CheckpointError(f"{root}: weights do not fit the model its config describes: " + "; ".join(parts))
+    model.load_state_dict(tensors, strict=True)
+    model.version = str(manifest["version"])
+    model.parent_version = manifest.get("parent_version")
+    return model.to(device).eval()
+
+
+def _check_robot(layout: Mapping[str, Any], robot_config: RobotConfig, model: VLA, source: str) -> None:
+    """Refuse a checkpoint whose inputs/outputs do not fit `robot_config`, saying exactly why."""
+    trained_for = layout.get("name")
+    if trained_for != robot_config.name:
+        raise CheckpointError(
+            f"{source}: policy was trained for robot config '{trained_for}', refusing to run it on '{robot_config.name}'"
+        )
+    problems = []
+    if layout.get("action_names") != robot_config.action.names or model.action_dim != robot_config.action.dim:
+        problems.append(
+            f"action dims: checkpoint {layout.get('action_names')} ({model.action_dim}), robot {robot_config.action.names}"
+        )
+    kinds = [d.kind for d in robot_config.action.dims]
+    if layout.get("action_space") != robot_config.action.space or layout.get("action_kinds") != kinds:
+        problems.append(
+            f"action space: checkpoint {layout.get('action_space')} {layout.get('action_kinds')}, "
+            f"robot {robot_config.action.space} {kinds}"
+        )
+    for camera in model.cameras:
+        if camera not in robot_config.camera_names:
+            problems.append(f"camera '{camera}' used by the policy is not in the robot config ({robot_config.camera_names})")
+        elif robot_config.camera(camera).channels != 3:
+            problems.append(f"camera '{camera}' is not RGB in the robot config")
+    if model.state_normalizer is not None and (
+        layout.get("joint_names") != robot_config.joint_names or model.state_normalizer.dim != len(robot_config.joints)
+    ):
+        problems.append(f"joints: checkpoint {layout.get('joint_names')}, robot {robot_config.joint_names}")
+    if problems:
+        raise CheckpointError(
+            f"{source}: policy does not fit robot config '{robot_config.name}': " + "; ".join(problems)
+        )
+    if layout.get("content_hash") != robot_config.content_hash:
+        warnings.warn(
+            f"{source}: robot config '{robot_config.name}' changed since this policy was trained "
+            f"({layout.get('content_hash')} -> {robot_config.content_hash}); its action and camera layout still match",
+            stacklevel=3,
+        )
+
+
+def _load_policy(path: str, robot_config: RobotConfig):
+    from wmpo_core.vla.policy import VLAPolicy
+
+    return VLAPolicy(load_checkpoint(path, robot_config, device=default_device()), robot_config)
+
+
+def default_device() -> str:
+    """'cuda' when a GPU is visible, else 'cpu'; WMPO_DEVICE overrides."""
+    return os.environ.get("WMPO_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+register_directory_format(is_vla_checkpoint, _load_policy)

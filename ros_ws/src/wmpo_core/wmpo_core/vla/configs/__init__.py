@@ -1,0 +1,1 @@
+"""Shipped VLA recipes (JSON); a package so that wheels include them as package data."""
