@@ -8,7 +8,6 @@ store object is not thread-safe and uploads are unpacked in worker threads.
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 from pathlib import Path
 from typing import Literal
@@ -64,7 +63,6 @@ class EpisodeIngestor:
                 meta = self.store.ingest_episode_dir(episode_dir, self.robot_config)
             except (ValueError, StoreFormatError) as exc:  # EpisodeValidationError: schema, shapes, robot config
                 raise EpisodeRejectedError(str(exc)) from None
-        shutil.rmtree(episode_dir, ignore_errors=True)
         return "stored", meta
 
     def label(self, episode_id: str, success: bool | None, labeled_by: str) -> EpisodeMeta:
