@@ -270,6 +270,21 @@ def test_corrupt_episode_is_reported_and_the_rest_stays_readable(tmp_path: Path)
     assert_episode_intact(reader, good)
 
 
+def test_a_flipped_byte_is_a_read_error_not_a_wrong_frame(tmp_path: Path) -> None:
+    store = EpisodeStore.open(tmp_path / "s.zarr", mode="a")
+    episode_id = write_episode(store, 6, number=1)
+    shard = next(p for p in (store.episode_path(episode_id) / "images" / "front").rglob("*") if p.is_file() and p.name != "zarr.json")
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    shard.write_bytes(bytes(data))
+    with pytest.raises(EpisodeCorruptError, match="images/front"):
+        EpisodeStore.open(tmp_path / "s.zarr").episode(episode_id).frames("front")
+    learner = EpisodeStore.open(tmp_path / "learner.zarr", mode="a")
+    with pytest.raises(EpisodeValidationError, match="unreadable data"):
+        learner.ingest_episode_dir(store.episode_path(episode_id), CONFIG)
+    assert len(learner) == 0
+
+
 def test_ingest_validates_before_publishing(tmp_path: Path) -> None:
     source = EpisodeStore.open(tmp_path / "robot.zarr", mode="a")
     episode_id = write_episode(source, 9, number=4)

@@ -37,7 +37,7 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.storage import LocalStore
 
 from wmpo_core.robot_config import RobotConfig
@@ -52,9 +52,10 @@ LOCK_FILE = ".writer.lock"
 Source = Literal["teleop", "policy", "scripted"]
 _EPISODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
-IMAGE_COMPRESSOR = BloscCodec(cname="lz4", clevel=1, shuffle="noshuffle")
-"""Blosc is built into zarr: a plain `zarr.open` decodes the frames with no codec registration."""
-LOWDIM_COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+IMAGE_COMPRESSOR = (BloscCodec(cname="lz4", clevel=1, shuffle="noshuffle"), Crc32cCodec())
+"""Blosc and CRC32C are built into zarr: a plain `zarr.open` decodes the frames with no codec
+registration. The checksum makes a flipped byte a read error instead of a silently wrong frame."""
+LOWDIM_COMPRESSOR = (BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCodec())
 
 
 class StoreError(RuntimeError):
