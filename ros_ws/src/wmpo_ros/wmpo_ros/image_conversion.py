@@ -44,7 +44,7 @@ def image_to_msg(frame: np.ndarray, stamp: Time, frame_id: str, encoding: str = 
 def msg_to_image(msg: Image) -> np.ndarray:
     """Image -> (H, W, C) uint8, RGB for colour encodings (bgr8 is converted), C=1 for mono8.
 
-    Without row padding the array shares the message's buffer (which it keeps alive): no copy.
+    Always a copy: rclpy may reuse a received message's buffer for the next message.
     """
     channels = CHANNELS.get(msg.encoding)
     if channels is None:
@@ -59,4 +59,4 @@ def msg_to_image(msg: Image) -> np.ndarray:
     frame = rows.reshape(msg.height, msg.width, channels)
     if msg.encoding == "bgr8":
         frame = frame[..., ::-1]
-    return np.ascontiguousarray(frame)
+    return np.array(frame, order="C", copy=True)

@@ -116,7 +116,7 @@ class LeRobotBridgeNode(Node):
                 self._image_pubs[cam.name].publish(image_to_msg(observation[cam.name], stamp, f"{cam.name}_camera_optical_frame", cam.encoding))
             next_tick += period
             if next_tick < time.monotonic() - period:
-                self.get_logger().warn("control tick overran by more than a period", throttle_duration_sec=5.0)
+                self.get_logger().warning("control tick overran by more than a period", throttle_duration_sec=5.0)
                 next_tick = time.monotonic()
 
     def destroy_node(self) -> None:

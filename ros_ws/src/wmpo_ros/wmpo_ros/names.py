@@ -31,6 +31,9 @@ class GraphNames:
     """std_srvs/SetBool: true starts an episode (swaps in a staged policy, resets it), false stops."""
     policy_version: str
     """std_msgs/String, latched: version of the active policy."""
+    policy_staged: str
+    """std_msgs/String, latched: version of a loaded and verified policy waiting for the next episode
+    (rclpy drops the reason of a successful parameter set, so the version is reported here)."""
     policy_dry_run_action: str
     """std_msgs/Float64MultiArray: the command the policy would send, in dry-run mode."""
     # teleop node
@@ -61,6 +64,7 @@ def graph_names(config: RobotConfig) -> GraphNames:
         expert_action=f"{ns}/sim/expert_action",
         policy_enable=f"{ns}/policy/enable",
         policy_version=f"{ns}/policy/version",
+        policy_staged=f"{ns}/policy/staged",
         policy_dry_run_action=f"{ns}/policy/dry_run_action",
         teleop_enable=f"{ns}/teleop/enable",
         recorder_start=f"{ns}/recorder/start",

@@ -6,6 +6,9 @@ Control loop (a timer at the config's control rate, on the ROS clock, so sim tim
   ticks already served are dropped. The next chunk is requested when `refill_threshold` or fewer
   actions remain queued.
 - A tick with nothing queued is served late, as soon as its action arrives (never twice).
+- In simulation (use_sim_time) a chunk is computed from the observation captured at its tick: the
+  request waits for that observation to arrive (transport takes no simulated time), so a sim run
+  acts on exactly the frames `wmpo eval` would. On a real arm the newest observation is used.
 - Watchdog: when the newest frame of any camera, or the joint state, is `watchdog_periods` control
   periods old, the node holds (absolute dims keep the last command, delta dims 0) and drops the
   queued chunk; it never extrapolates. With no previous command it sends nothing.
@@ -13,7 +16,8 @@ Control loop (a timer at the config's control rate, on the ROS clock, so sim tim
   actions dropped). Dry-run publishes on `<ns>/policy/dry_run_action` instead of the command topic.
 - Episodes: `<ns>/policy/enable` (true) starts one (a staged policy is swapped in, the policy is
   reset), false stops. Setting the `policy` parameter loads, verifies and stages a checkpoint;
-  its version is published on `<ns>/policy/version` when it becomes active.
+  its version is published on `<ns>/policy/staged` at once and on `<ns>/policy/version` when it
+  becomes active.
 - /diagnostics (1 Hz, wall clock): inference latency, queue depth, versions, watchdog state.
 """
 
@@ -110,7 +114,9 @@ class PolicyNode(Node):
         self._inflight = False
         self._queue: deque[tuple[float, np.ndarray]] = deque()
         self._pending_tick: float | None = None
+        self._request_due: float | None = None
         self._last_tick: float = -np.inf
+        self._sim_time = bool(self.get_parameter("use_sim_time").value)
         self.watchdog_state = "no_input"
         self.counters = {"ticks": 0, "commands": 0, "holds": 0, "late_ticks": 0, "dropped_non_finite": 0, "clamped": 0, "rate_limited": 0}
         self.timings: deque[InferenceTiming] = deque(maxlen=1000)
@@ -124,6 +130,7 @@ class PolicyNode(Node):
         self._command_pub = self.create_publisher(self._codec.msg_type, self.config.topics.command, STATE_QOS)
         self._dry_run_pub = self.create_publisher(Float64MultiArray, self.names.policy_dry_run_action, STATE_QOS)
         self._version_pub = self.create_publisher(String, self.names.policy_version, LATCHED_QOS)
+        self._staged_pub = self.create_publisher(String, self.names.policy_staged, LATCHED_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_service(SetBool, self.names.policy_enable, self._on_enable, callback_group=MutuallyExclusiveCallbackGroup())
         self.create_timer(self._period, self._tick, callback_group=MutuallyExclusiveCallbackGroup())
@@ -152,6 +159,7 @@ class PolicyNode(Node):
             return
         with self._lock:
             self._frames[camera] = (stamp_to_seconds(msg.header.stamp), frame, time.perf_counter())
+            self._request_if_inputs_arrived()
 
     def _on_joint_state(self, msg: JointState) -> None:
         try:
@@ -161,6 +169,7 @@ class PolicyNode(Node):
             return
         with self._lock:
             self._state = (stamp_to_seconds(msg.header.stamp), state)
+            self._request_if_inputs_arrived()
 
     def _on_instruction(self, msg: String) -> None:
         with self._lock:
@@ -173,7 +182,7 @@ class PolicyNode(Node):
         with self._lock:
             self._token += 1
             self._queue.clear()
-            self._pending_tick = None
+            self._pending_tick = self._request_due = None
             self._inflight = False
             if not on:
                 self._enabled = False
@@ -186,8 +195,7 @@ class PolicyNode(Node):
             if self.config.action.space == "joint_position" and self._state is not None:
                 reference = self._state[1]
             self._safety.reset(reference)
-            self._enabled = True
-            self._last_tick = -np.inf
+            self._enabled = True  # _last_tick is kept: a tick already served is never served twice
         self._version_pub.publish(String(data=active.version))
         self._tick()  # serve the episode's first tick now rather than up to a period later
         return f"episode started with policy {active.version}"
@@ -208,6 +216,7 @@ class PolicyNode(Node):
                 except (PolicyLoadError, OSError, ValueError) as exc:
                     return SetParametersResult(successful=False, reason=f"policy not loaded: {exc}")
                 self.holder.stage(candidate)
+                self._staged_pub.publish(String(data=candidate.version))
                 self.get_logger().info(f"staged policy {candidate.version}; active from the next episode")
                 return SetParametersResult(successful=True, reason=f"staged {candidate.version}; active from the next episode")
             if param.name == "dry_run":
@@ -246,10 +255,10 @@ class PolicyNode(Node):
             stale = self._stale(now)
             if stale is not None:
                 if self.watchdog_state != "stale":
-                    self.get_logger().warn(f"watchdog: {stale}; holding")
+                    self.get_logger().warning(f"watchdog: {stale}; holding")
                 self.watchdog_state = "stale"
                 self._queue.clear()
-                self._pending_tick = None
+                self._pending_tick = self._request_due = None
                 self._send(self._safety.hold(), hold=True)
                 return
             self.watchdog_state = "ok"
@@ -259,7 +268,21 @@ class PolicyNode(Node):
             else:
                 self._pending_tick = now
             if len(self._queue) <= self._refill and not self._inflight:
-                self._request(now)
+                if self._sim_time and not self._inputs_at(now):
+                    self._request_due = now  # requested when this tick's observation arrives
+                else:
+                    self._request_due = None
+                    self._request(now)
+
+    def _inputs_at(self, tick_time: float) -> bool:
+        """Every camera frame and the joint state captured at `tick_time` (or later) has arrived."""
+        stamps = [f[0] for f in self._frames.values()] + ([self._state[0]] if self._state is not None else [])
+        return len(stamps) == len(self.config.cameras) + 1 and min(stamps) >= tick_time - 1e-6
+
+    def _request_if_inputs_arrived(self) -> None:
+        if self._enabled and self._request_due is not None and not self._inflight and self._inputs_at(self._request_due):
+            tick_time, self._request_due = self._request_due, None
+            self._request(tick_time)
 
     def _take_for(self, tick_time: float) -> np.ndarray | None:
         while self._queue and self._queue[0][0] < tick_time - self._period / 2:
@@ -319,7 +342,7 @@ class PolicyNode(Node):
         command, events = self._safety.filter(proposal)
         if events.dropped_non_finite:
             self.counters["dropped_non_finite"] += 1
-            self.get_logger().warn("dropped a non-finite action; holding", throttle_duration_sec=5.0)
+            self.get_logger().warning("dropped a non-finite action; holding", throttle_duration_sec=5.0)
         self.counters["clamped"] += bool(events.clamped_dims)
         self.counters["rate_limited"] += bool(events.rate_limited_dims)
         self._send(command, hold=events.dropped_non_finite)

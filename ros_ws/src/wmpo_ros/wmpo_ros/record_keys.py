@@ -28,7 +28,7 @@ KEYS = {"s": "start", "e": "end", "d": "discard", "y": "success", "n": "failure"
 
 
 class RecordKeys(Node):
-    """Maps single keys to service calls; `handle(key)` returns what happened, for the terminal."""
+    """Maps single keys to service calls; `press(key)` returns what happened, for the terminal."""
 
     def __init__(self, **kwargs):
         super().__init__(RECORD_KEYS.node_name, **kwargs)
@@ -57,7 +57,7 @@ class RecordKeys(Node):
     def _commanders_enable(self, on: bool) -> list[str]:
         return [self._call(c, SetBool.Request(data=on))[1] for c in self._commanders if c.service_is_ready()]
 
-    def handle(self, key: str) -> str:
+    def press(self, key: str) -> str:
         action = KEYS.get(key.lower())
         if action is None:
             return f"unknown key {key!r}; keys: " + ", ".join(f"{k}={a}" for k, a in KEYS.items())
@@ -94,7 +94,7 @@ def main(args: list[str] | None = None) -> int:
             key = sys.stdin.read(1)
             if not key:
                 break
-            result = node.handle(key)
+            result = node.press(key)
             print(result, file=sys.stderr)
             if result == "quit":
                 break

@@ -1,9 +1,9 @@
 """Recorder node: synchronized (frames, joint state, commanded action) steps into the episode store.
 
 One step per command on the command topic (so exactly at control rate, and exactly what the arm
-was told after the safety filter), paired by capture timestamps with the frames and joint state
-the command answered (`wmpo_ros.step_sync`). Timestamps in the store are the real capture times
-from the message headers.
+was told after the safety filter), paired with the frames and joint state the command answered:
+the newest ones published before it (`wmpo_ros.step_sync`). Timestamps in the store are the
+real capture times from the message headers.
 
 Never blocks the control loop: callbacks only copy references into a synchronizer; a writer
 thread owns the store and drains a queue. Never loses a finished episode: an episode that ended
@@ -30,6 +30,7 @@ import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
+from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Int64, String
 from std_srvs.srv import SetBool, Trigger
@@ -114,6 +115,7 @@ class RecorderNode(Node):
         self.max_steps = int(p["max_steps"]) or self.config.max_episode_steps
         self.end_on_success = bool(p["end_on_success"])
         self._period = self.config.control_period_s
+        self._sim_time = bool(self.get_parameter("use_sim_time").value)
         self.store = EpisodeStore.open(p["store"], mode="a")
         self._codec = CommandCodec(self.config)
         self._sync = StepSynchronizer(self.config.camera_names, settle_s=float(p["settle_s"]))
@@ -134,7 +136,9 @@ class RecorderNode(Node):
 
         inputs = MutuallyExclusiveCallbackGroup()
         for cam in self.config.cameras:
-            self.create_subscription(Image, cam.topic, lambda m, c=cam.name: self._on_image(c, m), camera_subscription_qos(self, cam), callback_group=inputs)
+            self.create_subscription(
+                Image, cam.topic, lambda m, info, c=cam.name: self._on_image(c, m, info), camera_subscription_qos(self, cam), callback_group=inputs
+            )
         self.create_subscription(JointState, self.config.topics.joint_states, self._on_joint_state, STATE_QOS, callback_group=inputs)
         self.create_subscription(self._codec.msg_type, self.config.topics.command, self._on_command, STATE_QOS, callback_group=inputs)
         self.create_subscription(Bool, self.names.success, self._on_success, STATE_QOS, callback_group=inputs)
@@ -153,7 +157,7 @@ class RecorderNode(Node):
 
     # ------------------------------------------------------------------ inputs
 
-    def _on_image(self, camera: str, msg: Image) -> None:
+    def _on_image(self, camera: str, msg: Image, info: MessageInfo) -> None:
         try:
             frame = msg_to_image(msg)
         except ImageEncodingError as exc:
@@ -163,46 +167,46 @@ class RecorderNode(Node):
             self.get_logger().error(f"camera '{camera}' sends {frame.shape}, config says {self.config.camera(camera).shape}", throttle_duration_sec=5.0)
             return
         with self._lock:
-            self._sync.add_frame(camera, stamp_to_seconds(msg.header.stamp), frame)
+            self._sync.add_frame(camera, info["source_timestamp"], stamp_to_seconds(msg.header.stamp), frame)
             if self._episode is not None:
                 self._episode.cadence.frames_received[camera] += 1
         self._drain()
 
-    def _on_joint_state(self, msg: JointState) -> None:
+    def _on_joint_state(self, msg: JointState, info: MessageInfo) -> None:
         try:
             state = joint_positions(msg, self.config.joint_names)
         except JointOrderError as exc:
             self.get_logger().error(str(exc), throttle_duration_sec=5.0)
             return
         with self._lock:
-            self._sync.add_state(stamp_to_seconds(msg.header.stamp), state)
+            self._sync.add_state(info["source_timestamp"], stamp_to_seconds(msg.header.stamp), state)
         self._drain()
 
-    def _on_command(self, msg) -> None:
+    def _on_command(self, msg, info: MessageInfo) -> None:
         try:
             action = self._codec.decode(msg)
         except ValueError as exc:
             self.get_logger().error(f"command: {exc}", throttle_duration_sec=5.0)
             return
-        now = self.get_clock().now().nanoseconds * 1e-9
         with self._lock:
             if self._episode is None:
                 return
             if not np.all(np.isfinite(action)):
                 self.get_logger().error("a non-finite command reached the command topic; not recorded", throttle_duration_sec=5.0)
                 return
-            # The command answers the newest observation: its time is at least the newest state's stamp
-            # (the ROS clock of this node may still lag behind /clock in simulation).
-            newest_state = self._sync.newest_state_time
-            t = max(now, newest_state) if newest_state is not None else now
-            self._sync.add_command(t, action, time.monotonic(), success_seen=self._episode.success_seen)
+            # Step time: in simulation the tick the command answers (the newest capture stamp it is
+            # paired with); on a real arm the wall time the command was published.
+            t = None if self._sim_time else info["source_timestamp"] * 1e-9
+            self._sync.add_command(info["source_timestamp"], action, time.monotonic(), time=t)
         self._drain()
 
-    def _on_success(self, msg: Bool) -> None:
+    def _on_success(self, msg: Bool, info: MessageInfo) -> None:
         with self._lock:
             self._success_available = True
+            self._sync.add_success(info["source_timestamp"], msg.data)
             if self._episode is not None and msg.data:
                 self._episode.success_seen = True
+        self._drain()
 
     def _on_seed(self, msg: Int64) -> None:
         with self._lock:
@@ -226,8 +230,7 @@ class RecorderNode(Node):
         with self._lock:
             if self._episode is not None:
                 raise StoreError(f"already recording episode #{self._episode.index}")
-            self._sync.clear_pending()
-            self._sync.unpaired_commands = 0
+            self._sync.new_episode()
             self._episode = _Episode(index=self._episodes_started)
             self._episode.cadence = CadenceReport(
                 control_rate_hz=self.config.control_rate_hz,
@@ -264,7 +267,7 @@ class RecorderNode(Node):
             if episode is None:
                 raise StoreError("not recording: nothing to discard (committed episodes are never touched)")
             self._episode = None
-            self._sync.clear_pending()
+            self._sync.new_episode()
             self._writes.put(("discard", episode.index))
             return f"discarded episode #{episode.index} ({episode.steps} steps)"
 
@@ -285,7 +288,8 @@ class RecorderNode(Node):
         episode = self._episode
         assert episode is not None
         self._episode = None
-        self._sync.clear_pending()
+        unpaired = self._sync.unpaired_commands
+        self._sync.new_episode()
         if episode.label is not None:
             success, labeled_by = episode.label
         elif self._success_available:
@@ -299,7 +303,7 @@ class RecorderNode(Node):
             cadence.wall_hz = (episode.steps - 1) / max(episode.last[1] - episode.first[1], 1e-9)
         for cam in self.config.camera_names:
             cadence.skipped_frames[cam] = max(0, cadence.frames_received[cam] - len(episode.recorded_frames[cam]))
-        cadence.unpaired_commands = self._sync.unpaired_commands
+        cadence.unpaired_commands = unpaired
         done = threading.Event()
         extra = {"cadence": cadence.__dict__, "ended_by": reason}
         if len(set(episode.versions)) > 1:
@@ -316,8 +320,7 @@ class RecorderNode(Node):
             episode = self._episode
             if episode is None:
                 return
-            wall = time.monotonic() + (1e9 if final else 0.0)
-            for step in self._sync.pop_ready(wall):
+            for step in self._sync.pop_ready(time.monotonic(), final=final):
                 self._record_locked(episode, step)
                 if self._episode is not episode:
                     return
@@ -425,7 +428,7 @@ class RecorderNode(Node):
                                 f"{CadenceReport(**extra['cadence']).line()}"
                             )
                         elif episode.steps == 0:
-                            self.get_logger().warn(f"episode #{episode.index} ended ({extra['ended_by']}) with no steps; nothing committed")
+                            self.get_logger().warning(f"episode #{episode.index} ended ({extra['ended_by']}) with no steps; nothing committed")
                         else:
                             self.get_logger().error(f"episode #{episode.index} not committed: an earlier write failed (see above)")
                     finally:
@@ -451,7 +454,7 @@ class RecorderNode(Node):
         with self._lock:
             episode, self._episode = self._episode, None
         if episode is not None and episode.steps:
-            self.get_logger().warn(f"shutting down while recording: discarding unfinished episode #{episode.index} ({episode.steps} steps)")
+            self.get_logger().warning(f"shutting down while recording: discarding unfinished episode #{episode.index} ({episode.steps} steps)")
         if episode is not None:
             self._writes.put(("discard", episode.index))
         self._writes.put(("stop", None))

@@ -208,7 +208,7 @@ class SimArmNode(Node):
                     if not self._cond.wait(timeout=max(0.0, deadline - time.monotonic())):
                         if self._episode_started:
                             self.command_timeouts += 1
-                            self.get_logger().warn(
+                            self.get_logger().warning(
                                 f"no command for {self._command_timeout:.1f} s: holding", throttle_duration_sec=10.0
                             )
                         break

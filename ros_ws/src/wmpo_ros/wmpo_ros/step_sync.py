@@ -1,10 +1,17 @@
-"""Pairs each command with the observation it answered, by capture timestamps.
+"""Pairs each command with the observation it answered.
 
 A recorded step is (frames, joint state, command): the newest frame of each camera and the newest
-joint state captured at or before the command's time. Messages on different topics arrive in any
-order, so a command is held until every input has shown a message stamped at or after the
-command's time (then the pairing is final) or until `settle_s` of wall time has passed (then the
-newest inputs are used and the step is counted as late). Pure Python, no ROS: unit-tested alone.
+joint state *published before the command was published*, i.e. what the commander could have
+seen. Publication order comes from the DDS source timestamps of the messages (rclpy's
+`MessageInfo`), not from arrival order (topics are delivered independently) and not from the
+ROS clock of the recorder (which, in simulation, may lag or lead /clock). In lockstep simulation
+this pairing is exact: the sim publishes observation t, the commander answers, and only then does
+the sim publish t+1.
+
+A command is held until every input has delivered a message published after it (then its
+pairing is final: each topic's messages arrive in publication order) or until `settle_s` of wall
+time has passed (then the newest inputs are used and the step is counted as unsettled).
+Pure Python, no ROS: unit-tested alone.
 """
 
 from __future__ import annotations
@@ -15,53 +22,60 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_EPS = 1e-6
-
 
 @dataclass
 class SyncedStep:
     time: float
-    """Command time (ROS clock; sim time in simulation)."""
+    """Step time: the command's time if given, else the newest capture stamp it answered."""
     action: np.ndarray
     images: dict[str, np.ndarray]
     image_times: dict[str, float]
+    """Capture stamps (message headers) of the frames."""
     state: np.ndarray
     state_time: float
     success_seen: bool
-    """The simulator had reported success when the command was issued."""
+    """A success signal was published before the command (within the current episode)."""
     settled: bool
-    """False when the step was emitted on the settle timeout, not because all inputs were final."""
+    """False when the step was emitted on the settle timeout, before every input caught up."""
 
 
 @dataclass
 class _Pending:
-    time: float
+    sent_ns: int
+    time: float | None
     action: np.ndarray
     wall: float
-    success_seen: bool
 
 
 class _Stream:
-    """Recent (stamp, value) pairs of one input, ordered by stamp."""
+    """Recent messages of one input, ordered by publication time: (sent_ns, stamp, value)."""
 
     def __init__(self, history: int):
-        self.stamps: deque[float] = deque(maxlen=history)
-        self.values: deque[object] = deque(maxlen=history)
+        self.sent: deque[int] = deque(maxlen=history)
+        self.items: deque[tuple[float, object]] = deque(maxlen=history)
 
-    def add(self, stamp: float, value: object) -> None:
-        if self.stamps and stamp <= self.stamps[-1]:
-            if abs(stamp - self.stamps[-1]) < _EPS:
-                self.values[-1] = value  # same capture time again: keep the newest copy
-            return  # out of order or older than what we have: never useful
-        self.stamps.append(stamp)
-        self.values.append(value)
+    def add(self, sent_ns: int, stamp: float, value: object) -> None:
+        if not self.sent or sent_ns >= self.sent[-1]:
+            self.sent.append(sent_ns)
+            self.items.append((stamp, value))
+            return
+        i = bisect.bisect_right(self.sent, sent_ns)  # rare: several publishers on one topic
+        self.sent.insert(i, sent_ns)
+        self.items.insert(i, (stamp, value))
+        if len(self.sent) > (self.sent.maxlen or 0):
+            self.sent.popleft()
+            self.items.popleft()
 
-    def at_or_before(self, t: float) -> tuple[float, object] | None:
-        i = bisect.bisect_right(self.stamps, t + _EPS)
-        return None if i == 0 else (self.stamps[i - 1], self.values[i - 1])
+    def before(self, sent_ns: int) -> tuple[float, object] | None:
+        i = bisect.bisect_left(self.sent, sent_ns)
+        return None if i == 0 else self.items[i - 1]
 
-    def final_for(self, t: float) -> bool:
-        return bool(self.stamps) and self.stamps[-1] >= t - _EPS
+    def final_for(self, sent_ns: int) -> bool:
+        return bool(self.sent) and self.sent[-1] > sent_ns
+
+    def clear(self) -> None:
+        self.sent.clear()
+        self.items.clear()
 
 
 class StepSynchronizer:
@@ -70,40 +84,48 @@ class StepSynchronizer:
         self.settle_s = settle_s
         self._frames = {cam: _Stream(history) for cam in self.cameras}
         self._state = _Stream(history)
+        self._success = _Stream(history)
+        self._success_signal = False
         self._pending: deque[_Pending] = deque()
         self.unpaired_commands = 0
-        """Commands dropped because no frame or joint state at all preceded them."""
+        """Commands dropped because no frame or joint state at all was published before them."""
 
-    @property
-    def newest_state_time(self) -> float | None:
-        return self._state.stamps[-1] if self._state.stamps else None
+    def add_frame(self, camera: str, sent_ns: int, stamp: float, frame: np.ndarray) -> None:
+        self._frames[camera].add(sent_ns, stamp, frame)
 
-    def add_frame(self, camera: str, stamp: float, frame: np.ndarray) -> None:
-        self._frames[camera].add(stamp, frame)
+    def add_state(self, sent_ns: int, stamp: float, state: np.ndarray) -> None:
+        self._state.add(sent_ns, stamp, state)
 
-    def add_state(self, stamp: float, state: np.ndarray) -> None:
-        self._state.add(stamp, state)
+    def add_success(self, sent_ns: int, success: bool) -> None:
+        """A per-step success signal (simulation); once seen, steps also wait for it to be final."""
+        self._success_signal = True
+        self._success.add(sent_ns, 0.0, bool(success))
 
-    def add_command(self, time: float, action: np.ndarray, wall: float, success_seen: bool = False) -> None:
-        self._pending.append(_Pending(time, np.asarray(action, dtype=np.float64), wall, success_seen))
+    def add_command(self, sent_ns: int, action: np.ndarray, wall: float, time: float | None = None) -> None:
+        self._pending.append(_Pending(sent_ns, time, np.asarray(action, dtype=np.float64), wall))
 
-    def clear_pending(self) -> None:
+    def new_episode(self) -> None:
+        """Forget pending commands and success signals; recent frames and states are kept (the
+        first command of an episode answers an observation published before it started)."""
         self._pending.clear()
+        self._success.clear()
+        self.unpaired_commands = 0
 
     @property
     def pending(self) -> int:
         return len(self._pending)
 
-    def pop_ready(self, wall_now: float) -> list[SyncedStep]:
-        """Steps whose pairing is final (or whose settle time is over), oldest first."""
+    def pop_ready(self, wall_now: float, final: bool = False) -> list[SyncedStep]:
+        """Steps whose pairing is final (or whose settle time is over, or all if `final`), oldest first."""
         ready: list[SyncedStep] = []
         while self._pending:
             cmd = self._pending[0]
-            final = all(self._frames[c].final_for(cmd.time) for c in self.cameras) and self._state.final_for(cmd.time)
-            if not final and wall_now - cmd.wall < self.settle_s:
+            inputs = [*self._frames.values(), self._state] + ([self._success] if self._success_signal else [])
+            settled = all(s.final_for(cmd.sent_ns) for s in inputs)
+            if not (settled or final or wall_now - cmd.wall >= self.settle_s):
                 break
             self._pending.popleft()
-            step = self._pair(cmd, settled=final)
+            step = self._pair(cmd, settled)
             if step is None:
                 self.unpaired_commands += 1
             else:
@@ -112,21 +134,23 @@ class StepSynchronizer:
 
     def _pair(self, cmd: _Pending, settled: bool) -> SyncedStep | None:
         images, image_times = {}, {}
-        for cam in self.cameras:
-            found = self._frames[cam].at_or_before(cmd.time)
+        for cam, stream in self._frames.items():
+            found = stream.before(cmd.sent_ns)
             if found is None:
                 return None
             image_times[cam], images[cam] = found
-        state = self._state.at_or_before(cmd.time)
+        state = self._state.before(cmd.sent_ns)
         if state is None:
             return None
+        success_seen = any(value for sent, (_, value) in zip(self._success.sent, self._success.items, strict=True) if sent < cmd.sent_ns)
+        step_time = cmd.time if cmd.time is not None else max(state[0], *image_times.values())
         return SyncedStep(
-            time=cmd.time,
+            time=step_time,
             action=cmd.action,
             images=images,
             image_times=image_times,
             state=state[1],
             state_time=state[0],
-            success_seen=cmd.success_seen,
+            success_seen=success_seen,
             settled=settled,
         )

@@ -101,7 +101,7 @@ class TeleopNode(Node):
                 return
             command, events = self._safety.filter(proposal)
             if events.dropped_non_finite:
-                self.get_logger().warn("teleop device produced a non-finite action; holding", throttle_duration_sec=5.0)
+                self.get_logger().warning("teleop device produced a non-finite action; holding", throttle_duration_sec=5.0)
             if command is None:
                 return
             self._command_pub.publish(self._codec.encode(command))
