@@ -44,6 +44,7 @@ class ReplayPolicy:
         self._current = 0
         self._t0: float | None = None
         self._calls = 0
+        self._started = False
         self.version = f"replay:{episode_ids[0]}" if len(episode_ids) == 1 else f"replay:{Path(store_path).name}[{len(episode_ids)}]"
 
     @property
@@ -51,12 +52,17 @@ class ReplayPolicy:
         return self._episode_ids[self._current]
 
     def reset(self) -> None:
-        self._current = self._next_episode % len(self._episode_ids)
-        self._next_episode += 1
         self._t0 = None
         self._calls = 0
+        self._started = False
 
     def predict_chunk(self, obs: Observation) -> np.ndarray:
+        if obs.extra.get("probe"):  # a loader's verification call, not an episode
+            return self._actions[0][: self.chunk_size].astype(np.float64)
+        if not self._started:  # the next recorded episode, taken when an episode really acts
+            self._current = self._next_episode % len(self._episode_ids)
+            self._next_episode += 1
+            self._started = True
         actions = self._actions[self._current]
         if obs.stamp > 0:
             if self._t0 is None:
@@ -177,6 +183,7 @@ def _lerobot_checkpoint_dir(path: Path) -> Path | None:
             except (OSError, ValueError, AttributeError):
                 continue
             if isinstance(policy_type, str):
+                import lerobot.policies  # noqa: F401  (registers LeRobot's policy types)
                 from lerobot.configs.policies import PreTrainedConfig
 
                 if policy_type in PreTrainedConfig.get_known_choices():

@@ -34,12 +34,16 @@ class LoadedPolicy:
 
 
 def probe_observation(config: RobotConfig) -> Observation:
-    """An observation with the robot's shapes (grey frames, joints mid-range) for verification."""
+    """An observation with the robot's shapes (grey frames, joints mid-range) for verification.
+
+    `extra["probe"]` is True, so a stateful backend (e.g. replay) can tell it from an episode.
+    """
     return Observation(
         images={c.name: np.full(c.shape, 127, dtype=np.uint8) for c in config.cameras},
         state=np.array([(j.lower + j.upper) / 2 for j in config.joints], dtype=np.float64),
         instruction=config.tasks[0],
         stamp=0.0,
+        extra={"probe": True},
     )
 
 
