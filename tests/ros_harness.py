@@ -194,3 +194,73 @@ class WildPolicy:
             action = mid.copy()
             action[0] = np.nan
         return action[None]
+
+
+# ------------------------------------------------------------------ a tiny gymnasium env for the sim arm
+
+class TinyReachEnv:
+    """A 1-D reach task with image observations, a Box action [dx, gripper] and a success flag.
+
+    Plugs into the sim arm node through a robot config alone (no code change), like any
+    gymnasium env: observation {"pixels": {"cam": (16, 16, 3) uint8}, "agent_pos": [x, gripper]}.
+    """
+
+    def __new__(cls, **kwargs):
+        import gymnasium as gym
+
+        class _Env(gym.Env):
+            observation_space = gym.spaces.Dict(
+                {
+                    "pixels": gym.spaces.Dict({"cam": gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)}),
+                    "agent_pos": gym.spaces.Box(-np.inf, np.inf, (2,), np.float64),
+                }
+            )
+            action_space = gym.spaces.Box(np.array([-1.0, 0.0], np.float32), np.array([1.0, 1.0], np.float32), dtype=np.float32)
+
+            def reset(self, *, seed=None, options=None):
+                super().reset(seed=seed)
+                self.x, self.gripper = float(self.np_random.uniform(-0.4, 0.0)), 0.5
+                return self._obs(), {}
+
+            def step(self, action):
+                self.x += 0.1 * float(action[0])
+                self.gripper = float(action[1])
+                success = self.x > 0.5
+                return self._obs(), float(success), success, False, {"succeed": success}
+
+            def _obs(self):
+                image = np.full((16, 16, 3), int(128 + 100 * np.clip(self.x, -1, 1)), np.uint8)
+                return {"pixels": {"cam": image}, "agent_pos": np.array([self.x, self.gripper])}
+
+        return _Env()
+
+
+def tiny_reach_config(directory) -> str:
+    """Write the robot config of the tiny env; returns its path."""
+    import gymnasium as gym
+    import yaml
+
+    if "TinyReach-v0" not in gym.registry:
+        gym.register("TinyReach-v0", entry_point=TinyReachEnv, max_episode_steps=1000)
+    data = {
+        "name": "tiny_reach",
+        "robot_type": "tiny",
+        "control_rate_hz": 10,
+        "episode_time_limit_s": 5,
+        "joints": [{"name": "x", "unit": "m", "lower": -2, "upper": 2}, {"name": "grip", "unit": "normalized", "lower": 0, "upper": 1}],
+        "action": {
+            "space": "ee_delta_gripper",
+            "dims": [
+                {"name": "dx", "kind": "delta", "low": -1, "high": 1, "max_step_change": 1},
+                {"name": "gripper", "kind": "absolute", "low": 0, "high": 1, "max_step_change": 1},
+            ],
+        },
+        "cameras": [{"name": "cam", "topic": "/tiny/cam", "width": 16, "height": 16}],
+        "topics": {"joint_states": "/tiny/joint_states", "command": "/tiny/command", "instruction": "/tiny/instruction"},
+        "driver": {"kind": "gym_sim", "env_id": "ros_harness:TinyReach-v0", "image_keys": {"cam": "pixels/cam"}, "state_key": "agent_pos"},
+        "tasks": ["reach"],
+    }
+    path = f"{directory}/tiny_reach.yaml"
+    with open(path, "w") as f:
+        yaml.safe_dump(data, f)
+    return path

@@ -102,7 +102,8 @@ class RunningGraph:
         self.nodes: dict[str, Any] = {}
         self.executor = MultiThreadedExecutor(num_threads=threads)
         try:
-            for spec in bringup_graph(bringup, config, values):
+            # The arm last: a bad policy, device or store fails in seconds, before the simulator loads.
+            for spec in reversed(bringup_graph(bringup, config, values)):
                 node = node_class(spec.executable)(parameter_overrides=parameter_overrides(spec.parameters))
                 self.nodes[spec.executable] = node
                 self.executor.add_node(node)
@@ -112,12 +113,13 @@ class RunningGraph:
         self._thread = threading.Thread(target=self.executor.spin, name="executor", daemon=True)
         self._thread.start()
 
-    def add(self, node) -> None:
+    def add(self, name: str, node) -> None:
+        self.nodes[name] = node
         self.executor.add_node(node)
 
     def shutdown(self) -> None:
         # Commanders first (the arm stops being told anything), the recorder (commits) and driver last.
-        for name in ("policy_node", "teleop", "recorder", "sim_arm", "lerobot_bridge"):
+        for name in ("wmpo_episode_runner", "policy_node", "teleop", "recorder", "sim_arm", "lerobot_bridge"):
             node = self.nodes.pop(name, None)
             if node is not None:
                 self.executor.remove_node(node)
@@ -206,6 +208,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"wmpo {args.command}: --episodes must be at least 1", file=sys.stderr)
         return 2
     sim = isinstance(config.driver, GymSimDriver)
+    if args.command == "teleop" and not sim and args.device in ("keyboard", "auto"):
+        print(
+            f"wmpo teleop: on a real arm the keyboard device and this command's prompts would share the terminal; use "
+            f"`ros2 launch wmpo_ros teleop.launch.py robot:={config.name} device:=keyboard` with `ros2 run wmpo_ros "
+            f"record_keys`, or another --device",
+            file=sys.stderr,
+        )
+        return 2
     rclpy.init(args=[])
     graph = None
     try:
@@ -217,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
                 time.sleep(1.0)
         commander = "policy_node" if args.command == "deploy" else "teleop"
         runner = EpisodeRunner(config, commander, sim, args.task)
-        graph.add(runner.node)
+        graph.add("wmpo_episode_runner", runner.node)
         max_steps = args.max_steps or config.max_episode_steps
         stall = max_steps * (SIM_ARM["command_timeout_s"].default + config.control_period_s * 10) + 120.0
         successes = 0
@@ -232,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError, OSError) as exc:  # bad config, policy, device, store: say what, not a traceback
         print(f"wmpo {args.command}: {exc}", file=sys.stderr)
         return 1
     finally:
