@@ -1,6 +1,7 @@
 """The tiny VLA built from a transformers config: inputs, exact log-probs, temperature, layout options."""
 
 import dataclasses
+import shutil
 
 import numpy as np
 import pytest
@@ -162,3 +163,35 @@ def test_wrist_camera_and_proprioception_by_config(robot):
     with pytest.raises(VLAConfigError, match="no camera 'gripper_cam'"):
         VLA.create(dataclasses.replace(config, cameras=("gripper_cam",)), two_cams,
                    ActionNormalizer([-1, -1, -1, 0], [1, 1, 1, 1]), state_norm)
+
+
+def test_pretrained_backbone_loads_from_a_local_model_directory(robot, tmp_path):
+    """The realistic path: AutoModel.from_pretrained on a SmolVLM/Idefics3 checkpoint directory
+    (saved as ...ForConditionalGeneration, like the hub's) plus its tokenizer."""
+    from transformers import Idefics3ForConditionalGeneration
+    from wmpo_core.vla.checkpoint import load_checkpoint, save_checkpoint
+    from wmpo_core.vla.config import BackboneSpec
+    from wmpo_core.vla.model import build_backbone
+
+    tiny = load_recipe("tiny").model
+    backbone, tokenizer = build_backbone(tiny.backbone, [tiny.prompt_template, INSTRUCTION])
+    published = Idefics3ForConditionalGeneration(backbone.config)
+    published.save_pretrained(tmp_path / "hub_model")
+    tokenizer.save_pretrained(tmp_path / "hub_model")
+
+    config = dataclasses.replace(tiny, backbone=BackboneSpec(kind="pretrained", name_or_path=str(tmp_path / "hub_model")))
+    model = VLA.create(config, robot, ActionNormalizer([-1, -1, -1, 0], [1, 1, 1, 1])).eval()
+    assert torch.equal(model.backbone.text_model.layers[0].mlp.up_proj.weight, published.model.text_model.layers[0].mlp.up_proj.weight)
+    assert torch.equal(model.backbone.vision_model.embeddings.patch_embedding.weight,
+                       published.model.vision_model.embeddings.patch_embedding.weight)
+    # a checkpoint of it no longer needs the source directory
+    save_checkpoint(model, tmp_path / "ckpt", robot)
+    shutil.rmtree(tmp_path / "hub_model")
+    loaded = load_checkpoint(tmp_path / "ckpt", robot)
+    inputs = model.encode_inputs(frames(1), INSTRUCTION)
+    with torch.no_grad():
+        assert torch.equal(loaded.action_logits(inputs), model.action_logits(inputs))
+
+    with pytest.raises(VLAConfigError, match="cannot load pretrained backbone"):
+        VLA.create(dataclasses.replace(config, backbone=BackboneSpec(kind="pretrained", name_or_path=str(tmp_path / "absent"))),
+                   robot, ActionNormalizer([-1, -1, -1, 0], [1, 1, 1, 1]))
