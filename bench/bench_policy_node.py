@@ -22,6 +22,7 @@ import os
 import tempfile
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -69,12 +70,12 @@ class EchoPolicy:
     def reset(self) -> None:
         pass
 
-    calls: list[tuple[float, int]] = []
-    """(perf_counter at the call, frame code) of every inference."""
+    calls: list[tuple[float, int, float]] = []
+    """(perf_counter at the call, frame code, frame capture stamp) of every inference."""
 
     def predict_chunk(self, obs) -> np.ndarray:
         code = int(obs.images["scene"][0, 0, 0])
-        EchoPolicy.calls.append((time.perf_counter(), code))
+        EchoPolicy.calls.append((time.perf_counter(), code, obs.stamp))
         if self.model_s:
             time.sleep(self.model_s)
         return np.full((1, self.dim), code / CODES)
@@ -85,10 +86,12 @@ def arm_process(config_path: str, seconds: float, ready, go, results) -> None:
     from sensor_msgs.msg import Image, JointState
 
     from wmpo_core.robot_config import load_robot_config
+    from wmpo_ros.dds import use_large_frames_profile
     from wmpo_ros.image_conversion import image_to_msg
     from wmpo_ros.messages import STATE_QOS, CommandCodec, camera_publisher_qos, joint_state_msg, nanoseconds_to_stamp
 
     config = load_robot_config(config_path)
+    use_large_frames_profile()  # as every node of ours does (ros2 run, launch files, wmpo CLI)
     rclpy.init()
     node = rclpy.create_node("bench_arm")
     camera = node.create_publisher(Image, "/bench/scene", camera_publisher_qos(config.cameras[0]))
@@ -110,11 +113,11 @@ def arm_process(config_path: str, seconds: float, ready, go, results) -> None:
     while time.monotonic() - start < seconds:
         frame = frames[k % 45].copy()
         frame[0, 0, 0] = k % CODES
-        stamp = nanoseconds_to_stamp(time.time_ns())
-        msg = image_to_msg(frame, stamp, "scene")
-        published.append(time.time())
+        now_ns = time.time_ns()
+        msg = image_to_msg(frame, nanoseconds_to_stamp(now_ns), "scene")  # header stamp = publish time
+        published.append(now_ns * 1e-9)
         camera.publish(msg)
-        state_pub.publish(joint_state_msg(config, np.zeros(6), stamp))
+        state_pub.publish(joint_state_msg(config, np.zeros(6), msg.header.stamp))
         k += 1
         next_tick += 1.0 / FPS
         time.sleep(max(0.0, next_tick - time.monotonic()))
@@ -143,6 +146,7 @@ def main() -> None:
     from rclpy.executors import MultiThreadedExecutor
 
     from wmpo_core.policy import register_scheme
+    from wmpo_ros.dds import use_large_frames_profile
     from wmpo_ros.node_utils import parameter_overrides
     from wmpo_ros.policy_node import PolicyNode
 
@@ -151,6 +155,7 @@ def main() -> None:
     ready, go, results = ctx.Event(), ctx.Event(), ctx.Queue()
     arm = ctx.Process(target=arm_process, args=(str(config_path), args.seconds, ready, go, results))
     arm.start()
+    use_large_frames_profile()
     rclpy.init()
     node = PolicyNode(parameter_overrides=parameter_overrides({"robot": str(config_path), "policy": "bench_echo:", "refill_threshold": 0, "autostart": False}))
     executor = MultiThreadedExecutor(num_threads=4)
@@ -161,6 +166,7 @@ def main() -> None:
     wall_minus_perf = time.time() - time.perf_counter()
     go.set()
     time.sleep(1.0)  # first frames in
+    node.timings = deque(maxlen=1_000_000)  # keep every inference, not just the diagnostics window
     node.enable(True)
     arm_result = results.get(timeout=args.seconds + 60)
     node.enable(False)
@@ -177,13 +183,12 @@ def main() -> None:
     call_time = np.array([c[0] for c in EchoPolicy.calls])
     overhead, node_ms, transport = [], [], []
     for timing in timings:  # inferences that served a tick; holds (watchdog) are not inferences
-        code = EchoPolicy.calls[int(np.searchsorted(call_time, timing.model_start))][1]
+        _, code, frame_pub = EchoPolicy.calls[int(np.searchsorted(call_time, timing.model_start))]
         published_wall = timing.published + wall_minus_perf
-        match = np.nonzero((recv_code == code) & (recv_wall >= published_wall - 1e-3))[0]
-        frames = np.nonzero((np.arange(published.size) % CODES == code) & (published <= timing.frame_arrival + wall_minus_perf + 1e-3))[0]
-        if match.size == 0 or frames.size == 0:
+        # the command it produced: the first one received with its code after it was published
+        match = np.nonzero((recv_code == code) & (recv_wall >= published_wall - 2e-3) & (recv_wall < published_wall + 1.0))[0]
+        if match.size == 0:
             continue
-        frame_pub = published[frames[-1]]
         tick_wait = timing.requested - timing.frame_arrival
         overhead.append((recv_wall[match[0]] - frame_pub - timing.model_s - tick_wait) * 1e3)
         node_ms.append(timing.overhead_s * 1e3)

@@ -34,10 +34,12 @@ def arm_process(config_path: str, seconds: float, ready: mp.Event, go: mp.Event,
     from sensor_msgs.msg import Image, JointState
 
     from wmpo_core.robot_config import load_robot_config
+    from wmpo_ros.dds import use_large_frames_profile
     from wmpo_ros.image_conversion import image_to_msg
     from wmpo_ros.messages import STATE_QOS, CommandCodec, camera_publisher_qos, joint_state_msg, nanoseconds_to_stamp
 
     config = load_robot_config(config_path)
+    use_large_frames_profile()  # as every node of ours does (ros2 run, launch files, wmpo CLI)
     rclpy.init()
     node = rclpy.create_node("bench_arm")
     cameras = {c.name: node.create_publisher(Image, c.topic, camera_publisher_qos(c)) for c in config.cameras}
@@ -93,6 +95,7 @@ def main() -> None:
     from rclpy.executors import MultiThreadedExecutor
 
     from wmpo_core.episode_store import EpisodeStore
+    from wmpo_ros.dds import use_large_frames_profile
     from wmpo_ros.node_utils import parameter_overrides
     from wmpo_ros.recorder_node import RecorderNode
 
@@ -101,6 +104,7 @@ def main() -> None:
     arm = ctx.Process(target=arm_process, args=(str(config_path), args.seconds, ready, go, results))
     arm.start()
 
+    use_large_frames_profile()
     rclpy.init()
     recorder = RecorderNode(parameter_overrides=parameter_overrides({"robot": str(config_path), "store": str(args.out / "store"), "source": "teleop"}))
     executor = MultiThreadedExecutor(num_threads=4)

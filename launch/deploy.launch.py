@@ -12,12 +12,13 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, OpaqueFunction, SetEnvironmentVariable
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from wmpo_core.robot_config import load_robot_config
+from wmpo_ros.dds import PROFILE_ENV, large_frames_profile
 from wmpo_ros.graph import uses_sim_time
 from wmpo_ros.params import POLICY, RECORDER, SIM_ARM
 
@@ -88,4 +89,6 @@ def generate_launch_description():
         PythonLaunchDescriptionSource(os.path.join(get_package_share_directory("wmpo_ros"), "launch", "robot.launch.py")),
         launch_arguments={name: LaunchConfiguration(name) for name in ("robot", "seed", "real_time_factor")}.items(),
     )
-    return LaunchDescription([*declared, arm, OpaqueFunction(function=launch_setup)])
+    # Camera frames over shared memory (wmpo_ros/fastdds_large_frames.xml) unless the user chose a profile.
+    dds = SetEnvironmentVariable(PROFILE_ENV, os.environ.get(PROFILE_ENV, large_frames_profile()))
+    return LaunchDescription([dds, *declared, arm, OpaqueFunction(function=launch_setup)])

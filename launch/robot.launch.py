@@ -8,12 +8,15 @@ The in-process equivalent is `wmpo robot --robot <name>`; both read the same rob
 take parameter defaults from wmpo_ros.params.
 """
 
+import os
+
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from wmpo_core.robot_config import GymSimDriver, LeRobotDriver, load_robot_config
+from wmpo_ros.dds import PROFILE_ENV, large_frames_profile
 from wmpo_ros.params import LEROBOT_BRIDGE, SIM_ARM
 
 # Launch arguments: (node parameters table, parameter name); default and help come from the table.
@@ -72,4 +75,6 @@ def generate_launch_description():
         DeclareLaunchArgument(name, default_value=table[name].launch_default, description=table[name].description)
         for table, name in ARGUMENTS
     ]
-    return LaunchDescription([*declared, OpaqueFunction(function=launch_setup)])
+    # Camera frames over shared memory (wmpo_ros/fastdds_large_frames.xml) unless the user chose a profile.
+    dds = SetEnvironmentVariable(PROFILE_ENV, os.environ.get(PROFILE_ENV, large_frames_profile()))
+    return LaunchDescription([dds, *declared, OpaqueFunction(function=launch_setup)])

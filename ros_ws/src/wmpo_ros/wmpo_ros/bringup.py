@@ -216,6 +216,9 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from wmpo_ros.dds import use_large_frames_profile
+
+    use_large_frames_profile()
     rclpy.init(args=[])
     graph = None
     try:

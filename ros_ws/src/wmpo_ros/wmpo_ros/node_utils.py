@@ -11,6 +11,8 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from wmpo_ros.dds import use_large_frames_profile
+
 
 def parameter_overrides(values: Mapping[str, Any]) -> list[Parameter]:
     """A dict of parameter values -> what `Node(parameter_overrides=...)` takes."""
@@ -19,6 +21,7 @@ def parameter_overrides(values: Mapping[str, Any]) -> list[Parameter]:
 
 def run_node(factory: Callable[[], Node], args: list[str] | None = None, threads: int = 4) -> int:
     """`ros2 run` entry point: build the node, spin it on a multi-threaded executor until Ctrl-C."""
+    use_large_frames_profile()
     rclpy.init(args=args if args is not None else sys.argv)
     node = None
     try:

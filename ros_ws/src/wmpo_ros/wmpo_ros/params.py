@@ -135,7 +135,7 @@ RECORDER = NodeParams(
         Param("source", "teleop", "Who commands the arm: teleop, policy or scripted (stamped into each episode)."),
         Param("max_steps", 0, "End an episode after this many steps; 0 = the robot config's episode time limit."),
         Param("end_on_success", True, "End an episode at the first step the simulator reports success."),
-        Param("settle_s", 0.5, "Wall seconds to wait for a step's frames before recording it with the newest ones."),
+        Param("settle_s", 1.0, "Wall seconds to wait for a step's frames before recording it with the newest ones."),
         Param("autostart", False, "Start recording an episode as soon as the node runs."),
     ),
 )

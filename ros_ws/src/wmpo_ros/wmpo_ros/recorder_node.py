@@ -20,6 +20,7 @@ Each committed episode is announced on `<ns>/recorder/episodes` (JSON metadata +
 from __future__ import annotations
 
 import json
+import math
 import queue
 import threading
 import time
@@ -30,6 +31,7 @@ import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Int64, String
@@ -53,6 +55,10 @@ from wmpo_ros.params import RECORDER
 from wmpo_ros.step_sync import StepSynchronizer, SyncedStep
 
 SOURCES = ("teleop", "policy", "scripted")
+RECORDER_QUEUE_S = 1.0
+"""The recorder's camera subscriptions hold this much of a stream at control rate (at least the
+config's depth): measured, a 10-frame queue lost ~1% of 2 x 30 Hz 480x640 frames on a loaded
+2-core machine, a 1-second one none (docs/robot.md)."""
 
 
 @dataclass
@@ -134,14 +140,19 @@ class RecorderNode(Node):
         self._writer = threading.Thread(target=self._write_loop, name="recorder_writer", daemon=True)
         self._writer.start()
 
-        inputs = MutuallyExclusiveCallbackGroup()
+        # Each camera on its own callback group (frames are copied in parallel with everything else),
+        # and queues deeper than a live consumer's: a recorder must ride out a slow moment, not drop.
         for cam in self.config.cameras:
+            qos = camera_subscription_qos(self, cam)
+            qos.depth = max(qos.depth, math.ceil(RECORDER_QUEUE_S * self.config.control_rate_hz))
             self.create_subscription(
-                Image, cam.topic, lambda m, info, c=cam.name: self._on_image(c, m, info), camera_subscription_qos(self, cam), callback_group=inputs
+                Image, cam.topic, lambda m, info, c=cam.name: self._on_image(c, m, info), qos, callback_group=MutuallyExclusiveCallbackGroup()
             )
-        self.create_subscription(JointState, self.config.topics.joint_states, self._on_joint_state, STATE_QOS, callback_group=inputs)
-        self.create_subscription(self._codec.msg_type, self.config.topics.command, self._on_command, STATE_QOS, callback_group=inputs)
-        self.create_subscription(Bool, self.names.success, self._on_success, STATE_QOS, callback_group=inputs)
+        inputs = MutuallyExclusiveCallbackGroup()
+        deep = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+        self.create_subscription(JointState, self.config.topics.joint_states, self._on_joint_state, deep, callback_group=inputs)
+        self.create_subscription(self._codec.msg_type, self.config.topics.command, self._on_command, deep, callback_group=inputs)
+        self.create_subscription(Bool, self.names.success, self._on_success, deep, callback_group=inputs)
         self.create_subscription(Int64, self.names.env_seed, self._on_seed, LATCHED_QOS, callback_group=inputs)
         self.create_subscription(String, self.names.policy_version, self._on_version, LATCHED_QOS, callback_group=inputs)
         self.create_subscription(String, self.config.topics.instruction, self._on_instruction, LATCHED_QOS, callback_group=inputs)
