@@ -53,6 +53,10 @@ def tick(arm: FakeArm, node: PolicyNode, cameras: bool = True, state: bool = Tru
     return arm.tick(cameras=cameras, state=state, delivered=delivered)
 
 
+def expect(node: PolicyNode, actual: np.ndarray, desired: np.ndarray) -> None:
+    np.testing.assert_allclose(actual, desired, err_msg=f"node counters {node.counters}, watchdog {node.watchdog_state}")
+
+
 def enable(arm: FakeArm, node: PolicyNode) -> np.ndarray:
     """Start an episode; the node serves the current tick at once. Returns that command."""
     before = arm.num_commands
@@ -83,18 +87,18 @@ def test_watchdog_holds_within_two_periods_when_the_camera_stops(graph):
     enable(arm, node)
     moving = node.holder.active.policy.action
     for _ in range(4):
-        np.testing.assert_allclose(tick(arm, node), moving)
+        expect(node, tick(arm, node), moving)
     # Camera stops; joint state keeps coming. One period without a frame is tolerated ...
-    np.testing.assert_allclose(tick(arm, node, cameras=False), moving)
+    expect(node, tick(arm, node, cameras=False), moving)
     # ... at two periods the node holds: delta dims 0, the absolute gripper keeps its last command.
     held = tick(arm, node, cameras=False)
-    np.testing.assert_allclose(held[:3], 0.0)
+    expect(node, held[:3], 0.0)
     assert held[3] == pytest.approx(moving[3])
     for _ in range(3):
-        np.testing.assert_allclose(tick(arm, node, cameras=False), held)
+        expect(node, tick(arm, node, cameras=False), held)
     assert node.watchdog_state == "stale"
     # Frames back: the policy acts again (served late, as soon as its new chunk arrives).
-    np.testing.assert_allclose(tick(arm, node), moving)
+    expect(node, tick(arm, node), moving)
     assert node.watchdog_state == "ok"
 
 
