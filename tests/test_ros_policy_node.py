@@ -142,8 +142,9 @@ def test_dry_run_publishes_nothing_to_the_arm(graph):
     wait_until(lambda: node.count_subscribers(node.names.policy_dry_run_action) > 0, what="discovery")
     node.enable(True)
     for _ in range(5):
+        before = len(proposed)
         arm.tick(wait_command=False)
-        wait_until(lambda n=len(proposed): len(proposed) > n, what="a dry-run action")
+        wait_until(lambda before=before: len(proposed) > before, what="a dry-run action")
     assert arm.num_commands == 0
     np.testing.assert_allclose(proposed[-1].data, node.holder.active.policy.action)
 

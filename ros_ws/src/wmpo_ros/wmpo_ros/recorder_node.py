@@ -42,7 +42,6 @@ from wmpo_core.robot_config import load_robot_config
 from wmpo_ros.image_conversion import ImageEncodingError, msg_to_image
 from wmpo_ros.messages import (
     LATCHED_QOS,
-    STATE_QOS,
     CommandCodec,
     JointOrderError,
     camera_subscription_qos,
