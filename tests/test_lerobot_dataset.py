@@ -11,7 +11,7 @@ import pytest
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.lerobot_dataset import LeRobotDatasetError, export_lerobot, import_lerobot
 from wmpo_core.robot_config import load_robot_config
-from wmpo_core.units import config_vector_to_lerobot
+from wmpo_core.lerobot_units import vector_to_lerobot
 
 
 def _moving_square(step: int, shape: tuple[int, int, int]) -> np.ndarray:
@@ -82,7 +82,7 @@ def test_units_are_converted_for_lerobot_arms(tmp_path: Path) -> None:
 
     rows = pd.read_parquet(next((root / "data").rglob("*.parquet")))
     exported_state = np.stack(rows["observation.state"].to_numpy())
-    np.testing.assert_allclose(exported_state, config_vector_to_lerobot(small, store.episode(ids[0]).state()), rtol=1e-5)
+    np.testing.assert_allclose(exported_state, np.stack([vector_to_lerobot(r, small) for r in store.episode(ids[0]).state()]), rtol=1e-5)
     assert np.abs(exported_state[:, :5]).max() > 4.0  # degrees, not radians
 
     back = EpisodeStore.open(tmp_path / "back.zarr", mode="a")

@@ -8,7 +8,7 @@ Conventions: keys `observation.images.<camera>` (video), `observation.state`, `a
 derives `timestamp` from the frame index; the real capture time of each step (seconds since the
 episode's first step) travels as the extra feature `observation.capture_time`, so nothing is lost
 on a round trip. For arms with a LeRobot driver, joint values are converted to and from LeRobot's
-units (degrees, 0..100 gripper) with `wmpo_core.units`.
+units (degrees, 0..100 gripper) with `wmpo_core.lerobot_units`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 
 from wmpo_core.episode_store import EpisodeMeta, EpisodeStore, Source
 from wmpo_core.robot_config import LeRobotDriver, RobotConfig
-from wmpo_core.units import config_vector_to_lerobot, lerobot_vector_to_config
+from wmpo_core.lerobot_units import vector_from_lerobot, vector_to_lerobot
 
 CAPTURE_TIME_KEY = "observation.capture_time"
 VIDEO_BACKEND = "pyav"
@@ -88,9 +88,9 @@ def export_lerobot(
             episode = store.episode(episode_id)
             state, action, times = episode.state(), episode.action(), episode.time()
             if _converts_units(config):
-                state = config_vector_to_lerobot(config, state).astype(np.float32)
+                state = np.stack([vector_to_lerobot(row, config) for row in state]).astype(np.float32)
                 if config.action.space == "joint_position":
-                    action = config_vector_to_lerobot(config, action).astype(np.float32)
+                    action = np.stack([vector_to_lerobot(row, config) for row in action]).astype(np.float32)
             frames = {cam: episode.frames(cam) for cam in config.camera_names}
             for step in range(len(episode)):
                 frame = {_image_key(cam): frames[cam][step] for cam in config.camera_names}
@@ -161,9 +161,9 @@ def import_lerobot(
                 state = np.asarray(r["observation.state"], dtype=np.float64)
                 action = np.asarray(r["action"], dtype=np.float64)
                 if _converts_units(config):
-                    state = lerobot_vector_to_config(config, state)
+                    state = vector_from_lerobot(state, config)
                     if config.action.space == "joint_position":
-                        action = lerobot_vector_to_config(config, action)
+                        action = vector_from_lerobot(action, config)
                 offset = float(np.asarray(r[CAPTURE_TIME_KEY]).reshape(-1)[0]) if CAPTURE_TIME_KEY in r else float(r["timestamp"])
                 images = {cam: np.asarray(r[_image_key(cam)]).transpose(1, 2, 0).copy() for cam in config.camera_names}
                 writer.append(images=images, state=state, action=action, time=start + offset)
