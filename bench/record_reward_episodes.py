@@ -48,21 +48,35 @@ def record(args: argparse.Namespace) -> int:
             stop_at = int(rng.integers(10, 31)) if mode == "early" else cfg.max_episode_steps
             drop_after = int(rng.integers(2, 5)) if mode == "drop" else None
             obs = arm.reset(seed=seed)
-            writer = store.begin_episode(cfg, source="scripted", task=cfg.tasks[0], policy_version=f"expert-{mode}",
-                                         env_seed=seed, extra={"mode": mode})
+            writer = store.begin_episode(
+                cfg,
+                source="scripted",
+                task=cfg.tasks[0],
+                policy_version=f"expert-{mode}",
+                env_seed=seed,
+                extra={"mode": mode},
+            )
             t0, success, dropped_at = time.time(), False, None
             for step in range(stop_at):
                 action = arm.expert_action()
                 if mode == "noisy":
                     action[:-1] += rng.normal(0.0, 0.6, size=action.shape[0] - 1)
-                if drop_after is not None and dropped_at is None and arm.expert._phase == "lift" \
-                        and arm.expert._steps_in_phase >= drop_after:
+                if (
+                    drop_after is not None
+                    and dropped_at is None
+                    and arm.expert._phase == "lift"
+                    and arm.expert._steps_in_phase >= drop_after
+                ):
                     dropped_at = step
                 if dropped_at is not None:
                     action[-1] = 1.0  # gripper open: the block falls
                 action = np.clip(action, low, high)
-                writer.append({c: obs.images[c] for c in cfg.camera_names}, obs.state, action,
-                              t0 + step * cfg.control_period_s)
+                writer.append(
+                    {c: obs.images[c] for c in cfg.camera_names},
+                    obs.state,
+                    action,
+                    t0 + step * cfg.control_period_s,
+                )
                 obs = arm.step(action)
                 success = obs.success
                 if obs.terminated or obs.truncated or (dropped_at is not None and step >= dropped_at + 12):
@@ -83,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", required=True, help="episode store directory (created if missing)")
     p.add_argument("--robot", default="so101_sim", help="robot config name or path (a gym_sim driver)")
     p.add_argument("--episodes", type=int, default=48, help="number of episodes to record (default 48)")
-    p.add_argument("--seed-start", type=int, default=0, help="env seed of the first episode, then +1 (default 0)")
+    p.add_argument(
+        "--seed-start", type=int, default=0, help="env seed of the first episode, then +1 (default 0)"
+    )
     return record(p.parse_args(argv))
 
 

@@ -31,7 +31,9 @@ def step_frames(episode: int, num_steps: int) -> np.ndarray:
 
 
 def write_episode(store: EpisodeStore, frames: np.ndarray, success: bool | None, episode_id: str) -> None:
-    writer = store.begin_episode(robot_config=ROBOT, source="policy", task="pick up the cube", episode_id=episode_id)
+    writer = store.begin_episode(
+        robot_config=ROBOT, source="policy", task="pick up the cube", episode_id=episode_id
+    )
     for t, frame in enumerate(frames):
         writer.append({"front": frame}, np.zeros(6), np.zeros(4), time=1000.0 + 0.1 * t)
     writer.commit(success=success, success_labeled_by="env" if success is not None else None)
@@ -111,9 +113,19 @@ def test_dataset_items_are_the_preprocessed_store_frames(store, cached):
 def _metas(successes: int, failures: int):
     from wmpo_core.episode_store import EpisodeMeta
 
-    base = dict(robot_config_name="so101_sim", robot_config_hash="x", policy_version=None, source="policy",
-                task="t", start_time=0.0, num_steps=10, control_rate_hz=10.0, cameras={"front": (128, 128, 3)},
-                state_dim=6, action_dim=4)
+    base = dict(
+        robot_config_name="so101_sim",
+        robot_config_hash="x",
+        policy_version=None,
+        source="policy",
+        task="t",
+        start_time=0.0,
+        num_steps=10,
+        control_rate_hz=10.0,
+        cameras={"front": (128, 128, 3)},
+        state_dim=6,
+        action_dim=4,
+    )
     return [EpisodeMeta(episode_id=f"s{i:02d}", success=True, **base) for i in range(successes)] + [
         EpisodeMeta(episode_id=f"f{i:02d}", success=False, **base) for i in range(failures)
     ]

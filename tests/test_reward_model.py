@@ -18,8 +18,16 @@ N = 8
 def small_model(seed: int = 0, threshold: float = 0.5) -> RewardModel:
     torch.manual_seed(seed)
     config = VideoMAEConfig(
-        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=64, num_frames=N, tubelet_size=2, num_labels=1, problem_type="multi_label_classification",
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_frames=N,
+        tubelet_size=2,
+        num_labels=1,
+        problem_type="multi_label_classification",
     )
     spec = PreprocessSpec(camera="front", image_size=32, num_frames=N)
     return RewardModel(VideoMAEForVideoClassification(config), spec, threshold=threshold).eval()
@@ -41,8 +49,16 @@ def test_tiny_preset_is_videomae_with_one_logit():
 
 def test_inconsistent_configs_are_refused():
     spec = PreprocessSpec(camera="front", image_size=32, num_frames=N)
-    two_logits = VideoMAEConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
-                                num_attention_heads=2, intermediate_size=64, num_frames=N, num_labels=2)
+    two_logits = VideoMAEConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_frames=N,
+        num_labels=2,
+    )
     with pytest.raises(ValueError, match="num_labels=2.*problem_type=None"):
         RewardModel(VideoMAEForVideoClassification(two_logits), spec)
     with pytest.raises(ValueError, match="image_size=32 but preprocessing uses 64"):
@@ -66,7 +82,10 @@ def test_training_loss_and_scoring_use_the_same_rule():
     torch.testing.assert_close(hf.loss, success_loss(logits, labels))
     # the detection scores of a one-window episode are those probabilities too
     torch.testing.assert_close(
-        torch.from_numpy(model.detect(clips[0]).scores), model.clip_probabilities(clips[:1]), rtol=1e-5, atol=1e-6
+        torch.from_numpy(model.detect(clips[0]).scores),
+        model.clip_probabilities(clips[:1]),
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 
@@ -96,8 +115,8 @@ def test_scores_cover_every_stride_1_window():
     np.testing.assert_allclose(detection.scores, expected, rtol=1e-5, atol=1e-6)
     # threshold at the k-th window's score: success, finishing at that window's end step
     k = 5
-    at_k = model.detect(episode, threshold=float(detection.scores[:k + 1].max()))
-    first = int(np.argmax(detection.scores >= detection.scores[:k + 1].max()))
+    at_k = model.detect(episode, threshold=float(detection.scores[: k + 1].max()))
+    first = int(np.argmax(detection.scores >= detection.scores[: k + 1].max()))
     assert at_k.success and at_k.finish_step == int(ends[first])
     none = model.detect(episode, threshold=1.0 if detection.scores.max() < 1.0 else 1.1)
     assert (none.success, none.finish_step) == (False, None)
@@ -110,7 +129,9 @@ def test_short_episodes_are_scored_not_failed():
         detection = model.detect(episode, threshold=0.0)
         assert detection.success and detection.finish_step == steps - 1 and detection.scores.shape == (1,)
         padded = episode[window_frame_indices(steps - 1, N)][None]
-        np.testing.assert_allclose(detection.scores, model.clip_probabilities(padded).numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            detection.scores, model.clip_probabilities(padded).numpy(), rtol=1e-5, atol=1e-6
+        )
         # its decision is the threshold rule on that score, like any other episode
         score = float(detection.scores[0])
         assert model.detect(episode, threshold=score).success
@@ -145,10 +166,17 @@ def test_batched_detection_equals_one_by_one():
 def test_checkpoint_round_trip(tmp_path):
     model = small_model(seed=1, threshold=0.37)
     meta = save_checkpoint(model, tmp_path / "ckpt")
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors", "reward_model.json"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "reward_model.json",
+    ]
     loaded, loaded_meta = load_checkpoint(tmp_path / "ckpt")
     assert loaded.threshold == 0.37 and loaded.spec == model.spec and loaded_meta.sha256 == meta.sha256
-    assert loaded_meta.scoring.startswith("sigmoid") and loaded.classifier.config.problem_type == "multi_label_classification"
+    assert (
+        loaded_meta.scoring.startswith("sigmoid")
+        and loaded.classifier.config.problem_type == "multi_label_classification"
+    )
     episode = random_episode(12, 5)
     np.testing.assert_array_equal(loaded.detect(episode).scores, model.detect(episode).scores)
     raw = json.loads((tmp_path / "ckpt" / "reward_model.json").read_text())
@@ -194,3 +222,39 @@ def test_weights_missing_a_tensor_are_refused_even_with_matching_hashes(tmp_path
     (ckpt / "reward_model.json").write_text('{"format_version": 1, "threshold": 2}')
     with pytest.raises(CheckpointError, match="invalid metadata"):
         read_metadata(ckpt)
+
+
+def test_from_pretrained_loads_a_local_videomae_with_a_fresh_single_logit_head(tmp_path):
+    """The real-use path (e.g. MCG-NJU/videomae-base), from a local directory: no hub here."""
+    from transformers import VideoMAEForPreTraining, VideoMAEImageProcessor
+
+    torch.manual_seed(3)
+    config = VideoMAEConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_frames=16,
+        decoder_hidden_size=32,
+        decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=64,
+    )
+    pretrained = VideoMAEForPreTraining(config)
+    pretrained.save_pretrained(tmp_path / "videomae")
+    VideoMAEImageProcessor(image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.2, 0.2]).save_pretrained(
+        tmp_path / "videomae"
+    )
+
+    model = RewardModel.from_pretrained(str(tmp_path / "videomae"), camera="front")
+    assert model.classifier.config.num_frames == 8 and model.classifier.config.num_labels == 1
+    assert (
+        model.spec.image_size == 32
+        and model.spec.mean == (0.5, 0.4, 0.3)
+        and model.spec.std == (0.2, 0.2, 0.2)
+    )
+    encoder = "videomae.encoder.layer.0.attention.attention.query.weight"
+    torch.testing.assert_close(model.classifier.state_dict()[encoder], pretrained.state_dict()[encoder])
+    assert model.detect(random_episode(10, 0)).scores.shape == (3,)

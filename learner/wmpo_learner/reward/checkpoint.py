@@ -1,9 +1,9 @@
 """Reward model checkpoints: a directory of JSON and safetensors, verified on load (no pickle).
 
-    <dir>/config.json          the transformers VideoMAEConfig
-    <dir>/model.safetensors    the weights
-    <dir>/reward_model.json    RewardModelMetadata: preprocessing, threshold and its validation
-                               metrics, what it was trained on, sha256 of the two files above
+<dir>/config.json          the transformers VideoMAEConfig
+<dir>/model.safetensors    the weights
+<dir>/reward_model.json    RewardModelMetadata: preprocessing, threshold and its validation
+                           metrics, what it was trained on, sha256 of the two files above
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ class Validation(BaseModel):
     """Mean number of steps between detection (finish step) and the last frame, over the
     held-out successful episodes detected at the chosen threshold."""
     episodes: list[str]
-    candidates: tuple[float, float, int]
-    """The threshold sweep: (first, last, count), evenly spaced."""
+    max_scores: list[float]
+    """Highest window score of each held-out episode (same order): the sweep can be redone."""
 
 
 class TrainingRecord(BaseModel):
@@ -75,7 +75,9 @@ class RewardModelMetadata(BaseModel):
 
     format: Literal["wmpo-reward-model"] = FORMAT
     format_version: int = FORMAT_VERSION
-    scoring: Literal["sigmoid(logit); trained with BCE-with-logits"] = "sigmoid(logit); trained with BCE-with-logits"
+    scoring: Literal["sigmoid(logit); trained with BCE-with-logits"] = (
+        "sigmoid(logit); trained with BCE-with-logits"
+    )
     preprocessing: PreprocessSpec
     threshold: float = Field(ge=0.0, le=1.0)
     validation: Validation | None = None
@@ -132,15 +134,21 @@ def read_metadata(directory: str | os.PathLike[str]) -> RewardModelMetadata:
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: unreadable ({exc})") from None
     if isinstance(raw, dict) and raw.get("format_version") not in (None, FORMAT_VERSION):
-        raise CheckpointError(f"{path}: format version {raw.get('format_version')!r}; this version reads {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{path}: format version {raw.get('format_version')!r}; this version reads {FORMAT_VERSION}"
+        )
     try:
         return RewardModelMetadata.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise CheckpointError(f"{path}: invalid metadata at {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        raise CheckpointError(
+            f"{path}: invalid metadata at {'.'.join(map(str, err['loc']))}: {err['msg']}"
+        ) from None
 
 
-def load_checkpoint(directory: str | os.PathLike[str], device: str = "cpu") -> tuple[RewardModel, RewardModelMetadata]:
+def load_checkpoint(
+    directory: str | os.PathLike[str], device: str = "cpu"
+) -> tuple[RewardModel, RewardModelMetadata]:
     """Load and verify: both files must match their sha256 and the weights the config exactly."""
     directory = Path(directory)
     meta = read_metadata(directory)
@@ -151,7 +159,9 @@ def load_checkpoint(directory: str | os.PathLike[str], device: str = "cpu") -> t
         expected = meta.sha256.get(name)
         actual = _sha256(path)
         if expected != actual:
-            raise CheckpointError(f"{path}: sha256 {actual} does not match the recorded {expected}; refusing to load")
+            raise CheckpointError(
+                f"{path}: sha256 {actual} does not match the recorded {expected}; refusing to load"
+            )
     try:
         config = VideoMAEConfig.from_json_file(directory / CONFIG_FILE)
         classifier = VideoMAEForVideoClassification(config)

@@ -46,7 +46,9 @@ def episode_clips(
         return [Clip(episode_id, int(e), False) for e in ends]
     last = int(ends[-1])
     negatives_until = last - num_frames if exclude_overlapping else last - 1  # inclusive
-    return [Clip(episode_id, int(e), False) for e in ends if e <= negatives_until] + [Clip(episode_id, last, True)]
+    return [Clip(episode_id, int(e), False) for e in ends if e <= negatives_until] + [
+        Clip(episode_id, last, True)
+    ]
 
 
 def labelled_episodes(store: EpisodeStore, robot_config_name: str, camera: str) -> list[EpisodeMeta]:
@@ -140,7 +142,11 @@ class ClipDataset(Dataset):
         clip = self.clips[index]
         idx = window_frame_indices(clip.end, self.spec.num_frames)
         cached = self._cache.get(clip.episode_id)
-        frames = cached[idx] if cached is not None else self._reader_store().episode(clip.episode_id).frames_at(self.spec.camera, idx)
+        frames = (
+            cached[idx]
+            if cached is not None
+            else self._reader_store().episode(clip.episode_id).frames_at(self.spec.camera, idx)
+        )
         pixels = preprocess(frames, self.spec)
         if self.max_shift > 0:
             pixels = random_shift(pixels, self.max_shift)

@@ -19,25 +19,41 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import VideoMAEConfig, VideoMAEForVideoClassification
 
-from wmpo_learner.reward.preprocessing import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec, as_uint8_frames, preprocess
+from wmpo_learner.reward.preprocessing import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PreprocessSpec,
+    as_uint8_frames,
+    preprocess,
+)
 from wmpo_learner.reward.windows import first_detection, window_ends, window_frame_indices
 
 log = logging.getLogger(__name__)
 
 NUM_FRAMES = 8
 """Clip length of the method (8 frames, as in the paper)."""
-PRETRAINED = "MCG-NJU/videomae-base"
-"""The paper's backbone (224 px); use it with `RewardModel.from_pretrained` where the hub is reachable."""
 PROBLEM_TYPE = "multi_label_classification"
 """transformers' name for BCE-with-logits on each logit; with one label it is binary."""
 
 PRESETS: dict[str, dict[str, int]] = {
     # Small enough to train on a CPU in minutes; for tests and CPU-scale experiments.
-    "tiny": {"image_size": 64, "patch_size": 8, "hidden_size": 64, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "intermediate_size": 128},
-    # VideoMAE-base geometry, from scratch (prefer `from_pretrained(PRETRAINED)` on real data).
-    "base": {"image_size": 224, "patch_size": 16, "hidden_size": 768, "num_hidden_layers": 12,
-             "num_attention_heads": 12, "intermediate_size": 3072},
+    "tiny": {
+        "image_size": 64,
+        "patch_size": 8,
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 128,
+    },
+    # VideoMAE-base geometry, from scratch (prefer `from_pretrained("MCG-NJU/videomae-base")` on real data).
+    "base": {
+        "image_size": 224,
+        "patch_size": 16,
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+    },
 }
 
 
@@ -73,7 +89,9 @@ class Detection(NamedTuple):
 class RewardModel(nn.Module):
     """A VideoMAE classifier with its preprocessing and its decision threshold."""
 
-    def __init__(self, classifier: VideoMAEForVideoClassification, spec: PreprocessSpec, threshold: float = 0.5):
+    def __init__(
+        self, classifier: VideoMAEForVideoClassification, spec: PreprocessSpec, threshold: float = 0.5
+    ):
         super().__init__()
         config = classifier.config
         problems = []
@@ -108,7 +126,11 @@ class RewardModel(nn.Module):
     def from_pretrained(cls, name_or_path: str, camera: str, num_frames: int = NUM_FRAMES) -> RewardModel:
         """Start from a pretrained VideoMAE (hub id or local directory); a fresh 1-logit head."""
         classifier = VideoMAEForVideoClassification.from_pretrained(
-            name_or_path, num_labels=1, num_frames=num_frames, problem_type=PROBLEM_TYPE, ignore_mismatched_sizes=True
+            name_or_path,
+            num_labels=1,
+            num_frames=num_frames,
+            problem_type=PROBLEM_TYPE,
+            ignore_mismatched_sizes=True,
         )
         mean, std = _pretrained_normalization(name_or_path)
         image_size = classifier.config.image_size
@@ -162,7 +184,9 @@ class RewardModel(nn.Module):
         frames = _episode_list(episodes, lengths)
         detections = []
         for episode, scores in zip(frames, self._score(frames, batch_size), strict=True):
-            success, finish = first_detection(scores, window_ends(len(episode), self.spec.num_frames), threshold)
+            success, finish = first_detection(
+                scores, window_ends(len(episode), self.spec.num_frames), threshold
+            )
             detections.append(Detection(success, finish, scores))
         return detections
 
@@ -180,7 +204,9 @@ class RewardModel(nn.Module):
         Episodes shorter than one window are padded at the start by repeating the first frame.
         """
         single = not isinstance(frames, Sequence) and np.ndim(frames) == 4
-        detections = self.detect_batch([frames] if single else frames, threshold=threshold, batch_size=batch_size)
+        detections = self.detect_batch(
+            [frames] if single else frames, threshold=threshold, batch_size=batch_size
+        )
         return detections[0] if single else detections
 
     @torch.inference_mode()
@@ -195,7 +221,9 @@ class RewardModel(nn.Module):
             clips = []
             for ep, first, last in batch:  # the windows ending at first..last of episode ep
                 lo = max(0, first - n + 1)
-                pixels = preprocess(frames[ep][lo : last + 1], self.spec)  # only the frames these windows cover
+                pixels = preprocess(
+                    frames[ep][lo : last + 1], self.spec
+                )  # only the frames these windows cover
                 idx = np.stack([window_frame_indices(e, n) - lo for e in range(first, last + 1)])
                 clips.append(pixels[torch.from_numpy(idx)])
             probs = success_probability(self(torch.cat(clips).to(self.device))).float().cpu().numpy()
@@ -233,7 +261,9 @@ def _episode_list(
     return frames
 
 
-def _window_batches(num_steps: list[int], num_frames: int, batch_size: int) -> Iterator[list[tuple[int, int, int]]]:
+def _window_batches(
+    num_steps: list[int], num_frames: int, batch_size: int
+) -> Iterator[list[tuple[int, int, int]]]:
     """Pack all windows of all episodes into batches of `batch_size`, in order.
 
     Yields lists of (episode, first_end, last_end): runs of consecutive windows of one episode.

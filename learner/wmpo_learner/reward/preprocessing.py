@@ -43,7 +43,9 @@ def as_uint8_frames(frames: np.ndarray | torch.Tensor) -> np.ndarray:
         frames = frames.detach().cpu().numpy()
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim < 3 or frames.shape[-1] not in (1, 3):
-        raise ValueError(f"expected (..., H, W, C) uint8 frames with C = 1 or 3, got {frames.shape} {frames.dtype}")
+        raise ValueError(
+            f"expected (..., H, W, C) uint8 frames with C = 1 or 3, got {frames.shape} {frames.dtype}"
+        )
     return frames
 
 

@@ -12,9 +12,6 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-DEFAULT_CANDIDATES = (0.01, 0.99, 99)
-"""Sweep 0.01, 0.02, ..., 0.99 (first, last, count)."""
-
 
 class EpisodeMetrics(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -33,7 +30,9 @@ class EpisodeMetrics(BaseModel):
         return self.true_positives + self.false_positives + self.false_negatives + self.true_negatives
 
 
-def episode_metrics(max_scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | np.ndarray, threshold: float) -> EpisodeMetrics:
+def episode_metrics(
+    max_scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | np.ndarray, threshold: float
+) -> EpisodeMetrics:
     """Precision, recall and F1 of 'max window score >= threshold' against true labels.
 
     Undefined ratios (no predicted or no true positives) count as 0, like scikit-learn's
@@ -42,7 +41,9 @@ def episode_metrics(max_scores: Sequence[float] | np.ndarray, labels: Sequence[b
     scores = np.asarray(max_scores, dtype=np.float64)
     truth = np.asarray(labels, dtype=bool)
     if scores.shape != truth.shape or scores.ndim != 1:
-        raise ValueError(f"need one score per labelled episode, got {scores.shape} scores and {truth.shape} labels")
+        raise ValueError(
+            f"need one score per labelled episode, got {scores.shape} scores and {truth.shape} labels"
+        )
     predicted = scores >= threshold
     tp = int(np.sum(predicted & truth))
     fp = int(np.sum(predicted & ~truth))
@@ -52,15 +53,31 @@ def episode_metrics(max_scores: Sequence[float] | np.ndarray, labels: Sequence[b
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return EpisodeMetrics(
-        threshold=float(threshold), precision=precision, recall=recall, f1=f1,
-        true_positives=tp, false_positives=fp, false_negatives=fn, true_negatives=tn,
+        threshold=float(threshold),
+        precision=precision,
+        recall=recall,
+        f1=f1,
+        true_positives=tp,
+        false_positives=fp,
+        false_negatives=fn,
+        true_negatives=tn,
     )
 
 
-def threshold_candidates(first: float, last: float, count: int) -> np.ndarray:
-    if not (0.0 <= first <= last <= 1.0) or count < 1:
-        raise ValueError(f"threshold sweep needs 0 <= first <= last <= 1 and count >= 1, got {first}, {last}, {count}")
-    return np.round(np.linspace(first, last, count), 10)
+def midpoint_candidates(max_scores: Sequence[float] | np.ndarray) -> np.ndarray:
+    """One threshold per distinct outcome: midpoints between consecutive distinct scores, plus
+    one below the lowest and one above the highest.
+
+    Episode-level F1 only changes where the threshold crosses an episode's score, so this sweep
+    is exhaustive, and each candidate sits as far as possible from the scores on either side. A
+    fixed grid (the paper's 0.3..1.0) cannot separate scores that a saturated sigmoid puts
+    within one grid step of each other, such as 0.985 vs 0.996.
+    """
+    scores = np.unique(np.asarray(max_scores, dtype=np.float64))
+    if scores.size == 0:
+        raise ValueError("no scores to choose a threshold from")
+    inner = (scores[:-1] + scores[1:]) / 2
+    return np.concatenate([[scores[0] / 2], inner, [(scores[-1] + 1.0) / 2]])
 
 
 def select_threshold(
@@ -70,8 +87,8 @@ def select_threshold(
 ) -> tuple[EpisodeMetrics, list[EpisodeMetrics]]:
     """The candidate threshold with the best episode-level F1, and the whole sweep.
 
-    Ties (a range of thresholds with the same best F1) go to the median tied candidate: the
-    threshold farthest inside the optimal range, least sensitive to small score shifts.
+    `candidates` default to `midpoint_candidates(max_scores)`. Ties (several candidates with the
+    same best F1) go to the median tied candidate, the one farthest inside the optimal range.
     """
     truth = np.asarray(labels, dtype=bool)
     if not truth.any() or truth.all():
@@ -79,7 +96,11 @@ def select_threshold(
             f"choosing a threshold needs successful and failed episodes; got {int(truth.sum())} successes "
             f"among {truth.size} episodes"
         )
-    grid = threshold_candidates(*DEFAULT_CANDIDATES) if candidates is None else np.sort(np.asarray(candidates, dtype=np.float64))
+    grid = (
+        midpoint_candidates(max_scores)
+        if candidates is None
+        else np.sort(np.asarray(candidates, dtype=np.float64))
+    )
     sweep = [episode_metrics(max_scores, truth, float(t)) for t in grid]
     best_f1 = max(m.f1 for m in sweep)
     tied = [m for m in sweep if m.f1 >= best_f1 - 1e-12]

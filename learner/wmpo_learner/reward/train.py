@@ -11,6 +11,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,18 +19,28 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from wmpo_core.episode_store import EpisodeStore
+from wmpo_core.image_ops import resize_frames
 from wmpo_core.robot_config import RobotConfig
 from wmpo_learner.reward.checkpoint import RewardModelMetadata, TrainingRecord, Validation, save_checkpoint
-from wmpo_learner.reward.dataset import BalancedBatchSampler, ClipDataset, episode_clips, labelled_episodes, split_episodes
+from wmpo_learner.reward.dataset import (
+    BalancedBatchSampler,
+    ClipDataset,
+    episode_clips,
+    labelled_episodes,
+    split_episodes,
+)
 from wmpo_learner.reward.model import RewardModel, success_loss, success_probability
-from wmpo_learner.reward.threshold import DEFAULT_CANDIDATES, episode_metrics, select_threshold, threshold_candidates
+from wmpo_learner.reward.threshold import episode_metrics, select_threshold
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainSettings:
-    steps: int = 1500
+    steps: int = 1000
     batch_size: int = 16
     learning_rate: float = 1e-4
     weight_decay: float = 1e-4
@@ -41,16 +52,23 @@ class TrainSettings:
     num_workers: int = 0
     eval_batch_size: int = 64
     log_every: int = 10
-    candidates: tuple[float, float, int] = DEFAULT_CANDIDATES
 
 
 def score_stored_episodes(
     model: RewardModel, store: EpisodeStore, episode_ids: Sequence[str], batch_size: int = 64, group: int = 16
 ) -> list[np.ndarray]:
-    """Window scores of stored episodes; `group` episodes are held in memory at a time."""
+    """Window scores of stored episodes, `group` episodes at a time.
+
+    Frames are resized to the model's input size as they are read (to bound memory with
+    full-resolution cameras); `preprocess` leaves frames of that size unchanged, so the scores
+    are the same as scoring the stored frames directly.
+    """
     scores: list[np.ndarray] = []
     for start in tqdm(range(0, len(episode_ids), group), desc="scoring episodes", unit="group", leave=False):
-        frames = [store.episode(i).frames(model.spec.camera) for i in episode_ids[start : start + group]]
+        frames = [
+            resize_frames(store.episode(i).frames(model.spec.camera), model.spec.image_size)
+            for i in episode_ids[start : start + group]
+        ]
         scores += model.score_windows(frames, batch_size=batch_size)
     return scores
 
@@ -63,7 +81,7 @@ def train_reward_model(
     out_dir: str,
     init: str,
     already_trained_on: Sequence[str] = (),
-    writer=None,
+    writer: SummaryWriter | None = None,
 ) -> RewardModelMetadata:
     """Train `model` in place, choose its threshold, save it to `out_dir`; returns the metadata.
 
@@ -75,23 +93,41 @@ def train_reward_model(
     torch.manual_seed(settings.seed)
     spec = model.spec
     metas = labelled_episodes(store, robot.name, spec.camera)
-    train_ids, holdout_ids = split_episodes(metas, settings.holdout_fraction, settings.seed, already_trained_on)
+    train_ids, holdout_ids = split_episodes(
+        metas, settings.holdout_fraction, settings.seed, already_trained_on
+    )
     by_id = {m.episode_id: m for m in metas}
-    log.info("%d labelled episodes: %d for training, %d held out for the threshold", len(metas), len(train_ids), len(holdout_ids))
+    log.info(
+        "%d labelled episodes: %d for training, %d held out for the threshold",
+        len(metas),
+        len(train_ids),
+        len(holdout_ids),
+    )
 
     started = time.monotonic()
     if settings.steps > 0:
         clips = [
             clip
             for i in train_ids
-            for clip in episode_clips(i, by_id[i].num_steps, bool(by_id[i].success), spec.num_frames,
-                                      settings.exclude_overlapping_negatives)
+            for clip in episode_clips(
+                i,
+                by_id[i].num_steps,
+                bool(by_id[i].success),
+                spec.num_frames,
+                settings.exclude_overlapping_negatives,
+            )
         ]
-        dataset = ClipDataset(store, clips, spec, max_shift=round(settings.max_shift_fraction * spec.image_size))
-        sampler = BalancedBatchSampler(dataset.labels, settings.batch_size, settings.steps, seed=settings.seed)
+        dataset = ClipDataset(
+            store, clips, spec, max_shift=round(settings.max_shift_fraction * spec.image_size)
+        )
+        sampler = BalancedBatchSampler(
+            dataset.labels, settings.batch_size, settings.steps, seed=settings.seed
+        )
         log.info("%d training clips (%d positive)", len(clips), int(dataset.labels.sum()))
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=settings.num_workers)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+        )
         model.train()
         progress = tqdm(loader, total=settings.steps, desc="training reward model", unit="step")
         for step, (pixels, labels) in enumerate(progress, start=1):
@@ -112,7 +148,7 @@ def train_reward_model(
     holdout_scores = score_stored_episodes(model, store, holdout_ids, batch_size=settings.eval_batch_size)
     max_scores = np.asarray([s.max() for s in holdout_scores])
     truth = np.asarray([bool(by_id[i].success) for i in holdout_ids])
-    chosen, sweep = select_threshold(max_scores, truth, threshold_candidates(*settings.candidates))
+    chosen, _ = select_threshold(max_scores, truth)
     model.threshold = chosen.threshold
     early = [
         len(s) - 1 - int(np.argmax(s >= chosen.threshold))  # windows end at the last frame for the last score
@@ -124,15 +160,13 @@ def train_reward_model(
         finish_steps_early=float(np.mean(early)) if early else None,
         metrics_at_half=episode_metrics(max_scores, truth, 0.5),
         episodes=holdout_ids,
-        candidates=settings.candidates,
+        max_scores=[round(float(v), 6) for v in max_scores],
     )
     if writer is not None:
         for name in ("precision", "recall", "f1"):
             writer.add_scalar(f"holdout/{name}", getattr(chosen, name), settings.steps)
         writer.add_scalar("holdout/threshold", chosen.threshold, settings.steps)
         writer.add_pr_curve("holdout/episode_max_score", truth, max_scores, settings.steps)
-        for m in sweep:
-            writer.add_scalar("holdout/f1_vs_threshold_x100", m.f1, int(round(m.threshold * 100)))
         writer.flush()
     record = TrainingRecord(
         init=init,
