@@ -79,17 +79,20 @@ def clipped_policy_loss(
     mask: torch.Tensor,
     clip_low: float = 0.20,
     clip_high: float = 0.28,
+    num_valid_tokens: float | torch.Tensor | None = None,
 ) -> LossOutput:
     """Token-level clipped surrogate, averaged over all valid tokens.
 
     log_probs, old_log_probs, mask: (B, ...) per token; advantages: (B,) per trajectory.
+    `num_valid_tokens`: the denominator when this call sees only part of a mini-batch (gradient
+    accumulation, several processes); default: the valid tokens of this call.
     """
     adv = advantages.view(-1, *([1] * (log_probs.ndim - 1))).to(log_probs.dtype)
     ratio = torch.exp(log_probs - old_log_probs)
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     per_token = torch.maximum(unclipped, clipped)
-    denom = mask.sum().clamp_min(1.0)
+    denom = mask.sum().clamp_min(1.0) if num_valid_tokens is None else torch.as_tensor(num_valid_tokens).clamp_min(1.0)
     loss = (per_token * mask).sum() / denom
     with torch.no_grad():
         clip_fraction = ((clipped > unclipped).float() * mask).sum() / denom

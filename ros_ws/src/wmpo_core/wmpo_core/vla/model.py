@@ -301,12 +301,20 @@ class VLA(nn.Module):
 
     def log_probs(self, inputs: EncodedInputs, tokens: torch.Tensor, temperature: float = 1.6) -> torch.Tensor:
         """Exact, differentiable log pi(token) = log_softmax(logits / T)[token], shape (B, K, A)."""
+        return self.log_probs_and_entropy(inputs, tokens, temperature)[0]
+
+    def log_probs_and_entropy(
+        self, inputs: EncodedInputs, tokens: torch.Tensor, temperature: float = 1.6
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`log_probs` and the entropy (nats) of each token's distribution at T, from one forward pass."""
         _check_temperature(temperature)
         expected = (inputs["pixels"].shape[0], self.chunk_size, self.action_dim)
         if tuple(tokens.shape) != expected:
             raise ValueError(f"tokens must have shape {expected}, got {tuple(tokens.shape)}")
         log_p = torch.log_softmax(self.action_logits(inputs) / temperature, dim=-1)
-        return log_p.gather(-1, tokens.to(log_p.device).long().unsqueeze(-1)).squeeze(-1)
+        chosen = log_p.gather(-1, tokens.to(log_p.device).long().unsqueeze(-1)).squeeze(-1)
+        entropy = -(log_p.exp() * log_p).sum(dim=-1)
+        return chosen, entropy
 
     def tokens_to_actions(self, tokens: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """(B, K, A) tokens -> (B, K, A) float64 robot-unit actions (numpy in -> numpy out)."""

@@ -1,0 +1,136 @@
+"""Load what a GRPO run needs, train, and write the new policy version with its provenance.
+
+Shared by `wmpo grpo`, `wmpo iterate` and the WMPO experiment, so every path produces the same
+checkpoint layout: the VLA checkpoint (its manifest naming the parent version, the world model,
+the reward model and the data it came from) plus `training/grpo_history.json` and TensorBoard logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wmpo_core.episode_store import EpisodeStore
+from wmpo_core.robot_config import RobotConfig
+from wmpo_core.sim_rollout import train_seeds
+from wmpo_learner.grpo.algorithm import GRPOConfig
+
+
+def initial_frames(
+    store_path: Path, robot_config: RobotConfig, camera: str, source: str = "policy", episode_ids: list[str] | None = None
+) -> tuple[np.ndarray, list[str], list[str]]:
+    """First frames and instructions of real episodes: (frames (N, H, W, 3), instructions, episode ids).
+
+    Episodes recorded in simulation must come from the training seed range: the evaluation
+    seeds' initial states are never used for training.
+    """
+    from wmpo_core.sim_rollout import EVAL_SEED_START
+
+    store = EpisodeStore.open(store_path)
+    metas = [store.meta(i) for i in episode_ids] if episode_ids is not None else store.select(robot_config_name=robot_config.name)
+    if episode_ids is None and source == "policy":
+        metas = [m for m in metas if m.source == "policy"] or metas
+    metas = [m for m in metas if m.env_seed is None or m.env_seed < EVAL_SEED_START]
+    metas = [m for m in metas if m.robot_config_hash == robot_config.content_hash]
+    if not metas:
+        raise ValueError(f"{store_path}: no training-range episodes of robot config '{robot_config.name}' to start imagination from")
+    frames = np.stack([store.episode(m.episode_id).frames(camera, 0, 1)[0] for m in metas])
+    return frames, [m.task for m in metas], [m.episode_id for m in metas]
+
+
+def run_grpo(
+    policy: Path,
+    robot_config: RobotConfig,
+    out: Path,
+    config: GRPOConfig,
+    env: str = "imagination",
+    world_model: Path | None = None,
+    reward_model: Path | None = None,
+    store: Path | None = None,
+    initial_source: str = "policy",
+    episode_ids: list[str] | None = None,
+    horizon: int | None = None,
+    sampling_steps: int | None = None,
+    budget: int = 128,
+    seed_offset: int = 100_000,
+    seed: int = 0,
+    device: str = "auto",
+    microbatch: int = 16,
+    version: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train `policy` with GRPO and save the result to `out`; returns a JSON-able summary."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from wmpo_core.vla.checkpoint import load_checkpoint, save_checkpoint
+    from wmpo_learner.distributed import setup, teardown
+    from wmpo_learner.grpo.rollouts import ImaginationSource, SimSource
+    from wmpo_learner.grpo.trainer import log_to_tensorboard, train
+
+    world = setup(device)
+    torch.manual_seed(seed + world.rank)
+    generator = torch.Generator(device=world.device).manual_seed(seed + 1000 * world.rank)
+    vla = load_checkpoint(policy, robot_config, device=world.device)
+    parent = vla.version
+    provenance: dict[str, Any] = {"method": f"grpo-{env}", "parent_checkpoint": str(policy), "grpo": dataclasses.asdict(config), "seed": seed}
+    if env == "imagination":
+        from wmpo_learner.reward.checkpoint import load_checkpoint as load_reward
+        from wmpo_learner.world_model.model import WorldModel
+
+        missing = [flag for flag, value in (("--wm", world_model), ("--reward", reward_model), ("--store", store)) if value is None]
+        if missing:
+            raise ValueError(f"imagination needs {', '.join(missing)}")
+        wm = WorldModel.load(world_model, device=world.device).eval()
+        if wm.robot_config_hash != robot_config.content_hash:
+            raise ValueError(f"world model {world_model} was trained for robot config '{wm.robot_config_name}', not this '{robot_config.name}'")
+        if tuple(vla.cameras) != (wm.camera,):
+            raise ValueError(f"the policy sees cameras {list(vla.cameras)}, the world model imagines camera '{wm.camera}'")
+        rm, rm_meta = load_reward(reward_model, device=str(world.device))
+        frames, texts, ids = initial_frames(store, robot_config, wm.camera, initial_source, episode_ids)
+        source = ImaginationSource(
+            wm, rm, frames, texts, horizon or robot_config.max_episode_steps, sampling_steps, seed=seed + world.rank
+        )
+        provenance.update(
+            world_model=str(world_model),
+            world_model_provenance=wm.provenance,
+            reward_model=str(reward_model),
+            reward_threshold=rm.threshold,
+            data={"store": str(store), "initial_episodes": ids},
+        )
+    elif env == "sim":
+        if world.enabled:
+            raise ValueError("the simulator baseline runs as one process (launch it without torchrun)")
+        seeds = train_seeds(max(1, budget // config.group_size), offset=seed_offset)
+        source = SimSource(robot_config, seeds, budget)
+        provenance.update(data={"simulator_seeds": [seeds[0], seeds[-1]], "budget_episodes": budget})
+    else:
+        raise ValueError(f"--env must be 'imagination' or 'sim', got {env!r}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    writer = SummaryWriter(str(out / "logs")) if world.is_main else None
+    try:
+        history = train(
+            vla, source, config, generator, microbatch=microbatch, world=world,
+            on_iteration=log_to_tensorboard(writer) if writer is not None else None,
+            progress=progress and world.is_main,
+        )
+    finally:
+        if writer is not None:
+            writer.close()
+        if hasattr(source, "close"):
+            source.close()
+    summary: dict[str, Any] = {"out": str(out), "parent_version": parent, "iterations": len(history)}
+    if world.is_main:
+        provenance["real_episodes_used"] = getattr(source, "real_episodes_used", 0)
+        manifest = save_checkpoint(vla, out, robot_config, version=version, parent_version=parent, provenance=provenance)
+        (out / "training").mkdir(exist_ok=True)
+        history_dicts = [dataclasses.asdict(h) for h in history]
+        (out / "training" / "grpo_history.json").write_text(json.dumps(history_dicts, indent=2))
+        summary.update(version=manifest["version"], real_episodes_used=provenance["real_episodes_used"], history=history_dicts[-3:])
+    teardown(world)
+    return summary
