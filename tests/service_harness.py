@@ -19,15 +19,10 @@ import numpy as np
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.robot_config import load_robot_config
 from wmpo_learner.service.archive import write_dir_archive
+from wmpo_learner.service.local import free_port
 
 TOKEN = "test-token-0123456789abcdef"
 WRONG_TOKEN = "test-token-0123456789abcdeX"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
