@@ -25,7 +25,7 @@ ARGUMENTS = [
     (SIM_ARM, "seed"),
     (SIM_ARM, "real_time_factor"),
     (SIM_ARM, "lockstep"),
-    (SIM_ARM, "command_timeout_s"),
+    (SIM_ARM, "stall_warning_s"),
     (LEROBOT_BRIDGE, "calibrate"),
 ]
 
@@ -51,7 +51,7 @@ def launch_setup(context):
                         "seed": value(context, SIM_ARM, "seed"),
                         "real_time_factor": value(context, SIM_ARM, "real_time_factor"),
                         "lockstep": value(context, SIM_ARM, "lockstep"),
-                        "command_timeout_s": value(context, SIM_ARM, "command_timeout_s"),
+                        "stall_warning_s": value(context, SIM_ARM, "stall_warning_s"),
                     }
                 ],
             )

@@ -64,6 +64,7 @@ class Graph:
         for node in reversed(list(self.nodes)):
             self.remove(node)
         self.executor.shutdown(timeout_sec=5.0)
+        self._thread.join(timeout=5.0)  # spin() must be out before the context goes, or it fails building its next wait set
         rclpy.shutdown()
 
 

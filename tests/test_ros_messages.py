@@ -107,3 +107,13 @@ def test_joint_trajectory_command_for_ros2_control():
     shuffled = JointTrajectory(joint_names=list(reversed(msg.joint_names)), points=[point])
     shuffled.points[0].positions = list(reversed(point.positions))
     np.testing.assert_allclose(codec.decode(shuffled), action)  # decoded by name, not position
+
+
+@pytest.mark.parametrize("config", ["so101_sim", "ur5e_ros2_control"])
+def test_a_hold_is_marked_in_the_command_message(config):
+    cfg = load_robot_config(config)
+    codec = CommandCodec(cfg)
+    action = np.zeros(cfg.action.dim)
+    held, chosen = codec.encode(action, hold=True), codec.encode(action)
+    assert codec.is_hold(held) and not codec.is_hold(chosen)
+    np.testing.assert_allclose(codec.decode(held), action)  # the arm executes it like any command

@@ -16,7 +16,7 @@ from std_msgs.msg import Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
 from wmpo_core.robot_config import load_robot_config
-from wmpo_ros.messages import LATCHED_QOS
+from wmpo_ros.messages import LATCHED_QOS, CommandCodec
 from wmpo_ros.policy_node import PolicyNode
 
 SIM = load_robot_config("so101_sim")
@@ -51,6 +51,20 @@ def tick(arm: FakeArm, node: PolicyNode, cameras: bool = True, state: bool = Tru
         return frames_in and state_in
 
     return arm.tick(cameras=cameras, state=state, delivered=delivered)
+
+
+def tick_without_observation(arm: FakeArm, node: PolicyNode, cameras: bool = False, state: bool = True) -> list[np.ndarray]:
+    """A tick whose observation never comes, then the next (also without it); returns the commands
+    of both. In sim time the node waits for a tick's observation (it may still be in flight) until
+    the clock moves past the tick, so the first tick is answered only when the second begins."""
+    before = arm.num_commands
+    arm.tick(cameras=cameras, state=state, wait_command=False)
+    wait_until(lambda: node._awaiting is not None, what="the node to wait for the tick's observation")
+    assert arm.num_commands == before, "a tick was answered before its observation or the next tick came"
+    tick(arm, node, cameras=cameras, state=state)
+    wait_until(lambda: arm.num_commands >= before + 2, what="commands for both ticks")
+    assert arm.num_commands == before + 2
+    return [action for _, action, _ in arm.commands[before:]]
 
 
 def expect(node: PolicyNode, actual: np.ndarray, desired: np.ndarray) -> None:
@@ -90,12 +104,17 @@ def test_watchdog_holds_within_two_periods_when_the_camera_stops(graph):
         expect(node, tick(arm, node), moving)
     # Camera stops; joint state keeps coming. One period without a frame is tolerated ...
     expect(node, tick(arm, node, cameras=False), moving)
-    # ... at two periods the node holds: delta dims 0, the absolute gripper keeps its last command.
-    held = tick(arm, node, cameras=False)
+    # ... at two periods the node holds (once the clock has moved past the tick without its frame):
+    # delta dims 0, the absolute gripper keeps its last command.
+    held, also_held = tick_without_observation(arm, node, cameras=False)
     expect(node, held[:3], 0.0)
     assert held[3] == pytest.approx(moving[3])
-    for _ in range(3):
+    expect(node, also_held, held)
+    for _ in range(3):  # stale now: no more waiting, every tick holds at once
         expect(node, tick(arm, node, cameras=False), held)
+    # Holds are marked as holds on the command topic (the recorder keeps them apart from actions).
+    marks = [CommandCodec.is_hold(msg) for _, _, msg in arm.commands]
+    assert marks == [False] * (len(marks) - 5) + [True] * 5
     assert node.watchdog_state == "stale"
     # Frames back: the policy acts again (served late, as soon as its new chunk arrives).
     expect(node, tick(arm, node), moving)
@@ -107,8 +126,27 @@ def test_stale_joint_state_also_holds(graph):
     enable(arm, node)
     tick(arm, node)
     tick(arm, node, state=False)
-    held = tick(arm, node, state=False)
-    np.testing.assert_allclose(held[:3], 0.0)
+    for held in tick_without_observation(arm, node, cameras=True, state=False):
+        np.testing.assert_allclose(held[:3], 0.0)
+
+
+def test_in_sim_time_a_late_observation_is_waited_for_not_held(graph):
+    """/clock can overtake the frames published before it (a busy machine): that is not a stale camera."""
+    arm, node = start(graph, SIM, "scripted:ros_harness:ConstantPolicy", refill_threshold=2)
+    enable(arm, node)
+    moving = node.holder.active.policy.action
+    expect(node, tick(arm, node), moving)
+    # The clock runs ahead of the observations: one period behind is fresh enough ...
+    expect(node, arm.tick(cameras=False, state=False), moving)
+    # ... at two periods the node waits for the tick's observation rather than hold,
+    before = arm.num_commands
+    arm.tick(cameras=False, state=False, wait_command=False)
+    wait_until(lambda: node._awaiting is not None, what="the node to wait for the tick's observation")
+    assert arm.num_commands == before
+    arm.publish_observation()  # and acts when it arrives.
+    wait_until(lambda: arm.num_commands > before, what="the tick's command")
+    expect(node, arm.commands[-1][1], moving)
+    assert node.counters["holds"] == 0 and node.watchdog_state == "ok"
 
 
 def test_non_finite_and_out_of_limit_actions_never_reach_the_command_topic(graph):

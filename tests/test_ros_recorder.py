@@ -33,8 +33,8 @@ class Commander:
         self.episodes: list[dict] = []
         self.node.create_subscription(String, "/so101/recorder/episodes", lambda m: self.episodes.append(json.loads(m.data)), 10)
 
-    def send(self, action) -> None:
-        self.pub.publish(self.codec.encode(np.asarray(action, dtype=np.float64)))
+    def send(self, action, hold: bool = False) -> None:
+        self.pub.publish(self.codec.encode(np.asarray(action, dtype=np.float64), hold=hold))
 
 
 @pytest.fixture
@@ -61,14 +61,17 @@ def setup(graph: Graph, tmp_path, **params):
     return arm, recorder, commander
 
 
-def run_steps(arm: FakeArm, recorder: RecorderNode, commander: Commander, n: int, success_at: int | None = None, skip_frame_at: int | None = None) -> list[np.ndarray]:
+def run_steps(
+    arm: FakeArm, recorder: RecorderNode, commander: Commander, n: int, success_at: int | None = None, skip_frame_at: int | None = None,
+    holds: tuple[int, ...] = (),
+) -> list[np.ndarray]:
     """n control steps: observation + clock, then a command answering it. Returns the commands."""
     sent = []
     for i in range(n):
         arm.tick(cameras=i != skip_frame_at, success=(i == success_at) if success_at is not None else False, wait_command=False)
         # Answer at once, without waiting for anything to arrive anywhere: pairing goes by publication order.
         action = np.array([0.1 * i, -0.1, 0.2, 1.0 if i % 2 else 0.0])
-        commander.send(action)
+        commander.send(action, hold=i in holds)
         sent.append(action)
         # A camera has a finite rate: do not burst more frames than the subscription's queue holds.
         if i != skip_frame_at:
@@ -117,12 +120,16 @@ def test_success_ends_the_episode_and_a_dropped_frame_is_reported(graph, tmp_pat
     assert not recorder.recording
 
 
-def test_time_limit_ends_the_episode(graph, tmp_path):
+def test_time_limit_ends_the_episode_and_holds_are_recorded_as_holds(graph, tmp_path):
     arm, recorder, commander = setup(graph, tmp_path, max_steps=4)
     recorder.start()
-    run_steps(arm, recorder, commander, 6)
+    sent = run_steps(arm, recorder, commander, 6, holds=(1, 2))
     wait_until(lambda: len(commander.episodes) == 1, what="the episode to end at the limit")
-    assert commander.episodes[0]["num_steps"] == 4 and commander.episodes[0]["extra"]["ended_by"] == "time_limit"
+    meta = commander.episodes[0]
+    assert meta["num_steps"] == 4 and meta["extra"]["ended_by"] == "time_limit"
+    # What the arm was told is recorded, and which steps the commander did not choose is said.
+    assert meta["extra"]["hold_steps"] == [1, 2] and meta["extra"]["cadence"]["holds"] == 2
+    np.testing.assert_allclose(EpisodeStore.open(tmp_path / "store").episode(meta["episode_id"]).action(), np.stack(sent[:4]), atol=1e-6)
 
 
 def test_discard_removes_nothing_already_committed(graph, tmp_path):

@@ -1,8 +1,8 @@
 """The sim arm node with a tiny gymnasium env plugged in through a robot config alone.
 
-Checks the node's contract without MuJoCo: seeds and reset, the frozen scene before the first
-command, one simulated step (and one /clock period) per command in lockstep, hold on command
-timeout, joint state / frames / success topics.
+Checks the node's contract without MuJoCo: seeds and reset, one simulated step (and one /clock
+period) per command in lockstep and none without one however long it takes (the observation is
+re-published unchanged while the sim waits), joint state / frames / success topics.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def sim(tmp_path):
     graph = Graph()
     config = tiny_reach_config(tmp_path)
     probe = Probe(graph)
-    node = graph.make(SimArmNode, robot=config, seed=5, real_time_factor=0.0, command_timeout_s=0.3)
+    node = graph.make(SimArmNode, robot=config, seed=5, real_time_factor=0.0)
     wait_until(lambda: node.count_subscribers("/tiny/command") > 0 and probe.command.get_subscription_count() > 0, what="discovery")
     yield graph, node, probe
     graph.close()
@@ -86,33 +86,36 @@ def test_seed_sequence_and_reset(sim):
     assert probe.reset() == "seed 7" and probe.states[-1].position[0] != pytest.approx(x0)
 
 
-def test_lockstep_one_step_and_one_period_per_command_then_hold_on_timeout(sim):
+def test_lockstep_one_step_and_one_period_per_command_and_none_without_one(sim):
     graph, node, probe = sim
     probe.reset()
-    # Frozen before the first command: re-published with new stamps, the scene does not move.
-    wait_until(lambda: len(probe.states) >= 3, what="frozen re-publication")
-    frozen = [s.position[0] for s in probe.states[-3:]]
-    assert frozen == [frozen[0]] * 3 and node.steps == 0
-    stamps = [stamp_to_seconds(s.header.stamp) for s in probe.states[-3:]]
-    np.testing.assert_allclose(np.diff(stamps), 0.1, atol=1e-6)
+    before = len(probe.states)
+    # Before the first command the sim waits: the scene is re-published unchanged, time stands still.
+    wait_until(lambda: len(probe.states) >= before + 3, what="re-publication while waiting")
+    assert len({(s.position[0], stamp_to_seconds(s.header.stamp)) for s in probe.states[-3:]}) == 1 and node.steps == 0
 
-    x = probe.states[-1].position[0]
+    x, t = probe.states[-1].position[0], stamp_to_seconds(probe.states[-1].header.stamp)
     for _ in range(5):
         state = probe.step([1.0, 0.25])
         assert state.position[0] == pytest.approx(x + 0.1) and state.position[1] == pytest.approx(0.25)
-        x = state.position[0]
+        assert stamp_to_seconds(state.header.stamp) == pytest.approx(t + 0.1, abs=1e-6)  # one control period of sim time per step
+        x, t = state.position[0], stamp_to_seconds(state.header.stamp)
     assert node.steps == 5
-    states = list(probe.states)
-    stamps = np.array([stamp_to_seconds(s.header.stamp) for s in states[-5:]])
-    np.testing.assert_allclose(np.diff(stamps), 0.1, atol=1e-6)  # one control period of sim time per step
-    wait_until(lambda: probe.clock[-1] >= stamps[-1] - 1e-6, what="/clock")
+    wait_until(lambda: probe.clock[-1] >= t - 1e-6, what="/clock")
 
-    # Commands stop: after command_timeout_s the sim steps with the hold action (dx 0, gripper kept).
-    steps = node.steps
-    wait_until(lambda: node.steps >= steps + 2, what="hold steps")
-    held = probe.states[-1]
-    assert held.position[0] == pytest.approx(x) and held.position[1] == pytest.approx(0.25)
-    assert node.command_timeouts >= 2
+    # Commands stop: no step, however long; the last observation goes out again with its own stamp.
+    republished = node.republished
+    wait_until(lambda: node.republished >= republished + 3, what="re-publication while waiting")
+    assert node.steps == 5
+    assert probe.states[-1].position[0] == pytest.approx(x) and stamp_to_seconds(probe.states[-1].header.stamp) == pytest.approx(t, abs=1e-6)
+    assert max(probe.clock) == pytest.approx(t, abs=1e-6)
+    # A burst of commands: each is one step, in order.
+    before = len(probe.states)
+    for dx in (1.0, -1.0, 0.5):
+        probe.command.publish(Float64MultiArray(data=[dx, 0.25]))
+    wait_until(lambda: node.steps == 8, what="three steps")
+    stepped = sorted({(stamp_to_seconds(s.header.stamp), s.position[0]) for s in probe.states[before:]})
+    np.testing.assert_allclose([p for _, p in stepped[-3:]], [x + 0.1, x, x + 0.05], atol=1e-9)
 
 
 def test_frames_and_success(sim):

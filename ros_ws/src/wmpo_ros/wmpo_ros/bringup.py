@@ -21,6 +21,8 @@ from typing import Any
 from wmpo_ros.params import POLICY, RECORDER, SIM_ARM, TELEOP
 
 DEFAULT_STORES = {"teleop": "data/demos", "deploy": "data/rollouts"}
+STEP_STALL_S = 5.0
+"""Wall seconds per step before an episode counts as stalled (rendering + inference on a loaded CPU)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
@@ -101,6 +103,7 @@ class RunningGraph:
 
         self.nodes: dict[str, Any] = {}
         self.executor = MultiThreadedExecutor(num_threads=threads)
+        self._thread: threading.Thread | None = None
         try:
             # The arm last: a bad policy, device or store fails in seconds, before the simulator loads.
             for spec in reversed(bringup_graph(bringup, config, values)):
@@ -125,6 +128,8 @@ class RunningGraph:
                 self.executor.remove_node(node)
                 node.destroy_node()
         self.executor.shutdown(timeout_sec=5.0)
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)  # out of spin() before the caller shuts rclpy down
 
 
 class EpisodeRunner:
@@ -232,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
         runner = EpisodeRunner(config, commander, sim, args.task)
         graph.add("wmpo_episode_runner", runner.node)
         max_steps = args.max_steps or config.max_episode_steps
-        stall = max_steps * (SIM_ARM["command_timeout_s"].default + config.control_period_s * 10) + 120.0
+        stall = max_steps * STEP_STALL_S + 120.0
         successes = 0
         with tqdm(total=args.episodes, desc=f"{args.command} {config.name}", unit="episode") as progress:
             for _ in range(args.episodes):

@@ -2,6 +2,11 @@
 
 Joint order always comes from the config's `joints:` list, never from a message's order; the
 command message type (Float64MultiArray or JointTrajectory) comes from `topics.command_type`.
+
+A hold (the safe command a commander sends when it has nothing valid to send: stale inputs, a
+non-finite proposal) is marked in the message itself, so whoever records the command topic can
+tell it from an action the commander chose: Float64MultiArray's dimension label is "hold"
+instead of "action", JointTrajectory's header.frame_id is "hold". Arms ignore both.
 """
 
 from __future__ import annotations
@@ -78,6 +83,9 @@ def joint_positions(msg: JointState, joint_names: list[str]) -> np.ndarray:
     return np.array([msg.position[index[n]] for n in joint_names], dtype=np.float64)
 
 
+HOLD_MARK = "hold"
+
+
 class CommandCodec:
     """Encodes actions as the configured command message and decodes them back (for the recorder)."""
 
@@ -87,17 +95,19 @@ class CommandCodec:
         driver = config.driver
         self._point_time_s = driver.trajectory_point_time_s if isinstance(driver, Ros2ControlDriver) else config.control_period_s
 
-    def encode(self, action: np.ndarray) -> Float64MultiArray | JointTrajectory:
+    def encode(self, action: np.ndarray, hold: bool = False) -> Float64MultiArray | JointTrajectory:
         values = [float(v) for v in np.asarray(action, dtype=np.float64).reshape(-1)]
         if len(values) != self.config.action.dim:
             raise ValueError(f"action has {len(values)} values, the action space has {self.config.action.dim}")
         if self.msg_type is Float64MultiArray:
             msg = Float64MultiArray()
-            msg.layout.dim = [MultiArrayDimension(label="action", size=len(values), stride=len(values))]
+            msg.layout.dim = [MultiArrayDimension(label=HOLD_MARK if hold else "action", size=len(values), stride=len(values))]
             msg.data = values
             return msg
         # Header stamp left zero: the controller starts the trajectory on receipt.
         msg = JointTrajectory()
+        if hold:
+            msg.header.frame_id = HOLD_MARK
         msg.joint_names = list(self.config.action.names)
         seconds = int(self._point_time_s)
         msg.points = [
@@ -107,6 +117,13 @@ class CommandCodec:
             )
         ]
         return msg
+
+    @staticmethod
+    def is_hold(msg: Float64MultiArray | JointTrajectory) -> bool:
+        """Whether the commander marked this command as a hold (see the module docstring)."""
+        if isinstance(msg, JointTrajectory):
+            return msg.header.frame_id == HOLD_MARK
+        return bool(msg.layout.dim) and msg.layout.dim[0].label == HOLD_MARK
 
     def decode(self, msg: Float64MultiArray | JointTrajectory) -> np.ndarray:
         dim = self.config.action.dim

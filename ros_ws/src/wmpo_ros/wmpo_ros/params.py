@@ -96,10 +96,15 @@ SIM_ARM = NodeParams(
         Param(
             "lockstep",
             True,
-            "Advance one control step per received command (synchronous simulation, results independent of CPU "
-            "load); false = step on the wall clock at real_time_factor.",
+            "Advance one control step per received command, never on a timeout (synchronous simulation, results "
+            "independent of CPU load); false = step on the wall clock at real_time_factor.",
         ),
-        Param("command_timeout_s", 2.0, "Lockstep: wall seconds to wait for a command before stepping with the hold action."),
+        Param(
+            "stall_warning_s",
+            5.0,
+            "Lockstep: warn when no command has come for this many wall seconds during an episode (the sim waits "
+            "as long as it takes; simulated time stands still meanwhile).",
+        ),
     ),
 )
 

@@ -11,7 +11,12 @@ Control loop (a timer at the config's control rate, on the ROS clock, so sim tim
   acts on exactly the frames `wmpo eval` would. On a real arm the newest observation is used.
 - Watchdog: when the newest frame of any camera, or the joint state, is `watchdog_periods` control
   periods old, the node holds (absolute dims keep the last command, delta dims 0) and drops the
-  queued chunk; it never extrapolates. With no previous command it sends nothing.
+  queued chunk; it never extrapolates. With no previous command it sends nothing. Ages are in ROS
+  time, so sim time in simulation, where delivery takes no simulated time: /clock can overtake the
+  frames published before it, so a tick that would hold while its own observation has not arrived
+  waits for it instead, and holds only if the clock moves past it first (a lockstep sim never
+  moves its clock without a command, so in lockstep the watchdog holds only for inputs that
+  really stopped, never because the machine is busy).
 - Every command passes `wmpo_core.safety.SafetyFilter` (limits, max step change, non-finite
   actions dropped). Dry-run publishes on `<ns>/policy/dry_run_action` instead of the command topic.
 - Episodes: `<ns>/policy/enable` (true) starts one (a staged policy is swapped in, the policy is
@@ -116,6 +121,8 @@ class PolicyNode(Node):
         self._pending_tick: float | None = None
         self._request_due: float | None = None
         self._last_tick: float = -np.inf
+        self._awaiting: float | None = None
+        """Sim time: a tick waiting for its own observation before the watchdog judges it."""
         self._sim_time = bool(self.get_parameter("use_sim_time").value)
         self.watchdog_state = "no_input"
         self.counters = {"ticks": 0, "commands": 0, "holds": 0, "late_ticks": 0, "dropped_non_finite": 0, "clamped": 0, "rate_limited": 0}
@@ -182,7 +189,7 @@ class PolicyNode(Node):
         with self._lock:
             self._token += 1
             self._queue.clear()
-            self._pending_tick = self._request_due = None
+            self._pending_tick = self._request_due = self._awaiting = None
             self._inflight = False
             if not on:
                 self._enabled = False
@@ -250,29 +257,41 @@ class PolicyNode(Node):
             now = self._now()
             if now <= self._last_tick + 1e-6:
                 return  # this tick was already served (the enable call and the timer can both fire)
+            if self._awaiting is not None:  # the clock moved on before that tick's observation came
+                self._serve(self._awaiting, may_wait=False)
             self._last_tick = now
             self.counters["ticks"] += 1
-            stale = self._stale(now)
-            if stale is not None:
-                if self.watchdog_state != "stale":
-                    self.get_logger().warning(f"watchdog: {stale}; holding")
-                self.watchdog_state = "stale"
-                self._queue.clear()
-                self._pending_tick = self._request_due = None
-                self._send(self._safety.hold(), hold=True)
-                return
-            self.watchdog_state = "ok"
-            action = self._take_for(now)
-            if action is not None:
-                self._send_proposal(action)
+            # Wait only while the inputs were fresh: once the clock has moved past a tick without its
+            # observation, they really stopped, and the next ticks hold at once until they are back.
+            self._serve(now, may_wait=self._sim_time and self.watchdog_state != "stale")
+
+    def _serve(self, now: float, may_wait: bool) -> None:
+        """Answer the tick at `now`: a hold if inputs are stale, else its queued action (or request one)."""
+        self._awaiting = None
+        stale = self._stale(now)
+        if stale is not None and may_wait and not self._inputs_at(now):
+            self._awaiting = now  # served when its observation arrives (_request_if_inputs_arrived)
+            return
+        if stale is not None:
+            if self.watchdog_state != "stale":
+                self.get_logger().warning(f"watchdog: {stale}; holding")
+            self.watchdog_state = "stale"
+            self._queue.clear()
+            self._pending_tick = self._request_due = None
+            self._send(self._safety.hold(), hold=True)
+            return
+        self.watchdog_state = "ok"
+        action = self._take_for(now)
+        if action is not None:
+            self._send_proposal(action)
+        else:
+            self._pending_tick = now
+        if len(self._queue) <= self._refill and not self._inflight:
+            if self._sim_time and not self._inputs_at(now):
+                self._request_due = now  # requested when this tick's observation arrives
             else:
-                self._pending_tick = now
-            if len(self._queue) <= self._refill and not self._inflight:
-                if self._sim_time and not self._inputs_at(now):
-                    self._request_due = now  # requested when this tick's observation arrives
-                else:
-                    self._request_due = None
-                    self._request(now)
+                self._request_due = None
+                self._request(now)
 
     def _inputs_at(self, tick_time: float) -> bool:
         """Every camera frame and the joint state captured at `tick_time` (or later) has arrived."""
@@ -280,6 +299,8 @@ class PolicyNode(Node):
         return len(stamps) == len(self.config.cameras) + 1 and min(stamps) >= tick_time - 1e-6
 
     def _request_if_inputs_arrived(self) -> None:
+        if self._enabled and self._awaiting is not None and self._inputs_at(self._awaiting):
+            self._serve(self._awaiting, may_wait=False)
         if self._enabled and self._request_due is not None and not self._inflight and self._inputs_at(self._request_due):
             tick_time, self._request_due = self._request_due, None
             self._request(tick_time)
@@ -355,7 +376,7 @@ class PolicyNode(Node):
             self._dry_run_pub.publish(Float64MultiArray(data=[float(v) for v in command]))
             self.get_logger().info(f"dry run: {np.round(command, 4).tolist()}", throttle_duration_sec=1.0)
         else:
-            self._command_pub.publish(self._codec.encode(command))
+            self._command_pub.publish(self._codec.encode(command, hold=hold))
 
     # ------------------------------------------------------------------ diagnostics
 

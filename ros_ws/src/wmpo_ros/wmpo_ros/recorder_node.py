@@ -3,7 +3,10 @@
 One step per command on the command topic (so exactly at control rate, and exactly what the arm
 was told after the safety filter), paired with the frames and joint state the command answered:
 the newest ones published before it (`wmpo_ros.step_sync`). Timestamps in the store are the
-real capture times from the message headers.
+real capture times from the message headers. A hold (stale inputs, a non-finite proposal) is what
+the arm was told, so it is recorded like any command, but it is not an action the policy or the
+operator chose: the indices of such steps go into the episode's `extra["hold_steps"]` (from the
+hold mark in the command message, `wmpo_ros.messages`), so training can leave them out.
 
 Never blocks the control loop: callbacks only copy references into a synchronizer; a writer
 thread owns the store and drains a queue. Never loses a finished episode: an episode that ended
@@ -79,6 +82,8 @@ class CadenceReport:
     unsettled_steps: int = 0
     """Steps recorded on the settle timeout, before every input had caught up."""
     unpaired_commands: int = 0
+    holds: int = 0
+    """Steps whose command was a hold, not a chosen action (their indices: extra["hold_steps"])."""
     max_write_queue: int = 0
 
     def line(self) -> str:
@@ -88,7 +93,7 @@ class CadenceReport:
         )
         return (
             f"{self.steps} steps at {self.effective_hz:.2f} Hz (target {self.control_rate_hz:g}, wall {self.wall_hz:.2f} Hz); "
-            f"{frames}; {self.unsettled_steps} unsettled, {self.unpaired_commands} unpaired commands, "
+            f"{frames}; {self.holds} holds, {self.unsettled_steps} unsettled, {self.unpaired_commands} unpaired commands, "
             f"write queue max {self.max_write_queue}"
         )
 
@@ -106,6 +111,7 @@ class _Episode:
     recorded_frames: dict[str, set[float]] = field(default_factory=dict)
     cadence: CadenceReport = field(default_factory=CadenceReport)
     versions: list[str] = field(default_factory=list)
+    hold_steps: list[int] = field(default_factory=list)
 
 
 class RecorderNode(Node):
@@ -207,7 +213,7 @@ class RecorderNode(Node):
             # Step time: in simulation the tick the command answers (the newest capture stamp it is
             # paired with); on a real arm the wall time the command was published.
             t = None if self._sim_time else info["source_timestamp"] * 1e-9
-            self._sync.add_command(info["source_timestamp"], action, time.monotonic(), time=t)
+            self._sync.add_command(info["source_timestamp"], action, time.monotonic(), time=t, hold=self._codec.is_hold(msg))
         self._drain()
 
     def _on_success(self, msg: Bool, info: MessageInfo) -> None:
@@ -316,6 +322,8 @@ class RecorderNode(Node):
         cadence.unpaired_commands = unpaired
         done = threading.Event()
         extra = {"cadence": cadence.__dict__, "ended_by": reason}
+        if episode.hold_steps:
+            extra["hold_steps"] = episode.hold_steps
         if len(set(episode.versions)) > 1:
             extra["policy_versions"] = episode.versions
         # The version the episode ran under (the policy node announces it when the episode starts;
@@ -351,6 +359,9 @@ class RecorderNode(Node):
             episode.last_frame_times[cam] = stamp
             episode.recorded_frames[cam].add(stamp)
         cadence.unsettled_steps += not step.settled
+        if step.hold:
+            cadence.holds += 1
+            episode.hold_steps.append(episode.steps)
         wall = time.time()
         if episode.first is None:
             episode.first = (step.time, wall)

@@ -8,22 +8,28 @@ next seed of a deterministic sequence (`seed`, `seed + 1`, ...; a scene no comma
 keeps its seed), reported in the response and on `<ns>/sim/env_seed`.
 
 Time. Rendering costs ~0.1-0.3 s per step on a CPU, so the sim cannot promise real time. It is
-the ROS clock instead: it publishes /clock (one control period per step, starting at the wall
-time when it starts, so stamps read like unix times) and every other node runs with
-use_sim_time, so their control timers tick once per simulated step however slow the machine. In
-lockstep mode (default) the sim advances one step per received command, waiting up to
-`command_timeout_s` (then it steps with the hold action), so a run gives the same result on a
-loaded 2-core laptop as on a workstation; `real_time_factor` caps the speed. Inference latency is
-therefore not simulated in lockstep; set lockstep:=false to step on the wall clock instead.
-Before the first command of an episode the scene is frozen: it is re-published at the control
-rate with new stamps, physics does not run (there is no safe "hold" for absolute dims before any
-command).
+the ROS clock instead: it publishes /clock (one control period per step, starting at the wall time
+when it starts, so stamps read like unix times) and every other node runs with use_sim_time, so
+their control timers tick once per simulated step however slow the machine.
+
+Lockstep (default): every simulated step is caused by exactly one command, in the order the
+commands arrive, and simulated time advances only with steps. The wall clock never changes what
+is simulated: with no command the sim waits as long as it takes (a warning after
+`stall_warning_s`), and while it waits it re-publishes the current observation unchanged (same
+stamps, no /clock advance) once per control period, so a frame lost in transport arrives again
+and a node that starts late gets the scene; consumers treat a repeated stamp as the same
+observation. So a run gives the same result on a loaded 2-core laptop as on a workstation;
+`real_time_factor` caps the speed. Inference latency is therefore not simulated; set
+lockstep:=false to step on the wall clock instead (the newest command each period, the hold
+action when none came; before the first command of an episode the scene is frozen, re-published
+with new stamps: there is no safe "hold" for absolute dims before any command).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
@@ -67,7 +73,7 @@ class SimArmNode(Node):
             raise ValueError("real_time_factor must be > 0, or 0 (unpaced) with lockstep:=true")
         self._rtf = float(p["real_time_factor"])
         self._lockstep = bool(p["lockstep"])
-        self._command_timeout = float(p["command_timeout_s"])
+        self._stall_warning_s = float(p["stall_warning_s"])
         self._seed_base = int(p["seed"])
         self._episode = 0
         self._scene_touched = False
@@ -85,14 +91,14 @@ class SimArmNode(Node):
         self._clock_pub = self.create_publisher(Clock, "/clock", CLOCK_QOS)
 
         self._cond = threading.Condition()
-        self._commands_received = 0
-        self._commands_used = 0
-        self._latest_command: np.ndarray | None = None
+        self._commands: deque[np.ndarray] = deque()
+        """Received and not yet executed, oldest first (lockstep executes each; wall clock the newest)."""
         self._reset_request: threading.Event | None = None
         self._reset_reply: tuple[bool, str] = (False, "")
         self._stop = threading.Event()
         self.steps = 0
-        self.command_timeouts = 0
+        self.republished = 0
+        """Lockstep: times the current observation was re-published while waiting for a command."""
         self.create_subscription(self._codec.msg_type, self.config.topics.command, self._on_command, STATE_QOS)
         self.create_service(Trigger, self.names.sim_reset, self._on_reset, callback_group=MutuallyExclusiveCallbackGroup())
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -117,8 +123,7 @@ class SimArmNode(Node):
             self.get_logger().error("ignoring a non-finite command", throttle_duration_sec=5.0)
             return
         with self._cond:
-            self._latest_command = action
-            self._commands_received += 1
+            self._commands.append(action)
             self._cond.notify_all()
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
@@ -165,13 +170,12 @@ class SimArmNode(Node):
     def _loop(self) -> None:
         last_step_wall = time.monotonic()
         while not self._stop.is_set():
-            action, fresh = self._wait_for_command(last_step_wall)
-            if self._stop.is_set():
+            event, command = self._wait(last_step_wall)
+            if event == "stop":
                 break
-            with self._cond:
-                reset = self._reset_request
-                self._reset_request = None
-            if reset is not None:
+            if event == "reset":
+                with self._cond:
+                    reset, self._reset_request = self._reset_request, None
                 try:
                     self._reset_reply = (True, self._reset_scene())
                 except Exception as exc:  # keep serving; the service reports the failure
@@ -180,44 +184,61 @@ class SimArmNode(Node):
                 reset.set()
                 last_step_wall = time.monotonic()
                 continue
+            if event == "idle":  # lockstep, no command: time stands still, the observation goes out again
+                self.republished += 1
+                self._publish(self._last_obs)
+                continue
             last_step_wall = time.monotonic()
             self._sim_ns += self._period_ns
-            if fresh:
-                command = self._hold.last_command = action
+            if command is not None:
+                self._hold.last_command = command
                 self._episode_started = self._scene_touched = True
             elif self._episode_started:
                 command = self._hold.hold()
             else:
-                self._publish(self._last_obs)  # frozen until the first command
+                self._publish(self._last_obs)  # wall clock: frozen until the first command, time passes
                 continue
             self._last_obs = self._arm.step(command)
             self._expert = self._arm.expert_action() if self._has_expert else None
             self.steps += 1
             self._publish(self._last_obs)
 
-    def _wait_for_command(self, last_step_wall: float) -> tuple[np.ndarray | None, bool]:
-        """Block until it is time to step; returns (newest command, whether it is new)."""
-        paced_period = self.config.control_period_s / self._rtf if self._rtf > 0 else 0.0
+    def _wait(self, last_step_wall: float) -> tuple[str, np.ndarray | None]:
+        """Block until the loop has something to do: ("step", command or None), ("idle", None),
+        ("reset", None) or ("stop", None)."""
+        period = self.config.control_period_s
         with self._cond:
+            # Without a commander (`wmpo robot` alone) there is nothing to wait for: wall clock.
             lockstep = self._lockstep and self.count_publishers(self.config.topics.command) > 0
             if lockstep:
-                # A frozen scene (no command yet this episode) is re-published at the control rate.
-                timeout = self._command_timeout if self._episode_started else min(self._command_timeout, self.config.control_period_s)
-                deadline = time.monotonic() + timeout
-                while self._commands_received == self._commands_used and not self._interrupted():
-                    if not self._cond.wait(timeout=max(0.0, deadline - time.monotonic())):
-                        if self._episode_started:
-                            self.command_timeouts += 1
-                            self.get_logger().warning(
-                                f"no command for {self._command_timeout:.1f} s: holding", throttle_duration_sec=10.0
-                            )
-                        break
-            pace_deadline = last_step_wall + (paced_period if (lockstep or self._rtf > 0) else self.config.control_period_s)
-            while not self._interrupted() and time.monotonic() < pace_deadline:
-                self._cond.wait(timeout=pace_deadline - time.monotonic())
-            fresh = self._commands_received != self._commands_used
-            self._commands_used = self._commands_received
-            return self._latest_command, fresh
+                while not self._commands and not self._interrupted():
+                    if not self._cond.wait(timeout=period):
+                        self._warn_if_stalled()
+                        return "idle", None
+                paced = period / self._rtf if self._rtf > 0 else 0.0
+            else:
+                paced = period / self._rtf if self._rtf > 0 else period
+            while not self._interrupted() and time.monotonic() < last_step_wall + paced:
+                self._cond.wait(timeout=last_step_wall + paced - time.monotonic())
+            if self._stop.is_set():
+                return "stop", None
+            if self._reset_request is not None:
+                return "reset", None
+            self._last_command_wall = time.monotonic()
+            if lockstep:
+                return "step", self._commands.popleft()
+            newest = self._commands[-1] if self._commands else None
+            self._commands.clear()
+            return "step", newest
+
+    def _warn_if_stalled(self) -> None:
+        waited = time.monotonic() - self._last_command_wall
+        if self._episode_started and waited >= self._stall_warning_s:
+            self.get_logger().warning(
+                f"lockstep: no command for {waited:.1f} s; simulated time stands still until the next one "
+                "(is the policy node or teleop enabled?)",
+                throttle_duration_sec=10.0,
+            )
 
     def _interrupted(self) -> bool:
         return self._stop.is_set() or self._reset_request is not None
@@ -235,7 +256,8 @@ class SimArmNode(Node):
         self._hold.reset()
         self._episode_started = False
         with self._cond:  # commands sent before the reset finished belong to the old scene
-            self._commands_used = self._commands_received
+            self._commands.clear()
+            self._last_command_wall = time.monotonic()
         self._sim_ns += self._period_ns
         self._seed_pub.publish(Int64(data=seed))
         self._publish(self._last_obs)

@@ -37,6 +37,8 @@ class SyncedStep:
     """A success signal was published before the command (within the current episode)."""
     settled: bool
     """False when the step was emitted on the settle timeout, before every input caught up."""
+    hold: bool = False
+    """The commander marked the command a hold, not an action it chose (wmpo_ros.messages)."""
 
 
 @dataclass
@@ -45,6 +47,7 @@ class _Pending:
     time: float | None
     action: np.ndarray
     wall: float
+    hold: bool
 
 
 class _Stream:
@@ -101,8 +104,8 @@ class StepSynchronizer:
         self._success_signal = True
         self._success.add(sent_ns, 0.0, bool(success))
 
-    def add_command(self, sent_ns: int, action: np.ndarray, wall: float, time: float | None = None) -> None:
-        self._pending.append(_Pending(sent_ns, time, np.asarray(action, dtype=np.float64), wall))
+    def add_command(self, sent_ns: int, action: np.ndarray, wall: float, time: float | None = None, hold: bool = False) -> None:
+        self._pending.append(_Pending(sent_ns, time, np.asarray(action, dtype=np.float64), wall, hold))
 
     def new_episode(self) -> None:
         """Forget pending commands and success signals; recent frames and states are kept (the
@@ -153,4 +156,5 @@ class StepSynchronizer:
             state_time=state[0],
             success_seen=success_seen,
             settled=settled,
+            hold=cmd.hold,
         )

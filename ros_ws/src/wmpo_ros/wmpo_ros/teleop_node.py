@@ -1,8 +1,10 @@
 """Teleop node: a teleoperation device -> the command topic, through the same safety filter as a policy.
 
 Polled devices (leader arm, gamepad, keyboard) are read once per control tick. The `scripted`
-device (simulation only) relays each expert suggestion the sim arm publishes, once, as it arrives:
-the suggestion answers the observation published with it, so the demonstration is exactly the
+device (simulation only) relays each expert suggestion the sim arm publishes as it arrives, once
+per observation (a lockstep sim waiting for a command re-publishes the same observation and
+suggestion with the same stamp; relaying it again would be a second command for one step): the
+suggestion answers the observation published with it, so the demonstration is exactly the
 expert's. `<ns>/teleop/enable` starts and stops relaying (episode boundaries).
 """
 
@@ -18,7 +20,7 @@ from std_srvs.srv import SetBool
 from wmpo_core.robot_config import load_robot_config
 from wmpo_core.safety import SafetyFilter
 
-from wmpo_ros.messages import STATE_QOS, CommandCodec, JointOrderError, joint_positions
+from wmpo_ros.messages import STATE_QOS, CommandCodec, JointOrderError, joint_positions, stamp_to_seconds
 from wmpo_ros.names import graph_names
 from wmpo_ros.node_utils import run_node
 from wmpo_ros.params import TELEOP
@@ -38,6 +40,8 @@ class TeleopNode(Node):
         self._state: np.ndarray | None = None
         self._enabled = False
         self.commands_sent = 0
+        self._relayed_stamp = float("-inf")
+        """Stamp of the newest observation whose expert suggestion was relayed."""
         self._device: TeleopDevice | None = None
 
         self._command_pub = self.create_publisher(self._codec.msg_type, self.config.topics.command, STATE_QOS)
@@ -86,26 +90,33 @@ class TeleopNode(Node):
         except JointOrderError as exc:
             self.get_logger().error(f"expert suggestion: {exc}", throttle_duration_sec=5.0)
             return
-        self._send(action)
+        stamp = stamp_to_seconds(msg.header.stamp)
+        with self._lock:
+            if stamp <= self._relayed_stamp:
+                return  # this observation was answered already (re-published), or an older one
+            if self._send_locked(action):
+                self._relayed_stamp = stamp
 
     def _tick(self) -> None:
         with self._lock:
             state, last = self._state, self._safety.last_command
         action = self._device.action(state, last)
         if action is not None:
-            self._send(action)
+            with self._lock:
+                self._send_locked(action)
 
-    def _send(self, proposal: np.ndarray) -> None:
-        with self._lock:
-            if not self._enabled:
-                return
-            command, events = self._safety.filter(proposal)
-            if events.dropped_non_finite:
-                self.get_logger().warning("teleop device produced a non-finite action; holding", throttle_duration_sec=5.0)
-            if command is None:
-                return
-            self._command_pub.publish(self._codec.encode(command))
-            self.commands_sent += 1
+    def _send_locked(self, proposal: np.ndarray) -> bool:
+        """Filter and publish a proposal if relaying is enabled; returns whether a command went out."""
+        if not self._enabled:
+            return False
+        command, events = self._safety.filter(proposal)
+        if events.dropped_non_finite:
+            self.get_logger().warning("teleop device produced a non-finite action; holding", throttle_duration_sec=5.0)
+        if command is None:
+            return False
+        self._command_pub.publish(self._codec.encode(command, hold=events.dropped_non_finite))
+        self.commands_sent += 1
+        return True
 
     def destroy_node(self) -> None:
         if self._device is not None:
