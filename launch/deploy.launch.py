@@ -1,11 +1,14 @@
 """Bring up the arm, the policy node and the recorder, to run a policy and record what it does.
 
     ros2 launch wmpo_ros deploy.launch.py robot:=so101_sim policy:=<checkpoint dir or spec> [dry_run:=true]
+    ros2 launch wmpo_ros deploy.launch.py robot:=so101_sim learner_url:=https://learner:8765 token_file:=<file>
 
 The policy runs as soon as it is loaded (autostart); `ros2 service call <ns>/policy/enable
 std_srvs/srv/SetBool "{data: true}"` starts a new episode, and `ros2 param set /policy_node policy
-<dir>` stages a new checkpoint for the next one. The in-process equivalent, with an automatic
-episode loop, is `wmpo deploy --robot <name> --policy <spec> --episodes N`.
+<dir>` stages a new checkpoint for the next one (`<ns>/policy/rollback` goes back to the previous).
+With `learner_url` the sync node runs too, in its own process: it uploads every recorded episode
+and stages the learner's deployed version in the policy node. The in-process equivalent, with an
+automatic episode loop, is `wmpo deploy --robot <name> --policy <spec> [--learner URL] --episodes N`.
 """
 
 import os
@@ -20,7 +23,7 @@ from launch_ros.actions import Node
 from wmpo_core.robot_config import load_robot_config
 from wmpo_ros.dds import PROFILE_ENV, large_frames_profile
 from wmpo_ros.graph import uses_sim_time
-from wmpo_ros.params import POLICY, RECORDER, SIM_ARM
+from wmpo_ros.params import POLICY, RECORDER, SIM_ARM, SYNC
 
 
 ARGUMENTS = [
@@ -31,8 +34,12 @@ ARGUMENTS = [
     (POLICY, "dry_run"),
     (POLICY, "refill_threshold"),
     (POLICY, "watchdog_periods"),
+    (POLICY, "swap_at"),
     (RECORDER, "store"),
     (RECORDER, "max_steps"),
+    (SYNC, "learner_url"),
+    (SYNC, "token_file"),
+    (SYNC, "ca_file"),
 ]
 
 
@@ -45,7 +52,7 @@ def launch_setup(context):
     robot = LaunchConfiguration("robot").perform(context)
     config = load_robot_config(robot)
     sim_time = uses_sim_time(config)
-    return [
+    nodes = [
         Node(
             package="wmpo_ros",
             executable="policy_node",
@@ -58,6 +65,7 @@ def launch_setup(context):
                     "dry_run": value(context, POLICY, "dry_run"),
                     "refill_threshold": value(context, POLICY, "refill_threshold"),
                     "watchdog_periods": value(context, POLICY, "watchdog_periods"),
+                    "swap_at": value(context, POLICY, "swap_at"),
                     "use_sim_time": sim_time,
                 }
             ],
@@ -78,6 +86,26 @@ def launch_setup(context):
             ],
         ),
     ]
+    if value(context, SYNC, "learner_url"):
+        nodes.append(
+            Node(
+                package="wmpo_ros",
+                executable="sync_node",
+                name="sync_node",
+                output="screen",
+                parameters=[
+                    {
+                        "robot": robot,
+                        "learner_url": value(context, SYNC, "learner_url"),
+                        "token_file": value(context, SYNC, "token_file"),
+                        "ca_file": value(context, SYNC, "ca_file"),
+                        "store": value(context, RECORDER, "store"),
+                        "use_sim_time": sim_time,
+                    }
+                ],
+            )
+        )
+    return nodes
 
 
 def generate_launch_description():

@@ -113,7 +113,7 @@ def test_cli_graph_starts_what_the_launch_files_start_for_every_config(bringup):
     started: set[str] = set()
     for name in CONFIGS:
         config = load_robot_config(name)
-        values = {"policy": "hold:", "device": "keyboard"} if bringup != "robot" else {}
+        values = {"policy": "hold:", "device": "keyboard", "learner_url": "http://127.0.0.1:8765"} if bringup != "robot" else {}
         graph = bringup_graph(bringup, config, values)
         for spec in graph:
             assert spec.executable in scripts

@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 import rclpy
+from rclpy.parameter import Parameter
 from ros_harness import FakeArm, Graph, wait_until
 from std_msgs.msg import String
 
@@ -130,6 +131,21 @@ def test_time_limit_ends_the_episode_and_holds_are_recorded_as_holds(graph, tmp_
     # What the arm was told is recorded, and which steps the commander did not choose is said.
     assert meta["extra"]["hold_steps"] == [1, 2] and meta["extra"]["cadence"]["holds"] == 2
     np.testing.assert_allclose(EpisodeStore.open(tmp_path / "store").episode(meta["episode_id"]).action(), np.stack(sent[:4]), atol=1e-6)
+
+
+def test_the_source_may_change_between_episodes_but_not_during_one(graph, tmp_path):
+    arm, recorder, commander = setup(graph, tmp_path, source="scripted", max_steps=2)
+    recorder.start()
+    refused = recorder.set_parameters([Parameter("source", value="policy")])[0]
+    assert not refused.successful and "while recording" in refused.reason
+    run_steps(arm, recorder, commander, 2)
+    wait_until(lambda: len(commander.episodes) == 1, what="the first episode")
+    assert recorder.set_parameters([Parameter("source", value="policy")])[0].successful
+    assert not recorder.set_parameters([Parameter("source", value="robot")])[0].successful
+    recorder.start()
+    run_steps(arm, recorder, commander, 2)
+    wait_until(lambda: len(commander.episodes) == 2, what="the second episode")
+    assert [e["source"] for e in commander.episodes] == ["scripted", "policy"]
 
 
 def test_discard_removes_nothing_already_committed(graph, tmp_path):

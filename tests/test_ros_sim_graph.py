@@ -16,7 +16,7 @@ from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.robot_config import load_robot_config
 
 SIM = load_robot_config("so101_sim")
-DEMOS = 10
+DEMOS = 8
 
 
 def wmpo(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -70,7 +70,7 @@ def test_deployed_replay_reproduces_the_demonstrations_exactly(demos, tmp_path):
     rollout_metas = list(rollout_store)
     assert len(rollout_metas) == 2
     for m in rollout_metas:
-        assert m.source == "policy" and m.policy_version == "replay:demos[10]"
+        assert m.source == "policy" and m.policy_version == f"replay:demos[{DEMOS}]"
         demo = demo_by_seed[m.env_seed]
         assert (m.num_steps, m.success) == (demo.num_steps, demo.success)
         replayed, original = rollout_store.episode(m.episode_id), demo_store.episode(demo.episode_id)

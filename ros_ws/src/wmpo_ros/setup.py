@@ -25,7 +25,7 @@ setup(
     zip_safe=False,
     maintainer="WMPO stack developers",
     maintainer_email="wmpo-stack@users.noreply.github.com",
-    description="ROS 2 nodes of the WMPO stack: sim and LeRobot arm drivers, policy runner, recorder, teleop.",
+    description="ROS 2 nodes of the WMPO stack: sim and LeRobot arm drivers, policy runner, recorder, teleop, learner sync.",
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
@@ -35,6 +35,7 @@ setup(
             "recorder = wmpo_ros.recorder_node:main",
             "teleop = wmpo_ros.teleop_node:main",
             "record_keys = wmpo_ros.record_keys:main",
+            "sync_node = wmpo_ros.sync_node:main",
         ],
     },
 )

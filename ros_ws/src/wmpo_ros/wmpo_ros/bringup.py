@@ -3,26 +3,29 @@
 `launch_ros` is not installable from PyPI, so a pip-installed stack brings the same graph up here:
 the nodes of `wmpo_ros.graph.bringup_graph` (same config, same parameters as launch/*.launch.py)
 on one MultiThreadedExecutor, talking over real ROS 2 topics. teleop and deploy then run an
-episode loop through the nodes' own services: reset the scene (sim) or wait for the operator
-(real arm) -> start recording -> enable the teleop device / policy -> the recorder ends the
-episode on success or at the time limit and commits it -> next.
+episode loop through the nodes' own services (`wmpo_ros.session.RobotSession`, the same API a
+Python program uses): reset the scene (sim) or wait for the operator (real arm) -> start recording
+-> enable the teleop device / policy -> the recorder ends the episode on success or at the time
+limit and commits it -> next.
+
+`wmpo deploy --learner URL` adds the sync node: every committed episode is uploaded to the learner
+service, and the learner's deployed policy version is downloaded, verified and swapped in at the
+next episode (without --policy the robot starts with the deployed version).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import threading
 import time
 from typing import Any
 
-from wmpo_ros.params import POLICY, RECORDER, SIM_ARM, TELEOP
+from wmpo_ros.params import POLICY, RECORDER, SIM_ARM, SYNC, TELEOP
 
 DEFAULT_STORES = {"teleop": "data/demos", "deploy": "data/rollouts"}
-STEP_STALL_S = 5.0
-"""Wall seconds per step before an episode counts as stalled (rendering + inference on a loaded CPU)."""
+UPLOAD_DRAIN_S = 120.0
+"""At the end of `wmpo deploy --learner`, wait this long for the run's episodes to reach the learner."""
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
@@ -50,159 +53,75 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument("--device-port", default="", help="serial port of a leader arm (so101_leader)")
         parser.add_argument("--device-id", default="", help="LeRobot id of a leader arm (its calibration file)")
     else:
-        parser.add_argument("--policy", required=True, help="checkpoint directory or spec (replay:<store>[:<episode>], hold:..., scripted:<module>:<Class>)")
+        parser.add_argument(
+            "--policy",
+            default="",
+            help="checkpoint directory or spec (replay:<store>[:<episode>], hold:..., scripted:<module>:<Class>); "
+            "optional with --learner, which then provides the deployed version",
+        )
         parser.add_argument("--dry-run", action="store_true", help="compute and log actions but never publish them to the arm")
         parser.add_argument("--refill-threshold", type=int, default=POLICY["refill_threshold"].default, help="request a new chunk when this many actions remain (default: %(default)s)")
+        parser.add_argument(
+            "--learner",
+            default="",
+            metavar="URL",
+            help="learner service URL: upload every recorded episode to it and follow its deployed policy version "
+            "(token from --learner-token-file or WMPO_LEARNER_TOKEN)",
+        )
+        parser.add_argument("--learner-token-file", default="", help="file holding the learner's bearer token (default: WMPO_LEARNER_TOKEN)")
+        parser.add_argument("--learner-ca", default="", help="CA certificate bundle of an https learner with a private CA (default: system CAs)")
+        parser.add_argument(
+            "--swap-at",
+            default=POLICY["swap_at"].default,
+            choices=["episode", "chunk"],
+            help="when a new policy version takes over: at the next episode start, or at the next action chunk, mid-episode "
+            "(default: %(default)s)",
+        )
 
 
 def parameter_values(args: argparse.Namespace) -> dict[str, Any]:
-    """CLI flags -> node parameter values (names from wmpo_ros.params)."""
-    values: dict[str, Any] = {"robot": args.robot, "seed": args.seed, "real_time_factor": args.real_time_factor}
-    if args.command in ("teleop", "deploy"):
-        values.update(store=args.store, max_steps=args.max_steps, autostart=False)
+    """`wmpo robot` flags -> node parameter values (names from wmpo_ros.params)."""
+    return {"robot": args.robot, "seed": args.seed, "real_time_factor": args.real_time_factor}
+
+
+def session_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """`wmpo teleop | deploy` flags -> `RobotSession` arguments."""
+    kwargs: dict[str, Any] = {
+        "robot": args.robot, "store": args.store, "bringup": args.command, "seed": args.seed,
+        "real_time_factor": args.real_time_factor, "max_steps": args.max_steps, "task": args.task,
+    }  # fmt: skip
     if args.command == "teleop":
-        values.update(device=args.device, device_port=args.device_port, device_id=args.device_id)
-    if args.command == "deploy":
-        values.update(policy=args.policy, dry_run=args.dry_run, refill_threshold=args.refill_threshold)
-    return values
+        kwargs["device"] = args.device
+    else:
+        kwargs.update(
+            policy=args.policy, dry_run=args.dry_run, refill_threshold=args.refill_threshold, swap_at=args.swap_at,
+            learner_url=args.learner, token_file=args.learner_token_file or None, ca_file=args.learner_ca or None,
+        )  # fmt: skip
+    return kwargs
 
 
-def node_class(executable: str):
-    """The node class behind a console_scripts executable (imported only when needed)."""
-    if executable == "sim_arm":
-        from wmpo_ros.sim_arm_node import SimArmNode
+def _robot(config, values: dict[str, Any]) -> int:
+    """`wmpo robot`: the arm alone, until Ctrl-C."""
+    import rclpy
 
-        return SimArmNode
-    if executable == "lerobot_bridge":
-        from wmpo_ros.lerobot_bridge_node import LeRobotBridgeNode
+    from wmpo_ros.session import RunningGraph
 
-        return LeRobotBridgeNode
-    if executable == "policy_node":
-        from wmpo_ros.policy_node import PolicyNode
-
-        return PolicyNode
-    if executable == "recorder":
-        from wmpo_ros.recorder_node import RecorderNode
-
-        return RecorderNode
-    if executable == "teleop":
-        from wmpo_ros.teleop_node import TeleopNode
-
-        return TeleopNode
-    raise ValueError(f"no node class for executable '{executable}'")
-
-
-class RunningGraph:
-    """The nodes of one bring-up, spinning on a MultiThreadedExecutor in a background thread."""
-
-    def __init__(self, bringup: str, config, values: dict[str, Any], threads: int = 6):
-        from rclpy.executors import MultiThreadedExecutor
-
-        from wmpo_ros.graph import bringup_graph
-        from wmpo_ros.node_utils import parameter_overrides
-
-        self.nodes: dict[str, Any] = {}
-        self.executor = MultiThreadedExecutor(num_threads=threads)
-        self._thread: threading.Thread | None = None
-        try:
-            # The arm last: a bad policy, device or store fails in seconds, before the simulator loads.
-            for spec in reversed(bringup_graph(bringup, config, values)):
-                node = node_class(spec.executable)(parameter_overrides=parameter_overrides(spec.parameters))
-                self.nodes[spec.executable] = node
-                self.executor.add_node(node)
-        except BaseException:
-            self.shutdown()
-            raise
-        self._thread = threading.Thread(target=self.executor.spin, name="executor", daemon=True)
-        self._thread.start()
-
-    def add(self, name: str, node) -> None:
-        self.nodes[name] = node
-        self.executor.add_node(node)
-
-    def shutdown(self) -> None:
-        # Commanders first (the arm stops being told anything), the recorder (commits) and driver last.
-        for name in ("wmpo_episode_runner", "policy_node", "teleop", "recorder", "sim_arm", "lerobot_bridge"):
-            node = self.nodes.pop(name, None)
-            if node is not None:
-                self.executor.remove_node(node)
-                node.destroy_node()
-        self.executor.shutdown(timeout_sec=5.0)
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)  # out of spin() before the caller shuts rclpy down
-
-
-class EpisodeRunner:
-    """Drives episodes through the graph's services, like an operator with `ros2 service call`."""
-
-    def __init__(self, config, commander: str, sim: bool, task: str | None):
-        from rclpy.node import Node
-        from std_msgs.msg import String
-        from std_srvs.srv import SetBool, Trigger
-
-        from wmpo_ros.messages import LATCHED_QOS
-        from wmpo_ros.names import graph_names
-
-        self.config = config
-        self.sim = sim
-        names = graph_names(config)
-        self.node = Node("wmpo_episode_runner")
-        self._episodes: list[dict[str, Any]] = []
-        self._cond = threading.Condition()
-        self.node.create_subscription(String, names.recorder_episodes, self._on_episode, 10)
-        self._reset = self.node.create_client(Trigger, names.sim_reset) if sim else None
-        enable_service = names.policy_enable if commander == "policy_node" else names.teleop_enable
-        self._enable = self.node.create_client(SetBool, enable_service)
-        self._start = self.node.create_client(Trigger, names.recorder_start)
-        self._SetBool, self._Trigger = SetBool, Trigger
-        self._instruction = self.node.create_publisher(String, config.topics.instruction, LATCHED_QOS)
-        if task:
-            self._instruction.publish(String(data=task))
-
-    def _on_episode(self, msg) -> None:
-        with self._cond:
-            self._episodes.append(json.loads(msg.data))
-            self._cond.notify_all()
-
-    def _call(self, client, request, timeout: float = 180.0):
-        if not client.wait_for_service(timeout_sec=30.0):
-            raise RuntimeError(f"service {client.srv_name} is not available")
-        future = client.call_async(request)
-        done = threading.Event()
-        future.add_done_callback(lambda _: done.set())
-        if not done.wait(timeout):
-            raise RuntimeError(f"service {client.srv_name} did not answer within {timeout:.0f} s")
-        response = future.result()
-        if not response.success:
-            raise RuntimeError(f"{client.srv_name}: {response.message}")
-        return response
-
-    def enable(self, on: bool) -> str:
-        return self._call(self._enable, self._SetBool.Request(data=on)).message
-
-    def run_episode(self, stall_timeout_s: float) -> dict[str, Any]:
-        """One episode; returns the committed episode's metadata."""
-        self.enable(False)
-        if self._reset is not None:
-            self._call(self._reset, self._Trigger.Request())
-        else:
-            input("Reset the scene, then press Enter to start the episode... ")
-        with self._cond:
-            seen = len(self._episodes)
-        self._call(self._start, self._Trigger.Request())
-        self.enable(True)
-        with self._cond:
-            if not self._cond.wait_for(lambda: len(self._episodes) > seen, timeout=stall_timeout_s):
-                raise RuntimeError(f"no episode committed within {stall_timeout_s:.0f} s; is the arm publishing?")
-            episode = self._episodes[seen]
-        self.enable(False)
-        return episode
+    context = rclpy.Context()
+    rclpy.init(args=[], context=context)
+    graph = None
+    try:
+        graph = RunningGraph("robot", config, values, context)
+        print("arm is up; Ctrl-C to stop", file=sys.stderr)
+        while True:
+            time.sleep(1.0)
+    finally:
+        if graph is not None:
+            graph.shutdown()
+        context.try_shutdown()
 
 
 def run(args: argparse.Namespace) -> int:
-    import rclpy
-    from tqdm import tqdm
-    from wmpo_core.robot_config import GymSimDriver, RobotConfigError, load_robot_config
+    from wmpo_core.robot_config import RobotConfigError, load_robot_config
 
     try:
         config = load_robot_config(args.robot)
@@ -212,40 +131,33 @@ def run(args: argparse.Namespace) -> int:
     if args.command != "robot" and args.episodes < 1:
         print(f"wmpo {args.command}: --episodes must be at least 1", file=sys.stderr)
         return 2
-    sim = isinstance(config.driver, GymSimDriver)
-    if args.command == "teleop" and not sim and args.device in ("keyboard", "auto"):
-        print(
-            f"wmpo teleop: on a real arm the keyboard device and this command's prompts would share the terminal; use "
-            f"`ros2 launch wmpo_ros teleop.launch.py robot:={config.name} device:=keyboard` with `ros2 run wmpo_ros "
-            f"record_keys`, or another --device",
-            file=sys.stderr,
-        )
+    if args.command == "deploy" and not (args.policy or args.learner):
+        print("wmpo deploy: give --policy, or --learner to run the learner's deployed version", file=sys.stderr)
         return 2
     from wmpo_ros.dds import use_large_frames_profile
+    from wmpo_ros.session import RobotSession
 
     use_large_frames_profile()
-    rclpy.init(args=[])
-    graph = None
+    print(f"bringing up {config.name} ({config.driver.kind}) ...", file=sys.stderr)
     try:
-        print(f"bringing up {config.name} ({config.driver.kind}) ...", file=sys.stderr)
-        graph = RunningGraph(args.command, config, parameter_values(args))
         if args.command == "robot":
-            print("arm is up; Ctrl-C to stop", file=sys.stderr)
-            while True:
-                time.sleep(1.0)
-        commander = "policy_node" if args.command == "deploy" else "teleop"
-        runner = EpisodeRunner(config, commander, sim, args.task)
-        graph.add("wmpo_episode_runner", runner.node)
-        max_steps = args.max_steps or config.max_episode_steps
-        stall = max_steps * STEP_STALL_S + 120.0
-        successes = 0
-        with tqdm(total=args.episodes, desc=f"{args.command} {config.name}", unit="episode") as progress:
-            for _ in range(args.episodes):
-                meta = runner.run_episode(stall)
-                successes += bool(meta.get("success"))
-                progress.set_postfix(success=f"{successes}/{progress.n + 1}", steps=meta["num_steps"])
-                progress.update(1)
-        print(f"recorded {args.episodes} episodes into {os.path.abspath(args.store)}: {successes} successful", file=sys.stderr)
+            return _robot(config, parameter_values(args))
+        with RobotSession(**session_arguments(args)) as robot:
+            if args.command == "teleop":
+                metas = robot.teleop(args.episodes, device=args.device, device_port=args.device_port, device_id=args.device_id)
+            else:
+                if not args.policy:
+                    print(f"waiting for the learner's deployed policy (status on {robot.names.sync_status}) ...", file=sys.stderr)
+                    print(f"running {robot.wait_for_version(timeout_s=SYNC['stage_timeout_s'].default)}", file=sys.stderr)
+                metas = robot.run_episodes(args.episodes)
+            successes = sum(bool(m.get("success")) for m in metas)
+            print(f"recorded {len(metas)} episodes into {os.path.abspath(args.store)}: {successes} successful", file=sys.stderr)
+            if args.command == "deploy" and args.learner:
+                try:
+                    robot.wait_uploaded(timeout_s=UPLOAD_DRAIN_S)
+                    print(f"uploaded {len(metas)}/{len(metas)} episodes to the learner at {args.learner}", file=sys.stderr)
+                except RuntimeError as exc:
+                    print(f"wmpo deploy: not every episode reached the learner yet: {exc}", file=sys.stderr)
         return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -253,8 +165,3 @@ def run(args: argparse.Namespace) -> int:
     except (RuntimeError, ValueError, OSError) as exc:  # bad config, policy, device, store: say what, not a traceback
         print(f"wmpo {args.command}: {exc}", file=sys.stderr)
         return 1
-    finally:
-        if graph is not None:
-            graph.shutdown()
-        if rclpy.ok():
-            rclpy.shutdown()

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from wmpo_core.robot_config import GymSimDriver, LeRobotDriver, RobotConfig
 
-from wmpo_ros.params import LEROBOT_BRIDGE, POLICY, RECORDER, SIM_ARM, TELEOP, NodeParams
+from wmpo_ros.params import LEROBOT_BRIDGE, POLICY, RECORDER, SIM_ARM, SYNC, TELEOP, NodeParams
 from wmpo_ros.teleop_devices import resolve_device
 
 Bringup = Literal["robot", "teleop", "deploy"]
@@ -54,7 +54,11 @@ def recorder_source(bringup: Bringup, config: RobotConfig, device: str) -> str:
 
 
 def bringup_graph(bringup: Bringup, config: RobotConfig, values: Mapping[str, Any]) -> list[NodeSpec]:
-    """The nodes of `bringup` for `config`. `values` holds parameter values by name (strings are parsed)."""
+    """The nodes of `bringup` for `config`. `values` holds parameter values by name (strings are parsed).
+
+    deploy also runs the sync node when `values` names a `learner_url`: it uploads the recorder's
+    episodes and stages the learner's deployed versions in the policy node.
+    """
     if bringup not in BRINGUPS:
         raise ValueError(f"unknown bring-up '{bringup}' (choose from {BRINGUPS})")
     values = {**values, "robot": values.get("robot", config.name)}
@@ -69,4 +73,6 @@ def bringup_graph(bringup: Bringup, config: RobotConfig, values: Mapping[str, An
     else:
         nodes.append(_spec(POLICY, values, **sim_time))
         nodes.append(_spec(RECORDER, values, source="policy", **sim_time))
+        if values.get("learner_url"):
+            nodes.append(_spec(SYNC, values, **sim_time))
     return nodes

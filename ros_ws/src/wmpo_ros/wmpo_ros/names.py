@@ -36,6 +36,11 @@ class GraphNames:
     (rclpy drops the reason of a successful parameter set, so the version is reported here)."""
     policy_dry_run_action: str
     """std_msgs/Float64MultiArray: the command the policy would send, in dry-run mode."""
+    policy_loads: str
+    """std_msgs/String (JSON {spec, ok, version, reason}): the outcome of every load the `policy`
+    parameter asked for (the parameter set itself only queues the load)."""
+    policy_rollback: str
+    """std_srvs/Trigger: stage the previously active policy again (kept loaded in memory)."""
     # teleop node
     teleop_enable: str
     """std_srvs/SetBool: start / stop relaying the teleop device to the command topic."""
@@ -47,6 +52,9 @@ class GraphNames:
     """std_srvs/SetBool: label the current (or last committed) episode a success or a failure."""
     recorder_episodes: str
     """std_msgs/String (JSON): one message per committed episode (metadata and cadence report)."""
+    # sync node
+    sync_status: str
+    """std_msgs/String (JSON), latched: the learner link (deployment followed, staged, rejected, upload backlog)."""
 
 
 def robot_namespace(config: RobotConfig) -> str:
@@ -66,10 +74,13 @@ def graph_names(config: RobotConfig) -> GraphNames:
         policy_version=f"{ns}/policy/version",
         policy_staged=f"{ns}/policy/staged",
         policy_dry_run_action=f"{ns}/policy/dry_run_action",
+        policy_loads=f"{ns}/policy/loads",
+        policy_rollback=f"{ns}/policy/rollback",
         teleop_enable=f"{ns}/teleop/enable",
         recorder_start=f"{ns}/recorder/start",
         recorder_stop=f"{ns}/recorder/stop",
         recorder_discard=f"{ns}/recorder/discard",
         recorder_label_success=f"{ns}/recorder/label_success",
         recorder_episodes=f"{ns}/recorder/episodes",
+        sync_status=f"{ns}/sync/status",
     )

@@ -20,19 +20,27 @@ Control loop (a timer at the config's control rate, on the ROS clock, so sim tim
 - Every command passes `wmpo_core.safety.SafetyFilter` (limits, max step change, non-finite
   actions dropped). Dry-run publishes on `<ns>/policy/dry_run_action` instead of the command topic.
 - Episodes: `<ns>/policy/enable` (true) starts one (a staged policy is swapped in, the policy is
-  reset), false stops. Setting the `policy` parameter loads, verifies and stages a checkpoint;
-  its version is published on `<ns>/policy/staged` at once and on `<ns>/policy/version` when it
-  becomes active.
+  reset), false stops.
+- New policies: setting the `policy` parameter queues a load on the loader thread (never in the
+  parameter callback: that shares the node's default callback group with the /clock
+  subscription, so a slow load there would stop simulated time). The candidate is loaded into a
+  second instance and verified; the outcome goes out on `<ns>/policy/loads` (JSON), a verified
+  one is staged (`<ns>/policy/staged`) and becomes active (`<ns>/policy/version`) at the next
+  episode start, or with `swap_at:=chunk` at the next inference request (the old chunk keeps
+  serving ticks until the new one arrives, so no tick waits). `<ns>/policy/rollback` stages the
+  previously active policy again (still loaded in memory).
 - /diagnostics (1 Hz, wall clock): inference latency, queue depth, versions, watchdog state.
 """
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -43,7 +51,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
-from std_srvs.srv import SetBool
+from std_srvs.srv import SetBool, Trigger
 from wmpo_core.policy import Observation, PolicyLoadError
 from wmpo_core.robot_config import load_robot_config
 from wmpo_core.safety import SafetyFilter
@@ -62,6 +70,8 @@ from wmpo_ros.names import graph_names
 from wmpo_ros.node_utils import run_node
 from wmpo_ros.params import POLICY
 from wmpo_ros.policy_holder import LoadedPolicy, PolicyHolder
+
+SWAP_POINTS = ("episode", "chunk")
 
 
 @dataclass
@@ -106,6 +116,10 @@ class PolicyNode(Node):
         self.dry_run = bool(p["dry_run"])
         if self._refill < 0 or p["watchdog_periods"] <= 0:
             raise ValueError("refill_threshold must be >= 0 and watchdog_periods > 0")
+        if p["swap_at"] not in SWAP_POINTS:
+            raise ValueError(f"swap_at must be one of {SWAP_POINTS}, got '{p['swap_at']}'")
+        self.swap_at: str = p["swap_at"]
+        self._autostart = bool(p["autostart"])
         self.holder = PolicyHolder(self.config)
         self._codec = CommandCodec(self.config)
         self._safety = SafetyFilter(self.config.action)
@@ -123,11 +137,14 @@ class PolicyNode(Node):
         self._last_tick: float = -np.inf
         self._awaiting: float | None = None
         """Sim time: a tick waiting for its own observation before the watchdog judges it."""
+        self._serving: str | None = None
+        """Version whose actions the arm gets now (announced on <ns>/policy/version)."""
         self._sim_time = bool(self.get_parameter("use_sim_time").value)
         self.watchdog_state = "no_input"
         self.counters = {"ticks": 0, "commands": 0, "holds": 0, "late_ticks": 0, "dropped_non_finite": 0, "clamped": 0, "rate_limited": 0}
         self.timings: deque[InferenceTiming] = deque(maxlen=1000)
         self._requests: queue.Queue[_Request | None] = queue.Queue()
+        self._loads: queue.Queue[str | None] = queue.Queue()
 
         sensors = MutuallyExclusiveCallbackGroup()
         for cam in self.config.cameras:
@@ -138,18 +155,22 @@ class PolicyNode(Node):
         self._dry_run_pub = self.create_publisher(Float64MultiArray, self.names.policy_dry_run_action, STATE_QOS)
         self._version_pub = self.create_publisher(String, self.names.policy_version, LATCHED_QOS)
         self._staged_pub = self.create_publisher(String, self.names.policy_staged, LATCHED_QOS)
+        self._loads_pub = self.create_publisher(String, self.names.policy_loads, 10)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_service(SetBool, self.names.policy_enable, self._on_enable, callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_service(Trigger, self.names.policy_rollback, self._on_rollback, callback_group=MutuallyExclusiveCallbackGroup())
         self.create_timer(self._period, self._tick, callback_group=MutuallyExclusiveCallbackGroup())
         self.create_timer(1.0, self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME), callback_group=MutuallyExclusiveCallbackGroup())
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._worker = threading.Thread(target=self._inference_loop, name="policy_inference", daemon=True)
         self._worker.start()
+        self._loader = threading.Thread(target=self._load_loop, name="policy_loader", daemon=True)
+        self._loader.start()
         if p["policy"]:
             self.holder.swap(self.holder.load(p["policy"]))
             self.get_logger().info(f"loaded policy {self.holder.active.version}")
-            self._version_pub.publish(String(data=self.holder.active.version))
+            self._announce(self.holder.active.version)
             if p["autostart"]:
                 self.enable(True)
 
@@ -203,9 +224,29 @@ class PolicyNode(Node):
                 reference = self._state[1]
             self._safety.reset(reference)
             self._enabled = True  # _last_tick is kept: a tick already served is never served twice
-        self._version_pub.publish(String(data=active.version))
+            self._announce(active.version)
         self._tick()  # serve the episode's first tick now rather than up to a period later
         return f"episode started with policy {active.version}"
+
+    def _announce(self, version: str) -> None:
+        """The arm now gets this version's actions: say so on <ns>/policy/version (the recorder stamps it)."""
+        if version != self._serving:
+            self._serving = version
+            self._version_pub.publish(String(data=version))
+
+    def rollback(self) -> str:
+        """Stage the previously active policy again (kept loaded in memory). Also the service."""
+        previous = self.holder.rollback()
+        self._staged_pub.publish(String(data=previous.version))
+        self.get_logger().info(f"rollback: staged {previous.version} again; active from the next {self.swap_at}")
+        return f"staged {previous.version}; active from the next {self.swap_at}"
+
+    def _on_rollback(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        try:
+            response.success, response.message = True, self.rollback()
+        except PolicyLoadError as exc:
+            response.success, response.message = False, str(exc)
+        return response
 
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         try:
@@ -218,19 +259,37 @@ class PolicyNode(Node):
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         for param in params:
             if param.name == "policy":
-                try:
-                    candidate = self.holder.load(str(param.value))
-                except (PolicyLoadError, OSError, ValueError) as exc:
-                    return SetParametersResult(successful=False, reason=f"policy not loaded: {exc}")
-                self.holder.stage(candidate)
-                self._staged_pub.publish(String(data=candidate.version))
-                self.get_logger().info(f"staged policy {candidate.version}; active from the next episode")
-                return SetParametersResult(successful=True, reason=f"staged {candidate.version}; active from the next episode")
+                spec = str(param.value)
+                if not spec:
+                    return SetParametersResult(successful=False, reason="policy not loaded: no policy given (empty spec)")
+                if ":" not in spec and not Path(spec).exists():
+                    return SetParametersResult(
+                        successful=False, reason=f"policy not loaded: '{spec}' is neither an existing checkpoint directory nor a scheme spec"
+                    )
+                self._loads.put(spec)
+                return SetParametersResult(successful=True, reason=f"loading {spec}; the outcome goes out on {self.names.policy_loads}")
             if param.name == "dry_run":
                 self.dry_run = bool(param.value)
             elif param.name in POLICY.names:
                 return SetParametersResult(successful=False, reason=f"'{param.name}' is read at start-up only")
         return SetParametersResult(successful=True)
+
+    def _load_loop(self) -> None:
+        """Load, verify and stage requested policies, one at a time, off every executor thread."""
+        while (spec := self._loads.get()) is not None:
+            try:
+                candidate = self.holder.load(spec)
+            except Exception as exc:  # any failure refuses the candidate; it must never take the node down
+                running = self.holder.active.version if self.holder.active else "no policy"
+                self.get_logger().warning(f"policy '{spec}' not loaded, still running {running}: {exc}")
+                self._loads_pub.publish(String(data=json.dumps({"spec": spec, "ok": False, "version": None, "reason": str(exc)})))
+                continue
+            self.holder.stage(candidate)
+            self._staged_pub.publish(String(data=candidate.version))
+            self.get_logger().info(f"staged policy {candidate.version}; active from the next {self.swap_at}")
+            self._loads_pub.publish(String(data=json.dumps({"spec": spec, "ok": True, "version": candidate.version, "reason": ""})))
+            if self._autostart and self.holder.active is None:
+                self.enable(True)  # started without a policy (e.g. waiting for the learner's): run the first one
 
     # ------------------------------------------------------------------ control loop
 
@@ -313,6 +372,11 @@ class PolicyNode(Node):
         return None
 
     def _request(self, tick_time: float) -> None:
+        if self.swap_at == "chunk" and self.holder.staged is not None:
+            # A chunk boundary is a policy boundary like an episode start: swap the staged policy in
+            # (already loaded and verified) and reset it. The queued chunk of the old one keeps
+            # serving ticks until this request's chunk arrives, so no tick waits for the swap.
+            self.holder.begin_episode()
         loaded = self.holder.active
         frames = {cam: self._frames[cam] for cam in self.config.camera_names}
         observation = Observation(
@@ -350,6 +414,7 @@ class PolicyNode(Node):
                 return
             self._inflight = False
             self.timings.append(request.timing)
+            self._announce(request.loaded.version)
             self._queue = deque((request.tick_time + j * self._period, a) for j, a in enumerate(chunk))
             if self._pending_tick is not None:
                 action = self._take_for(self._pending_tick)
@@ -387,6 +452,8 @@ class PolicyNode(Node):
             values = {
                 "policy_version": active.version if active else "",
                 "staged_version": staged.version if staged else "",
+                "previous_version": self.holder.previous.version if self.holder.previous else "",
+                "swap_at": self.swap_at,
                 "enabled": str(self._enabled),
                 "dry_run": str(self.dry_run),
                 "watchdog": self.watchdog_state,
@@ -419,7 +486,9 @@ class PolicyNode(Node):
         with self._lock:
             self._token += 1
         self._requests.put(None)
+        self._loads.put(None)
         self._worker.join(timeout=10.0)
+        self._loader.join(timeout=1.0)  # a load in progress is not interruptible; the thread is a daemon
         super().destroy_node()
 
 

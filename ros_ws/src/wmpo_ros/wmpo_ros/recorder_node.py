@@ -31,9 +31,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import Image, JointState
@@ -101,6 +103,8 @@ class CadenceReport:
 @dataclass
 class _Episode:
     index: int
+    started_ns: int = 0
+    """Wall time (ns) recording started; commands published before it are not part of the episode."""
     success_seen: bool = False
     label: tuple[bool, str] | None = None
     steps: int = 0
@@ -168,8 +172,23 @@ class RecorderNode(Node):
         self.create_service(Trigger, self.names.recorder_stop, self._on_stop, callback_group=services)
         self.create_service(Trigger, self.names.recorder_discard, self._on_discard, callback_group=services)
         self.create_service(SetBool, self.names.recorder_label_success, self._on_label, callback_group=services)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         if p["autostart"]:
             self.start()
+
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """`source` may change between episodes (one session recording demonstrations, then rollouts)."""
+        for param in params:
+            if param.name == "source":
+                if param.value not in SOURCES:
+                    return SetParametersResult(successful=False, reason=f"source must be one of {SOURCES}, got '{param.value}'")
+                with self._lock:
+                    if self._episode is not None:
+                        return SetParametersResult(successful=False, reason="cannot change the source while recording an episode")
+                    self.source = str(param.value)
+            elif param.name in RECORDER.names:
+                return SetParametersResult(successful=False, reason=f"'{param.name}' is read at start-up only")
+        return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------------ inputs
 
@@ -205,8 +224,8 @@ class RecorderNode(Node):
             self.get_logger().error(f"command: {exc}", throttle_duration_sec=5.0)
             return
         with self._lock:
-            if self._episode is None:
-                return
+            if self._episode is None or info["source_timestamp"] < self._episode.started_ns:
+                return  # not recording, or a command of the control loop that was in flight when recording started
             if not np.all(np.isfinite(action)):
                 self.get_logger().error("a non-finite command reached the command topic; not recorded", throttle_duration_sec=5.0)
                 return
@@ -247,7 +266,7 @@ class RecorderNode(Node):
             if self._episode is not None:
                 raise StoreError(f"already recording episode #{self._episode.index}")
             self._sync.new_episode()
-            self._episode = _Episode(index=self._episodes_started)
+            self._episode = _Episode(index=self._episodes_started, started_ns=time.time_ns())
             self._episode.cadence = CadenceReport(
                 control_rate_hz=self.config.control_rate_hz,
                 frames_received={c: 0 for c in self.config.camera_names},
@@ -366,7 +385,7 @@ class RecorderNode(Node):
         if episode.first is None:
             episode.first = (step.time, wall)
             version = self._policy_version if self.source == "policy" else None
-            meta = {"task": self._instruction, "policy_version": version, "env_seed": self._env_seed}
+            meta = {"task": self._instruction, "policy_version": version, "env_seed": self._env_seed, "source": self.source}
             self._writes.put(("begin", (episode.index, meta)))
         episode.last = (step.time, wall)
         if self._policy_version and (not episode.versions or episode.versions[-1] != self._policy_version):
@@ -422,7 +441,7 @@ class RecorderNode(Node):
                 if kind == "begin":
                     writer_index, meta = payload
                     writer = self.store.begin_episode(
-                        self.config, source=self.source, task=meta["task"], policy_version=meta["policy_version"], env_seed=meta["env_seed"]
+                        self.config, source=meta["source"], task=meta["task"], policy_version=meta["policy_version"], env_seed=meta["env_seed"]
                     )
                 elif kind == "append":
                     index, step = payload

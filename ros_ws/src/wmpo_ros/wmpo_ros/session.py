@@ -1,0 +1,462 @@
+"""The robot side as a Python API: the robot's node graph in this process, episodes on demand.
+
+`RobotSession` brings up the same nodes as `ros2 launch wmpo_ros deploy.launch.py` (the arm
+driver or simulator, the policy node, the recorder and, with a learner URL, the sync node;
+`wmpo_ros.graph` says which, with which parameters) on one executor in a background thread, and
+drives episodes through the nodes' own services, as an operator would: reset the scene (sim) or
+wait for the operator (real arm) -> start recording -> enable the policy or teleop device -> the
+recorder ends the episode on success or at the time limit and commits it. `wmpo teleop` and
+`wmpo deploy` are thin command-line wrappers around it; `wmpo run` drives a whole lifelong loop
+with it:
+
+    from wmpo_ros.session import RobotSession
+
+    with RobotSession("so101_sim", store="robot/episodes.zarr",
+                      learner_url="http://127.0.0.1:8765", token_file="learner.token") as robot:
+        robot.teleop(20)                              # demonstrations (the sim's scripted expert)
+        robot.wait_uploaded(timeout_s=600)            # ... every recorded episode is at the learner
+        robot.wait_for_version("sft-v1", timeout_s=600)  # deployed on the learner; downloaded,
+                                                      #   verified and staged here
+        episodes = robot.run_episodes(10)             # rollouts; each episode's metadata names the
+        robot.policy_version                          #   version it ran ("policy_version")
+
+With a learner, every committed episode (demonstrations and rollouts alike) is uploaded through
+the durable outbox, and every version the learner deploys is downloaded, verified and staged by
+the sync node; the policy node swaps it in at the next episode start (`swap_at="episode"`), so
+every episode runs exactly one version.
+
+A session owns its own rclpy context, so it coexists with other rclpy users in the process.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from wmpo_ros.params import POLICY, TELEOP
+
+STEP_STALL_S = 5.0
+"""Wall seconds per step before an episode counts as stalled (rendering + inference on a loaded CPU)."""
+SHUTDOWN_ORDER = ("wmpo_episode_runner", "policy_node", "teleop", "sync_node", "recorder", "sim_arm", "lerobot_bridge")
+"""Commanders first (the arm stops being told anything), the recorder (commits) and the driver last."""
+
+
+def node_class(executable: str):
+    """The node class behind a console_scripts executable (imported only when needed)."""
+    if executable == "sim_arm":
+        from wmpo_ros.sim_arm_node import SimArmNode
+
+        return SimArmNode
+    if executable == "lerobot_bridge":
+        from wmpo_ros.lerobot_bridge_node import LeRobotBridgeNode
+
+        return LeRobotBridgeNode
+    if executable == "policy_node":
+        from wmpo_ros.policy_node import PolicyNode
+
+        return PolicyNode
+    if executable == "recorder":
+        from wmpo_ros.recorder_node import RecorderNode
+
+        return RecorderNode
+    if executable == "teleop":
+        from wmpo_ros.teleop_node import TeleopNode
+
+        return TeleopNode
+    if executable == "sync_node":
+        from wmpo_ros.sync_node import SyncNode
+
+        return SyncNode
+    raise ValueError(f"no node class for executable '{executable}'")
+
+
+class RunningGraph:
+    """The nodes of one bring-up, spinning on a MultiThreadedExecutor in a background thread.
+
+    `context`: the rclpy context (initialised) the nodes live in. `node_kwargs`: constructor
+    arguments by executable that are not ROS parameters (the sync node's learner token)."""
+
+    def __init__(self, bringup: str, config, values: dict[str, Any], context, threads: int = 6,
+                 node_kwargs: dict[str, dict[str, Any]] | None = None):
+        from rclpy.executors import MultiThreadedExecutor
+
+        from wmpo_ros.graph import bringup_graph
+
+        self.context = context
+        self.nodes: dict[str, Any] = {}
+        self.executor = MultiThreadedExecutor(num_threads=threads, context=context)
+        self._thread: threading.Thread | None = None
+        self._node_kwargs = node_kwargs or {}
+        try:
+            # The arm last: a bad policy, device or store fails in seconds, before the simulator loads.
+            for spec in reversed(bringup_graph(bringup, config, values)):
+                self.start_node(spec)
+        except BaseException:
+            self.shutdown()
+            raise
+        self._thread = threading.Thread(target=self.executor.spin, name="executor", daemon=True)
+        self._thread.start()
+
+    def start_node(self, spec) -> Any:
+        """Create the node of a `wmpo_ros.graph.NodeSpec` and add it to the running executor."""
+        from wmpo_ros.node_utils import parameter_overrides
+
+        node = node_class(spec.executable)(
+            parameter_overrides=parameter_overrides(spec.parameters), context=self.context, **self._node_kwargs.get(spec.executable, {})
+        )
+        self.add(spec.executable, node)
+        return node
+
+    def add(self, name: str, node) -> None:
+        self.nodes[name] = node
+        self.executor.add_node(node)
+
+    def remove(self, name: str) -> None:
+        node = self.nodes.pop(name, None)
+        if node is not None:
+            self.executor.remove_node(node)
+            node.destroy_node()
+
+    def shutdown(self) -> None:
+        for name in SHUTDOWN_ORDER:
+            self.remove(name)
+        self.executor.shutdown(timeout_sec=5.0)
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)  # out of spin() before the caller shuts the context down
+
+
+class EpisodeRunner:
+    """Drives episodes through the graph's services, like an operator with `ros2 service call`."""
+
+    def __init__(self, config, sim: bool, task: str | None, context):
+        from rclpy.node import Node
+        from std_msgs.msg import String
+        from std_srvs.srv import SetBool, Trigger
+
+        from wmpo_ros.messages import LATCHED_QOS
+        from wmpo_ros.names import graph_names
+
+        self.config = config
+        self.names = graph_names(config)
+        self.node = Node("wmpo_episode_runner", context=context)
+        self._episodes: list[dict[str, Any]] = []
+        self._cond = threading.Condition()
+        self.node.create_subscription(String, self.names.recorder_episodes, self._on_episode, 10)
+        self._reset = self.node.create_client(Trigger, self.names.sim_reset) if sim else None
+        self._start = self.node.create_client(Trigger, self.names.recorder_start)
+        self._enable = {
+            "policy_node": self.node.create_client(SetBool, self.names.policy_enable),
+            "teleop": self.node.create_client(SetBool, self.names.teleop_enable),
+        }
+        self._SetBool, self._Trigger = SetBool, Trigger
+        self._instruction = self.node.create_publisher(String, config.topics.instruction, LATCHED_QOS)
+        if task:
+            self._instruction.publish(String(data=task))
+
+    def _on_episode(self, msg) -> None:
+        with self._cond:
+            self._episodes.append(json.loads(msg.data))
+            self._cond.notify_all()
+
+    def _call(self, client, request, timeout: float = 180.0):
+        if not client.wait_for_service(timeout_sec=30.0):
+            raise RuntimeError(f"service {client.srv_name} is not available")
+        future = client.call_async(request)
+        done = threading.Event()
+        future.add_done_callback(lambda _: done.set())
+        if not done.wait(timeout):
+            raise RuntimeError(f"service {client.srv_name} did not answer within {timeout:.0f} s")
+        response = future.result()
+        if not response.success:
+            raise RuntimeError(f"{client.srv_name}: {response.message}")
+        return response
+
+    def enable(self, commander: str, on: bool) -> str:
+        return self._call(self._enable[commander], self._SetBool.Request(data=on)).message
+
+    def run_episode(self, commander: str, stall_timeout_s: float) -> dict[str, Any]:
+        """One episode commanded by `commander` ("policy_node" or "teleop"); returns the committed
+        episode's metadata."""
+        self.enable(commander, False)
+        if self._reset is not None:
+            self._call(self._reset, self._Trigger.Request())
+        else:
+            input("Reset the scene, then press Enter to start the episode... ")
+        with self._cond:
+            seen = len(self._episodes)
+        self._call(self._start, self._Trigger.Request())
+        self.enable(commander, True)
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self._episodes) > seen, timeout=stall_timeout_s):
+                raise RuntimeError(f"no episode committed within {stall_timeout_s:.0f} s; is the arm publishing?")
+            episode = self._episodes[seen]
+        self.enable(commander, False)
+        return episode
+
+
+class RobotSession:
+    """The robot's node graph, up in this process, recording episodes on demand (module docstring).
+
+    Args:
+        robot: robot config name (robot_configs/<name>.yaml) or path to a config YAML.
+        store: the robot's episode store (created if missing); every episode is committed here.
+        learner_url: the learner service (`http://host:port`; `https://` off loopback). Empty: no
+            sync node (nothing uploaded, no policy updates).
+        token_file: file holding the learner's bearer token; None: `token`, else the
+            WMPO_LEARNER_TOKEN environment variable.
+        token: the bearer token itself (handed to the sync node in-process, never a ROS parameter).
+        ca_file: CA bundle of an https learner with a private CA.
+        policy: checkpoint directory or spec to start with; empty: the learner's deployed version
+            (`wait_for_version`).
+        bringup: "deploy" (arm, policy node, recorder, sync node) or "teleop" (arm, teleop node,
+            recorder: what `wmpo teleop` runs). `teleop()` works in both; `run_episodes()` needs
+            "deploy".
+        seed: simulation: seed of the first episode; episode k uses seed + k.
+        real_time_factor: simulation: cap on simulated time per wall second; 0 = as fast as the
+            CPU allows (the sim runs in lockstep either way, so results do not depend on it).
+        max_steps: steps per episode; 0 = the robot config's episode time limit.
+        task: instruction stamped into episodes and given to the policy (default: the config's first).
+        swap_at: "episode" (default; every episode runs one version) or "chunk" (mid-episode).
+        refill_threshold, dry_run: policy node parameters (wmpo_ros.params.POLICY).
+        device: the teleop device of `bringup="teleop"` (`teleop()` may choose another).
+    """
+
+    def __init__(
+        self,
+        robot: str | Path = "so101_sim",
+        *,
+        store: str | Path,
+        learner_url: str = "",
+        token_file: str | Path | None = None,
+        token: str | None = None,
+        ca_file: str | Path | None = None,
+        policy: str | Path = "",
+        bringup: Literal["deploy", "teleop"] = "deploy",
+        seed: int = 0,
+        real_time_factor: float = 0.0,
+        max_steps: int = 0,
+        task: str | None = None,
+        swap_at: Literal["episode", "chunk"] = "episode",
+        refill_threshold: int = POLICY["refill_threshold"].default,
+        dry_run: bool = False,
+        device: str = TELEOP["device"].default,
+    ):
+        from wmpo_core.robot_config import GymSimDriver, load_robot_config
+
+        from wmpo_ros.names import graph_names
+
+        if bringup not in ("deploy", "teleop"):
+            raise ValueError(f"bringup must be 'deploy' or 'teleop', got '{bringup}'")
+        if learner_url and bringup != "deploy":
+            raise ValueError("a learner (sync node) runs with bringup='deploy'")
+        self.config = load_robot_config(str(robot))
+        self.names = graph_names(self.config)
+        """Topic and service names of this robot's graph (wmpo_ros.names)."""
+        self.sim = isinstance(self.config.driver, GymSimDriver)
+        self.store = Path(store)
+        self.bringup = bringup
+        self.task = task
+        self._token = token
+        self.values: dict[str, Any] = {
+            "robot": str(robot),
+            "seed": seed,
+            "real_time_factor": float(real_time_factor),
+            "store": str(self.store),
+            "max_steps": max_steps,
+            "autostart": False,
+            "policy": str(policy),
+            "dry_run": dry_run,
+            "refill_threshold": refill_threshold,
+            "swap_at": swap_at,
+            "learner_url": learner_url,
+            "token_file": str(token_file) if token_file else "",
+            "ca_file": str(ca_file) if ca_file else "",
+            "device": device,
+        }
+        self.max_steps = max_steps or self.config.max_episode_steps
+        self.recorded: list[dict[str, Any]] = []
+        """Metadata of every episode this session recorded, in order."""
+        self._context = None
+        self._graph: RunningGraph | None = None
+        self._runner: EpisodeRunner | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> RobotSession:
+        """Bring the graph up (the simulator loads last). Raises ValueError / RuntimeError / OSError
+        with the reason when a node cannot start (bad policy, device, store, config)."""
+        import rclpy
+
+        from wmpo_ros.dds import use_large_frames_profile
+
+        if self._graph is not None:
+            return self
+        use_large_frames_profile()
+        self._context = rclpy.Context()
+        rclpy.init(args=[], context=self._context)
+        try:
+            self._graph = RunningGraph(self.bringup, self.config, self.values, self._context, node_kwargs={"sync_node": {"token": self._token}})
+            self._runner = EpisodeRunner(self.config, self.sim, self.task, self._context)
+            self._graph.add("wmpo_episode_runner", self._runner.node)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        """Shut the graph down: a finished episode is committed, an unfinished one discarded."""
+        if self._graph is not None:
+            self._graph.shutdown()
+            self._graph = None
+        if self._context is not None:
+            self._context.try_shutdown()
+            self._context = None
+
+    def __enter__(self) -> RobotSession:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _node(self, name: str):
+        if self._graph is None:
+            raise RuntimeError("the robot session is not started (use `with RobotSession(...)` or .start())")
+        return self._graph.nodes.get(name)
+
+    # ------------------------------------------------------------------ policy versions
+
+    @property
+    def policy_version(self) -> str | None:
+        """The version the policy node runs now (the one the last episode ran), or None."""
+        node = self._node("policy_node")
+        active = node.holder.active if node is not None else None
+        return active.version if active else None
+
+    @property
+    def staged_version(self) -> str | None:
+        """A verified version waiting for the next episode start, or None."""
+        node = self._node("policy_node")
+        staged = node.holder.staged if node is not None else None
+        return staged.version if staged else None
+
+    @property
+    def sync_status(self):
+        """The sync node's `SyncStatus` (deployment followed, last rejection, upload backlog), or None."""
+        sync = self._node("sync_node")
+        return sync.status if sync is not None else None
+
+    def wait_for_version(self, version: str | None = None, timeout_s: float = 600.0) -> str:
+        """Block until the policy node has `version` (any version if None) active or staged, i.e.
+        until the next episode runs it; returns the version. Raises RuntimeError at once if the sync
+        node rejected that version (the reason is in the message), or after `timeout_s`."""
+        policy_node = self._node("policy_node")
+        if policy_node is None:
+            raise RuntimeError("this session runs no policy node (bringup='teleop')")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            holder = policy_node.holder
+            candidates = [p.version for p in (holder.staged, holder.active) if p is not None]
+            if candidates and (version is None or version in candidates):
+                return version or candidates[0]
+            status = self.sync_status
+            rejection = status.last_rejection if status is not None else None
+            if rejection is not None and (version is None or rejection.version == version):
+                raise RuntimeError(f"policy version '{rejection.version}' was rejected by this robot: {rejection.reason}")
+            if time.monotonic() > deadline:
+                where = f"; sync node: {status.state} {status.message}".rstrip() if status is not None else " (no learner configured)"
+                raise RuntimeError(f"policy version {version or '(any)'} not loaded within {timeout_s:.0f} s{where}")
+            time.sleep(0.1)
+
+    # ------------------------------------------------------------------ episodes
+
+    def run_episodes(self, count: int, progress: bool = True) -> list[dict[str, Any]]:
+        """Record `count` episodes with the policy (a staged version takes over at the first);
+        returns their metadata (`episode_id`, `success`, `num_steps`, `policy_version`, ...)."""
+        if self._node("policy_node") is None:
+            raise RuntimeError("this session runs no policy node (bringup='teleop')")
+        if self.policy_version is None and self.staged_version is None:
+            raise RuntimeError("no policy loaded: give `policy=` or wait_for_version() for the learner's deployed one")
+        return self._episodes("policy_node", "policy", count, f"rollouts {self.config.name}", progress)
+
+    def teleop(self, count: int, device: str = "auto", device_port: str = "", device_id: str = "", progress: bool = True) -> list[dict[str, Any]]:
+        """Record `count` teleoperated episodes (demonstrations) with `device` ("auto" = the
+        scripted expert in a simulation that has one, else the keyboard); returns their metadata."""
+        from wmpo_ros.graph import bringup_graph, recorder_source
+        from wmpo_ros.teleop_devices import resolve_device
+
+        resolved = resolve_device(device, self.config)
+        if not self.sim and resolved == "keyboard":
+            raise ValueError(
+                "on a real arm the keyboard device and the episode prompts would share the terminal; use "
+                f"`ros2 launch wmpo_ros teleop.launch.py robot:={self.config.name} device:=keyboard` with "
+                "`ros2 run wmpo_ros record_keys`, or another device"
+            )
+        teleop = self._node("teleop")
+        if teleop is None or teleop.device != resolved:
+            self._graph.remove("teleop")
+            values = {**self.values, "device": device, "device_port": device_port, "device_id": device_id}
+            (spec,) = [s for s in bringup_graph("teleop", self.config, values) if s.executable == "teleop"]
+            self._graph.start_node(spec)
+        return self._episodes("teleop", recorder_source("teleop", self.config, device), count, f"teleop {self.config.name}", progress)
+
+    def _episodes(self, commander: str, source: str, count: int, what: str, progress: bool) -> list[dict[str, Any]]:
+        from rclpy.parameter import Parameter
+        from tqdm import tqdm
+
+        if count < 0:
+            raise ValueError(f"episode count must be >= 0, got {count}")
+        result = self._node("recorder").set_parameters([Parameter("source", value=source)])[0]
+        if not result.successful:
+            raise RuntimeError(f"recorder: {result.reason}")
+        stall = self.max_steps * STEP_STALL_S + 120.0
+        metas: list[dict[str, Any]] = []
+        successes = 0
+        with tqdm(total=count, desc=what, unit="episode", disable=not progress) as bar:
+            for _ in range(count):
+                meta = self._runner.run_episode(commander, stall)
+                metas.append(meta)
+                self.recorded.append(meta)
+                successes += bool(meta.get("success"))
+                bar.set_postfix(success=f"{successes}/{len(metas)}", steps=meta["num_steps"], policy=meta.get("policy_version"))
+                bar.update(1)
+        return metas
+
+    def count_episodes(self, **select: Any) -> int:
+        """Committed episodes in the robot's store matching `EpisodeStore.select(**select)`, e.g.
+        `count_episodes(source={"teleop", "scripted"})` (all sessions, not only this one)."""
+        from wmpo_core.episode_store import EpisodeStore
+
+        if not (self.store / "zarr.json").exists():
+            return 0
+        with EpisodeStore.open(self.store) as store:
+            return len(store.select(**select))
+
+    # ------------------------------------------------------------------ uploads
+
+    def wait_uploaded(self, timeout_s: float = 600.0) -> int:
+        """Block until the learner has every episode this session recorded, and nothing else is
+        waiting in the outbox; returns how many episodes the outbox has sent in all. Raises
+        RuntimeError if the learner refused one (the reasons are in the message) or after
+        `timeout_s` (what is left stays queued and goes out later, even after a restart)."""
+        sync = self._node("sync_node")
+        if sync is None or sync.outbox is None:
+            raise RuntimeError("this session uploads nothing (no learner_url)")
+        ids = [m["episode_id"] for m in self.recorded]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            entries = {eid: sync.outbox.entry(eid) for eid in ids}
+            stats = sync.outbox.stats()
+            refused = {eid: e.last_error for eid, e in entries.items() if e is not None and e.state == "parked"}
+            if refused:
+                raise RuntimeError(f"the learner refused {len(refused)} episode(s): " + "; ".join(f"{k}: {v}" for k, v in refused.items()))
+            if stats.pending == 0 and all(e is not None and e.state == "sent" for e in entries.values()):
+                return stats.sent
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{stats.pending} episode(s) still waiting to reach the learner at {sync.client.base_url} after {timeout_s:.0f} s "
+                    f"(they stay queued in {sync.outbox.path}; sync status: {sync.status.message or sync.status.state})"
+                )
+            time.sleep(0.2)

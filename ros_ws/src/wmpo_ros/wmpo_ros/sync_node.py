@@ -1,0 +1,415 @@
+"""Sync node: the robot's link to the learner service, episodes up and verified policies down.
+
+Two jobs, each on its own worker thread: every learner call is network I/O with deadlines, and
+none of it may ever run on an executor callback, let alone near the control loop.
+
+Episodes up. Every episode the recorder commits (announced on `<ns>/recorder/episodes`), and at
+start-up every episode already in the robot's store, goes into the durable outbox
+(`wmpo_ros.outbox`: SQLite next to the store) and is uploaded with retry and backoff. Learner down,
+robot restarted: nothing is lost, uploads resume; the learner is idempotent by episode id, so a
+duplicate is harmless.
+
+Policies down. The node long-polls the learner's deployment. A newly deployed version is
+
+1. downloaded into the policy cache; the client checks every file's size and sha256 against the
+   registry listing and renames the directory into place only when all match;
+2. checked against its manifest: the checkpoint names the deployed version, and was trained for
+   this robot config (name and content hash);
+3. handed to the policy node by setting its `policy` parameter to the verified directory. The
+   policy node loads it on its loader thread into a second instance (`PolicyHolder.load`: the
+   checkpoint loader checks the safetensors tensor hash, the normalization-stats and config
+   hashes, keys, shapes and the robot layout; then a probe observation must give finite
+   (K, action_dim) chunks), stages it only if all of that passes, and reports the outcome on
+   `<ns>/policy/loads`. The swap is a reference exchange at the next episode start (or chunk,
+   `swap_at`), so the control loop never waits for a load.
+
+A version that fails any step is rejected with one error line naming the version and the reason,
+reported on `<ns>/sync/status` and /diagnostics, and deleted from the cache; the running policy
+keeps running. It is not retried until the learner deploys something else.
+
+One mechanism for both topologies: the policy node's holder is never shared, only its ROS
+parameter, so the sync node works the same in the policy node's process (`wmpo deploy
+--learner`) or in its own (`ros2 launch ... learner_url:=...`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.parameter_client import AsyncParameterClient
+from std_msgs.msg import String
+from wmpo_core.episode_store import EpisodeStore
+from wmpo_core.robot_config import RobotConfig, load_robot_config
+
+from wmpo_ros.learner_client import IntegrityError, LearnerClient, LearnerError, LearnerRejected
+from wmpo_ros.messages import LATCHED_QOS
+from wmpo_ros.names import graph_names
+from wmpo_ros.node_utils import run_node
+from wmpo_ros.outbox import Backoff, Outbox, OutboxEntry, OutboxWorker, UploadFn, store_uploader
+from wmpo_ros.params import POLICY, SYNC
+
+MANIFEST = "manifest.json"
+
+
+class VersionRejected(Exception):
+    """A deployed version that must not run on this robot; the message says why."""
+
+
+class RetryLater(Exception):
+    """A step that failed for a reason that may pass (learner or policy node unavailable)."""
+
+
+def check_manifest(path: Path, version: str, config: RobotConfig) -> None:
+    """Raise VersionRejected unless the checkpoint's manifest names `version` and this robot config.
+
+    Directories without a manifest.json (e.g. LeRobot checkpoints) have nothing to check here;
+    their loader checks them against the robot config. A VLA checkpoint's loader checks the
+    robot config's name but only warns on a changed content hash; a pushed update is stricter:
+    it runs only on exactly the config it was trained for.
+    """
+    file = path / MANIFEST
+    if not file.is_file():
+        return
+    try:
+        manifest = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise VersionRejected(f"{MANIFEST} is unreadable ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise VersionRejected(f"{MANIFEST} is not a JSON object")
+    if "version" in manifest and manifest["version"] != version:
+        raise VersionRejected(
+            f"the checkpoint calls itself '{manifest['version']}' but was deployed as '{version}'; episodes are stamped "
+            "with the checkpoint's version, so publish it under that name"
+        )
+    robot = manifest.get("robot")
+    if isinstance(robot, dict):
+        if robot.get("name") != config.name:
+            raise VersionRejected(f"trained for robot config '{robot.get('name')}', this robot is '{config.name}'")
+        if robot.get("content_hash") != config.content_hash:
+            raise VersionRejected(
+                f"trained for a different version of robot config '{config.name}' "
+                f"({robot.get('content_hash')}, this robot has {config.content_hash})"
+            )
+
+
+@dataclass(frozen=True)
+class Rejection:
+    version: str
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
+class SyncStatus:
+    """What `<ns>/sync/status` carries (JSON, latched) and /diagnostics summarises."""
+
+    learner_url: str
+    learner_reachable: bool | None = None
+    state: str = "waiting"
+    """waiting | downloading | loading | staged | running | rejected | retrying | uploads only"""
+    deployed_version: str | None = None
+    """The learner's deployed version this node last saw."""
+    active_version: str | None = None
+    """The policy node's running version (`<ns>/policy/version`)."""
+    staged_version: str | None = None
+    """The last version the policy node staged (`<ns>/policy/staged`)."""
+    last_rejection: Rejection | None = None
+    message: str = ""
+    outbox: dict[str, Any] = field(default_factory=dict)
+
+
+class SyncNode(Node):
+    def __init__(self, token: str | None = None, **kwargs):
+        """`token`: the learner's bearer token, for in-process callers (`wmpo_ros.session`); it is
+        never a ROS parameter, which anyone on the ROS network can read. Default: `token_file`,
+        else WMPO_LEARNER_TOKEN."""
+        super().__init__(SYNC.node_name, **kwargs)
+        p = SYNC.declare(self)
+        if not p["learner_url"]:
+            raise ValueError("sync_node needs the learner's URL: set the 'learner_url' parameter")
+        if p["long_poll_s"] <= 0 or p["stage_timeout_s"] <= 0 or p["retry_max_s"] <= 0 or p["keep_versions"] < 2:
+            raise ValueError("long_poll_s, stage_timeout_s and retry_max_s must be > 0, keep_versions >= 2")
+        self.config = load_robot_config(p["robot"])
+        self.names = graph_names(self.config)
+        self.store_path = Path(p["store"])
+        self.cache = Path(p["policy_cache"] or f"{self.store_path}.policies")
+        self._long_poll_s = float(p["long_poll_s"])
+        self._stage_timeout_s = float(p["stage_timeout_s"])
+        self._keep_versions = int(p["keep_versions"])
+        self._backoff = Backoff(initial_s=min(1.0, float(p["retry_max_s"])), max_s=float(p["retry_max_s"]))
+        self._rng = random.Random()
+        verify = p["ca_file"] or True
+        if token is not None:
+            self.client = LearnerClient(p["learner_url"], token, verify=verify)
+        else:
+            self.client = LearnerClient.from_env(p["learner_url"], p["token_file"] or None, verify=verify)
+
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._load_wait: tuple[str, threading.Event, dict[str, Any]] | None = None
+        """(spec asked of the policy node, set when its outcome arrives, the outcome)."""
+        self.status = SyncStatus(learner_url=self.client.base_url, state="waiting" if p["update_policy"] else "uploads only")
+        self._published: str | None = None
+        self._status_pub = self.create_publisher(String, self.names.sync_status, LATCHED_QOS)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        inputs = MutuallyExclusiveCallbackGroup()
+
+        self.outbox: Outbox | None = None
+        self._uploads: OutboxWorker | None = None
+        self._uploader: UploadFn | None = None
+        if p["upload"]:
+            self.outbox = Outbox(p["outbox"] or f"{self.store_path}.outbox.sqlite")
+            self._uploads = OutboxWorker(self.outbox, self._upload, backoff=self._backoff, on_parked=self._on_parked)
+            self.create_subscription(String, self.names.recorder_episodes, self._on_committed, 100, callback_group=inputs)
+            self._enqueue_local_store()
+            self._uploads.start()
+
+        self._policy_params: AsyncParameterClient | None = None
+        self._updates: threading.Thread | None = None
+        if p["update_policy"]:
+            self.create_subscription(String, self.names.policy_version, self._on_active, LATCHED_QOS, callback_group=inputs)
+            self.create_subscription(String, self.names.policy_staged, self._on_staged, LATCHED_QOS, callback_group=inputs)
+            self.create_subscription(String, self.names.policy_loads, self._on_load, 10, callback_group=inputs)
+            self._policy_params = AsyncParameterClient(self, POLICY.node_name, callback_group=MutuallyExclusiveCallbackGroup())
+            self._updates = threading.Thread(target=self._follow_deployments, name="wmpo-sync-policy", daemon=True)
+            self._updates.start()
+        self.create_timer(1.0, self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME), callback_group=inputs)
+        self._update()
+
+    # ------------------------------------------------------------------ status
+
+    def _update(self, **changes: Any) -> None:
+        with self._lock:
+            self.status = replace(self.status, **changes)
+            if self.outbox is not None:
+                stats = self.outbox.stats()
+                self.status = replace(self.status, outbox={"pending": stats.pending, "sent": stats.sent, "parked": stats.parked})
+            text = json.dumps(asdict(self.status), sort_keys=True)
+            if text == self._published or self._stopping.is_set():
+                return
+            self._published = text
+            self._status_pub.publish(String(data=text))
+
+    def diagnostics(self) -> DiagnosticStatus:
+        self._update()  # refreshes the outbox counts (and republishes the status if they changed)
+        s = self.status
+        values = {
+            "learner_url": s.learner_url,
+            "learner_reachable": str(s.learner_reachable),
+            "state": s.state,
+            "deployed_version": s.deployed_version or "",
+            "active_version": s.active_version or "",
+            "staged_version": s.staged_version or "",
+            "last_rejected_version": s.last_rejection.version if s.last_rejection else "",
+            "last_rejection": s.last_rejection.reason if s.last_rejection else "",
+            **{f"outbox_{k}": str(v) for k, v in s.outbox.items()},
+        }
+        if self.outbox is not None:
+            oldest = self.outbox.stats().oldest_pending_s
+            values["outbox_oldest_pending_s"] = "" if oldest is None else f"{oldest:.1f}"
+        if s.state == "rejected":
+            level, message = DiagnosticStatus.ERROR, f"deployed version {s.deployed_version} rejected; running {s.active_version}"
+        elif s.learner_reachable is False or s.outbox.get("parked"):
+            level, message = DiagnosticStatus.WARN, s.message or "learner unreachable"
+        else:
+            level, message = DiagnosticStatus.OK, s.state
+        return DiagnosticStatus(
+            level=level, name=f"wmpo/{self.get_name()}", message=message, hardware_id=self.config.name,
+            values=[KeyValue(key=k, value=v) for k, v in values.items()],
+        )
+
+    def _publish_diagnostics(self) -> None:
+        msg = DiagnosticArray(status=[self.diagnostics()])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(msg)
+
+    # ------------------------------------------------------------------ episodes up
+
+    def _enqueue_local_store(self) -> None:
+        """Episodes committed while this node was not running (e.g. before a restart)."""
+        if not (self.store_path / "zarr.json").exists():
+            return
+        with EpisodeStore.open(self.store_path) as store:
+            new = [eid for eid in store.episode_ids if self.outbox.enqueue(eid)]
+        if new:
+            self.get_logger().info(f"queued {len(new)} episode(s) from {self.store_path} that the learner may not have yet")
+
+    def _on_committed(self, msg: String) -> None:
+        try:
+            episode_id = str(json.loads(msg.data)["episode_id"])
+        except (ValueError, KeyError, TypeError) as exc:
+            self.get_logger().error(f"unreadable episode announcement on {self.names.recorder_episodes}: {exc}")
+            return
+        if self.outbox.enqueue(episode_id):
+            self._uploads.wake()
+        self._update()
+
+    def _upload(self, episode_id: str) -> str:
+        if self._uploader is None:  # the recorder creates the store; it may not exist when we start
+            self._uploader = store_uploader(self.client, EpisodeStore.open(self.store_path))
+        result = self._uploader(episode_id)
+        self.get_logger().info(f"episode {episode_id} uploaded ({result})")
+        return result
+
+    def _on_parked(self, entry: OutboxEntry) -> None:
+        self.get_logger().error(f"episode {entry.episode_id} will not be uploaded (the learner refused it): {entry.last_error}")
+
+    # ------------------------------------------------------------------ policies down
+
+    def _on_active(self, msg: String) -> None:
+        running = msg.data and msg.data == self.status.deployed_version and self.status.state == "staged"
+        self._update(active_version=msg.data or None, **({"state": "running"} if running else {}))
+
+    def _on_staged(self, msg: String) -> None:
+        self._update(staged_version=msg.data or None)
+
+    def _on_load(self, msg: String) -> None:
+        try:
+            outcome = json.loads(msg.data)
+        except ValueError:
+            return
+        with self._lock:
+            if self._load_wait is not None and outcome.get("spec") == self._load_wait[0]:
+                self._load_wait[2].update(outcome)
+                self._load_wait[1].set()
+
+    def _see_policy_node(self) -> None:
+        """Before the first deployment: find the policy node and the version it runs (latched, so
+        it arrives right after discovery when there is one), so a running version is not staged again."""
+        while not self._policy_params.wait_for_services(timeout_sec=5.0):
+            if self._stopping.is_set():
+                return
+            self._update(state="waiting", message=f"waiting for the policy node ({POLICY.node_name})")
+        deadline = time.monotonic() + 2.0
+        while self.status.active_version is None and time.monotonic() < deadline and not self._stopping.is_set():
+            time.sleep(0.05)
+        self._update(message="")
+
+    def _follow_deployments(self) -> None:
+        self._see_policy_node()
+        handled: str | None = None  # the deployed version last acted on (staged, running or rejected)
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                deployment = self.client.wait_for_deployed(after=handled, timeout_s=self._long_poll_s)
+                self._update(learner_reachable=True)
+                version = deployment.version
+                if deployment.changed and version is not None and version != handled:
+                    self._apply(version)
+                    handled = version
+                failures = 0
+            except (LearnerError, RetryLater) as exc:
+                if self._stopping.is_set():
+                    return
+                failures += 1
+                delay = self._backoff.delay(failures, self._rng)
+                unreachable = isinstance(exc, LearnerError) and exc.retryable
+                self._update(state="retrying", message=f"{exc}; retrying in {delay:.0f} s", **({"learner_reachable": False} if unreachable else {}))
+                self.get_logger().warning(f"policy update: {exc}; retrying in {delay:.1f} s", throttle_duration_sec=30.0)
+                self._stopping.wait(delay)
+            except Exception as exc:  # a bug here must not end the updates silently
+                self.get_logger().error(f"policy update failed unexpectedly: {type(exc).__name__}: {exc}")
+                self._stopping.wait(self._backoff.max_s)
+
+    def _apply(self, version: str) -> None:
+        """Download, verify and stage one deployed version; a rejection is reported, not raised."""
+        self._update(deployed_version=version, message="")
+        active, staged = self.status.active_version, self.status.staged_version
+        # `staged` is the last version staged: pending when it differs from the active one. A
+        # deployment back to the running version while another is pending stages it again.
+        if version == staged or (version == active and staged in (None, active)):
+            self._update(state="running" if version == active else "staged")
+            return
+        try:
+            self._update(state="downloading")
+            try:
+                path = self.client.download_version(version, self.cache)
+            except IntegrityError as exc:
+                raise VersionRejected(str(exc)) from None
+            except LearnerRejected as exc:
+                if exc.retryable:
+                    raise
+                raise VersionRejected(f"the learner refused the download: {exc.detail}") from None
+            check_manifest(path, version, self.config)
+            self._update(state="loading")
+            self._stage(path)
+        except VersionRejected as exc:
+            self._reject(version, str(exc))
+            return
+        self.get_logger().info(f"policy version '{version}' verified and staged in the policy node")
+        self._update(state="staged")
+        self._prune_cache(keep=version)
+
+    def _stage(self, path: Path) -> None:
+        """Set the policy node's `policy` parameter and wait for the outcome of its load on
+        `<ns>/policy/loads`: staged, or refused with the reason."""
+        assert self._policy_params is not None
+        if not self._policy_params.wait_for_services(timeout_sec=10.0):
+            raise RetryLater(f"the policy node ({POLICY.node_name}) is not running")
+        spec = str(path.resolve())
+        loaded, outcome = threading.Event(), {}
+        with self._lock:
+            self._load_wait = (spec, loaded, outcome)
+        try:
+            future = self._policy_params.set_parameters([Parameter("policy", value=spec)])
+            answered = threading.Event()
+            future.add_done_callback(lambda _: answered.set())
+            if not answered.wait(10.0):
+                future.cancel()
+                raise RetryLater("the policy node did not answer the parameter request")
+            try:
+                (result,) = future.result().results
+            except Exception as exc:
+                raise RetryLater(f"setting the policy node's 'policy' parameter failed: {exc}") from None
+            if not result.successful:
+                raise VersionRejected(result.reason)
+            if not loaded.wait(self._stage_timeout_s):
+                raise RetryLater(f"the policy node did not finish loading within {self._stage_timeout_s:.0f} s")
+        finally:
+            with self._lock:
+                self._load_wait = None
+        if not outcome.get("ok"):
+            raise VersionRejected(str(outcome.get("reason") or "the policy node refused it"))
+
+    def _reject(self, version: str, reason: str) -> None:
+        running = self.status.active_version or "no policy"
+        self.get_logger().error(f"rejected policy version '{version}' from the learner: {reason} (still running {running})")
+        shutil.rmtree(self.cache / version, ignore_errors=True)
+        self._update(state="rejected", last_rejection=Rejection(version, reason, time.time()))
+
+    def _prune_cache(self, keep: str) -> None:
+        versions = sorted((d for d in self.cache.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.stat().st_mtime)
+        protected = {keep, self.status.active_version}
+        for old in versions[: max(0, len(versions) - self._keep_versions)]:
+            if old.name not in protected:
+                shutil.rmtree(old, ignore_errors=True)
+
+    # ------------------------------------------------------------------ shutdown
+
+    def destroy_node(self) -> None:
+        self._stopping.set()
+        if self._uploads is not None:
+            self._uploads.stop(timeout_s=2.0)
+        # A long-poll in flight ends at its own deadline; the thread is a daemon and publishes nothing more.
+        if self._updates is not None:
+            self._updates.join(timeout=1.0)
+        self.client.close()
+        if self.outbox is not None:
+            self.outbox.close()  # an upload still finishing is simply sent again at the next start
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    return run_node(SyncNode, args)
