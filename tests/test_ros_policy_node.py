@@ -34,7 +34,8 @@ def start(graph: Graph, config, policy: str, **params) -> tuple[FakeArm, PolicyN
     arm = graph.add(FakeArm(config))
     node = graph.make(PolicyNode, robot=config.name, policy=policy, use_sim_time=True, autostart=False, **params)
     wait_until(lambda: node.count_subscribers("/clock") > 0 and arm.count_subscribers(config.topics.joint_states) > 0, what="discovery")
-    wait_until(lambda: all(arm.count_subscribers(c.topic) > 0 for c in config.cameras) and arm.count_publishers(config.topics.command) > 0, what="discovery")
+    commander = not params.get("dry_run")  # a dry-run node does not advertise the command topic
+    wait_until(lambda: all(arm.count_subscribers(c.topic) > 0 for c in config.cameras) and (arm.count_publishers(config.topics.command) > 0) == commander, what="discovery")
     arm.publish_observation()
     arm.publish_clock()
     wait_until(lambda: node._state is not None and len(node._frames) == len(config.cameras), what="first observation")
@@ -172,19 +173,37 @@ def test_non_finite_and_out_of_limit_actions_never_reach_the_command_topic(graph
     assert raw[0].points[0].time_from_start.nanosec == 100_000_000
 
 
-def test_dry_run_publishes_nothing_to_the_arm(graph):
+def test_dry_run_publishes_nothing_to_the_arm_and_switches_only_between_episodes(graph):
     arm, node = start(graph, SIM, "scripted:ros_harness:ConstantPolicy", dry_run=True)
+    moving = node.holder.active.policy.action
     proposed: list[Float64MultiArray] = []
     probe = graph.add(rclpy.create_node("dry_run_probe"))
     probe.create_subscription(Float64MultiArray, node.names.policy_dry_run_action, proposed.append, 10)
     wait_until(lambda: node.count_subscribers(node.names.policy_dry_run_action) > 0, what="discovery")
+    # Not even advertised: the arm has no commander (nodes of one process share the graph at once).
+    assert arm.count_publishers(SIM.topics.command) == 0
     node.enable(True)
     for _ in range(5):
         before = len(proposed)
         arm.tick(wait_command=False)
         wait_until(lambda before=before: len(proposed) > before, what="a dry-run action")
     assert arm.num_commands == 0
-    np.testing.assert_allclose(proposed[-1].data, node.holder.active.policy.action)
+    np.testing.assert_allclose(proposed[-1].data, moving)
+    # Going live mid-episode is refused: the safety filter's last command is a proposal the arm never executed.
+    refused = node.set_parameters([Parameter("dry_run", value=False)])[0]
+    assert not refused.successful and "between episodes" in refused.reason and node.dry_run
+    # Between episodes it switches; the next episode commands the arm, and nothing more goes to the dry-run topic.
+    node.enable(False)
+    assert node.set_parameters([Parameter("dry_run", value=False)])[0].successful
+    wait_until(lambda: node._command_pub.get_subscription_count() > 0, what="the arm to match the command publisher")
+    dry = len(proposed)
+    node.enable(True)
+    for _ in range(3):
+        expect(node, tick(arm, node), moving)
+    assert len(proposed) == dry
+    node.enable(False)
+    assert node.set_parameters([Parameter("dry_run", value=True)])[0].successful
+    wait_until(lambda: arm.count_publishers(SIM.topics.command) == 0, what="the command publisher to go")
 
 
 def test_new_checkpoint_is_staged_and_swapped_in_at_the_next_episode(graph, tmp_path):

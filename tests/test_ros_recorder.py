@@ -2,6 +2,7 @@
 
 A `FakeArm` plays the arm and owns the clock; the test publishes the commands itself (standing in
 for a teleop device or policy node), so every recorded step can be checked against what was sent.
+Dry runs (nothing recorded) run the whole deploy graph on the tiny gym env's sim arm.
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ import numpy as np
 import pytest
 import rclpy
 from rclpy.parameter import Parameter
-from ros_harness import FakeArm, Graph, wait_until
+from ros_harness import FakeArm, Graph, tiny_reach_config, wait_until
 from std_msgs.msg import String
 
+from wmpo_core.cli import main as wmpo
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.robot_config import load_robot_config
 from wmpo_ros.messages import STATE_QOS, CommandCodec
 from wmpo_ros.record_keys import RecordKeys
 from wmpo_ros.recorder_node import RecorderNode
+from wmpo_ros.session import RobotSession
 
 SIM = load_robot_config("so101_sim")
 
@@ -196,3 +199,37 @@ def test_a_stopped_episode_survives_an_immediate_shutdown(graph, tmp_path):
     assert done.is_set()
     store = EpisodeStore.open(tmp_path / "store")
     assert [m.num_steps for m in store] == [4]
+
+
+# Before dry runs ended at the time limit, the runner waited for a commit that never came and failed
+# only after max_steps * STEP_STALL_S + 120 s: these bounds fail that behaviour.
+@pytest.mark.timeout(90)
+def test_a_dry_run_moves_nothing_records_nothing_and_ends_each_episode_at_the_time_limit(tmp_path):
+    config = tiny_reach_config(tmp_path)
+    store = tmp_path / "rollouts"
+    with RobotSession(config, store=store, policy="scripted:ros_harness:ConstantPolicy", dry_run=True, max_steps=10) as robot:
+        assert robot.dry_run
+        summaries = robot.run_episodes(2, progress=False)
+        sim, policy = robot._node("sim_arm"), robot._node("policy_node")
+        # No commander on the arm's command topic at all, so the lockstep sim ran on the wall clock,
+        # holding the scene (a real arm that is told nothing): not one simulated step.
+        assert sim.count_publishers(robot.config.topics.command) == 0 and sim.steps == 0
+        proposed = policy.counters["commands"]
+        assert robot.recorded == []
+    assert [(s["dry_run"], s["episode_id"], s["ended_by"], s["policy_version"]) for s in summaries] == [(True, None, "time_limit", "constant-v1")] * 2
+    # One action per control tick of the 10-step time limit (plus the tick the limit is reached on,
+    # served before the runner stops the policy), all of them on the dry-run topic only.
+    assert proposed >= sum(s["num_steps"] for s in summaries) >= 2 and all(s["num_steps"] <= 11 for s in summaries)
+    assert len(EpisodeStore.open(store)) == 0
+
+
+@pytest.mark.timeout(90)
+def test_wmpo_deploy_dry_run_finishes_its_episodes_and_says_nothing_was_recorded(tmp_path, capsys):
+    config = tiny_reach_config(tmp_path)
+    store = tmp_path / "rollouts"
+    rc = wmpo(["deploy", "--robot", config, "--policy", "scripted:ros_harness:ConstantPolicy", "--dry-run", "--episodes", "2",
+               "--max-steps", "5", "--store", str(store)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "dry run: 2 episodes" in err and "none sent to the arm; nothing recorded" in err and "recorded 2 episodes" not in err
+    assert len(EpisodeStore.open(store)) == 0

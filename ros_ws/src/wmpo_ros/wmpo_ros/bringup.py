@@ -11,6 +11,10 @@ limit and commits it -> next.
 `wmpo deploy --learner URL` adds the sync node: every committed episode is uploaded to the learner
 service, and the learner's deployed policy version is downloaded, verified and swapped in at the
 next episode (without --policy the robot starts with the deployed version).
+
+`wmpo deploy --dry-run` checks a policy on the arm without moving it: the actions go to
+`<ns>/policy/dry_run_action` only, each episode runs for the time limit, and nothing is recorded
+or uploaded (why: `wmpo_ros.session`).
 """
 
 from __future__ import annotations
@@ -59,7 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
             help="checkpoint directory or spec (replay:<store>[:<episode>], hold:..., scripted:<module>:<Class>); "
             "optional with --learner, which then provides the deployed version",
         )
-        parser.add_argument("--dry-run", action="store_true", help="compute and log actions but never publish them to the arm")
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="check the policy without moving the arm: actions are computed, logged and published on <ns>/policy/dry_run_action, "
+            "never sent to the arm; each episode runs for the time limit and nothing is recorded or uploaded",
+        )
         parser.add_argument("--refill-threshold", type=int, default=POLICY["refill_threshold"].default, help="request a new chunk when this many actions remain (default: %(default)s)")
         parser.add_argument(
             "--learner",
@@ -150,6 +159,13 @@ def run(args: argparse.Namespace) -> int:
                     print(f"waiting for the learner's deployed policy (status on {robot.names.sync_status}) ...", file=sys.stderr)
                     print(f"running {robot.wait_for_version(timeout_s=SYNC['stage_timeout_s'].default)}", file=sys.stderr)
                 metas = robot.run_episodes(args.episodes)
+            if robot.dry_run:
+                print(
+                    f"dry run: {len(metas)} episodes, {sum(m['num_steps'] for m in metas)} actions proposed on "
+                    f"{robot.names.policy_dry_run_action}, none sent to the arm; nothing recorded",
+                    file=sys.stderr,
+                )
+                return 0
             successes = sum(bool(m.get("success")) for m in metas)
             print(f"recorded {len(metas)} episodes into {os.path.abspath(args.store)}: {successes} successful", file=sys.stderr)
             if args.command == "deploy" and args.learner:

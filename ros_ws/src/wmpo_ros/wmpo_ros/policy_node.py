@@ -18,7 +18,14 @@ Control loop (a timer at the config's control rate, on the ROS clock, so sim tim
   moves its clock without a command, so in lockstep the watchdog holds only for inputs that
   really stopped, never because the machine is busy).
 - Every command passes `wmpo_core.safety.SafetyFilter` (limits, max step change, non-finite
-  actions dropped). Dry-run publishes on `<ns>/policy/dry_run_action` instead of the command topic.
+  actions dropped).
+- Dry run: the filtered actions go out on `<ns>/policy/dry_run_action`, and the node does not
+  even advertise the command topic, so nothing can reach the arm and the arm's driver sees no
+  commander (a lockstep sim then runs on the wall clock like an uncommanded real arm: the scene
+  holds while time passes). Dry runs are not recorded (why: `wmpo_ros.session`). `dry_run` may
+  change between episodes only, so an episode is all dry or all live: going live mid-episode
+  would rate-limit the first real command against proposals the arm never executed (an absolute
+  dim could jump); at every episode start the filter is reset to the measured joints instead.
 - Episodes: `<ns>/policy/enable` (true) starts one (a staged policy is swapped in, the policy is
   reset), false stops.
 - New policies: setting the `policy` parameter queues a load on the loader thread (never in the
@@ -151,7 +158,7 @@ class PolicyNode(Node):
             self.create_subscription(Image, cam.topic, lambda msg, c=cam.name: self._on_image(c, msg), camera_subscription_qos(self, cam), callback_group=sensors)
         self.create_subscription(JointState, self.config.topics.joint_states, self._on_joint_state, STATE_QOS, callback_group=sensors)
         self.create_subscription(String, self.config.topics.instruction, self._on_instruction, LATCHED_QOS, callback_group=sensors)
-        self._command_pub = self.create_publisher(self._codec.msg_type, self.config.topics.command, STATE_QOS)
+        self._command_pub = None if self.dry_run else self.create_publisher(self._codec.msg_type, self.config.topics.command, STATE_QOS)
         self._dry_run_pub = self.create_publisher(Float64MultiArray, self.names.policy_dry_run_action, STATE_QOS)
         self._version_pub = self.create_publisher(String, self.names.policy_version, LATCHED_QOS)
         self._staged_pub = self.create_publisher(String, self.names.policy_staged, LATCHED_QOS)
@@ -226,6 +233,9 @@ class PolicyNode(Node):
             self._enabled = True  # _last_tick is kept: a tick already served is never served twice
             self._announce(active.version)
         self._tick()  # serve the episode's first tick now rather than up to a period later
+        if self.dry_run:
+            self.get_logger().info(f"dry run: episode started with policy {active.version}; actions go to {self.names.policy_dry_run_action}, never to the arm")
+            return f"dry-run episode started with policy {active.version} (actions on {self.names.policy_dry_run_action})"
         return f"episode started with policy {active.version}"
 
     def _announce(self, version: str) -> None:
@@ -269,10 +279,28 @@ class PolicyNode(Node):
                 self._loads.put(spec)
                 return SetParametersResult(successful=True, reason=f"loading {spec}; the outcome goes out on {self.names.policy_loads}")
             if param.name == "dry_run":
-                self.dry_run = bool(param.value)
+                refused = self._set_dry_run(bool(param.value))
+                if refused:
+                    return SetParametersResult(successful=False, reason=refused)
             elif param.name in POLICY.names:
                 return SetParametersResult(successful=False, reason=f"'{param.name}' is read at start-up only")
         return SetParametersResult(successful=True)
+
+    def _set_dry_run(self, on: bool) -> str | None:
+        """Switch dry run between episodes (module docstring); returns why not, or None."""
+        with self._lock:  # _send publishes under this lock: never on a publisher being destroyed
+            if on == self.dry_run:
+                return None
+            if self._enabled:
+                return f"dry_run changes between episodes only: stop the episode first ({self.names.policy_enable} false)"
+            self.dry_run = on
+            if on:
+                self.destroy_publisher(self._command_pub)
+                self._command_pub = None
+            else:
+                self._command_pub = self.create_publisher(self._codec.msg_type, self.config.topics.command, STATE_QOS)
+        self.get_logger().info(f"dry run {'on: nothing will reach the arm' if on else 'off: the next episode commands the arm'}")
+        return None
 
     def _load_loop(self) -> None:
         """Load, verify and stage requested policies, one at a time, off every executor thread."""
@@ -437,7 +465,7 @@ class PolicyNode(Node):
         if command is None:
             return
         self.counters["holds" if hold else "commands"] += 1
-        if self.dry_run:
+        if self._command_pub is None:  # dry run
             self._dry_run_pub.publish(Float64MultiArray(data=[float(v) for v in command]))
             self.get_logger().info(f"dry run: {np.round(command, 4).tolist()}", throttle_duration_sec=1.0)
         else:

@@ -18,6 +18,10 @@ is ever touched), label_success (SetBool; the current episode, else the last com
 `success_labeled_by="human"`). In simulation the env's success signal labels episodes
 (`success_labeled_by="env"`) and, with end_on_success, ends them at the first successful step.
 Each committed episode is announced on `<ns>/recorder/episodes` (JSON metadata + cadence report).
+
+A dry run of the policy node sends the arm nothing, so there is nothing to record: dry runs are not
+recorded (why: `wmpo_ros.session`). An episode recording while dry-run actions come in gets no
+steps; the recorder says so once per episode.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Bool, Int64, String
+from std_msgs.msg import Bool, Float64MultiArray, Int64, String
 from std_srvs.srv import SetBool, Trigger
 from wmpo_core.episode_store import EpisodeStore, EpisodeWriter, StoreError
 from wmpo_core.robot_config import load_robot_config
@@ -116,6 +120,7 @@ class _Episode:
     cadence: CadenceReport = field(default_factory=CadenceReport)
     versions: list[str] = field(default_factory=list)
     hold_steps: list[int] = field(default_factory=list)
+    dry_run_seen: bool = False
 
 
 class RecorderNode(Node):
@@ -165,6 +170,7 @@ class RecorderNode(Node):
         self.create_subscription(Int64, self.names.env_seed, self._on_seed, LATCHED_QOS, callback_group=inputs)
         self.create_subscription(String, self.names.policy_version, self._on_version, LATCHED_QOS, callback_group=inputs)
         self.create_subscription(String, self.config.topics.instruction, self._on_instruction, LATCHED_QOS, callback_group=inputs)
+        self.create_subscription(Float64MultiArray, self.names.policy_dry_run_action, self._on_dry_run_action, 10, callback_group=inputs)
         self.create_timer(0.05, self._drain, clock=Clock(clock_type=ClockType.STEADY_TIME), callback_group=inputs)
         self._episodes_pub = self.create_publisher(String, self.names.recorder_episodes, 10)
         services = MutuallyExclusiveCallbackGroup()
@@ -234,6 +240,17 @@ class RecorderNode(Node):
             t = None if self._sim_time else info["source_timestamp"] * 1e-9
             self._sync.add_command(info["source_timestamp"], action, time.monotonic(), time=t, hold=self._codec.is_hold(msg))
         self._drain()
+
+    def _on_dry_run_action(self, msg: Float64MultiArray) -> None:
+        with self._lock:
+            if self._episode is None or self._episode.dry_run_seen:
+                return
+            self._episode.dry_run_seen = True
+            index = self._episode.index
+        self.get_logger().warning(
+            f"episode #{index}: the policy node is in dry run (its actions go to {self.names.policy_dry_run_action}, none to the arm); "
+            "dry runs are not recorded, so the policy adds no steps to this episode: stop or discard it"
+        )
 
     def _on_success(self, msg: Bool, info: MessageInfo) -> None:
         with self._lock:

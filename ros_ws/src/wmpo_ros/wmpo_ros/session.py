@@ -25,6 +25,20 @@ the durable outbox, and every version the learner deploys is downloaded, verifie
 the sync node; the policy node swaps it in at the next episode start (`swap_at="episode"`), so
 every episode runs exactly one version.
 
+Dry run (`dry_run=True`, `wmpo deploy --dry-run`): how one checks a new policy on a real arm
+without moving it. The policy node computes every action and publishes it on
+`<ns>/policy/dry_run_action` only; the arm gets no command and holds. Such episodes are *not
+recorded*: each runs for the episode time limit (`max_steps` control periods of ROS time),
+nothing ends it earlier (nothing moves, so there is no success to see), and `run_episodes`
+returns a summary per episode (`dry_run: True`, `episode_id: None`, `num_steps` = actions
+proposed). Why not record them, marked: their frames show an arm that never executed the actions
+paired with them, so as (observation, action) data they are wrong for every consumer: behaviour
+cloning, the world model (it would learn that actions do nothing) and the reward model alike; a
+committed episode is also uploaded to the learner by the sync node, and the store's selections
+(source, success) know no dry-run mark, so keeping them out of training would rest on every
+consumer remembering an `extra` key. What a dry run is for, the proposed actions, is on the
+dry-run topic (watch, plot or `ros2 bag record` it) and in the policy node's log.
+
 A session owns its own rclpy context, so it coexists with other rclpy users in the process.
 """
 
@@ -38,6 +52,11 @@ from typing import Any, Literal
 
 from wmpo_ros.params import POLICY, TELEOP
 
+DRY_RUN_POLL_S = 0.01
+"""How often a dry-run episode looks at the ROS clock for its time limit."""
+CLOCK_STALL_S = 30.0
+"""A dry-run episode fails when the ROS clock stands still this many wall seconds (a lockstep sim
+that waits for some other commander's commands; a real arm's wall clock never stops)."""
 STEP_STALL_S = 5.0
 """Wall seconds per step before an episode counts as stalled (rendering + inference on a loaded CPU)."""
 SHUTDOWN_ORDER = ("wmpo_episode_runner", "policy_node", "teleop", "sync_node", "recorder", "sim_arm", "lerobot_bridge")
@@ -133,7 +152,8 @@ class EpisodeRunner:
 
     def __init__(self, config, sim: bool, task: str | None, context):
         from rclpy.node import Node
-        from std_msgs.msg import String
+        from rclpy.parameter import Parameter
+        from std_msgs.msg import Float64MultiArray, String
         from std_srvs.srv import SetBool, Trigger
 
         from wmpo_ros.messages import LATCHED_QOS
@@ -141,10 +161,15 @@ class EpisodeRunner:
 
         self.config = config
         self.names = graph_names(config)
-        self.node = Node("wmpo_episode_runner", context=context)
+        # On the graph's clock (sim time in simulation): a dry-run episode's time limit is in ROS time.
+        self.node = Node("wmpo_episode_runner", context=context, parameter_overrides=[Parameter("use_sim_time", value=sim)])
         self._episodes: list[dict[str, Any]] = []
+        self._proposals = 0
+        self._version: str | None = None
         self._cond = threading.Condition()
         self.node.create_subscription(String, self.names.recorder_episodes, self._on_episode, 10)
+        self.node.create_subscription(Float64MultiArray, self.names.policy_dry_run_action, self._on_proposal, 10)
+        self.node.create_subscription(String, self.names.policy_version, self._on_version, LATCHED_QOS)
         self._reset = self.node.create_client(Trigger, self.names.sim_reset) if sim else None
         self._start = self.node.create_client(Trigger, self.names.recorder_start)
         self._enable = {
@@ -160,6 +185,14 @@ class EpisodeRunner:
         with self._cond:
             self._episodes.append(json.loads(msg.data))
             self._cond.notify_all()
+
+    def _on_proposal(self, msg) -> None:
+        with self._cond:
+            self._proposals += 1
+
+    def _on_version(self, msg) -> None:
+        with self._cond:
+            self._version = msg.data or None
 
     def _call(self, client, request, timeout: float = 180.0):
         if not client.wait_for_service(timeout_sec=30.0):
@@ -181,10 +214,7 @@ class EpisodeRunner:
         """One episode commanded by `commander` ("policy_node" or "teleop"); returns the committed
         episode's metadata."""
         self.enable(commander, False)
-        if self._reset is not None:
-            self._call(self._reset, self._Trigger.Request())
-        else:
-            input("Reset the scene, then press Enter to start the episode... ")
+        self._prepare_scene()
         with self._cond:
             seen = len(self._episodes)
         self._call(self._start, self._Trigger.Request())
@@ -195,6 +225,50 @@ class EpisodeRunner:
             episode = self._episodes[seen]
         self.enable(commander, False)
         return episode
+
+    def run_dry_episode(self, max_steps: int) -> dict[str, Any]:
+        """One dry-run episode of the policy node (module docstring): not recorded, it lasts the
+        time limit, `max_steps` control periods of ROS time; returns its summary."""
+        self.enable("policy_node", False)
+        self._prepare_scene()
+        self._wait_for_clock(1)  # sim time reads 0 until the first /clock
+        with self._cond:
+            proposed_before = self._proposals
+        end_ns = self.node.get_clock().now().nanoseconds + max_steps * round(self.config.control_period_s * 1e9)
+        self.enable("policy_node", True)
+        self._wait_for_clock(end_ns)
+        self.enable("policy_node", False)
+        with self._cond:
+            proposed, version = self._proposals - proposed_before, self._version
+        self.node.get_logger().info(
+            f"dry run: episode ended at the time limit ({max_steps} steps); {proposed} actions proposed on "
+            f"{self.names.policy_dry_run_action}, none sent to the arm; nothing recorded"
+        )
+        return {"dry_run": True, "episode_id": None, "source": "policy", "policy_version": version, "num_steps": proposed,
+                "success": None, "ended_by": "time_limit"}  # fmt: skip
+
+    def _wait_for_clock(self, until_ns: int) -> None:
+        """Block until the ROS clock reads `until_ns`; RuntimeError if it stands still CLOCK_STALL_S."""
+        clock = self.node.get_clock()
+        last, moved = clock.now().nanoseconds, time.monotonic()
+        while (now := clock.now().nanoseconds) < until_ns:
+            if now != last:
+                last, moved = now, time.monotonic()
+            elif time.monotonic() - moved > CLOCK_STALL_S:
+                hint = (
+                    f" (a lockstep simulator advances only on commands: is a node other than the dry-run policy node "
+                    f"publishing on {self.config.topics.command}?)"
+                    if self._reset is not None
+                    else ""
+                )
+                raise RuntimeError(f"dry run: the ROS clock has stood still for {CLOCK_STALL_S:.0f} s{hint}")
+            time.sleep(DRY_RUN_POLL_S)
+
+    def _prepare_scene(self) -> None:
+        if self._reset is not None:
+            self._call(self._reset, self._Trigger.Request())
+        else:
+            input("Reset the scene, then press Enter to start the episode... ")
 
 
 class RobotSession:
@@ -220,7 +294,9 @@ class RobotSession:
         max_steps: steps per episode; 0 = the robot config's episode time limit.
         task: instruction stamped into episodes and given to the policy (default: the config's first).
         swap_at: "episode" (default; every episode runs one version) or "chunk" (mid-episode).
-        refill_threshold, dry_run: policy node parameters (wmpo_ros.params.POLICY).
+        refill_threshold: policy node parameter (wmpo_ros.params.POLICY).
+        dry_run: the policy's actions never reach the arm, and its episodes are not recorded
+            (module docstring).
         device: the teleop device of `bringup="teleop"` (`teleop()` may choose another).
     """
 
@@ -336,6 +412,12 @@ class RobotSession:
         return active.version if active else None
 
     @property
+    def dry_run(self) -> bool:
+        """The policy node is in dry run: `run_episodes` records nothing (module docstring)."""
+        node = self._node("policy_node")
+        return bool(node is not None and node.dry_run)
+
+    @property
     def staged_version(self) -> str | None:
         """A verified version waiting for the next episode start, or None."""
         node = self._node("policy_node")
@@ -374,11 +456,22 @@ class RobotSession:
 
     def run_episodes(self, count: int, progress: bool = True) -> list[dict[str, Any]]:
         """Record `count` episodes with the policy (a staged version takes over at the first);
-        returns their metadata (`episode_id`, `success`, `num_steps`, `policy_version`, ...)."""
+        returns their metadata (`episode_id`, `success`, `num_steps`, `policy_version`, ...).
+        In dry run nothing is recorded and each episode lasts the time limit; the summaries say
+        `dry_run: True` (module docstring)."""
         if self._node("policy_node") is None:
             raise RuntimeError("this session runs no policy node (bringup='teleop')")
         if self.policy_version is None and self.staged_version is None:
             raise RuntimeError("no policy loaded: give `policy=` or wait_for_version() for the learner's deployed one")
+        if self.dry_run:
+            # A teleop node left by teleop() is a commander: the lockstep sim would wait for its
+            # commands and time would stand still. teleop() brings it back when needed.
+            self._graph.remove("teleop")
+            self._runner.node.get_logger().warning(
+                f"dry run: the policy's actions go to {self.names.policy_dry_run_action}, never to the arm; each episode "
+                f"runs for the time limit ({self.max_steps} steps) and is not recorded"
+            )
+            return self._episodes("policy_node", "policy", count, f"dry run {self.config.name}", progress, dry_run=True)
         return self._episodes("policy_node", "policy", count, f"rollouts {self.config.name}", progress)
 
     def teleop(self, count: int, device: str = "auto", device_port: str = "", device_id: str = "", progress: bool = True) -> list[dict[str, Any]]:
@@ -402,7 +495,7 @@ class RobotSession:
             self._graph.start_node(spec)
         return self._episodes("teleop", recorder_source("teleop", self.config, device), count, f"teleop {self.config.name}", progress)
 
-    def _episodes(self, commander: str, source: str, count: int, what: str, progress: bool) -> list[dict[str, Any]]:
+    def _episodes(self, commander: str, source: str, count: int, what: str, progress: bool, dry_run: bool = False) -> list[dict[str, Any]]:
         from rclpy.parameter import Parameter
         from tqdm import tqdm
 
@@ -416,11 +509,15 @@ class RobotSession:
         successes = 0
         with tqdm(total=count, desc=what, unit="episode", disable=not progress) as bar:
             for _ in range(count):
-                meta = self._runner.run_episode(commander, stall)
+                if dry_run:
+                    meta = self._runner.run_dry_episode(self.max_steps)
+                else:
+                    meta = self._runner.run_episode(commander, stall)
+                    self.recorded.append(meta)
                 metas.append(meta)
-                self.recorded.append(meta)
                 successes += bool(meta.get("success"))
-                bar.set_postfix(success=f"{successes}/{len(metas)}", steps=meta["num_steps"], policy=meta.get("policy_version"))
+                counts = {"proposed": meta["num_steps"]} if dry_run else {"success": f"{successes}/{len(metas)}", "steps": meta["num_steps"]}
+                bar.set_postfix(**counts, policy=meta.get("policy_version"))
                 bar.update(1)
         return metas
 
