@@ -83,6 +83,7 @@ def real_vs_imagined_video(world_model: Path, store_path: Path, episode_id: str,
         imagined = wm.replay(real[:1], actions[None], torch.Generator().manual_seed(seed))[0]
     real = resize_frames(real[1 : steps + 1], imagined.shape[1])
     frames = [np.concatenate([r, np.full((r.shape[0], 4, 3), 255, np.uint8), i], axis=1) for r, i in zip(real, imagined)]
+    out.parent.mkdir(parents=True, exist_ok=True)
     write_video(out, frames, fps=10.0)
     return out
 

@@ -127,7 +127,7 @@ def run_grpo(
     summary: dict[str, Any] = {"out": str(out), "parent_version": parent, "iterations": len(history)}
     if world.is_main:
         provenance["real_episodes_used"] = getattr(source, "real_episodes_used", 0)
-        manifest = save_checkpoint(vla, out, robot_config, version=version, parent_version=parent, provenance=provenance)
+        manifest = save_checkpoint(vla, out, robot_config, version=version, version_prefix="grpo", parent_version=parent, provenance=provenance)
         (out / "training").mkdir(exist_ok=True)
         history_dicts = [dataclasses.asdict(h) for h in history]
         (out / "training" / "grpo_history.json").write_text(json.dumps(history_dicts, indent=2))
