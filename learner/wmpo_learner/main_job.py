@@ -200,7 +200,8 @@ def run_loop(args: argparse.Namespace) -> Path:
     (paths.root / "run.json").write_text(json.dumps({"robot": robot.name, "rounds": args.rounds, "sizes": sizes, "argv": sys.argv}, indent=2) + "\n")
     print(f"wmpo run: {robot.name}, {args.rounds} round(s), sizes '{args.size}' {sizes}\n  everything goes to {paths.root}")
     progress = Progress(total=6 + 2 * args.rounds)
-    device = ["--device", args.device]
+    # "auto": every command picks CUDA when present by itself (not all of them spell it "auto").
+    device = [] if args.device == "auto" else ["--device", args.device]
     results: list[VersionResult] = []
 
     service = None if args.learner else LocalService(paths.learner, robot=args.robot).start()
