@@ -1,8 +1,9 @@
 """World-model and training configurations, with the two named presets.
 
 `tiny` trains from scratch in minutes on two CPU cores (the demo and CI configuration);
-`xl` is the realistic configuration of the WMPO paper (SDXL VAE at 256 px, an STDiT3-XL-sized
-transformer of ~1.1 B parameters) and needs GPUs. A config is plain JSON inside every checkpoint,
+`xl` is the realistic configuration of the WMPO paper (SDXL VAE at 256 px, a transformer with
+STDiT3-XL/2's depth, width and heads: 1.34 B parameters here, as every block has its own adaLN
+projection) and needs GPUs. A config is plain JSON inside every checkpoint,
 so a checkpoint is rebuilt from its own files, never from the preset of the current code.
 """
 
@@ -66,8 +67,13 @@ class WorldModelConfig(_Strict):
     x = 0.985·x0 + 0.015·ε. At inference the context is clean but carries this timestep."""
     sampling_steps: int = Field(30, ge=1)
     """Default number of flow-matching Euler steps per generated window (no CFG)."""
-    scheduler_shift: float = Field(1.0, gt=0)
-    """`FlowMatchEulerDiscreteScheduler` shift at sampling time (1 = uniform in sigma)."""
+    timestep_shift: float = Field(3.0, gt=0)
+    """Moves noise levels toward pure noise, in training and sampling alike: σ -> s·σ / (1 + (s-1)·σ)
+    (SD3's shift; the WMPO code trains with OpenSora's equivalent `use_timestep_transform`). Where
+    the future goes — and so what the action does — is decided at high noise; at low noise the
+    noisy frame itself shows where things are. Unshifted logit-normal training draws σ > 0.95 for
+    one window in 600, while sampling starts at σ = 1; with s = 3 it is one in 30, and 4 of 8
+    sampling steps start at σ >= 0.8. 1 = no shift."""
     vae: VAESpec
     transformer: TransformerSpec = TransformerSpec()
 

@@ -33,7 +33,7 @@ from .transformer import ActionConditionedVideoTransformer
 
 CHECKPOINT_FILE = "world_model.json"
 CHECKPOINT_FORMAT = "wmpo_world_model"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: temporal blocks modulated by the frame conditioning; timestep_shift
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -90,7 +90,7 @@ class WorldModel(nn.Module):
         self.robot_config_name = robot_config_name
         self.robot_config_hash = robot_config_hash
         self.provenance = dict(provenance or {})
-        self.scheduler = FlowMatchEulerDiscreteScheduler(shift=config.scheduler_shift)
+        self.scheduler = FlowMatchEulerDiscreteScheduler(shift=config.timestep_shift)
 
     # ------------------------------------------------------------------ construction and checkpoints
 
@@ -229,8 +229,9 @@ class WorldModel(nn.Module):
 
         latents (B, T, C, h, w) clean; actions (B, T, A) normalized (context rows are ignored).
         Context latents get noise at `context_noise_timestep` (noisy-frame conditioning); predicted
-        latents at a logit-normal σ, one per window. The MSE to the velocity ε - x0 is taken on the
-        predicted frames only. `denoiser` defaults to the transformer (pass the DDP wrapper when training).
+        latents at a logit-normal σ shifted by `timestep_shift`, one per window. The MSE to the
+        velocity ε - x0 is taken on the predicted frames only. `denoiser` defaults to the
+        transformer (pass the DDP wrapper when training).
         """
         denoiser = denoiser or self.transformer
         batch, frames = latents.shape[:2]
@@ -238,9 +239,11 @@ class WorldModel(nn.Module):
             raise ValueError(f"windows have {frames} frames, the model's window is {self.config.window}")
         predicted = self.window_masks(batch, latents.device)
         rng_device = generator.device if generator is not None else latents.device
-        sigma = compute_density_for_timestep_sampling(
+        u = compute_density_for_timestep_sampling(
             "logit_normal", batch, logit_mean=logit_mean, logit_std=logit_std, device=rng_device, generator=generator
         ).to(latents.device)
+        shift = self.config.timestep_shift
+        sigma = shift * u / (1.0 + (shift - 1.0) * u)  # the shift the sampler applies to its own steps
         context_sigma = self.config.context_noise_timestep / self.scheduler.config.num_train_timesteps
         sigmas = torch.where(predicted, sigma[:, None], torch.full_like(sigma[:, None], context_sigma))
         noise = torch.randn(latents.shape, generator=generator, device=rng_device).to(latents.device)

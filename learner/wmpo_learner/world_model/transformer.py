@@ -6,13 +6,18 @@ alternating spatial blocks (attention among the patches of one frame) and tempor
 
     c_f = TimestepEmbedding(t_f) + (ActionMLP(a_f) if frame f is predicted else no_action)
 
-which drives the AdaLN-Zero shift/scale/gate of that frame in every spatial block and the final
-AdaLN. Context frames carry a small noise timestep (noisy-frame conditioning) and a learned
-"no action" embedding. Temporal blocks are plain pre-norm blocks whose output projections start
-at zero, so a fresh model begins as a per-frame denoiser and learns motion from there.
+which drives the AdaLN-Zero shift/scale/gate of that frame in every spatial block, every temporal
+block and the final AdaLN, as the timestep embedding does in STDiT3. The temporal blocks need it
+most: a predicted frame's content follows from the context *and the actions of the frames before
+it*, and it is in the temporal attention that a frame sees those other frames. (Without it, the
+action could only act through the spatial blocks of its own frame, and the model learned to follow
+its actions several times more slowly.) Context frames carry a small noise timestep (noisy-frame
+conditioning) and a learned "no action" embedding.
 
-Every building block is diffusers' own (`PatchEmbed`, `Timesteps`, `TimestepEmbedding`,
-`AdaLayerNormZero`, `AdaLayerNormContinuous`, `Attention`, `FeedForward`); only the wiring is here.
+Building blocks are diffusers' own (`PatchEmbed`, `Timesteps`, `TimestepEmbedding`,
+`AdaLayerNormContinuous`, `Attention`, `FeedForward`); the adaLN-Zero modulation is written here
+because diffusers' `AdaLayerNormZero` takes one conditioning vector per sequence, and a temporal
+sequence (the frames at one patch position) needs one per token.
 """
 
 from __future__ import annotations
@@ -28,42 +33,37 @@ from diffusers.models.embeddings import (
     get_1d_sincos_pos_embed_from_grid,
 )
 from diffusers.models.modeling_utils import ModelMixin
-from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZero
+from diffusers.models.normalization import AdaLayerNormContinuous
 from torch import nn
 
 
-class SpatialBlock(nn.Module):
-    """Self-attention within a frame + MLP, both modulated (AdaLN-Zero) by that frame's conditioning."""
+class ModulatedBlock(nn.Module):
+    """Self-attention + MLP with adaLN-Zero modulation (DiT), conditioned per frame.
+
+    Serves as the spatial block (sequences = the patches of one frame) and as the temporal block
+    (sequences = the frames at one patch position), like STDiT3's one block class for both.
+    """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qk_norm: str | None):
         super().__init__()
-        self.norm1 = AdaLayerNormZero(dim)
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(query_dim=dim, heads=num_heads, dim_head=dim // num_heads, bias=True, qk_norm=qk_norm, eps=1e-6)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.ff = FeedForward(dim, inner_dim=int(dim * mlp_ratio), activation_fn="gelu-approximate")
+        nn.init.zeros_(self.modulation[1].weight)  # adaLN-Zero: the block starts as the identity
+        nn.init.zeros_(self.modulation[1].bias)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """x: (frames, patches, dim); cond: (frames, dim)."""
-        h, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(x, emb=cond)
-        x = x + gate_msa[:, None] * self.attn(h)
-        h = self.norm2(x) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
-        return x + gate_mlp[:, None] * self.ff(h)
+        """x: (B, A, L, D), B·A sequences of L tokens, attention along L; cond: (B, A or 1, L or 1, D).
 
-
-class TemporalBlock(nn.Module):
-    """Self-attention across frames at one patch position + MLP (pre-norm, zero-initialised outputs)."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qk_norm: str | None):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(query_dim=dim, heads=num_heads, dim_head=dim // num_heads, bias=True, qk_norm=qk_norm, eps=1e-6)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.ff = FeedForward(dim, inner_dim=int(dim * mlp_ratio), activation_fn="gelu-approximate")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (patch positions, frames, dim)."""
-        x = x + self.attn(self.norm1(x))
-        return x + self.ff(self.norm2(x))
+        The modulation is computed once per frame and broadcast over the frame's tokens."""
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(cond).chunk(6, dim=-1)
+        b, a, length, dim = x.shape
+        h = self.norm1(x) * (1 + scale_msa) + shift_msa
+        x = x + gate_msa * self.attn(h.reshape(b * a, length, dim)).reshape(b, a, length, dim)
+        h = self.norm2(x) * (1 + scale_mlp) + shift_mlp
+        return x + gate_mlp * self.ff(h)
 
 
 class ActionConditionedVideoTransformer(ModelMixin, ConfigMixin):
@@ -100,23 +100,16 @@ class ActionConditionedVideoTransformer(ModelMixin, ConfigMixin):
         self.time_embed = TimestepEmbedding(timestep_channels, hidden_size)
         self.action_embed = nn.Sequential(nn.Linear(action_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
         self.no_action_embedding = nn.Parameter(torch.randn(hidden_size) * 0.02)
-        self.spatial_blocks = nn.ModuleList(SpatialBlock(hidden_size, num_heads, mlp_ratio, qk_norm) for _ in range(depth))
-        self.temporal_blocks = nn.ModuleList(TemporalBlock(hidden_size, num_heads, mlp_ratio, qk_norm) for _ in range(depth))
+        self.spatial_blocks = nn.ModuleList(ModulatedBlock(hidden_size, num_heads, mlp_ratio, qk_norm) for _ in range(depth))
+        self.temporal_blocks = nn.ModuleList(ModulatedBlock(hidden_size, num_heads, mlp_ratio, qk_norm) for _ in range(depth))
         self.norm_out = AdaLayerNormContinuous(hidden_size, hidden_size, elementwise_affine=False, eps=1e-6)
         self.proj_out = nn.Linear(hidden_size, patch_size * patch_size * in_channels)
         self.gradient_checkpointing = False
         self._zero_init()
 
     def _zero_init(self) -> None:
-        """adaLN-Zero (DiT): every residual branch and the output start at zero."""
-        for block in self.spatial_blocks:
-            nn.init.zeros_(block.norm1.linear.weight)
-            nn.init.zeros_(block.norm1.linear.bias)
-        for block in self.temporal_blocks:
-            nn.init.zeros_(block.attn.to_out[0].weight)
-            nn.init.zeros_(block.attn.to_out[0].bias)
-            nn.init.zeros_(block.ff.net[-1].weight)
-            nn.init.zeros_(block.ff.net[-1].bias)
+        """adaLN-Zero (DiT): every block starts as the identity (its gates are zero, see
+        `ModulatedBlock`) and the output starts at zero."""
         nn.init.zeros_(self.norm_out.linear.weight)
         nn.init.zeros_(self.norm_out.linear.bias)
         nn.init.zeros_(self.proj_out.weight)
@@ -141,16 +134,16 @@ class ActionConditionedVideoTransformer(ModelMixin, ConfigMixin):
         p = self.config.patch_size
         x = self.patch_embed(latents.reshape(batch * frames, channels, height, width).to(self.dtype))  # (B*T, N, D)
         patches, dim = x.shape[1], x.shape[2]
-        cond = self.frame_conditioning(timesteps, actions, action_mask)
+        x = x.reshape(batch, frames, patches, dim)
+        cond = self.frame_conditioning(timesteps, actions, action_mask).reshape(batch, frames, dim)
         frame_pos = get_1d_sincos_pos_embed_from_grid(dim, torch.arange(frames, device=x.device), output_type="pt")
         for i, (spatial, temporal) in enumerate(zip(self.spatial_blocks, self.temporal_blocks, strict=True)):
-            x = self._run(spatial, x, cond)
-            x = x.reshape(batch, frames, patches, dim).transpose(1, 2).reshape(batch * patches, frames, dim)
+            x = self._run(spatial, x, cond[:, :, None])  # (B, T, N, D): attention over the patches of a frame
+            x = x.transpose(1, 2)  # (B, N, T, D): attention over the frames at a patch position
             if i == 0:
                 x = x + frame_pos.to(x.dtype)
-            x = self._run(temporal, x)
-            x = x.reshape(batch, patches, frames, dim).transpose(1, 2).reshape(batch * frames, patches, dim)
-        x = self.proj_out(self.norm_out(x, cond))  # (B*T, N, p*p*C)
+            x = self._run(temporal, x, cond[:, None]).transpose(1, 2)
+        x = self.proj_out(self.norm_out(x.reshape(batch * frames, patches, dim), cond.reshape(batch * frames, dim)))
         h, w = height // p, width // p
         x = x.reshape(batch, frames, h, w, p, p, channels)
         return x.permute(0, 1, 6, 2, 4, 3, 5).reshape(batch, frames, channels, height, width)
