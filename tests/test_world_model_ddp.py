@@ -24,7 +24,7 @@ def worker(store: Path, robot: Path, out: Path) -> None:
     from test_world_model import square_model_config
     from wmpo_core.episode_store import EpisodeStore
     from wmpo_core.robot_config import load_robot_config
-    from wmpo_learner.world_model import distributed
+    from wmpo_learner import distributed
     from wmpo_learner.world_model.config import TrainConfig
     from wmpo_learner.world_model.trainer import TrainingPlan, WorldModelTrainer
 

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from wmpo_core.episode_store import EpisodeStore, StoreError
     from wmpo_core.robot_config import RobotConfigError, load_robot_config
 
-    from . import distributed
+    from wmpo_learner import distributed
     from .config import align_train_config, load_preset
     from .data import select_episodes
     from .model import WorldModel, WorldModelLoadError

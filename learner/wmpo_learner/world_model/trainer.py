@@ -34,10 +34,10 @@ from tqdm import tqdm
 
 from wmpo_core.episode_store import EpisodeMeta, EpisodeStore
 from wmpo_core.robot_config import RobotConfig
+from wmpo_learner.distributed import Distributed
 
 from .config import TrainConfig, WorldModelConfig
 from .data import FrameSampler, LatentEpisode, LatentWindowSampler, fit_normalizer, read_episode
-from .distributed import Distributed
 from .model import CHECKPOINT_FILE, WorldModel
 from .training_state import load_training_state, save_training_state
 
