@@ -56,11 +56,19 @@ class Probe:
         return future.result().message
 
     def step(self, action) -> JointState:
-        """Send one command; returns the joint state of the step it caused."""
-        before = len(self.states)
+        """Send one command; returns the joint state of the step it caused: the first one stamped
+        later than every state seen before (while it waits for a command the sim re-publishes the
+        current state unchanged, and on a loaded machine such a copy can arrive after our command)."""
+        with self.lock:
+            last = max((stamp_to_seconds(s.header.stamp) for s in self.states), default=float("-inf"))
         self.command.publish(Float64MultiArray(data=[float(a) for a in action]))
-        wait_until(lambda: len(self.states) > before, what="the next joint state")
-        return self.states[before]
+
+        def stepped() -> JointState | None:
+            with self.lock:
+                return next((s for s in self.states if stamp_to_seconds(s.header.stamp) > last + 1e-9), None)
+
+        wait_until(lambda: stepped() is not None, what="the joint state of the commanded step")
+        return stepped()
 
 
 @pytest.fixture
@@ -114,8 +122,13 @@ def test_lockstep_one_step_and_one_period_per_command_and_none_without_one(sim):
     for dx in (1.0, -1.0, 0.5):
         probe.command.publish(Float64MultiArray(data=[dx, 0.25]))
     wait_until(lambda: node.steps == 8, what="three steps")
-    stepped = sorted({(stamp_to_seconds(s.header.stamp), s.position[0]) for s in probe.states[before:]})
-    np.testing.assert_allclose([p for _, p in stepped[-3:]], [x + 0.1, x, x + 0.05], atol=1e-9)
+
+    def stepped() -> list[tuple[float, float]]:  # states of the three new steps, as received so far
+        with probe.lock:
+            return sorted({(stamp_to_seconds(s.header.stamp), s.position[0]) for s in probe.states[before:] if stamp_to_seconds(s.header.stamp) > t + 1e-9})
+
+    wait_until(lambda: len(stepped()) == 3, what="the states of the three steps")
+    np.testing.assert_allclose([p for _, p in stepped()], [x + 0.1, x, x + 0.05], atol=1e-9)
 
 
 def test_frames_and_success(sim):

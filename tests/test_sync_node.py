@@ -194,7 +194,13 @@ class Robot:
         """Tick until the recorder commits the episode (at max_steps); returns its metadata."""
         before = len(self.episodes)
         self.start_episode()
-        self.tick_until(lambda: len(self.episodes) > before, what="the episode commit", max_ticks=max_steps + 20)
+        for _ in range(max_steps + 20):
+            if len(self.episodes) > before:
+                break
+            self.tick()
+        # The recorder writes and commits off the control loop: on a loaded machine that can take
+        # longer than the ticks above, so wait for it in wall time rather than in more ticks.
+        wait_until(lambda: len(self.episodes) > before, what=f"the episode commit (sync status: {self.sync.status})")
         return self.episodes[before]
 
     @property
