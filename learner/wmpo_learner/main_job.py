@@ -32,12 +32,14 @@ from typing import Any
 # Sizes for one machine. "cpu": tiny models a 2-core machine runs in minutes (a demonstration of
 # the loop, not of the paper's numbers); "gpu": the realistic VLA and world-model sizes.
 SIZES: dict[str, dict[str, Any]] = {
-    "cpu": {"demos": 40, "rollouts": 16, "vla_recipe": "tiny", "sft_steps": 1500, "wm_preset": "tiny", "wm_steps": 1500,
+    "cpu": {"demos": 120, "rollouts": 16, "vla_recipe": "tiny", "sft_steps": 2000, "wm_preset": "tiny", "wm_steps": 1500,
             "wm_vae_steps": 300, "iterate_preset": "cpu"},
     "gpu": {"demos": 100, "rollouts": 128, "vla_recipe": "realistic", "sft_steps": 0, "wm_preset": "xl", "wm_steps": 0,
             "wm_vae_steps": 0, "iterate_preset": "paper"},
 }
-"""0 steps = the recipe's or preset's own number."""
+"""0 steps = the recipe's or preset's own number. The cpu demos/SFT steps are those of the measured
+base policy in docs/vla.md (22% success on so101_sim_near); with 40 demos and 1500 steps the base
+rarely succeeds, and GRPO has no informative groups to learn from."""
 ITERATE_SETS: dict[str, list[str]] = {"cpu": ["horizon=48", "grpo_iterations=3"], "gpu": []}
 """`wmpo iterate` overrides per size: on CPU, imagine 48 steps (the expert needs ~37) and run 3
 GRPO iterations, which keeps a round near 20 minutes on 2 cores. `--set` items come after these."""
