@@ -107,7 +107,7 @@ def write_square_store(root: Path, robot_yaml: Path, episodes: int, steps: int, 
 
 
 def square_model_config(**overrides) -> WorldModelConfig:
-    """A world model small enough to learn the square world in a few minutes on two cores (0.33 M
+    """A world model small enough to learn the square world in a few minutes on two cores (0.60 M
     transformer parameters; hidden 64 was too small to learn the motion in that time)."""
     settings = {"preset": "test", "resolution": SIDE, "context_frames": 2, "predicted_frames": 4, "sampling_steps": 8}
     settings.update(overrides)
