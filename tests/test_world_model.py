@@ -474,7 +474,7 @@ def test_imagine_batches_groups_and_reports_what_the_policy_saw():
 
 
 def test_imagine_with_the_project_vla():
-    vla_module = pytest.importorskip("wmpo_core.vla.model")
+    from wmpo_core.vla import model as vla_module
     from wmpo_core.vla.config import load_recipe
 
     recipe = load_recipe("tiny")

@@ -22,6 +22,7 @@ from test_world_model import (
     SPEED,
     SQUARE,
     TinyTokenPolicy,
+    one_torch_thread,  # noqa: F401  (the autouse fixture: single-threaded torch for this module too)
     render_square,
     square_model_config,
     square_normalizer,
@@ -38,16 +39,6 @@ pytestmark = pytest.mark.slow
 TRAIN_EPISODES = 20
 HELD_OUT = 4
 STEPS_PER_EPISODE = 24
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These small models run several times faster single-threaded on a loaded CI machine (two
-    OpenMP threads stall on each other's barriers when the cores are shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def redness_centroid(frames: np.ndarray) -> np.ndarray:
