@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "robot": ("wmpo_ros.bringup", "bring up an arm (sim or real) behind the standard topics"),
     "teleop": ("wmpo_ros.bringup", "bring up the arm and teleoperate it to record demonstrations"),
     "deploy": ("wmpo_ros.bringup", "bring up the arm and run a policy on it, recording episodes"),
+    "outbox": ("wmpo_ros.outbox_cli", "a store's upload queue: push it to the learner with no robot running, or show it"),
     "policy": ("wmpo_ros.policy_cli", "the robot's running policy: show its versions, roll back to the previous one"),
     "store": ("wmpo_core.store_cli", "inspect, verify, import and export episode stores"),
     "sft": ("wmpo_learner.sft", "behaviour cloning of the VLA on demonstrations"),
