@@ -13,6 +13,11 @@ Errors come in three kinds, so callers can decide what to retry:
 Downloads are atomic: files go to a hidden temporary directory next to the destination, every
 file's size and sha256 are checked against the version listing, and only then is the directory
 renamed into place. A robot never sees a half-downloaded or tampered version.
+
+Everything the learner sends is untrusted: answers are parsed into the strict wire models (a
+version or episode id must match `wmpo_core.ids.ID_PATTERN`), and a path built from a version or
+a listed file is checked to stay inside the download directory before anything is written or
+deleted there.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any, BinaryIO, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 from wmpo_core.episode_store import EpisodeMeta
+from wmpo_core.ids import check_id, child_path
 from wmpo_learner.service.archive import CHUNK_BYTES, write_dir_archive
 from wmpo_learner.service.models import (
     API_PREFIX,
@@ -149,7 +155,11 @@ class LearnerClient:
         try:
             return model.model_validate_json(response.content)
         except ValidationError as exc:
-            raise LearnerUnavailable(f"{what}: unexpected answer from the learner ({exc.error_count()} schema errors)") from exc
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "body"
+            raise LearnerUnavailable(
+                f"{what}: unexpected answer from the learner ({exc.error_count()} schema errors; first: {where}: {first['msg']})"
+            ) from exc
 
     def _json(self, model: type[M], method: str, path: str, what: str, body: BaseModel | None = None, **kwargs: Any) -> M:
         if body is not None:
@@ -179,6 +189,14 @@ class LearnerClient:
 
     def health(self) -> Health:
         return self._json(Health, "GET", "/health", "health")
+
+    def answers(self, timeout_s: float = 2.0) -> bool:
+        """Whether the service answers its health endpoint within `timeout_s`: the cheap probe a
+        waiting outbox or sync node uses to retry the moment the learner is back."""
+        try:
+            return self._http.get("/health", timeout=timeout_s).status_code == 200
+        except (httpx.HTTPError, RuntimeError):  # RuntimeError: this client was closed (shutting down)
+            return False
 
     # -------------------------------------------------------------------------------- episodes
 
@@ -238,12 +256,17 @@ class LearnerClient:
         """Download `version` to `dest_root/<version>`, every file verified; returns that path.
 
         Atomic: a complete, verified directory appears at once, or nothing (IntegrityError on any
-        mismatch). A verified copy already there is reused.
+        mismatch). A verified copy already there is reused. A `version` that is not a valid id, or
+        whose directory would resolve outside `dest_root`, raises UnsafeNameError before anything
+        is asked, written or deleted.
         """
+        check_id(version, "policy version")
         record = self.get_version(version)
+        if record.version != version:
+            raise IntegrityError(f"asked the learner for version '{version}', it listed '{record.version}'; refusing this version")
         dest_root = Path(dest_root)
         dest_root.mkdir(parents=True, exist_ok=True)
-        final = dest_root / version
+        final = child_path(dest_root, version, "policy version")
         for stale in dest_root.glob(f".{version}.*.partial"):  # left by a killed download
             shutil.rmtree(stale, ignore_errors=True)
         if final.exists():

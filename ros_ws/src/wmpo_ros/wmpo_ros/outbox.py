@@ -12,12 +12,18 @@ The recorder (or the sync node, when it sees a new committed episode) calls `enq
 `OutboxWorker` uploads due episodes one at a time. Learner down: the whole queue waits with
 exponential backoff (with jitter, capped) and nothing is lost; after a restart of either side
 pending episodes are simply sent again. Re-sending is harmless because the learner is
-idempotent by episode id. No rclpy here: the ROS node wraps this.
+idempotent by episode id. While the learner does not answer at all, a worker with a `probe`
+checks its health endpoint every few seconds and retries the queue as soon as it answers, so a
+drain wait never sleeps through the learner's return. One worker uploads from an outbox at a
+time (a lock file next to it). No rclpy here: the ROS node wraps this; `wmpo outbox push`
+(`wmpo_ros.outbox_cli`) drains a store's outbox with no robot running.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import random
 import sqlite3
 import threading
@@ -25,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 from wmpo_core.episode_store import EpisodeStore
 
@@ -73,8 +79,17 @@ class OutboxStats:
     """Age of the oldest pending episode: the robot's upload backlog."""
 
 
+class OutboxClosed(Exception):
+    """The outbox was closed (its owner is shutting down); a worker still running just stops."""
+
+
+class OutboxBusy(RuntimeError):
+    """Another worker (a robot's sync node, a `wmpo outbox push`) is uploading this outbox."""
+
+
 class Outbox:
-    """The persistent queue. Thread-safe; one process at a time should run a worker on it."""
+    """The persistent queue. Thread-safe; one worker at a time uploads from it (`OutboxWorker.start`
+    holds a lock next to it)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -84,9 +99,16 @@ class Outbox:
         self._db.execute("PRAGMA synchronous=FULL")  # an enqueued episode survives a power cut
         self._db.executescript(_SCHEMA)
         self._mutex = threading.Lock()
+        self._closed = False
+
+    @property
+    def lock_path(self) -> Path:
+        """flock'ed by the worker that uploads from this outbox."""
+        return self.path.with_name(self.path.name + ".worker.lock")
 
     def close(self) -> None:
         with self._mutex:
+            self._closed = True
             self._db.close()
 
     def __enter__(self) -> Outbox:
@@ -97,6 +119,8 @@ class Outbox:
 
     def _execute(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
         with self._mutex:
+            if self._closed:
+                raise OutboxClosed(f"the outbox {self.path} is closed")
             return self._db.execute(sql, args)
 
     def enqueue(self, episode_id: str, now: float | None = None) -> bool:
@@ -248,20 +272,31 @@ class OutboxWorker:
         *,
         backoff: Backoff = Backoff(),
         on_parked: Callable[[OutboxEntry], None] | None = None,
+        probe: Callable[[], bool] | None = None,
+        probe_interval_s: float = 2.0,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
     ):
+        """`probe`: whether the learner answers at all (`LearnerClient.answers`). With it, a queue
+        that waits because the learner did not answer is retried within `probe_interval_s` of the
+        learner's return instead of at the end of its backoff; a learner that answers but fails
+        or refuses (5xx, 401) still gets the full backoff."""
         self.outbox = outbox
         self._upload = upload
         self.backoff = backoff
         self._on_parked = on_parked
+        self._probe = probe
+        self._probe_interval_s = probe_interval_s
         self._rng = rng or random.Random()
         self._clock = clock
         self._unavailable_streak = 0
         """Consecutive passes that found the learner unreachable: drives the queue-wide backoff."""
+        self._learner_down = False
+        """The last failure was a learner that did not answer its probe: probe until it does."""
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lock_file: IO[bytes] | None = None
 
     def run_once(self) -> PassResult:
         """Try every due episode once. Stops the pass at the first failure that is about the
@@ -287,6 +322,7 @@ class OutboxWorker:
                 # Unreachable, 5xx, or a refusal a retry can cure (token, 408, 429) is about the
                 # service, not this episode: the whole queue waits.
                 if isinstance(exc, LearnerError):
+                    self._learner_down = self._probe is not None and not self._probe()
                     self._unavailable_streak += 1
                     retry_at = now + self.backoff.delay(self._unavailable_streak, self._rng)
                     attempts = self.outbox.mark_failed(episode_id, str(exc), retry_at, now)
@@ -300,6 +336,7 @@ class OutboxWorker:
                 log.warning("outbox: upload of %s failed (%s); retry in %.1f s", episode_id, exc, retry_at - now)
                 continue
             self._unavailable_streak = 0
+            self._learner_down = False
             self.outbox.mark_sent(episode_id, result, self._clock())
             sent += 1
             log.info("outbox: episode %s %s", episode_id, result)
@@ -309,9 +346,11 @@ class OutboxWorker:
         self._wake.set()
 
     def start(self) -> None:
-        """Background thread: retries everything pending at once, then follows the schedule."""
+        """Background thread: retries everything pending at once, then follows the schedule.
+        Raises OutboxBusy when another worker (another process) uploads this outbox."""
         if self._thread is not None:
             raise RuntimeError("worker already started")
+        self._claim()
         self.outbox.make_all_due(self._clock())
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="wmpo-outbox", daemon=True)
@@ -324,6 +363,26 @@ class OutboxWorker:
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def _claim(self) -> None:
+        """One uploader per outbox: a robot's sync node and a `wmpo outbox push` never both send."""
+        handle = open(self.outbox.lock_path, "a+b")  # noqa: SIM115 - held while the worker runs
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().decode(errors="replace").strip() or "?"
+            handle.close()
+            raise OutboxBusy(
+                f"another process (pid {holder}: a robot's sync node or `wmpo outbox push`) is uploading the outbox {self.outbox.path}"
+            ) from None
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n".encode())
+        handle.flush()
+        self._lock_file = handle
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -333,7 +392,19 @@ class OutboxWorker:
                 next_due = self.outbox.next_due_at()
                 if next_due is not None:
                     wait = min(wait, max(0.0, next_due - self._clock()))
+                if self._learner_down:
+                    wait = min(wait, self._probe_interval_s * (0.5 + self._rng.random() / 2))
+            except OutboxClosed:
+                return  # the owner shut down under a late upload: it is sent again at the next start
             except sqlite3.Error:  # e.g. a full disk: keep the thread alive, say so, try again later
                 log.exception("outbox: queue database error")
             self._wake.wait(wait)
             self._wake.clear()
+            if self._learner_down and not self._stop.is_set() and self._probe is not None and self._probe():
+                self._learner_down = False
+                self._unavailable_streak = 0
+                try:
+                    self.outbox.make_all_due(self._clock())
+                except OutboxClosed:
+                    return
+                log.info("outbox: the learner answers again; retrying the queue now")
