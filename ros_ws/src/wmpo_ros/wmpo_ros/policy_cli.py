@@ -1,4 +1,4 @@
-"""`wmpo policy status | rollback`: the robot's running policy, from any terminal on its ROS network.
+"""`wmpo policy status | rollback | verify`: the robot's running policy, and the check before a swap.
 
 - `status` prints what the policy node runs (active, staged, previous version, swap point) from its
   /diagnostics, and the learner link from `<ns>/sync/status` when a sync node runs.
@@ -7,8 +7,12 @@
   learner's deployment; the sync node leaves the rollback alone until the learner deploys
   something new (`LearnerClient.rollback()` rolls back the learner, and with it every robot).
 
-The same as `ros2 service call <ns>/policy/rollback std_srvs/srv/Trigger` for a pip-installed
-stack, which has no `ros2` command. Works with `wmpo deploy` and with the launch files alike.
+- `verify DIR` runs, offline and without ROS, exactly the check the policy node runs before it
+  stages a new policy (`wmpo_ros.policy_holder.load_verified`: the checkpoint's own verification,
+  then a probe inference); prints the version and exits 0, or exits 1 with the one-line reason.
+
+`rollback` is the same as `ros2 service call <ns>/policy/rollback std_srvs/srv/Trigger` for a
+pip-installed stack, which has no `ros2` command. Works with `wmpo deploy` and with the launch files alike.
 """
 
 from __future__ import annotations
@@ -21,7 +25,13 @@ from collections.abc import Callable
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("action", choices=["status", "rollback"], help="status: show the running policy; rollback: go back to the previous one")
+    parser.add_argument(
+        "action",
+        choices=["status", "rollback", "verify"],
+        help="status: show the running policy; rollback: go back to the previous one; "
+        "verify: run the robot's pre-swap check on a checkpoint",
+    )
+    parser.add_argument("checkpoint", nargs="?", help="verify: the checkpoint directory (or policy spec) to check")
     parser.add_argument("--robot", default="so101_sim", help="robot config name or YAML path; names the topics (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the robot's nodes to answer (default: %(default)s)")
 
@@ -89,7 +99,32 @@ def _rollback(executor, node, names, timeout_s: float) -> int:
     return 0 if response.success else 1
 
 
+def _verify(spec: str | None, robot: str) -> int:
+    """The policy node's pre-swap check on `spec`, for `robot`; 0 when it would be staged."""
+    from wmpo_core.robot_config import RobotConfigError, load_robot_config
+
+    from wmpo_ros.policy_holder import load_verified
+
+    if not spec:
+        print("wmpo policy verify: give the checkpoint directory to check", file=sys.stderr)
+        return 2
+    try:
+        config = load_robot_config(robot)
+    except RobotConfigError as exc:
+        print(f"wmpo policy: {exc}", file=sys.stderr)
+        return 2
+    try:
+        loaded = load_verified(spec, config)
+    except Exception as exc:  # any failure is a refusal, reported on one line like the node logs it
+        print(f"wmpo policy verify: REFUSED: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    print(f"wmpo policy verify: OK: {spec} is version {loaded.version}; the policy node on '{config.name}' would stage it")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.action == "verify":
+        return _verify(args.checkpoint, args.robot)
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from wmpo_core.robot_config import RobotConfigError, load_robot_config

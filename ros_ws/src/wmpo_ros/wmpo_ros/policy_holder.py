@@ -1,9 +1,12 @@
 """Owns the policy a robot runs, and swaps in new ones without touching the control loop.
 
-A new policy is loaded into a *second* instance and verified (output shape and finiteness on an
-observation of the robot's shapes) off the control path; only then is it staged, and the swap is
-a reference exchange at the next episode boundary, so no tick is ever missed or served by a
-half-loaded model. The previous policy is kept for rollback.
+A new policy is loaded into a *second* instance and verified off the control path (the loader's
+own checks, e.g. a VLA checkpoint's hashes, dtypes, finite weights and no symlinks; then a probe
+inference on an observation of the robot's shapes: it must not fail, a VLA's logits must be
+finite, and the chunk must have the robot's shape and finite values); only then is it staged, and
+the swap is a reference exchange at the next episode boundary, so no tick is ever missed or served
+by a half-loaded model. The previous policy is kept for rollback. `load_verified` is that whole
+check, shared by the policy node and `wmpo policy verify`.
 
     holder = PolicyHolder(robot_config)
     candidate = holder.load("checkpoints/v7")      # slow: load + verify, any thread
@@ -47,6 +50,40 @@ def probe_observation(config: RobotConfig) -> Observation:
     )
 
 
+def verify_policy(policy: Policy, config: RobotConfig, spec: str = "") -> None:
+    """Raise PolicyLoadError unless `policy` returns finite (K, action_dim) chunks for `config`
+    on a probe observation; any failure of the probe inference (e.g. non-finite logits) refuses it."""
+    name = spec or type(policy).__name__
+    if not isinstance(policy, Policy):
+        raise PolicyLoadError(f"{name}: does not implement the Policy protocol")
+    if not isinstance(policy.version, str) or not policy.version:
+        raise PolicyLoadError(f"{name}: has no version string")
+    if not isinstance(policy.chunk_size, int) or policy.chunk_size < 1:
+        raise PolicyLoadError(f"{name}: chunk_size must be a positive int, got {policy.chunk_size!r}")
+    try:
+        policy.reset()
+        chunk = np.asarray(policy.predict_chunk(probe_observation(config)))
+        policy.reset()
+    except Exception as exc:  # whatever the backend raises, the candidate is refused with the reason
+        raise PolicyLoadError(f"{name}: probe inference failed: {exc}") from exc
+    if chunk.ndim != 2 or chunk.shape[1] != config.action.dim or not 1 <= chunk.shape[0] <= policy.chunk_size:
+        raise PolicyLoadError(
+            f"{name}: predict_chunk returned shape {chunk.shape}, expected (1..{policy.chunk_size}, {config.action.dim}) "
+            f"for robot config '{config.name}'"
+        )
+    if not np.all(np.isfinite(chunk)):
+        raise PolicyLoadError(f"{name}: predict_chunk returned non-finite actions on a probe observation")
+
+
+def load_verified(spec: str, config: RobotConfig, loader: Callable[[str, RobotConfig], Policy] = load_policy) -> LoadedPolicy:
+    """Load `spec` into a new instance and verify it: exactly the check a robot runs before a hot-swap."""
+    if not spec:
+        raise PolicyLoadError("no policy given (empty spec)")
+    policy = loader(spec, config)
+    verify_policy(policy, config, spec)
+    return LoadedPolicy(policy=policy, spec=spec, version=str(policy.version), loaded_at=time.time())
+
+
 class PolicyHolder:
     """Thread-safe: `load` runs anywhere; the policy node calls `begin_episode` between episodes."""
 
@@ -71,32 +108,12 @@ class PolicyHolder:
         return self._previous
 
     def load(self, spec: str) -> LoadedPolicy:
-        """Load `spec` into a new instance and verify it. Changes nothing that is running."""
-        if not spec:
-            raise PolicyLoadError("no policy given (empty spec)")
-        policy = self._loader(spec, self.config)
-        self.verify(policy, spec)
-        return LoadedPolicy(policy=policy, spec=spec, version=str(policy.version), loaded_at=time.time())
+        """Load `spec` into a new instance and verify it (`load_verified`). Changes nothing that is running."""
+        return load_verified(spec, self.config, self._loader)
 
     def verify(self, policy: Policy, spec: str = "") -> None:
-        """Raise PolicyLoadError unless `policy` returns finite (K, action_dim) chunks for this robot."""
-        name = spec or type(policy).__name__
-        if not isinstance(policy, Policy):
-            raise PolicyLoadError(f"{name}: does not implement the Policy protocol")
-        if not isinstance(policy.version, str) or not policy.version:
-            raise PolicyLoadError(f"{name}: has no version string")
-        if not isinstance(policy.chunk_size, int) or policy.chunk_size < 1:
-            raise PolicyLoadError(f"{name}: chunk_size must be a positive int, got {policy.chunk_size!r}")
-        policy.reset()
-        chunk = np.asarray(policy.predict_chunk(probe_observation(self.config)))
-        policy.reset()
-        if chunk.ndim != 2 or chunk.shape[1] != self.config.action.dim or not 1 <= chunk.shape[0] <= policy.chunk_size:
-            raise PolicyLoadError(
-                f"{name}: predict_chunk returned shape {chunk.shape}, expected (1..{policy.chunk_size}, {self.config.action.dim}) "
-                f"for robot config '{self.config.name}'"
-            )
-        if not np.all(np.isfinite(chunk)):
-            raise PolicyLoadError(f"{name}: predict_chunk returned non-finite actions on a probe observation")
+        """`verify_policy` for this robot."""
+        verify_policy(policy, self.config, spec)
 
     def stage(self, candidate: LoadedPolicy) -> None:
         """Make `candidate` the policy of the next episode (replaces any earlier staged one)."""

@@ -10,11 +10,15 @@
     <ckpt>/model.safetensors    every weight; header metadata: format, version, parent_version,
                                 tensors_sha256, normalization_sha256, config_sha256
 
-Loading refuses (CheckpointError, a PolicyLoadError) a checkpoint whose tensors, statistics or
-config files do not match the hashes in the metadata, whose metadata disagrees with the manifest,
-whose weights miss or add keys or change shapes, or whose robot layout (name, action dims, joints,
-cameras) differs from the robot config it is loaded for. Anything else in the directory (e.g. a
-trainer's `training/` state) is not part of the policy and is ignored.
+Loading refuses (CheckpointError, a PolicyLoadError) a checkpoint that holds a symlink or a
+non-regular file among its entries (nothing outside the directory is ever read), whose tensors,
+statistics or config files do not match the hashes in the metadata, whose metadata disagrees with
+the manifest, whose weights miss or add keys, change shapes or dtypes, or hold a NaN or an
+infinity, or whose robot layout (name, action dims, joints, cameras) differs from the robot config
+it is loaded for. Saving refuses non-finite weights and weights whose dtype differs from the model
+the loader would rebuild from the saved config, so a diverged run never writes a checkpoint.
+Anything else in the directory (e.g. a trainer's `training/` state) is not part of the policy and
+is ignored.
 
 Importing this module registers the format with `wmpo_core.policy.load_policy`.
 """
@@ -26,6 +30,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -71,6 +76,68 @@ def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
         digest.update(_canonical([name, str(tensor.dtype), list(tensor.shape)]))
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
     return "sha256:" + digest.hexdigest()
+
+
+def check_weights(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse weights that do not fit the model: missing or unexpected keys, other shapes, other
+    dtypes (load_state_dict would cast int8 or float16 silently), NaN or infinite values."""
+    missing_keys = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    common = sorted(set(expected) & set(tensors))
+    bad_shapes = [
+        f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in common
+        if tensors[k].shape != expected[k].shape
+    ]
+    bad_dtypes = [f"{k}: stored as {tensors[k].dtype}, model has {expected[k].dtype}" for k in common if tensors[k].dtype != expected[k].dtype]
+    non_finite = [
+        k for k in common
+        if (tensors[k].is_floating_point() or tensors[k].is_complex()) and not bool(torch.isfinite(tensors[k]).all())
+    ]
+    parts = []
+    if missing_keys:
+        parts.append(f"missing {len(missing_keys)} weights (e.g. {missing_keys[:3]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected weights (e.g. {unexpected[:3]})")
+    if bad_shapes:
+        parts.append(f"{len(bad_shapes)} shape mismatches (e.g. {bad_shapes[:3]})")
+    if bad_dtypes:
+        parts.append(f"{len(bad_dtypes)} dtype mismatches (e.g. {bad_dtypes[:3]})")
+    if non_finite:
+        parts.append(f"{len(non_finite)} tensors hold NaN or infinite values (e.g. {non_finite[:3]})")
+    if parts:
+        raise CheckpointError(f"{source}: weights do not fit the model its config describes: " + "; ".join(parts))
+
+
+def check_entries(root: Path) -> None:
+    """Refuse a checkpoint whose policy entries are, or contain, symlinks or non-regular files:
+    loading reads only regular files that really are inside `root`."""
+    base = root.resolve()
+    for entry in CHECKPOINT_ENTRIES:
+        top = root / entry
+        paths = [top]
+        if top.is_dir() and not top.is_symlink():
+            for dirpath, dirnames, filenames in os.walk(top):  # does not follow symlinked directories
+                paths += [Path(dirpath) / name for name in dirnames + filenames]
+        for path in paths:
+            try:
+                mode = path.lstat().st_mode
+            except FileNotFoundError:
+                continue  # a missing entry is reported as such by the caller
+            if stat.S_ISLNK(mode):
+                raise CheckpointError(f"{path}: is a symlink (to {os.readlink(path)}); a checkpoint must hold its own files")
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)) or not path.resolve().is_relative_to(base):
+                raise CheckpointError(f"{path}: not a regular file inside the checkpoint directory")
+
+
+def _rebuild(config: VLAConfig, backbone_config: Any, tokenizer: Any, normalization: Mapping[str, Any]) -> VLA:
+    """The model these configs describe, with fresh weights, as the loader builds it (on the
+    current default device: under `torch.device("meta")` only shapes and dtypes, no memory)."""
+    from transformers import AutoModel
+
+    action_norm = ActionNormalizer.from_dict(normalization["action"])
+    state_norm = ActionNormalizer.from_dict(normalization["state"]) if normalization.get("state") else None
+    return VLA(config, AutoModel.from_config(backbone_config), tokenizer, action_norm, state_norm)
 
 
 def _config_files(root: Path) -> list[Path]:
@@ -136,12 +203,16 @@ def save_checkpoint(
     from safetensors.torch import save_file
 
     root = Path(path)
-    root.mkdir(parents=True, exist_ok=True)
-    # Expected layout computed first: a model that does not fit the robot is never written.
+    # Checked first: a model that does not fit the robot, or whose weights are not finite or not of
+    # the dtypes the loader rebuilds, is never written (and an existing checkpoint there is untouched).
     layout = robot_layout(robot_config, model)
     _check_robot(layout, robot_config, model, source=str(root))
-
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    normalization = _normalization_dict(model)
+    with torch.device("meta"):  # what load_checkpoint will rebuild: shapes and dtypes, no memory
+        reference = _rebuild(model.config, model.backbone.config, model.tokenizer, normalization).state_dict()
+    check_weights(tensors, reference, source=f"{root}: refusing to save")
+    root.mkdir(parents=True, exist_ok=True)
     tensor_hash = tensors_sha256(tensors)
     version = version or f"{version_prefix}-{tensor_hash.split(':')[1][:12]}"
 
@@ -154,7 +225,6 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     model.tokenizer.save_pretrained(tmp)
     _replace_dir(tmp, root / TOKENIZER_DIR)
-    normalization = _normalization_dict(model)
     _write_json(root / NORMALIZATION, normalization)
 
     metadata = {
@@ -190,6 +260,8 @@ def save_checkpoint(
 
 def is_vla_checkpoint(path: Path) -> bool:
     manifest = Path(path) / MANIFEST
+    if manifest.is_symlink():
+        return True  # never followed: load_checkpoint refuses it and says why
     if not manifest.is_file():
         return False
     try:
@@ -232,9 +304,9 @@ def load_checkpoint(
     """Load and verify a checkpoint for `robot_config` (None skips only the robot check, for tools
     that inspect checkpoints). The model is returned in eval mode with `version` set."""
     from safetensors import SafetensorError, safe_open
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     root = Path(path)
+    check_entries(root)
     manifest = read_manifest(root)
     missing = [e for e in CHECKPOINT_ENTRIES if not (root / e).exists()]
     if missing:
@@ -273,36 +345,16 @@ def load_checkpoint(
     if config_sha256(root) != metadata.get("config_sha256"):
         raise CheckpointError(f"{root}: {CONFIG}, {BACKBONE_DIR}/ or {TOKENIZER_DIR}/ differ from what was saved with the weights")
 
+    from transformers import AutoConfig, AutoTokenizer
+
     try:
         config = VLAConfig.from_dict(json.loads((root / CONFIG).read_text()))
-        action_norm = ActionNormalizer.from_dict(normalization["action"])
-        state_norm = ActionNormalizer.from_dict(normalization["state"]) if normalization.get("state") else None
-        backbone = AutoModel.from_config(AutoConfig.from_pretrained(root / BACKBONE_DIR))
-        tokenizer = AutoTokenizer.from_pretrained(root / TOKENIZER_DIR)
-        model = VLA(config, backbone, tokenizer, action_norm, state_norm)
+        model = _rebuild(config, AutoConfig.from_pretrained(root / BACKBONE_DIR), AutoTokenizer.from_pretrained(root / TOKENIZER_DIR), normalization)
     except (VLAConfigError, ValueError, KeyError, OSError) as exc:
         raise CheckpointError(f"{root}: cannot rebuild the model from its config ({exc})") from None
-
     if robot_config is not None:
         _check_robot(manifest.get("robot") or {}, robot_config, model, source=str(root))
-
-    expected = model.state_dict()
-    missing_keys = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    bad_shapes = [
-        f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in sorted(set(expected) & set(tensors))
-        if tensors[k].shape != expected[k].shape
-    ]
-    if missing_keys or unexpected or bad_shapes:
-        parts = []
-        if missing_keys:
-            parts.append(f"missing {len(missing_keys)} weights (e.g. {missing_keys[:3]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected weights (e.g. {unexpected[:3]})")
-        if bad_shapes:
-            parts.append(f"{len(bad_shapes)} shape mismatches (e.g. {bad_shapes[:3]})")
-        raise CheckpointError(f"{root}: weights do not fit the model its config describes: " + "; ".join(parts))
+    check_weights(tensors, model.state_dict(), source=str(root))
     model.load_state_dict(tensors, strict=True)
     model.version = str(manifest["version"])
     model.parent_version = manifest.get("parent_version")

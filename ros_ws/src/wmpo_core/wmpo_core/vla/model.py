@@ -288,9 +288,12 @@ class VLA(nn.Module):
         """Action tokens (B, K, A) long and their log-probs (B, K, A) under softmax(logits / T).
 
         Greedy takes the argmax (the evaluation policy); its log-probs are still reported at T.
+        Non-finite logits raise ValueError rather than decode to an action.
         """
         _check_temperature(temperature)
         logits = self.action_logits(inputs)
+        if not bool(torch.isfinite(logits).all()):  # the argmax of NaN logits is a finite bin-0 action
+            raise ValueError(f"policy {self.version}: non-finite action logits (NaN or infinity); refusing to decode them")
         log_p = torch.log_softmax(logits / temperature, dim=-1)
         if greedy:
             tokens = logits.argmax(dim=-1)
