@@ -17,7 +17,7 @@ import ipaddress
 import logging
 import shutil
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import metadata
@@ -30,6 +30,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.requests import ClientDisconnect
 from wmpo_core.episode_store import EpisodeMeta, EpisodeStore, StoreError
+from wmpo_core.ids import UnsafeNameError
 from wmpo_core.robot_config import RobotConfig, RobotConfigError, load_robot_config
 
 from wmpo_learner.service.archive import ArchiveError, extract_dir_archive
@@ -75,7 +76,7 @@ from wmpo_learner.service.uploads import Spool, SpoolLockedError, check_upload_h
 
 log = logging.getLogger("wmpo.service")
 
-EPISODE_ID_PATTERN = next(m.pattern for m in EpisodeMeta.model_fields["episode_id"].metadata if hasattr(m, "pattern"))
+EPISODE_ID_PATTERN = NAME_PATTERN
 GiB = 1 << 30
 MiB = 1 << 20
 
@@ -187,6 +188,7 @@ _STATUS_FOR_ERROR: list[tuple[type[Exception], int]] = [
     (RunNotFoundError, 404),
     (RunExistsError, 409),
     (RunFinishedError, 409),
+    (UnsafeNameError, 422),
 ]
 
 
@@ -248,11 +250,25 @@ class _SecuredRoutes:
     def __init__(self, app: FastAPI, auth: BearerAuth):
         self._app = app
         self._auth = Depends(auth)
+        self._route_class = auth.route_class()
 
     def _route(self, method: str, path: str, *, responses: dict[int | str, dict[str, Any]] | None = None, **kwargs: Any):
-        return self._app.api_route(
-            API_PREFIX + path, methods=[method], dependencies=[self._auth], responses=_errors(401) | (responses or {}), **kwargs
-        )
+        """Every secured route checks the token first (before its body is read) and documents the
+        400 FastAPI answers for a body it cannot decode (e.g. not UTF-8)."""
+
+        def register(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+            self._app.router.add_api_route(
+                API_PREFIX + path,
+                endpoint,
+                methods=[method],
+                dependencies=[self._auth],
+                responses=_errors(400, 401) | (responses or {}),
+                route_class_override=self._route_class,
+                **kwargs,
+            )
+            return endpoint
+
+        return register
 
     def get(self, path: str, **kwargs: Any):
         return self._route("GET", path, **kwargs)

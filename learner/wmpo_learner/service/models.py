@@ -12,20 +12,26 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from wmpo_core.episode_store import EpisodeMeta
+from wmpo_core.ids import ID_PATTERN
 
 API_PREFIX = "/v1"
 SHA256_HEADER = "X-Content-SHA256"
 """Hex sha256 of the body: sent with every upload, returned with every file download."""
 ARCHIVE_MEDIA_TYPE = "application/x-tar"
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$"
-"""Policy versions and run ids: safe as a single path component on every filesystem."""
+NAME_PATTERN = ID_PATTERN
+"""Policy versions, episode ids and run ids: the one pattern of `wmpo_core.ids`, checked on both sides."""
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 LABELER_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 
 Sha256 = Annotated[str, Field(pattern=SHA256_PATTERN, description="lowercase hex sha256")]
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
-MetricValue = Annotated[float, Field(allow_inf_nan=False)] | None
+StrictFloat = Annotated[float, Field(strict=True)]
+"""A JSON number; `false`/`true` are refused (pydantic's lax mode would read them as 0/1)."""
+StrictInt = Annotated[int, Field(strict=True)]
+StrictBool = Annotated[bool, Field(strict=True)]
+"""`true`/`false` only; not 1, 0, "yes" or "false"."""
+MetricValue = Annotated[float, Field(allow_inf_nan=False, strict=True)] | None
 """Non-finite metric values travel as null (JSON has no NaN)."""
 Metrics = Annotated[dict[Annotated[str, Field(max_length=128)], MetricValue], Field(max_length=256)]
 
@@ -60,7 +66,7 @@ class EpisodeList(_Model):
 
 
 class EpisodeUploadResult(_Model):
-    episode_id: str
+    episode_id: Name
     status: Literal["stored", "already_stored"]
     """'already_stored': an episode with this id was in the store; nothing was written."""
     num_steps: int
@@ -71,7 +77,7 @@ class EpisodeUploadResult(_Model):
 class EpisodeLabel(_Model):
     """Relabel an uploaded episode's success, e.g. after a person reviewed it on the robot."""
 
-    success: bool | None
+    success: StrictBool | None
     labeled_by: Annotated[str, Field(pattern=LABELER_PATTERN)]
 
 
@@ -111,20 +117,20 @@ class RollbackRequest(_Model):
 
 class DeployEvent(_Model):
     action: Literal["deploy", "rollback"]
-    version: str
+    version: Name
     """The version deployed by this event."""
-    previous: str | None
+    previous: Name | None
     at: float
     reason: str
 
 
 class Deployment(_Model):
-    version: str | None
+    version: Name | None
     """The version robots should run; null before the first deploy."""
     generation: int
     """Number of deploy/rollback events so far; grows by one with each."""
     deployed_at: float | None
-    rollback_to: str | None
+    rollback_to: Name | None
     """What a rollback now would deploy; null when there is nothing to roll back to."""
     policy: PolicyVersion | None
     """Files and manifest of `version`, so a robot needs no second request."""
@@ -135,7 +141,7 @@ class Deployment(_Model):
 class DeploymentHistory(_Model):
     events: list[DeployEvent]
     """Oldest first."""
-    stack: list[str]
+    stack: list[Name]
     """Deployed versions a rollback walks back through; the last one is deployed now."""
 
 
@@ -154,7 +160,7 @@ class RunCreate(_Model):
     kind: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
     """What the job does: 'sft', 'align', 'reward', 'grpo', 'iterate', 'eval', ..."""
     stage: Annotated[str, Field(max_length=200)] = ""
-    progress: Annotated[float, Field(ge=0, le=1)] | None = None
+    progress: Annotated[StrictFloat, Field(ge=0, le=1)] | None = None
     state: RunState = "running"
     message: Annotated[str, Field(max_length=4000)] = ""
     params: Params = {}
@@ -165,11 +171,11 @@ class RunUpdate(_Model):
     """Fields left out keep their value; `metrics` are merged and appended to the history."""
 
     stage: Annotated[str, Field(max_length=200)] | None = None
-    progress: Annotated[float, Field(ge=0, le=1)] | None = None
+    progress: Annotated[StrictFloat, Field(ge=0, le=1)] | None = None
     state: RunState | None = None
     message: Annotated[str, Field(max_length=4000)] | None = None
     metrics: Metrics = {}
-    step: Annotated[int, Field(ge=0)] | None = None
+    step: Annotated[StrictInt, Field(ge=0)] | None = None
     """Training step the metrics belong to."""
 
 
@@ -180,7 +186,7 @@ class MetricPoint(_Model):
 
 
 class RunSummary(_Model):
-    run_id: str
+    run_id: Name
     kind: str
     state: RunState
     stage: str

@@ -21,7 +21,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import secrets
 import shutil
 import stat
@@ -31,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydantic import ValidationError
+from wmpo_core.ids import UnsafeNameError, child_path, is_valid_id
 
 from wmpo_learner.service.archive import CHUNK_BYTES, file_sha256
 from wmpo_learner.service.durable import atomic_write_json, fsync_dir
@@ -47,7 +47,6 @@ MARKER = "wmpo_policy_registry"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 1 << 20
-_NAME = re.compile(NAME_PATTERN)
 
 
 class RegistryError(RuntimeError):
@@ -139,7 +138,7 @@ class PolicyRegistry:
     def refresh(self) -> None:
         """Pick up versions and deploy events written since the last call (for read-only opens)."""
         for entry in sorted((self.root / "versions").iterdir()):
-            if entry.name in self._versions or not _NAME.match(entry.name):
+            if entry.name in self._versions or not is_valid_id(entry.name):
                 continue
             try:
                 record = PolicyVersion.model_validate_json((entry / "version.json").read_bytes())
@@ -222,15 +221,19 @@ class PolicyRegistry:
         """Copy a checkpoint directory in as `version`; refuses duplicates and non-plain files."""
         self._require_writer()
         src = Path(src_dir)
-        if not _NAME.match(version):
+        if not is_valid_id(version):
             raise InvalidCheckpointError(f"invalid version name '{version}' (allowed: {NAME_PATTERN})")
         if not src.is_dir():
             raise InvalidCheckpointError(f"{src}: not a checkpoint directory")
         manifest = self._read_manifest(src)
+        try:
+            final = child_path(self.root / "versions", version, "policy version")
+            staged = child_path(self.root / ".staging", f"{version}.{secrets.token_hex(4)}", "staging directory")
+        except UnsafeNameError as exc:
+            raise InvalidCheckpointError(str(exc)) from None
         with self._mutex:
-            if version in self._versions or (self.root / "versions" / version).exists():
+            if version in self._versions or final.exists():
                 raise VersionExistsError(f"policy version '{version}' already exists; versions are immutable, publish a new one")
-            staged = self.root / ".staging" / f"{version}.{secrets.token_hex(4)}"
             try:
                 files = self._copy_tree(src, staged / "files")
                 if not files:
@@ -244,7 +247,7 @@ class PolicyRegistry:
                 )
                 (staged / "version.json").write_text(record.model_dump_json(indent=1))
                 fsync_dir(staged)
-                os.rename(staged, self.root / "versions" / version)
+                os.rename(staged, final)
                 fsync_dir(self.root / "versions")
             except BaseException:
                 shutil.rmtree(staged, ignore_errors=True)

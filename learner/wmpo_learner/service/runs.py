@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from pydantic import ValidationError
+from wmpo_core.ids import check_id, child_path
 
 from wmpo_learner.service.durable import atomic_write_json
 from wmpo_learner.service.models import (
@@ -67,7 +68,7 @@ class RunBook:
 
     def _load_history(self, run_id: str) -> collections.deque[MetricPoint]:
         points: collections.deque[MetricPoint] = collections.deque(maxlen=HISTORY_IN_MEMORY)
-        path = self.root / f"{run_id}.metrics.jsonl"
+        path = self._file(run_id, ".metrics.jsonl")
         if not path.exists():
             return points
         data = path.read_bytes()
@@ -138,10 +139,14 @@ class RunBook:
             raise RunNotFoundError(f"no run '{run_id}'") from None
 
     def _append_point(self, run_id: str, point: MetricPoint) -> None:
-        with open(self.root / f"{run_id}.metrics.jsonl", "a") as f:
+        with open(self._file(run_id, ".metrics.jsonl"), "a") as f:
             f.write(point.model_dump_json() + "\n")
         self._history[run_id].append(point)
 
+    def _file(self, run_id: str, suffix: str) -> Path:
+        """A run's file; the run id (a name from a request) must keep it inside the run book."""
+        return child_path(self.root, check_id(run_id, "run id") + suffix, "run file")
+
     def _save(self, summary: RunSummary) -> None:
-        atomic_write_json(self.root / f"{summary.run_id}.json", json.loads(summary.model_dump_json()))
+        atomic_write_json(self._file(summary.run_id, ".json"), json.loads(summary.model_dump_json()))
         self._runs[summary.run_id] = summary
