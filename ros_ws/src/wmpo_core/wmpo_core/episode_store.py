@@ -13,11 +13,17 @@ Layout (docs/episode_store.md has the full contract):
     <store>/.staging/<episode_id>/         episodes being written (never visible to readers)
     <store>/.writer.lock                   flock held by the single writer
 
-Why it is safe: an episode is written completely under `.staging/`, then moved into `episodes/`
-with one atomic rename. Readers only list `episodes/`, so they never see a partial episode; a
+Why it is safe: a new store is built in a hidden sibling directory and renamed into place, so a
+store is complete or absent. An episode is written completely under `.staging/`, then moved into
+`episodes/` with one atomic rename. Readers only list `episodes/`, so they never see a partial episode; a
 writer killed at any moment leaves at most a staging directory, which the next writer deletes.
 Metadata updates (success labels) are single-file atomic writes (zarr's LocalStore writes to a
 temporary file and renames it).
+
+No silent holes: every array's chunk count follows from its shape and chunk grid, and an episode
+with any chunk file missing is refused by validation (ingest, `wmpo store verify`) and by the
+reader, naming the array (zarr alone would read a missing chunk as zeros: black frames, zero
+states). Arrays are written with every chunk stored, all-zero ones included.
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ import datetime as _dt
 import fcntl
 import json
 import os
-import re
+import itertools
+import math
 import secrets
 import shutil
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -40,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.storage import LocalStore
 
+from wmpo_core.ids import ID_PATTERN, check_id, child_path, is_valid_id
 from wmpo_core.robot_config import RobotConfig
 
 STORE_ATTR = "wmpo_episode_store"
@@ -50,7 +59,8 @@ STAGING_DIR = ".staging"
 LOCK_FILE = ".writer.lock"
 
 Source = Literal["teleop", "policy", "scripted"]
-_EPISODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+STRICT_READS = {"read_missing_chunks": False}
+"""Array config for every read: a missing chunk raises instead of reading as the fill value."""
 
 IMAGE_COMPRESSOR = (BloscCodec(cname="lz4", clevel=1, shuffle="noshuffle"), Crc32cCodec())
 """Blosc and CRC32C are built into zarr: a plain `zarr.open` decodes the frames with no codec
@@ -83,7 +93,7 @@ class EpisodeMeta(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    episode_id: str = Field(pattern=_EPISODE_ID.pattern)
+    episode_id: str = Field(pattern=ID_PATTERN)
     robot_config_name: str
     robot_config_hash: str
     policy_version: str | None
@@ -172,6 +182,10 @@ class EpisodeReader:
                     f"episode {self.episode_id}: array '{name}' has shape {getattr(arr, 'shape', None)}, "
                     f"metadata says {self.meta.num_steps} steps"
                 )
+            missing = missing_chunks(self.path, name, arr)
+            if missing:
+                raise EpisodeCorruptError(_missing_message(self.episode_id, name, arr, missing))
+            arr = arr.with_config(STRICT_READS)
             self._arrays[name] = arr
         return arr
 
@@ -324,6 +338,7 @@ class EpisodeWriter:
                 data=data,
                 chunks=(max(1, min(len(data), 4096)), *data.shape[1:]),
                 compressors=LOWDIM_COMPRESSOR,
+                config={"write_empty_chunks": True},  # an all-zero chunk is data, not a hole
             )
         self.meta = self.meta.model_copy(
             update={
@@ -383,10 +398,7 @@ class EpisodeStore:
         if root.exists() and any(root.iterdir()):
             cls._check_format(root)
         else:
-            root.mkdir(parents=True, exist_ok=True)
-            group = zarr.open_group(LocalStore(root), mode="w")
-            group.attrs[STORE_ATTR] = {"format_version": FORMAT_VERSION, "created": _dt.datetime.now(_dt.UTC).isoformat()}
-            zarr.open_group(LocalStore(root / EPISODES_DIR), mode="w")
+            cls._create(root)
         lock_fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -398,6 +410,29 @@ class EpisodeStore:
         os.write(lock_fd, f"pid {os.getpid()}\n".encode())
         cls._recover(root)
         return cls(root, writable=True, lock_fd=lock_fd, durable=durable)
+
+    @staticmethod
+    def _create(root: Path) -> None:
+        """Build a new store in a hidden sibling directory and rename it into place: a process
+        killed mid-creation leaves no half store at `root` (at most a `.<name>.creating-*` sibling)."""
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.creating-", dir=root.parent))
+        try:
+            group = zarr.open_group(LocalStore(tmp), mode="w")
+            group.attrs[STORE_ATTR] = {"format_version": FORMAT_VERSION, "created": _dt.datetime.now(_dt.UTC).isoformat()}
+            zarr.open_group(LocalStore(tmp / EPISODES_DIR), mode="w")
+            tmp.chmod(0o755)  # mkdtemp makes it private; a store is shared with its readers
+            _fsync_tree(tmp)
+            os.rename(tmp, root)  # replaces an empty directory at `root`; fails if anything is in it
+            _fsync_dir(root.parent)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (root.exists() and any(root.iterdir())):
+                raise
+            EpisodeStore._check_format(root)  # another process created it first
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     @staticmethod
     def _check_format(root: Path) -> None:
@@ -457,7 +492,7 @@ class EpisodeStore:
         episodes_dir = self.root / EPISODES_DIR
         with os.scandir(episodes_dir) as entries:
             for entry in entries:
-                if not entry.is_dir() or not _EPISODE_ID.match(entry.name):
+                if not entry.is_dir() or not is_valid_id(entry.name):
                     continue
                 seen.add(entry.name)
                 meta_path = Path(entry.path) / "zarr.json"
@@ -565,7 +600,7 @@ class EpisodeStore:
         self._require_writer()
         if self._active is not None and not self._active._closed:
             raise StoreError(f"episode {self._active.meta.episode_id} is still being recorded; commit or discard it first")
-        episode_id = episode_id or new_episode_id()
+        episode_id = check_id(episode_id or new_episode_id(), "episode id")
         if episode_id in self._metas or (self.root / EPISODES_DIR / episode_id).exists():
             raise StoreError(f"{self.root}: episode '{episode_id}' already exists")
         meta = EpisodeMeta(
@@ -592,7 +627,7 @@ class EpisodeStore:
     def _publish(self, staged: Path, episode_id: str) -> None:
         if self.durable:
             _fsync_tree(staged)
-        target = self.root / EPISODES_DIR / episode_id
+        target = child_path(self.root / EPISODES_DIR, episode_id, "episode id")
         os.rename(staged, target)  # atomic on POSIX: readers see all of it or nothing
         if self.durable:
             _fsync_dir(self.root / EPISODES_DIR)
@@ -641,7 +676,7 @@ class EpisodeStore:
                     )
         if meta.episode_id in self._metas:
             raise StoreError(f"{self.root}: episode '{meta.episode_id}' already exists")
-        staged = self.root / STAGING_DIR / meta.episode_id
+        staged = child_path(self.root / STAGING_DIR, meta.episode_id, "episode id")
         shutil.rmtree(staged, ignore_errors=True)
         try:
             shutil.copytree(source_dir, staged)
@@ -653,8 +688,26 @@ class EpisodeStore:
         return meta
 
 
+def missing_chunks(episode_dir: Path, name: str, arr: zarr.Array) -> list[str]:
+    """Keys of the chunk (or shard) files that `arr`'s shape and chunk grid need but that are
+    not on disk under `episode_dir/name`."""
+    outer = arr.shards or arr.chunks
+    grid = [range(math.ceil(size / chunk)) for size, chunk in zip(arr.shape, outer, strict=True)]
+    keys = (arr.metadata.encode_chunk_key(coords) for coords in itertools.product(*grid))
+    return [key for key in keys if not (episode_dir / name / key).is_file()]
+
+
+def _missing_message(episode_id: str, name: str, arr: zarr.Array, missing: list[str]) -> str:
+    total = math.prod(math.ceil(size / chunk) for size, chunk in zip(arr.shape, arr.shards or arr.chunks, strict=True))
+    return (
+        f"episode {episode_id}: array '{name}' is missing {len(missing)} of its {total} chunk files "
+        f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); refusing to read it as zeros"
+    )
+
+
 def validate_episode_dir(path: Path, meta: EpisodeMeta) -> None:
-    """Check that every array an episode needs is present, well-shaped and decodable."""
+    """Check that every array an episode needs is present, well-shaped, complete (every chunk
+    file its shape needs is there) and decodable."""
     expected: dict[str, tuple[tuple[int, ...], str]] = {
         "state": ((meta.num_steps, meta.state_dim), "float32"),
         "state_time": ((meta.num_steps,), "float64"),
@@ -673,6 +726,10 @@ def validate_episode_dir(path: Path, meta: EpisodeMeta) -> None:
                     f"episode {meta.episode_id}: '{name}' is {getattr(arr, 'shape', '?')} {getattr(arr, 'dtype', '?')}, "
                     f"expected {shape} {dtype}"
                 )
+            missing = missing_chunks(path, name, arr)
+            if missing:
+                raise EpisodeValidationError(_missing_message(meta.episode_id, name, arr, missing))
+            arr = arr.with_config(STRICT_READS)
             for start in range(0, shape[0], 64):  # decode every chunk: a garbled file fails here
                 values = np.asarray(arr[start : start + 64])
                 if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
