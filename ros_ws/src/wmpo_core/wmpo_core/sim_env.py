@@ -17,8 +17,10 @@ if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
     os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 
+from wmpo_core.mujoco_render import apply_render_settings
 from wmpo_core.robot_config import GymSimDriver, RobotConfig
 
 
@@ -70,8 +72,8 @@ class SimArm:
                 f"'{config.name}' declares {config.action.dim} action dims {config.action.names}"
             )
         base = self.env.unwrapped
-        if not self.driver.mujoco_shadows and hasattr(base, "model") and hasattr(base.model, "light_castshadow"):
-            base.model.light_castshadow[:] = 0
+        if isinstance(getattr(base, "model", None), mujoco.MjModel):
+            apply_render_settings(base.model, self.driver.mujoco_shadows, self.driver.mujoco_multisample, self.driver.mujoco_mesh_cell_m)
         self.expert = _import_object(self.driver.scripted_expert)() if self.driver.scripted_expert else None
         self._last: SimObservation | None = None
 

@@ -16,9 +16,11 @@ descent, close, lift) and succeeds on every episode we measured.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 from lerobot_env_so101.mujoco_env import GymRenderingSpec
 from lerobot_env_so101.policy import DEFAULT_ACTION_SCALE, ENV_ID
@@ -63,10 +65,30 @@ class BlockRegionWrapper(gym.Wrapper):
         raise RuntimeError(f"no block start inside block_region {list(self._region)} in {self._max_tries} resets")
 
 
+def look_at(model: mujoco.MjModel, camera: str, pos: Sequence[float], target: Sequence[float], fovy: float) -> None:
+    """Place a fixed camera of `model` at `pos` (m, world), looking at `target`, world z up."""
+    cam = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+    if cam < 0:
+        raise ValueError(f"the model has no camera named '{camera}'")
+    if model.cam_bodyid[cam] != 0:
+        raise ValueError(f"camera '{camera}' is attached to a moving body; only world cameras can be re-aimed")
+    back = np.asarray(pos, dtype=np.float64) - np.asarray(target, dtype=np.float64)  # MuJoCo cameras look along -z
+    z = back / np.linalg.norm(back)
+    x = np.cross([0.0, 0.0, 1.0], z)
+    if np.linalg.norm(x) < 1e-6:
+        raise ValueError("camera_pose: looking straight down or up is ambiguous; move 'pos' sideways")
+    x /= np.linalg.norm(x)
+    quat = np.zeros(4)
+    mujoco.mju_mat2Quat(quat, np.stack([x, np.cross(z, x), z], axis=1).reshape(-1))
+    model.cam_pos[cam], model.cam_quat[cam], model.cam_fovy[cam] = pos, quat, fovy
+
+
 def make_lift_env(image_width: int = 128, image_height: int = 128, camera: str = "front", **kwargs: Any) -> gym.Env:
     """SO101PickCube-v0 with the top-down IK and jaw pads that make a real grasp possible.
 
     `block_region=[x_min, x_max, y_min, y_max]` (m) narrows where the block starts.
+    `camera_pose={pos: [x, y, z], target: [x, y, z], fovy: deg}` re-aims the camera: the package's
+    front camera sees the workspace from 0.9 m, where the 4 cm block is ~4 px of a 64 px frame.
     """
     kwargs = {
         "image_obs": True,
@@ -78,7 +100,14 @@ def make_lift_env(image_width: int = 128, image_height: int = 128, camera: str =
         **kwargs,
     }
     region = kwargs.pop("block_region", FULL_BLOCK_REGION)
-    return BlockRegionWrapper(gym.make(ENV_ID, **kwargs).unwrapped, region=tuple(region))
+    pose = kwargs.pop("camera_pose", None)
+    env = gym.make(ENV_ID, **kwargs).unwrapped
+    if pose is not None:
+        unknown = set(pose) - {"pos", "target", "fovy"}
+        if unknown or not {"pos", "target"} <= set(pose):
+            raise ValueError(f"camera_pose needs 'pos' and 'target' (and optionally 'fovy'), got {sorted(pose)}")
+        look_at(env.model, camera, pose["pos"], pose["target"], float(pose.get("fovy", 45.0)))
+    return BlockRegionWrapper(env, region=tuple(region))
 
 
 class LiftExpert:
