@@ -12,6 +12,9 @@ limit and commits it -> next.
 service, and the learner's deployed policy version is downloaded, verified and swapped in at the
 next episode (without --policy the robot starts with the deployed version).
 
+A simulated arm's graph runs in a DDS domain of its own with localhost-only discovery, so graphs
+on one host never cross (`--ros-domain`; `wmpo_ros.isolation`); the domain is printed at start.
+
 `wmpo deploy --dry-run` checks a policy on the arm without moving it: the actions go to
 `<ns>/policy/dry_run_action` only, each episode runs for the time limit, and nothing is recorded
 or uploaded (why: `wmpo_ros.session`).
@@ -25,6 +28,7 @@ import sys
 import time
 from typing import Any
 
+from wmpo_ros.isolation import DomainRequest, isolate_graph, parse_domain
 from wmpo_ros.params import POLICY, RECORDER, SIM_ARM, SYNC, TELEOP
 
 DEFAULT_STORES = {"teleop": "data/demos", "deploy": "data/rollouts"}
@@ -41,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         default=SIM_ARM["real_time_factor"].default,
         help="simulation only: cap on simulated time per wall second; 0 = as fast as the CPU allows (default: %(default)s)",
     )
+    add_ros_domain_argument(parser)
     if command == "robot":
         return
     parser.add_argument("--episodes", type=int, default=10, help="number of episodes to record (default: %(default)s)")
@@ -88,6 +93,26 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         )
 
 
+def add_ros_domain_argument(parser: argparse.ArgumentParser) -> None:
+    """`--ros-domain`, shared with `wmpo run` (wmpo_ros.isolation)."""
+    parser.add_argument(
+        "--ros-domain",
+        type=_domain_arg,
+        default=None,
+        metavar="auto|env|ID",
+        help="DDS domain of the graph. Default: a simulated arm gets a free domain of its own with localhost-only discovery "
+        "(unless ROS_DOMAIN_ID is set), so graphs on one host never cross; a real arm keeps the environment. "
+        "auto: pick a free one; env: keep the environment; ID: that domain",
+    )
+
+
+def _domain_arg(text: str):
+    try:
+        return parse_domain(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def parameter_values(args: argparse.Namespace) -> dict[str, Any]:
     """`wmpo robot` flags -> node parameter values (names from wmpo_ros.params)."""
     return {"robot": args.robot, "seed": args.seed, "real_time_factor": args.real_time_factor}
@@ -97,7 +122,7 @@ def session_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """`wmpo teleop | deploy` flags -> `RobotSession` arguments."""
     kwargs: dict[str, Any] = {
         "robot": args.robot, "store": args.store, "bringup": args.command, "seed": args.seed,
-        "real_time_factor": args.real_time_factor, "max_steps": args.max_steps, "task": args.task,
+        "real_time_factor": args.real_time_factor, "max_steps": args.max_steps, "task": args.task, "ros_domain": args.ros_domain,
     }  # fmt: skip
     if args.command == "teleop":
         kwargs["device"] = args.device
@@ -109,16 +134,19 @@ def session_arguments(args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
-def _robot(config, values: dict[str, Any]) -> int:
+def _robot(config, values: dict[str, Any], ros_domain: DomainRequest) -> int:
     """`wmpo robot`: the arm alone, until Ctrl-C."""
     import rclpy
 
+    from wmpo_ros.graph import uses_sim_time
     from wmpo_ros.session import RunningGraph
 
+    isolation = isolate_graph(ros_domain, sim=uses_sim_time(config))
+    print(isolation.describe(), file=sys.stderr)
     context = rclpy.Context()
-    rclpy.init(args=[], context=context)
     graph = None
     try:
+        rclpy.init(args=[], context=context, domain_id=isolation.domain_id)
         graph = RunningGraph("robot", config, values, context)
         print("arm is up; Ctrl-C to stop", file=sys.stderr)
         while True:
@@ -127,6 +155,7 @@ def _robot(config, values: dict[str, Any]) -> int:
         if graph is not None:
             graph.shutdown()
         context.try_shutdown()
+        isolation.release()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -150,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"bringing up {config.name} ({config.driver.kind}) ...", file=sys.stderr)
     try:
         if args.command == "robot":
-            return _robot(config, parameter_values(args))
+            return _robot(config, parameter_values(args), args.ros_domain)
         with RobotSession(**session_arguments(args)) as robot:
             if args.command == "teleop":
                 metas = robot.teleop(args.episodes, device=args.device, device_port=args.device_port, device_id=args.device_id)
@@ -174,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
                     print(f"uploaded {len(metas)}/{len(metas)} episodes to the learner at {args.learner}", file=sys.stderr)
                 except RuntimeError as exc:
                     print(f"wmpo deploy: not every episode reached the learner yet: {exc}", file=sys.stderr)
+                    return 1
         return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -39,17 +39,23 @@ committed episode is also uploaded to the learner by the sync node, and the stor
 consumer remembering an `extra` key. What a dry run is for, the proposed actions, is on the
 dry-run topic (watch, plot or `ros2 bag record` it) and in the policy node's log.
 
-A session owns its own rclpy context, so it coexists with other rclpy users in the process.
+A session owns its own rclpy context, so it coexists with other rclpy users in the process, and
+a simulated arm's graph its own DDS domain, so it coexists with other graphs on the host
+(`wmpo_ros.isolation`). Announcements of episodes that are not in the session's store (another
+graph's) are ignored and logged, and a recorder found already recording (a start this session
+did not make) has that episode discarded instead of ending the session.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
 
+from wmpo_ros.isolation import DomainRequest, GraphIsolation, isolate_graph
 from wmpo_ros.params import POLICY, TELEOP
 
 DRY_RUN_POLL_S = 0.01
@@ -96,17 +102,22 @@ class RunningGraph:
     """The nodes of one bring-up, spinning on a MultiThreadedExecutor in a background thread.
 
     `context`: the rclpy context (initialised) the nodes live in. `node_kwargs`: constructor
-    arguments by executable that are not ROS parameters (the sync node's learner token)."""
+    arguments by executable that are not ROS parameters (the sync node's learner token).
+
+    A node is destroyed only while no executor spins: destroying one whose timer or subscription
+    callback runs, or whose handles the executor's wait set holds, ends in rclpy's "InvalidHandle:
+    cannot use Destroyable because destruction was requested" traceback on the executor thread.
+    So `remove()` pauses the executor (a new one takes over with the remaining nodes) and
+    `shutdown()` stops it before destroying anything."""
 
     def __init__(self, bringup: str, config, values: dict[str, Any], context, threads: int = 6,
                  node_kwargs: dict[str, dict[str, Any]] | None = None):
-        from rclpy.executors import MultiThreadedExecutor
-
         from wmpo_ros.graph import bringup_graph
 
         self.context = context
         self.nodes: dict[str, Any] = {}
-        self.executor = MultiThreadedExecutor(num_threads=threads, context=context)
+        self._threads = threads
+        self.executor = None
         self._thread: threading.Thread | None = None
         self._node_kwargs = node_kwargs or {}
         try:
@@ -116,8 +127,25 @@ class RunningGraph:
         except BaseException:
             self.shutdown()
             raise
+        self._spin()
+
+    def _spin(self) -> None:
+        from rclpy.executors import MultiThreadedExecutor
+
+        self.executor = MultiThreadedExecutor(num_threads=self._threads, context=self.context)
+        for node in self.nodes.values():
+            self.executor.add_node(node)
         self._thread = threading.Thread(target=self.executor.spin, name="executor", daemon=True)
         self._thread.start()
+
+    def _stop_spinning(self) -> None:
+        """Out of spin(), every callback finished (the executor's thread pool is joined)."""
+        if self.executor is not None:
+            self.executor.shutdown(timeout_sec=5.0)
+            self.executor = None
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)  # out of spin() before the caller shuts the context down
+            self._thread = None
 
     def start_node(self, spec) -> Any:
         """Create the node of a `wmpo_ros.graph.NodeSpec` and add it to the running executor."""
@@ -131,26 +159,31 @@ class RunningGraph:
 
     def add(self, name: str, node) -> None:
         self.nodes[name] = node
-        self.executor.add_node(node)
+        if self.executor is not None:
+            self.executor.add_node(node)
 
     def remove(self, name: str) -> None:
-        node = self.nodes.pop(name, None)
-        if node is not None:
-            self.executor.remove_node(node)
-            node.destroy_node()
+        """Destroy one node while the rest keep running (they pause for the swap of executors)."""
+        if name not in self.nodes:
+            return
+        spinning = self.executor is not None
+        self._stop_spinning()
+        self.nodes.pop(name).destroy_node()
+        if spinning:
+            self._spin()
 
     def shutdown(self) -> None:
-        for name in SHUTDOWN_ORDER:
-            self.remove(name)
-        self.executor.shutdown(timeout_sec=5.0)
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)  # out of spin() before the caller shuts the context down
+        self._stop_spinning()
+        for name in [*SHUTDOWN_ORDER, *self.nodes]:
+            node = self.nodes.pop(name, None)
+            if node is not None:
+                node.destroy_node()
 
 
 class EpisodeRunner:
     """Drives episodes through the graph's services, like an operator with `ros2 service call`."""
 
-    def __init__(self, config, sim: bool, task: str | None, context):
+    def __init__(self, config, sim: bool, task: str | None, context, store: Path):
         from rclpy.node import Node
         from rclpy.parameter import Parameter
         from std_msgs.msg import Float64MultiArray, String
@@ -161,6 +194,9 @@ class EpisodeRunner:
 
         self.config = config
         self.names = graph_names(config)
+        self.store = store
+        self._reader = None
+        """The robot's store, read-only: announcements of episodes not in it are another graph's."""
         # On the graph's clock (sim time in simulation): a dry-run episode's time limit is in ROS time.
         self.node = Node("wmpo_episode_runner", context=context, parameter_overrides=[Parameter("use_sim_time", value=sim)])
         self._episodes: list[dict[str, Any]] = []
@@ -172,6 +208,7 @@ class EpisodeRunner:
         self.node.create_subscription(String, self.names.policy_version, self._on_version, LATCHED_QOS)
         self._reset = self.node.create_client(Trigger, self.names.sim_reset) if sim else None
         self._start = self.node.create_client(Trigger, self.names.recorder_start)
+        self._discard = self.node.create_client(Trigger, self.names.recorder_discard)
         self._enable = {
             "policy_node": self.node.create_client(SetBool, self.names.policy_enable),
             "teleop": self.node.create_client(SetBool, self.names.teleop_enable),
@@ -182,9 +219,33 @@ class EpisodeRunner:
             self._instruction.publish(String(data=task))
 
     def _on_episode(self, msg) -> None:
+        meta = json.loads(msg.data)
+        if not self._in_own_store(str(meta.get("episode_id"))):
+            self.node.get_logger().warning(
+                f"ignoring episode {meta.get('episode_id')} announced on {self.names.recorder_episodes}: it is not in this "
+                f"robot's store {self.store} (another robot graph on this ROS network?)"
+            )
+            return
         with self._cond:
-            self._episodes.append(json.loads(msg.data))
+            self._episodes.append(meta)
             self._cond.notify_all()
+
+    def _in_own_store(self, episode_id: str) -> bool:
+        """The recorder announces after the commit, so our own episodes are always in the store."""
+        from wmpo_core.episode_store import EpisodeStore
+
+        if self._reader is None:
+            if not (self.store / "zarr.json").exists():
+                return False
+            self._reader = EpisodeStore.open(self.store)
+        if episode_id not in self._reader:
+            self._reader.refresh()
+        return episode_id in self._reader
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     def _on_proposal(self, msg) -> None:
         with self._cond:
@@ -217,7 +278,7 @@ class EpisodeRunner:
         self._prepare_scene()
         with self._cond:
             seen = len(self._episodes)
-        self._call(self._start, self._Trigger.Request())
+        self._start_recording()
         self.enable(commander, True)
         with self._cond:
             if not self._cond.wait_for(lambda: len(self._episodes) > seen, timeout=stall_timeout_s):
@@ -225,6 +286,24 @@ class EpisodeRunner:
             episode = self._episodes[seen]
         self.enable(commander, False)
         return episode
+
+    def _start_recording(self) -> None:
+        """Start the recorder. One that is already recording was started by nobody here (this
+        runner stops every episode it starts): a foreign start, e.g. from another graph sharing
+        the ROS network. Its episode is discarded, with a warning, and ours starts."""
+        try:
+            self._call(self._start, self._Trigger.Request())
+        except RuntimeError as exc:
+            try:
+                self.discard_unrequested(str(exc))
+            except RuntimeError:
+                raise exc from None  # not recording either: the start failed for its own reason
+            self._call(self._start, self._Trigger.Request())
+
+    def discard_unrequested(self, what: str) -> None:
+        """Discard an episode the recorder records although this runner did not start it."""
+        self._call(self._discard, self._Trigger.Request(), timeout=30.0)
+        self.node.get_logger().warning(f"{what}: an episode this runner did not start (another graph on this ROS network?); discarded it")
 
     def run_dry_episode(self, max_steps: int) -> dict[str, Any]:
         """One dry-run episode of the policy node (module docstring): not recorded, it lasts the
@@ -298,6 +377,10 @@ class RobotSession:
         dry_run: the policy's actions never reach the arm, and its episodes are not recorded
             (module docstring).
         device: the teleop device of `bringup="teleop"` (`teleop()` may choose another).
+        ros_domain: DDS isolation of the graph (`wmpo_ros.isolation`): None = the default (a
+            simulated arm gets a free domain of its own and localhost-only discovery, unless
+            ROS_DOMAIN_ID is set; a real arm keeps the environment), "auto", "env" or a domain id.
+            Printed at start; `isolation` says what was chosen.
     """
 
     def __init__(
@@ -319,6 +402,7 @@ class RobotSession:
         refill_threshold: int = POLICY["refill_threshold"].default,
         dry_run: bool = False,
         device: str = TELEOP["device"].default,
+        ros_domain: DomainRequest = None,
     ):
         from wmpo_core.robot_config import GymSimDriver, load_robot_config
 
@@ -355,6 +439,9 @@ class RobotSession:
         self.max_steps = max_steps or self.config.max_episode_steps
         self.recorded: list[dict[str, Any]] = []
         """Metadata of every episode this session recorded, in order."""
+        self.ros_domain = ros_domain
+        self.isolation: GraphIsolation | None = None
+        """The graph's domain and discovery range, once started."""
         self._context = None
         self._graph: RunningGraph | None = None
         self._runner: EpisodeRunner | None = None
@@ -371,11 +458,13 @@ class RobotSession:
         if self._graph is not None:
             return self
         use_large_frames_profile()
+        self.isolation = isolate_graph(self.ros_domain, self.sim)
+        print(self.isolation.describe(), file=sys.stderr, flush=True)
         self._context = rclpy.Context()
-        rclpy.init(args=[], context=self._context)
         try:
+            rclpy.init(args=[], context=self._context, domain_id=self.isolation.domain_id)
             self._graph = RunningGraph(self.bringup, self.config, self.values, self._context, node_kwargs={"sync_node": {"token": self._token}})
-            self._runner = EpisodeRunner(self.config, self.sim, self.task, self._context)
+            self._runner = EpisodeRunner(self.config, self.sim, self.task, self._context, self.store)
             self._graph.add("wmpo_episode_runner", self._runner.node)
         except BaseException:
             self.close()
@@ -387,9 +476,14 @@ class RobotSession:
         if self._graph is not None:
             self._graph.shutdown()
             self._graph = None
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
         if self._context is not None:
             self._context.try_shutdown()
             self._context = None
+        if self.isolation is not None:
+            self.isolation.release()
 
     def __enter__(self) -> RobotSession:
         return self.start()
@@ -501,7 +595,10 @@ class RobotSession:
 
         if count < 0:
             raise ValueError(f"episode count must be >= 0, got {count}")
-        result = self._node("recorder").set_parameters([Parameter("source", value=source)])[0]
+        recorder = self._node("recorder")
+        if recorder.recording:  # between this session's episodes only a foreign start records
+            self._runner.discard_unrequested("the recorder is recording")
+        result = recorder.set_parameters([Parameter("source", value=source)])[0]
         if not result.successful:
             raise RuntimeError(f"recorder: {result.reason}")
         stall = self.max_steps * STEP_STALL_S + 120.0
@@ -554,6 +651,8 @@ class RobotSession:
             if time.monotonic() > deadline:
                 raise RuntimeError(
                     f"{stats.pending} episode(s) still waiting to reach the learner at {sync.client.base_url} after {timeout_s:.0f} s "
-                    f"(they stay queued in {sync.outbox.path}; sync status: {sync.status.message or sync.status.state})"
+                    f"(they stay queued in {sync.outbox.path} and go out with the next robot session, or now with "
+                    f"`wmpo outbox push --store {self.store} --learner {sync.client.base_url}`; "
+                    f"sync status: {sync.status.message or sync.status.state})"
                 )
             time.sleep(0.2)

@@ -57,10 +57,13 @@ from wmpo_ros.learner_client import IntegrityError, LearnerClient, LearnerError,
 from wmpo_ros.messages import LATCHED_QOS
 from wmpo_ros.names import graph_names
 from wmpo_ros.node_utils import run_node
-from wmpo_ros.outbox import Backoff, Outbox, OutboxEntry, OutboxWorker, UploadFn, store_uploader
+from wmpo_ros.outbox import Backoff, Outbox, OutboxEntry, OutboxWorker, PermanentUploadError, UploadFn, store_uploader
 from wmpo_ros.params import POLICY, SYNC
 
 MANIFEST = "manifest.json"
+PROBE_INTERVAL_S = 2.0
+"""While the learner does not answer, its health endpoint is probed this often (jittered), so the
+work resumes within seconds of its return instead of at the end of a long backoff."""
 
 
 class VersionRejected(Exception):
@@ -166,12 +169,13 @@ class SyncNode(Node):
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         inputs = MutuallyExclusiveCallbackGroup()
 
+        self._store: EpisodeStore | None = None
         self.outbox: Outbox | None = None
         self._uploads: OutboxWorker | None = None
         self._uploader: UploadFn | None = None
         if p["upload"]:
             self.outbox = Outbox(p["outbox"] or f"{self.store_path}.outbox.sqlite")
-            self._uploads = OutboxWorker(self.outbox, self._upload, backoff=self._backoff, on_parked=self._on_parked)
+            self._uploads = OutboxWorker(self.outbox, self._upload, backoff=self._backoff, on_parked=self._on_parked, probe=self.client.answers)
             self.create_subscription(String, self.names.recorder_episodes, self._on_committed, 100, callback_group=inputs)
             self._enqueue_local_store()
             self._uploads.start()
@@ -192,12 +196,14 @@ class SyncNode(Node):
 
     def _update(self, **changes: Any) -> None:
         with self._lock:
+            if self._stopping.is_set():  # the outbox may be closed and the publisher destroyed
+                return
             self.status = replace(self.status, **changes)
             if self.outbox is not None:
                 stats = self.outbox.stats()
                 self.status = replace(self.status, outbox={"pending": stats.pending, "sent": stats.sent, "parked": stats.parked})
             text = json.dumps(asdict(self.status), sort_keys=True)
-            if text == self._published or self._stopping.is_set():
+            if text == self._published:
                 return
             self._published = text
             self._status_pub.publish(String(data=text))
@@ -252,13 +258,38 @@ class SyncNode(Node):
         except (ValueError, KeyError, TypeError) as exc:
             self.get_logger().error(f"unreadable episode announcement on {self.names.recorder_episodes}: {exc}")
             return
+        if not self._in_own_store(episode_id):
+            self.get_logger().warning(
+                f"ignoring episode {episode_id} announced on {self.names.recorder_episodes}: it is not in this robot's "
+                f"store {self.store_path} (another robot graph on this ROS network?); only this robot's episodes are uploaded"
+            )
+            return
         if self.outbox.enqueue(episode_id):
             self._uploads.wake()
         self._update()
 
+    def _local_store(self) -> EpisodeStore | None:
+        """The robot's store, read-only; None until the recorder has created it."""
+        with self._lock:
+            if self._store is None and (self.store_path / "zarr.json").exists():
+                self._store = EpisodeStore.open(self.store_path)
+            return self._store
+
+    def _in_own_store(self, episode_id: str) -> bool:
+        """The recorder announces an episode after committing it, so this robot's own are all there."""
+        store = self._local_store()
+        if store is None:
+            return False
+        if episode_id not in store:
+            store.refresh()
+        return episode_id in store
+
     def _upload(self, episode_id: str) -> str:
         if self._uploader is None:  # the recorder creates the store; it may not exist when we start
-            self._uploader = store_uploader(self.client, EpisodeStore.open(self.store_path))
+            store = self._local_store()
+            if store is None:
+                raise PermanentUploadError(f"episode '{episode_id}': there is no local store at {self.store_path}")
+            self._uploader = store_uploader(self.client, store)
         result = self._uploader(episode_id)
         self.get_logger().info(f"episode {episode_id} uploaded ({result})")
         return result
@@ -298,11 +329,14 @@ class SyncNode(Node):
         self._update(message="")
 
     def _follow_deployments(self) -> None:
-        self._see_policy_node()
         handled: str | None = None  # the deployed version last acted on (staged, running or rejected)
         failures = 0
+        seen_policy_node = False
         while not self._stopping.is_set():
             try:
+                if not seen_policy_node:
+                    self._see_policy_node()
+                    seen_policy_node = True
                 deployment = self.client.wait_for_deployed(after=handled, timeout_s=self._long_poll_s)
                 self._update(learner_reachable=True)
                 version = deployment.version
@@ -318,10 +352,23 @@ class SyncNode(Node):
                 unreachable = isinstance(exc, LearnerError) and exc.retryable
                 self._update(state="retrying", message=f"{exc}; retrying in {delay:.0f} s", **({"learner_reachable": False} if unreachable else {}))
                 self.get_logger().warning(f"policy update: {exc}; retrying in {delay:.1f} s", throttle_duration_sec=30.0)
-                self._stopping.wait(delay)
+                if unreachable and not self.client.answers():
+                    self._wait_for_learner(delay)  # back as soon as it answers, not at the end of a long backoff
+                else:
+                    self._stopping.wait(delay)
             except Exception as exc:  # a bug here must not end the updates silently
+                if self._stopping.is_set():
+                    return  # the node's handles are going away under this thread: nothing to report
                 self.get_logger().error(f"policy update failed unexpectedly: {type(exc).__name__}: {exc}")
                 self._stopping.wait(self._backoff.max_s)
+
+    def _wait_for_learner(self, longest_s: float) -> None:
+        """Wait until the learner answers its health probe again, at most `longest_s`."""
+        deadline = time.monotonic() + longest_s
+        while not self._stopping.is_set() and time.monotonic() < deadline:
+            self._stopping.wait(min(PROBE_INTERVAL_S * (0.5 + self._rng.random() / 2), max(0.0, deadline - time.monotonic())))
+            if self.client.answers():
+                return
 
     def _apply(self, version: str) -> None:
         """Download, verify and stage one deployed version; a rejection is reported, not raised."""
@@ -377,6 +424,8 @@ class SyncNode(Node):
                 raise VersionRejected(result.reason)
             if not loaded.wait(self._stage_timeout_s):
                 raise RetryLater(f"the policy node did not finish loading within {self._stage_timeout_s:.0f} s")
+            if self._stopping.is_set():
+                raise RetryLater("the sync node is shutting down")
         finally:
             with self._lock:
                 self._load_wait = None
@@ -399,15 +448,21 @@ class SyncNode(Node):
     # ------------------------------------------------------------------ shutdown
 
     def destroy_node(self) -> None:
-        self._stopping.set()
+        """Stop both workers before the handles go: a thread that publishes on, or calls a service
+        of, a destroyed node dies with rclpy's InvalidHandle traceback."""
+        with self._lock:  # no status publish is in flight once this returns, and none starts after
+            self._stopping.set()
+            if self._load_wait is not None:
+                self._load_wait[1].set()
         if self._uploads is not None:
             self._uploads.stop(timeout_s=2.0)
-        # A long-poll in flight ends at its own deadline; the thread is a daemon and publishes nothing more.
+        self.client.close()  # ends a long-poll or an upload in flight
         if self._updates is not None:
-            self._updates.join(timeout=1.0)
-        self.client.close()
+            self._updates.join(timeout=5.0)
         if self.outbox is not None:
             self.outbox.close()  # an upload still finishing is simply sent again at the next start
+        if self._store is not None:
+            self._store.close()
         super().destroy_node()
 
 
