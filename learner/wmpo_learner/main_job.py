@@ -17,6 +17,12 @@
 Everything lands under --out: the robot's and the learner's stores, the registry, each stage's
 checkpoints, logs and the report. Re-running with the same --out resumes: finished stages are
 skipped (each stage is a `wmpo` command that writes its output last).
+
+Nothing outlives the job or leaks into another: the learner service child dies with it, however
+it dies (kill -9 included), and a resume ends a service an earlier job left behind
+(`wmpo_learner.service.local`); a simulated robot graph runs in a DDS domain of its own with
+localhost-only discovery (`--ros-domain`, `wmpo_ros.isolation`), so two jobs on one host never
+see each other's topics.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ GRPO iterations, which keeps a round near 20 minutes on 2 cores. `--set` items c
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    from wmpo_ros.bringup import add_ros_domain_argument
+
     parser.description = __doc__.split("\n\n")[0]
     parser.epilog = "Example: wmpo run --out runs/first --rounds 2"
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -57,6 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--rollouts", type=int, default=None, help="P: robot episodes per policy version (default: by --size)")
     parser.add_argument("--teleop-device", default="auto", help="teleop device for the demos: auto (the scripted expert in sim), keyboard, gamepad, so101_leader")
     parser.add_argument("--learner", default=None, metavar="URL", help="use this running learner service instead of starting one (token: WMPO_LEARNER_TOKEN)")
+    add_ros_domain_argument(parser)
     parser.add_argument("--device", default="auto", help="torch device for training: auto, cpu or cuda")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -212,7 +221,7 @@ def run_loop(args: argparse.Namespace) -> Path:
     learner_store = paths.learner / "learner.zarr" if service else None
     try:
         with LearnerClient.from_env(url, token_file=token_file) as client, RobotSession(
-            robot=args.robot, store=paths.robot_store, learner_url=url, token_file=token_file, seed=args.seed
+            robot=args.robot, store=paths.robot_store, learner_url=url, token_file=token_file, seed=args.seed, ros_domain=args.ros_domain
         ) as robot_side:
             with progress.stage(f"seed {sizes['demos']} demonstrations by teleop ({args.teleop_device})"):
                 have = robot_side.count_episodes(source={"teleop", "scripted"})
