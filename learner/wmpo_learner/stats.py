@@ -2,15 +2,20 @@
 
 Success rates from a few dozen episodes are noisy; a rate is always reported with its Wilson
 score interval (well-behaved near 0 and 1 and for small n, unlike the normal approximation), and
-two policies are compared with Newcombe's interval for the difference of two proportions.
+two policies are compared with Newcombe's interval for the difference of two proportions, or
+with a one-sided two-proportion z-test when the question is "is the new one worse?".
+The imagination diagnostics use balanced accuracy, a rank AUC and Spearman's rank correlation;
+they are a few lines of numpy here because scipy/scikit-learn are not otherwise dependencies.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
+
+import numpy as np
 
 
 def _z(confidence: float) -> float:
@@ -83,3 +88,80 @@ class SuccessRate:
             "ci_high": high,
             "confidence": self.confidence,
         }
+
+
+def one_sided_worse_p_value(successes_new: int, trials_new: int, successes_old: int, trials_old: int) -> float:
+    """p-value of H0 "new >= old" against H1 "new < old" (pooled two-proportion z-test)."""
+    if trials_new <= 0 or trials_old <= 0:
+        raise ValueError("both samples need at least one trial")
+    p_new, p_old = successes_new / trials_new, successes_old / trials_old
+    pooled = (successes_new + successes_old) / (trials_new + trials_old)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / trials_new + 1 / trials_old))
+    if se == 0.0:
+        return 1.0 if p_new >= p_old else 0.0
+    return NormalDist().cdf((p_new - p_old) / se)
+
+
+def _ranks(values: Sequence[float]) -> np.ndarray:
+    """Ranks 1..n with ties averaged."""
+    x = np.asarray(values, dtype=np.float64)
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(1, len(x) + 1)
+    for value in np.unique(x):
+        tied = x == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def rank_auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """Area under the ROC curve (Mann-Whitney U / n_pos n_neg); None when one class is absent."""
+    labels = np.asarray(labels, dtype=bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = _ranks(scores)
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Spearman's rank correlation; None when either side is constant or shorter than 2."""
+    if len(a) != len(b):
+        raise ValueError(f"need paired values, got {len(a)} and {len(b)}")
+    if len(a) < 2:
+        return None
+    ra, rb = _ranks(a), _ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return None
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+@dataclass(frozen=True)
+class Confusion:
+    """Predicted vs true binary outcomes (here: imagined vs real success)."""
+
+    true_positive: int
+    false_positive: int
+    true_negative: int
+    false_negative: int
+
+    @classmethod
+    def from_outcomes(cls, predicted: Iterable[bool], actual: Iterable[bool]) -> Confusion:
+        pairs = [(bool(p), bool(a)) for p, a in zip(predicted, actual, strict=True)]
+        return cls(
+            sum(p and a for p, a in pairs), sum(p and not a for p, a in pairs),
+            sum(not p and not a for p, a in pairs), sum(not p and a for p, a in pairs),
+        )
+
+    @property
+    def balanced_accuracy(self) -> float | None:
+        """Mean of the true-positive and true-negative rates; None when one class is absent."""
+        pos = self.true_positive + self.false_negative
+        neg = self.true_negative + self.false_positive
+        if pos == 0 or neg == 0:
+            return None
+        return 0.5 * (self.true_positive / pos + self.true_negative / neg)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"true_positive": self.true_positive, "false_positive": self.false_positive,
+                "true_negative": self.true_negative, "false_negative": self.false_negative}

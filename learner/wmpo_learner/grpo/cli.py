@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                      help="episodes whose first frames start imagination: the policy's rollouts, or any (default: policy)")
     img.add_argument("--horizon", type=int, default=None, help="imagined steps per rollout (default: the robot's episode limit)")
     img.add_argument("--sampling-steps", type=int, default=None, help="world-model sampling steps (default: its config)")
+    img.add_argument("--guard-frames", type=int, default=16,
+                     help="collapse guard: real start frames on which the greedy policy's imagined success is measured "
+                     "after every iteration; the best iterate (or the parent) is kept. 0 = off (default 16)")
     sim = parser.add_argument_group("simulator baseline (--env sim)")
     sim.add_argument("--budget", type=int, default=128, help="real episodes the baseline may spend (P, default 128)")
     sim.add_argument("--seed-offset", type=int, default=100_000, help="first training-range seed of the baseline's initial states")
@@ -77,6 +80,7 @@ def config_from_args(args: argparse.Namespace) -> GRPOConfig:
         ("--clip-low must be in (0, 1)", 0 < config.clip_low < 1),
         ("--clip-high must be > 0", config.clip_high > 0),
         ("--microbatch must be >= 1", args.microbatch >= 1),
+        ("--guard-frames must be >= 0", args.guard_frames >= 0),
     ] if not ok]
     if problems:
         raise SystemExit("wmpo grpo: " + "; ".join(problems))
@@ -95,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
             env=args.env, world_model=args.wm, reward_model=args.reward, store=args.store,
             initial_source=args.initial_source, horizon=args.horizon, sampling_steps=args.sampling_steps,
             budget=args.budget, seed_offset=args.seed_offset, seed=args.seed, device=args.device,
-            microbatch=args.microbatch, version=args.version,
+            microbatch=args.microbatch, version=args.version, guard_frames=args.guard_frames,
         )
     except (FileNotFoundError, ValueError, PolicyLoadError, RobotConfigError) as exc:
         print(f"wmpo grpo: {exc}", file=sys.stderr)

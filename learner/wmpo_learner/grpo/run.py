@@ -19,6 +19,7 @@ from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.robot_config import RobotConfig
 from wmpo_core.sim_rollout import train_seeds
 from wmpo_learner.grpo.algorithm import GRPOConfig
+from wmpo_learner.imagination_check import imagined_success
 
 
 def initial_frames(
@@ -63,8 +64,12 @@ def run_grpo(
     microbatch: int = 16,
     version: str | None = None,
     progress: bool = True,
+    guard_frames: int = 16,
 ) -> dict[str, Any]:
-    """Train `policy` with GRPO and save the result to `out`; returns a JSON-able summary."""
+    """Train `policy` with GRPO and save the result to `out`; returns a JSON-able summary.
+
+    In imagination, `guard_frames` > 0 real start frames drive the collapse guard (trainer.py):
+    the greedy policy's imagined success from them decides which iterate is kept."""
     from torch.utils.tensorboard import SummaryWriter
 
     from wmpo_core.vla.checkpoint import load_checkpoint, save_checkpoint
@@ -78,6 +83,7 @@ def run_grpo(
     vla = load_checkpoint(policy, robot_config, device=world.device)
     parent = vla.version
     provenance: dict[str, Any] = {"method": f"grpo-{env}", "parent_checkpoint": str(policy), "grpo": dataclasses.asdict(config), "seed": seed}
+    guard = None
     if env == "imagination":
         from wmpo_learner.reward.checkpoint import load_checkpoint as load_reward
         from wmpo_learner.world_model.model import WorldModel
@@ -95,6 +101,13 @@ def run_grpo(
         source = ImaginationSource(
             wm, rm, frames, texts, horizon or robot_config.max_episode_steps, sampling_steps, seed=seed + world.rank
         )
+        if guard_frames > 0:
+            pick = np.random.default_rng(seed).permutation(len(frames))[:guard_frames]
+            guard_frames_, guard_texts = frames[pick], [texts[i] for i in pick]
+            guard_horizon = horizon or robot_config.max_episode_steps
+
+            def guard(model) -> float:
+                return imagined_success(wm, rm, model, guard_frames_, guard_texts, guard_horizon, sampling_steps, seed=seed + 7)
         provenance.update(
             world_model=str(world_model),
             world_model_provenance=wm.provenance,
@@ -114,23 +127,28 @@ def run_grpo(
     out.mkdir(parents=True, exist_ok=True)
     writer = SummaryWriter(str(out / "logs")) if world.is_main else None
     try:
-        history = train(
+        history, guarded = train(
             vla, source, config, generator, microbatch=microbatch, world=world,
             on_iteration=log_to_tensorboard(writer) if writer is not None else None,
-            progress=progress and world.is_main,
+            progress=progress and world.is_main, guard=guard,
         )
     finally:
         if writer is not None:
             writer.close()
         if hasattr(source, "close"):
             source.close()
-    summary: dict[str, Any] = {"out": str(out), "parent_version": parent, "iterations": len(history)}
+    summary: dict[str, Any] = {"out": str(out), "parent_version": parent, "iterations": len(history),
+                               "updates": sum(h.groups_kept > 0 for h in history),
+                               "guard": dataclasses.asdict(guarded) if guarded is not None else None}
     if world.is_main:
         provenance["real_episodes_used"] = getattr(source, "real_episodes_used", 0)
+        provenance["guard"] = summary["guard"]
         manifest = save_checkpoint(vla, out, robot_config, version=version, version_prefix="grpo", parent_version=parent, provenance=provenance)
         (out / "training").mkdir(exist_ok=True)
         history_dicts = [dataclasses.asdict(h) for h in history]
         (out / "training" / "grpo_history.json").write_text(json.dumps(history_dicts, indent=2))
+        (out / "training" / "grpo_summary.json").write_text(json.dumps(
+            {"updates": summary["updates"], "iterations": len(history), "guard": summary["guard"]}, indent=2))
         summary.update(version=manifest["version"], real_episodes_used=provenance["real_episodes_used"], history=history_dicts[-3:])
     teardown(world)
     return summary

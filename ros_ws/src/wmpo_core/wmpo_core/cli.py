@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "wm-eval": ("wmpo_learner.world_model.evaluate", "world-model quality on held-out episodes"),
     "reward": ("wmpo_learner.reward.cli", "train and threshold the success reward model"),
     "grpo": ("wmpo_learner.grpo.cli", "GRPO of the policy in imagination (or in the simulator)"),
+    "imagination-check": ("wmpo_learner.imagination_check", "can GRPO trust imagination? outcome agreement and policy ranking on real rollouts"),
     "iterate": ("wmpo_learner.iterate", "one lifelong round: align, reward, GRPO, evaluate, new version"),
     "serve": ("wmpo_learner.service.app", "the learner service: episode ingestion and policy registry"),
 }

@@ -1,0 +1,253 @@
+"""`wmpo imagination-check`: can GRPO trust this world model and reward model? Two measured links.
+
+1. Outcome agreement. On real rollouts of the policy (successes and failures), replay each
+   episode's real actions in the world model from its real first frame, score the imagined video
+   with the reward model, and compare with the real outcome: balanced accuracy, the AUC of the
+   reward score (the highest window probability), imagined vs real success rate and the confusion
+   counts. Beside it, the same reward model on the *real* videos: its own ceiling. If imagined
+   outcomes do not follow real ones here, GRPO in imagination learns from noise.
+2. Policy ranking. For policy versions whose real success rate was measured (`wmpo eval --json`),
+   roll each out greedily inside the world model from the same real start frames and rank them by
+   imagined success; Spearman's correlation with the real ranking says whether imagination can
+   tell a better policy from a worse one, which is what GRPO and the promotion rule rely on.
+
+    wmpo imagination-check --store S --wm W --reward R --policy-version V \\
+        --rank base=eval_base.json --rank round1=eval_r1.json --rank round2=eval_r2.json --json check.json
+
+Every `wmpo iterate` round runs part 1 before it decides whether to promote its new policy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from wmpo_core.episode_store import EpisodeMeta, EpisodeStore, StoreError
+from wmpo_learner.stats import Confusion, rank_auc, spearman
+from wmpo_learner.world_model.data import read_episode, select_episodes
+
+DEFAULT_MIN_BALANCED_ACCURACY = 0.7
+"""Below this outcome agreement a round's imagined improvements are not trusted (no promotion)."""
+
+
+def trained_on(world_model: Any, reward_metadata: Any) -> set[str]:
+    """Episode ids either model has seen in training."""
+    seen = {e for h in world_model.provenance.get("history", []) for e in h.get("episodes", [])}
+    return seen | set(reward_metadata.training.episodes if reward_metadata.training is not None else [])
+
+
+def outcome_agreement(
+    world_model: Any,
+    reward_model: Any,
+    store: EpisodeStore,
+    episodes: Sequence[EpisodeMeta],
+    held_out: bool,
+    sampling_steps: int | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Link 1 of the module docstring on `episodes` (labelled with their real success)."""
+    labelled = [m for m in episodes if m.success is not None and m.num_steps >= 1]
+    if not labelled:
+        raise ValueError("outcome agreement needs episodes labelled with their real success")
+    wm, camera = world_model, world_model.camera
+    generator = torch.Generator().manual_seed(seed)
+    imagined_videos, real_videos = [], []
+    batches = [labelled[i : i + batch_size] for i in range(0, len(labelled), batch_size)]
+    for batch in tqdm(batches, desc="replay in imagination", unit="batch", disable=not progress, dynamic_ncols=True):
+        data = [read_episode(store, m, camera, wm.config.resolution) for m in batch]
+        n = max(len(actions) for _, actions in data)
+        actions = np.stack([np.concatenate([a, np.repeat(a[-1:], n - len(a), axis=0)]) for _, a in data])
+        replayed = wm.replay(np.stack([frames[0] for frames, _ in data]), actions, generator, sampling_steps)
+        for (frames, a), video in zip(data, replayed, strict=True):
+            imagined_videos.append(np.concatenate([frames[:1], video[: len(a)]]))
+        real_videos += [store.episode(m.episode_id).frames(camera) for m in batch]
+    real = [bool(m.success) for m in labelled]
+    imagined = reward_model.detect_batch(imagined_videos)
+    on_real = reward_model.detect_batch(real_videos)
+
+    def summary(detections) -> dict[str, Any]:
+        predicted = [d.success for d in detections]
+        confusion = Confusion.from_outcomes(predicted, real)
+        return {
+            "balanced_accuracy": confusion.balanced_accuracy,
+            "auc": rank_auc([float(d.scores.max()) for d in detections], real),
+            "predicted_success": float(np.mean(predicted)),
+            "confusion": confusion.to_dict(),
+        }
+
+    result = summary(imagined)
+    return {
+        "episodes": len(labelled),
+        "held_out": held_out,
+        "balanced_accuracy": result["balanced_accuracy"],
+        "auc": result["auc"],
+        "imagined_success": result["predicted_success"],
+        "real_success": float(np.mean(real)),
+        "confusion": result["confusion"],
+        "reward_on_real_videos": summary(on_real),
+        "episode_ids": [m.episode_id for m in labelled],
+    }
+
+
+def imagined_success(
+    world_model: Any,
+    reward_model: Any,
+    policy: Any,
+    first_frames: np.ndarray,
+    instructions: Sequence[str],
+    horizon: int,
+    sampling_steps: int | None = None,
+    seed: int = 0,
+) -> float:
+    """Success rate of `policy` acting greedily inside the world model from each of `first_frames`,
+    with the world model's noise seeded by `seed` (the same seed gives every policy the same noise)."""
+    from wmpo_learner.world_model.imagine import imagine
+
+    was_training = policy.training
+    policy.eval()
+    rollouts = imagine(
+        world_model, policy, first_frames, list(instructions), horizon=horizon, group_size=1, greedy=True,
+        generator=torch.Generator(device=world_model.device).manual_seed(seed), sampling_steps=sampling_steps,
+    )
+    policy.train(was_training)
+    return float(np.mean([d.success for d in reward_model.detect_batch(rollouts.frames)]))
+
+
+def policy_ranking(
+    world_model: Any,
+    reward_model: Any,
+    policies: Sequence[tuple[str, Any, float]],
+    first_frames: np.ndarray,
+    instructions: Sequence[str],
+    horizon: int,
+    sampling_steps: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Link 2 of the module docstring: `policies` are (name, VLA, measured real success rate)."""
+    rows = []
+    for name, policy, real in tqdm(policies, desc="rank policies in imagination", unit="policy", dynamic_ncols=True):
+        rate = imagined_success(world_model, reward_model, policy, first_frames, instructions, horizon, sampling_steps, seed)
+        rows.append({"name": name, "version": getattr(policy, "version", None), "real_success": real, "imagined_success": rate})
+    return {
+        "versions": len(rows),
+        "start_frames": len(first_frames),
+        "spearman": spearman([r["imagined_success"] for r in rows], [r["real_success"] for r in rows]),
+        "policies": rows,
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.description = __doc__.split("\n\n")[0]
+    parser.add_argument("--store", type=Path, required=True, help="episode store holding real rollouts of the policy")
+    parser.add_argument("--wm", type=Path, required=True, help="world-model checkpoint")
+    parser.add_argument("--reward", type=Path, required=True, help="reward-model checkpoint")
+    parser.add_argument("--robot", default=None, help="robot config name or YAML (default: the world model's)")
+    parser.add_argument("--policy-version", default=None, help="check on the rollouts of this policy version (default: every policy rollout)")
+    parser.add_argument("--include-trained", action="store_true",
+                        help="also use episodes the world model or reward model were trained on (the result is then marked held_out=false)")
+    parser.add_argument("--max-episodes", type=int, default=64, help="use at most this many (newest) episodes (default 64)")
+    parser.add_argument("--rank", action="append", default=[], metavar="POLICY_DIR=EVAL_JSON",
+                        help="a policy checkpoint and its measured real success (`wmpo eval --json` output); give 3 or more")
+    parser.add_argument("--rank-frames", type=int, default=32, help="real start frames for the policy ranking (default 32)")
+    parser.add_argument("--horizon", type=int, default=None, help="imagined steps in the policy ranking (default: the robot's episode limit)")
+    parser.add_argument("--sampling-steps", type=int, default=None, help="world-model sampling steps (default: its config)")
+    parser.add_argument("--seed", type=int, default=0, help="world-model noise seed")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="torch device (default cpu)")
+    parser.add_argument("--json", type=Path, default=None, help="write the result here as JSON")
+
+
+def _fail(message: str) -> int:
+    print(f"wmpo imagination-check: {message}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    from wmpo_core.robot_config import RobotConfigError, load_robot_config
+    from wmpo_core.vla.checkpoint import load_checkpoint as load_vla
+    from wmpo_learner.grpo.run import initial_frames
+    from wmpo_learner.reward.checkpoint import CheckpointError
+    from wmpo_learner.reward.checkpoint import load_checkpoint as load_reward
+    from wmpo_learner.world_model.model import WorldModel, WorldModelLoadError
+
+    if args.max_episodes < 1 or args.rank_frames < 1:
+        return _fail("--max-episodes and --rank-frames must be >= 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        return _fail("--device cuda: no CUDA device is available on this machine")
+    ranked: list[tuple[str, Path, float]] = []
+    for item in args.rank:
+        directory, sep, eval_json = item.partition("=")
+        if not sep:
+            return _fail(f"--rank expects POLICY_DIR=EVAL_JSON, got {item!r}")
+        try:
+            ranked.append((directory, Path(directory), float(json.loads(Path(eval_json).read_text())["success"]["rate"])))
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            return _fail(f"--rank {item}: cannot read the measured success rate from {eval_json} ({exc})")
+    if ranked and len(ranked) < 3:
+        return _fail(f"--rank needs 3 or more policies for a rank correlation, got {len(ranked)}")
+    try:
+        wm = WorldModel.load(args.wm, device=args.device).eval()
+        rm, rm_meta = load_reward(args.reward, device=args.device)
+        robot = load_robot_config(args.robot or wm.robot_config_name)
+        store = EpisodeStore.open(args.store)
+        metas = [m for m in select_episodes(store, None, source="policy", policy_version=args.policy_version)
+                 if m.robot_config_name == robot.name and m.success is not None]
+        seen = trained_on(wm, rm_meta)
+        held = [m for m in metas if m.episode_id not in seen]
+        if not args.include_trained:
+            metas = held
+        metas = metas[-args.max_episodes :]
+        if not metas:
+            return _fail(f"no {'held-out ' if not args.include_trained else ''}labelled policy rollouts in {args.store}"
+                         f"{' of version ' + args.policy_version if args.policy_version else ''} (pass --include-trained to use trained-on ones)")
+        result: dict[str, Any] = {
+            "store": str(args.store), "world_model": str(args.wm), "reward_model": str(args.reward),
+            "outcome_agreement": outcome_agreement(wm, rm, store, metas, held_out=not any(m.episode_id in seen for m in metas),
+                                                   sampling_steps=args.sampling_steps, seed=args.seed),
+        }
+        if ranked:
+            frames, texts, _ = initial_frames(args.store, robot, wm.camera, "policy")
+            frames, texts = frames[-args.rank_frames :], texts[-args.rank_frames :]
+            policies = [(name, load_vla(path, robot, device=args.device), real) for name, path, real in ranked]
+            result["policy_ranking"] = policy_ranking(
+                wm, rm, policies, frames, texts, args.horizon or robot.max_episode_steps, args.sampling_steps, args.seed
+            )
+    except (StoreError, RobotConfigError, WorldModelLoadError, CheckpointError, FileNotFoundError, ValueError) as exc:
+        return _fail(str(exc))
+    print(format_report(result))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The check as a few lines of Markdown (also used by the run report)."""
+    o = result["outcome_agreement"]
+    r, c = o["reward_on_real_videos"], o["confusion"]
+    lines = [
+        f"Outcome agreement on {o['episodes']} {'held-out' if o['held_out'] else 'trained-on'} real rollouts "
+        f"(real success {o['real_success']:.2f}): imagined success {o['imagined_success']:.2f}, "
+        f"balanced accuracy {_num(o['balanced_accuracy'])}, AUC {_num(o['auc'])} "
+        f"(TP {c['true_positive']}, FP {c['false_positive']}, TN {c['true_negative']}, FN {c['false_negative']}); "
+        f"reward model on the real videos: balanced accuracy {_num(r['balanced_accuracy'])}, AUC {_num(r['auc'])}.",
+    ]
+    if "policy_ranking" in result:
+        p = result["policy_ranking"]
+        rows = ", ".join(f"{x['name']} real {x['real_success']:.2f} / imagined {x['imagined_success']:.2f}" for x in p["policies"])
+        lines.append(f"Policy ranking over {p['versions']} versions from {p['start_frames']} real start frames: "
+                     f"Spearman {_num(p['spearman'])} ({rows}).")
+    return "\n".join(lines)
