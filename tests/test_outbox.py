@@ -3,8 +3,12 @@ after restarts of either side, duplicates are harmless, permanent refusals are p
 
 from __future__ import annotations
 
+import logging
+import os
 import random
 import socket
+import subprocess
+import sys
 import time
 
 import httpx
@@ -207,3 +211,87 @@ def test_learner_killed_mid_upload_keeps_no_partial_episode_and_the_outbox_resen
         client.close()
         outbox.close()
         big.close()
+
+
+def wmpo_outbox(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WMPO_LEARNER_TOKEN": TOKEN}
+    return subprocess.run([sys.executable, "-m", "wmpo_core.cli", "outbox", *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def pending(db) -> int:
+    with Outbox(db) as outbox:
+        return outbox.stats().pending
+
+
+def test_outbox_push_delivers_a_store_with_no_robot_as_soon_as_the_learner_answers(tmp_path, robot):
+    path, _, ids = robot
+    port = free_port()
+    learner = Learner(root=tmp_path / "learner", port=port, args=())
+    learner.root.mkdir()
+    # Nothing was ever queued (the robot ran without a learner): push queues the whole store.
+    push = subprocess.Popen(
+        [sys.executable, "-m", "wmpo_core.cli", "outbox", "push", "--store", str(path), "--learner", f"http://127.0.0.1:{port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "WMPO_LEARNER_TOKEN": TOKEN},
+    )  # fmt: skip
+    try:
+        outbox_db = tmp_path / "robot.zarr.outbox.sqlite"
+        wait_until(lambda: outbox_db.exists() and pending(outbox_db) == 3, what="the store queued")
+        # The learner is down: a second uploader is refused while the push holds the outbox.
+        busy = wmpo_outbox("push", "--store", str(path), "--learner", f"http://127.0.0.1:{port}")
+        assert busy.returncode == 1 and "is uploading the outbox" in busy.stderr
+        time.sleep(10)  # long enough for a backoff of 1, 2, 4, 8 s to have grown past what the check below allows
+        learner.start()
+        back = time.monotonic()
+        _, err = push.communicate(timeout=120)
+        delivered_after_s = time.monotonic() - back
+        assert push.returncode == 0, err
+        assert "delivered 3 of 3 episode(s) (0 the learner already had); 0 still pending, 0 refused" in err
+        assert delivered_after_s < 8.0  # probed back within seconds, not at the end of a backoff
+        with EpisodeStore.open(learner.store) as learned:
+            assert sorted(learned.episode_ids) == sorted(ids)
+        again = wmpo_outbox("push", "--store", str(path), "--learner", learner.url)
+        assert again.returncode == 0 and "0 episode(s) to deliver" in again.stderr
+        status = wmpo_outbox("status", "--store", str(path))
+        assert status.returncode == 0 and "0 pending, 3 sent, 0 refused by the learner" in status.stdout
+    finally:
+        push.kill()
+        learner.stop()
+    missing = wmpo_outbox("push", "--store", str(tmp_path / "nowhere.zarr"), "--learner", "http://127.0.0.1:1")
+    assert missing.returncode == 2 and missing.stderr.strip() == f"wmpo outbox push: no episode store at {tmp_path / 'nowhere.zarr'}"
+    no_url = wmpo_outbox("push", "--store", str(path))
+    assert no_url.returncode == 2 and "--learner" in no_url.stderr
+
+
+def test_learner_outage_during_recording_every_episode_delivered_and_a_clean_shutdown(tmp_path, caplog, capfd):
+    """Real robot graph (MuJoCo sim arm, scripted teleop, recorder, sync node over DDS): the
+    learner is SIGKILLed, two episodes are recorded meanwhile, it comes back, and the drain wait
+    sees them all delivered within seconds of its return."""
+    from wmpo_ros.session import RobotSession
+
+    caplog.set_level(logging.INFO, logger="wmpo.outbox")
+    port = free_port()
+    learner = Learner(root=tmp_path / "learner", port=port, args=())
+    learner.root.mkdir()
+    learner.start()
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    try:
+        with RobotSession("so101_sim", store=tmp_path / "robot.zarr", learner_url=learner.url, token_file=token, max_steps=4) as robot:
+            robot.teleop(1)
+            robot.wait_uploaded(timeout_s=60)
+            learner.kill()
+            robot.teleop(2)  # recording goes on; the outbox keeps them
+            time.sleep(10)  # the learner stays away while the backoff grows
+            assert robot.sync_status.outbox["pending"] == 2
+            learner.start()
+            back = time.monotonic()
+            robot.wait_uploaded(timeout_s=60)
+            assert time.monotonic() - back < 8.0
+            ids = [m["episode_id"] for m in robot.recorded]
+        with EpisodeStore.open(learner.store) as learned:
+            assert sorted(learned.episode_ids) == sorted(ids) and len(ids) == 3
+    finally:
+        learner.stop()
+    assert "the learner answers again; retrying the queue now" in caplog.text
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "InvalidHandle" not in err
