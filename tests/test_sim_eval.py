@@ -114,3 +114,20 @@ def test_eval_reports_success_rate_with_interval_on_eval_seeds(robot, tmp_path, 
 def test_eval_refuses_a_real_arm(tmp_path):
     with pytest.raises(SystemExit, match="not a simulated arm"):
         main(["eval", "--policy", "expert", "--robot", "so101_real", "--episodes", "1"])
+
+
+def test_parallel_eval_gives_the_sequential_results_in_seed_order(robot, tmp_path):
+    torch.manual_seed(1)
+    model = VLA.create(load_recipe("tiny").model, robot, ActionNormalizer([-1, -1, -1, 0], [1, 1, 1, 1]))
+    save_checkpoint(model, tmp_path / "policy", robot)
+    runs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"eval{workers}.json"
+        assert main(["eval", "--policy", str(tmp_path / "policy"), "--robot", "so101_sim", "--episodes", "3",
+                     "--workers", str(workers), "--json", str(out)]) == 0
+        runs[workers] = json.loads(out.read_text())
+    assert runs[2]["workers"] == 2 and runs[2]["episodes_per_minute"] > 0
+    assert runs[1]["episodes"] == runs[2]["episodes"]  # same seeds, same order, same outcomes and lengths
+    assert [e["seed"] for e in runs[2]["episodes"]] == eval_seeds(3)
+    with pytest.raises(SystemExit, match="--workers must be >= 1"):
+        main(["eval", "--policy", "expert", "--robot", "so101_sim", "--episodes", "1", "--workers", "0"])
