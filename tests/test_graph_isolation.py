@@ -159,3 +159,17 @@ def test_foreign_announcements_and_recorder_starts_do_not_reach_this_graph(tmp_p
     assert "only this robot's episodes are uploaded" in err
     assert "an episode this runner did not start (another graph on this ROS network?); discarded it" in err
     assert "Traceback" not in err and "InvalidHandle" not in err
+
+
+def test_a_node_removed_mid_session_leaves_the_rest_running_and_nothing_on_stderr(tmp_path: Path, capfd) -> None:
+    """teleop() then a dry run: the teleop node (a commander the lockstep sim would wait for) is
+    destroyed between episodes while the graph runs on; the session still ends cleanly."""
+    with RobotSession("so101_sim", store=tmp_path / "robot.zarr", policy="scripted:ros_harness:ConstantPolicy", dry_run=True,
+                      max_steps=3) as robot:  # fmt: skip
+        (demo,) = robot.teleop(1, progress=False)
+        assert robot._node("teleop") is not None
+        (summary,) = robot.run_episodes(1, progress=False)
+        assert robot._node("teleop") is None and robot._node("policy_node") is not None
+    assert demo["num_steps"] == 3 and summary["dry_run"] and summary["num_steps"] >= 3
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "InvalidHandle" not in err
