@@ -14,7 +14,8 @@ reaches the job, which stops the service in order. The job holds `<root>/service
 service runs; a new job on the same root takes the lock first, so any service still serving that
 root's store is a leftover of a dead job (e.g. one started before this guard existed): it is
 ended, and said so, instead of blocking the store ("another learner service uses this spool
-directory").
+directory"). The kernel signals the child when the *thread* that started it exits, so call
+`start()` from the thread that lives as long as the job (the main thread, as `wmpo run` does).
 """
 
 from __future__ import annotations
