@@ -8,11 +8,15 @@ beat GRPO on the real system? And does it keep improving over lifelong rounds?
     rounds  WMPO again from the previous round's policy, each round spending another P rollouts
 
 Every policy is evaluated greedily on the same evaluation seeds (disjoint from every training seed),
-with Wilson 95% intervals. Stages write their outputs under --out and are skipped when the output
-exists, so an interrupted run resumes. The table and plot go to --out (and to --docs if given).
+in parallel processes, with Wilson 95% intervals. Each round also records `check_episodes` held-out
+rollouts of the deployed policy into a separate store: they are never trained on and only measure
+imagination (`wmpo imagination-check`); a round's GRPO result is deployed only when `wmpo iterate`
+promotes it, and every candidate is evaluated either way. Stages write their outputs under --out and
+are skipped when the output exists, so an interrupted run resumes. The JSON (the schema of the
+efficacy issue plus per-round details) and the plot go to --out and to --results if given.
 
     # CPU scale (tiny models; what a 2-core machine finishes in a few hours):
-    python bench/wmpo_experiment.py --out data/experiment --robot so101_sim_near --size cpu
+    python bench/wmpo_experiment.py --out data/experiment --robot so101_sim_near --size cpu --results docs/results
     # GPU scale (the paper's budget P = 128, realistic model sizes):
     python bench/wmpo_experiment.py --out data/experiment_gpu --robot so101_sim --size gpu
 """
@@ -21,11 +25,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from wmpo_core.cli import main as wmpo_main
 from wmpo_core.episode_store import EpisodeStore
@@ -37,15 +44,18 @@ from wmpo_learner.report import VersionResult, plot_success, results_table
 
 SIZES: dict[str, dict[str, Any]] = {
     "cpu": {"demos": 120, "sft_steps": 2000, "vla_recipe": "tiny", "wm_preset": "tiny", "wm_steps": 1500, "wm_vae_steps": 300,
-            "budget": 32, "eval_episodes": 100, "rounds": 3, "iterate_preset": "cpu", "iterate_set": ["horizon=48", "grpo_iterations=3"],
-            "real_grpo": {"group_size": 8, "groups_per_batch": 2, "minibatch": 16, "lr": 1e-5}},
+            "budget": 64, "check_episodes": 32, "eval_episodes": 200, "rounds": 3, "iterate_preset": "cpu",
+            "iterate_set": ["horizon=56", "grpo_iterations=4"],
+            "real_grpo": {"group_size": 8, "groups_per_batch": 2, "minibatch": 16, "lr": 5e-5}},
     "gpu": {"demos": 200, "sft_steps": 0, "vla_recipe": "realistic", "wm_preset": "xl", "wm_steps": 0, "wm_vae_steps": 0,
-            "budget": 128, "eval_episodes": 200, "rounds": 3, "iterate_preset": "paper", "iterate_set": [],
+            "budget": 128, "check_episodes": 64, "eval_episodes": 200, "rounds": 3, "iterate_preset": "paper", "iterate_set": [],
             "real_grpo": {"group_size": 8, "groups_per_batch": 16, "minibatch": 128, "lr": 5e-6}},
 }
 ROLLOUT_SEED_OFFSET = 100_000
 """Training-range seeds of the real rollouts (round k uses offset + k * budget), apart from the demos'."""
 REAL_GRPO_SEED_OFFSET = 500_000
+CHECK_SEED_OFFSET = 700_000
+"""Seeds of the held-out rollouts that only measure imagination (never trained on)."""
 
 
 def wmpo(*argv: Any) -> None:
@@ -56,22 +66,19 @@ def wmpo(*argv: Any) -> None:
 
 def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
-    import os
-
-    import torch
-
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{platform.node()}: {cpu}, {os.cpu_count()} cores, {gpu}, Python {platform.python_version()}, torch {torch.__version__}"
 
 
-def evaluate(policy: Path, robot: str, episodes: int, out: Path) -> dict[str, Any]:
+def evaluate(policy: Path, robot: str, episodes: int, out: Path, workers: int) -> dict[str, Any]:
     if not out.exists():
-        wmpo("eval", "--policy", policy, "--robot", robot, "--episodes", episodes, "--refill-threshold", 0, "--json", out)
+        wmpo("eval", "--policy", policy, "--robot", robot, "--episodes", episodes, "--refill-threshold", 0, "--json", out,
+             "--workers", workers)
     return json.loads(out.read_text())
 
 
 def record_rollouts(store_path: Path, policy: Path, robot: str, count: int, offset: int) -> None:
-    """P real episodes of `policy` into the learner's store (once: skipped if they are there)."""
+    """`count` real episodes of `policy` into a store (once: skipped if they are there)."""
     config = load_robot_config(robot)
     version = read_manifest(policy)["version"]
     with EpisodeStore.open(store_path, mode="a") as store:
@@ -82,6 +89,12 @@ def record_rollouts(store_path: Path, policy: Path, robot: str, count: int, offs
                      desc=f"real rollouts of {version}", refill_threshold=0)
 
 
+def entry(name: str, summary: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    success = summary["success"]
+    return {"name": name, "version": summary["version"], "successes": success["successes"], "episodes": success["trials"],
+            "wilson95": [success["ci_low"], success["ci_high"]], **extra}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="experiment folder (resumable)")
@@ -90,22 +103,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", type=Path, default=None, help="base policy checkpoint (default: SFT on fresh demos)")
     parser.add_argument("--wm", type=Path, default=None, help="pretrained world model (default: trained on the demos)")
     parser.add_argument("--budget", type=int, default=None, help="P, real episodes per round for both methods")
+    parser.add_argument("--check-episodes", type=int, default=None, help="held-out rollouts per round that only measure imagination")
     parser.add_argument("--eval-episodes", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=None, help="lifelong WMPO rounds")
     parser.add_argument("--wm-steps", type=int, default=None, help="world-model pretraining steps (default: by --size)")
+    parser.add_argument("--sft-steps", type=int, default=None, help="SFT steps of the base (default: by --size)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="`wmpo iterate` stage-size override for every round")
-    parser.add_argument("--docs", type=Path, default=None, help="also write the table and plot here (e.g. docs/)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="evaluation processes (default: one per core)")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="also write wmpo_experiment_<size>.json and .png here (e.g. docs/results)")
+    parser.add_argument("--tag", default=None, help="results are named wmpo_experiment_<tag>.json/.png (default: --size)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     sizes = dict(SIZES[args.size])
     sizes["iterate_set"] = [*sizes["iterate_set"], *args.set]
-    for key in ("budget", "eval_episodes", "rounds", "wm_steps"):
+    for key in ("budget", "check_episodes", "eval_episodes", "rounds", "wm_steps", "sft_steps"):
         if getattr(args, key) is not None:
             sizes[key] = getattr(args, key)
     out, robot, P, device = args.out, args.robot, sizes["budget"], ["--device", args.device]
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    store = out / "learner.zarr"
+    store, check_store = out / "learner.zarr", out / "check.zarr"
+    timings: dict[str, float] = {}
+
+    def timed(label: str, fn, *a, **kw):
+        t = time.time()
+        result = fn(*a, **kw)
+        timings[label] = timings.get(label, 0) + round(time.time() - t)
+        return result
+
+    def scored(name: str, policy: Path) -> dict[str, Any]:
+        summary = timed(f"eval {name}", evaluate, policy, robot, sizes["eval_episodes"], out / f"eval_{name}.json", args.workers)
+        print(f"[experiment] {name} ({summary['version']}): {summary['success']}", flush=True)
+        return summary
 
     # 1. Base policy: SFT on scripted demonstrations.
     base = args.base
@@ -119,65 +149,84 @@ def main(argv: list[str] | None = None) -> int:
                     run_episodes(config, None, train_seeds(missing, offset=sizes["demos"] - missing), store=s, desc="demonstrations")
             wmpo("sft", "--store", store, "--robot", robot, "--config", sizes["vla_recipe"], "--out", base,
                  *(["--steps", sizes["sft_steps"]] if sizes["sft_steps"] else []), *device)
-    results: list[VersionResult] = []
-    timings: dict[str, float] = {}
-
-    def scored(label: str, policy: Path, name: str) -> None:
-        t = time.time()
-        summary = evaluate(policy, robot, sizes["eval_episodes"], out / f"eval_{name}.json")
-        timings[f"eval {label}"] = round(time.time() - t)
-        results.append(VersionResult(label, summary["version"], summary["success"]["successes"], summary["success"]["trials"]))
-        print(f"[experiment] {label}: {summary['success']}", flush=True)
-
-    scored("base (SFT)", base, "base")
+    evals: dict[str, tuple[Path, dict[str, Any]]] = {"base": (base, scored("base", base))}
+    policies = [entry("base", evals["base"][1])]
 
     # 2. The baseline at the same real budget: GRPO on the simulator from the base.
     real = out / "real_grpo"
-    t = time.time()
     if not (real / "manifest.json").exists():
         g = sizes["real_grpo"]
-        wmpo("grpo", "--policy", base, "--robot", robot, "--out", real, "--env", "sim", "--budget", P,
-             "--seed-offset", REAL_GRPO_SEED_OFFSET, "--group-size", g["group_size"], "--groups-per-batch", g["groups_per_batch"],
-             "--minibatch", g["minibatch"], "--lr", g["lr"], "--iterations", 10_000, *device)
-    timings["real-env GRPO"] = round(time.time() - t)
-    scored(f"real-env GRPO (P={P})", real, "real_grpo")
+        timed("real-env GRPO", wmpo, "grpo", "--policy", base, "--robot", robot, "--out", real, "--env", "sim", "--budget", P,
+              "--seed-offset", REAL_GRPO_SEED_OFFSET, "--group-size", g["group_size"], "--groups-per-batch", g["groups_per_batch"],
+              "--minibatch", g["minibatch"], "--lr", g["lr"], "--iterations", 10_000, *device)
+    evals["real_grpo"] = (real, scored("real_grpo", real))
+    policies.append(entry("real_grpo", evals["real_grpo"][1]))
 
     # 3. Pretrained world model (on the demonstrations).
     wm = args.wm
     if wm is None and sizes["rounds"] > 0:
         wm = out / "wm_pretrained"
         if not (wm / "world_model.json").exists():
-            wmpo("wm-train", "--store", store, "--robot", robot, "--config", sizes["wm_preset"], "--out", wm, "--source", "any",
-                 *(["--steps", sizes["wm_steps"]] if sizes["wm_steps"] else []),
-                 *(["--vae-steps", sizes["wm_vae_steps"]] if sizes["wm_vae_steps"] else []), *device)
+            timed("world-model pretraining", wmpo, "wm-train", "--store", store, "--robot", robot, "--config", sizes["wm_preset"],
+                  "--out", wm, "--source", "any", *(["--steps", sizes["wm_steps"]] if sizes["wm_steps"] else []),
+                  *(["--vae-steps", sizes["wm_vae_steps"]] if sizes["wm_vae_steps"] else []), *device)
 
-    # 4. WMPO lifelong rounds, each from P real rollouts of the current policy.
+    # 4. WMPO lifelong rounds, each from P real rollouts of the deployed policy (+ held-out check rollouts).
     current, current_wm, reward = base, wm, None
+    rounds: list[dict[str, Any]] = []
     for k in range(1, sizes["rounds"] + 1):
-        t = time.time()
-        record_rollouts(store, current, robot, P, ROLLOUT_SEED_OFFSET + (k - 1) * P)
+        timed(f"round {k} rollouts", record_rollouts, store, current, robot, P, ROLLOUT_SEED_OFFSET + (k - 1) * P)
+        timed(f"round {k} check rollouts", record_rollouts, check_store, current, robot, sizes["check_episodes"],
+              CHECK_SEED_OFFSET + (k - 1) * sizes["check_episodes"])
         round_dir = out / f"wmpo_round_{k}"
-        argv_k = ["iterate", "--store", store, "--robot", robot, "--policy", current, "--wm", current_wm, "--out", round_dir,
-                  "--preset", sizes["iterate_preset"], "--set", "eval_episodes=0", "--seed", k, *device]
+        argv_k = ["iterate", "--store", store, "--check-store", check_store, "--robot", robot, "--policy", current,
+                  "--wm", current_wm, "--out", round_dir, "--preset", sizes["iterate_preset"], "--set", "eval_episodes=0",
+                  "--seed", k, *device]
         for item in sizes["iterate_set"]:
             argv_k += ["--set", item]
-        wmpo(*argv_k, *(["--reward", reward] if reward else []))
-        current, current_wm, reward = round_dir / "policy", round_dir / "world_model", round_dir / "reward_model"
-        timings[f"WMPO round {k}"] = round(time.time() - t)
-        scored(f"WMPO round {k}", current, f"wmpo_round_{k}")
+        timed(f"round {k} learning", wmpo, *argv_k, *(["--reward", reward] if reward else []))
+        summary = json.loads((round_dir / "round.json").read_text())
+        candidate = scored(f"wmpo_r{k}_candidate", round_dir / "policy")
+        evals[f"wmpo_r{k}_candidate"] = (round_dir / "policy", candidate)
+        deployed = candidate if summary["promoted"] else next(e for _, e in evals.values() if e["version"] == summary["parent_version"])
+        policies.append(entry(f"wmpo_r{k}", deployed, promoted=summary["promoted"], reason=summary["reason"],
+                              candidate=entry(f"wmpo_r{k}_candidate", candidate)))
+        rounds.append({"round": k, "promoted": summary["promoted"], "reason": summary["reason"], "grpo_updates": summary["grpo_updates"],
+                       "guard": summary["guard"], "outcome_agreement": summary["check"]})
+        current = Path(summary["next_policy"])
+        current_wm, reward = round_dir / "world_model", round_dir / "reward_model"
+
+    # 5. Does imagination rank the evaluated policies as reality does? (the last round's models)
+    diagnostics: dict[str, Any] = {}
+    if rounds:
+        check_json = out / "final_check.json"
+        if not check_json.exists():
+            ranks = [a for name, (path, _) in evals.items() for a in ("--rank", f"{path}={out / f'eval_{name}.json'}")]
+            timed("policy ranking", wmpo, "imagination-check", "--store", check_store, "--wm", current_wm, "--reward", reward,
+                  "--robot", robot, "--json", check_json, *ranks)
+        final = json.loads(check_json.read_text())
+        o = rounds[-1]["outcome_agreement"]
+        diagnostics = {
+            "outcome_agreement": {k: o[k] for k in ("balanced_accuracy", "auc", "episodes", "imagined_success", "real_success")},
+            "policy_ranking": {k: final["policy_ranking"][k] for k in ("versions", "spearman")},
+            "outcome_agreement_per_round": [r["outcome_agreement"] for r in rounds],
+            "policy_ranking_detail": final["policy_ranking"]["policies"],
+        }
 
     hours = (time.time() - t0) / 3600
     title = f"WMPO vs real-env GRPO at P={P} real episodes per round, {robot}, {args.size} sizes"
-    table = results_table(results)
-    summary = {"title": title, "machine": machine(), "hours": round(hours, 2), "sizes": sizes, "timings_s": timings,
-               "command": " ".join(["python", "bench/wmpo_experiment.py", *(argv if argv is not None else sys.argv[1:])]),
-               "results": [{"label": r.label, "version": r.version, "successes": r.successes, "trials": r.trials,
-                            "ci95": list(r.success_rate.interval)} for r in results]}
-    for target in [out] + ([args.docs] if args.docs else []):
+    command = " ".join(["python", "bench/wmpo_experiment.py", *(argv if argv is not None else sys.argv[1:])])
+    result = {"machine": machine(), "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "command": command, "hours": round(hours, 2), "robot": robot, "budget_P": P,
+              "eval_episodes": sizes["eval_episodes"], "policies": policies, "diagnostics": diagnostics,
+              "rounds": rounds, "sizes": sizes, "timings_s": timings}
+    bars = [VersionResult(p["name"], p["version"], p["successes"], p["episodes"]) for p in policies]
+    bars += [VersionResult(f"{p['name']} candidate", p["candidate"]["version"], p["candidate"]["successes"], p["candidate"]["episodes"])
+             for p in policies if "candidate" in p and not p["promoted"]]
+    for target in [out] + ([args.results] if args.results else []):
         target.mkdir(parents=True, exist_ok=True)
-        plot_success(results, target / f"wmpo_experiment_{args.size}.png", title)
-        (target / f"wmpo_experiment_{args.size}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"\n{title}\n{table}\nmachine: {summary['machine']}\ntook {hours:.2f} h")
+        plot_success(bars, target / f"wmpo_experiment_{args.tag or args.size}.png", title)
+        (target / f"wmpo_experiment_{args.tag or args.size}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\n{title}\n{results_table(bars)}\nmachine: {result['machine']}\ntook {hours:.2f} h (this invocation)")
     return 0
 
 

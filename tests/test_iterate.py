@@ -17,7 +17,7 @@ from wmpo_core.sim_rollout import run_episodes, train_seeds
 from wmpo_core.vla.checkpoint import read_manifest, save_checkpoint
 from wmpo_core.vla.config import load_recipe
 from wmpo_core.vla.model import VLA
-from wmpo_learner.iterate import stage_sizes
+from wmpo_learner.iterate import promotion, stage_sizes
 
 
 @pytest.mark.slow
@@ -40,7 +40,7 @@ def test_one_round_aligns_rethresholds_improves_and_evaluates(tmp_path: Path) ->
 
     sizes = ["align_steps=3", "align_batch=2", "align_vae_steps=0", "reward_steps=4", "grpo_iterations=1", "group_size=2",
              "groups_per_batch=1", "minibatch=2", "sampling_steps=1", "max_resample_rounds=0", "horizon=24",
-             "eval_episodes=2"]
+             "eval_episodes=2", "guard_frames=2"]
     argv = ["iterate", "--store", str(store_path), "--policy", str(tmp_path / "base"), "--wm", str(tmp_path / "wm0"),
             "--out", str(tmp_path / "round1"), "--version", "round1-v2", "--device", "cpu"]
     for item in sizes:
@@ -49,8 +49,12 @@ def test_one_round_aligns_rethresholds_improves_and_evaluates(tmp_path: Path) ->
 
     summary = json.loads((tmp_path / "round1" / "round.json").read_text())
     assert (summary["parent_version"], summary["version"], summary["aligned_on"]) == ("base-v1", "round1-v2", "base-v1")
-    assert [s["stage"] for s in summary["stages"]] == ["align", "reward", "grpo", "eval"]
+    assert [s["stage"] for s in summary["stages"]] == ["align", "reward", "check", "grpo", "eval"]
     assert summary["eval"]["trials"] == 2
+    # The untrained policy's rollouts all failed: the check cannot tell outcomes apart, so no promotion.
+    assert summary["check"]["episodes"] == 3 and summary["check"]["real_success"] == 0.0
+    assert summary["check"]["held_out"] is False  # no --check-store: it fell back to trained-on rollouts
+    assert not summary["promoted"] and summary["next_policy"] == str(tmp_path / "base") and summary["reason"]
     manifest = read_manifest(tmp_path / "round1" / "policy")
     assert manifest["parent_version"] == "base-v1"
     provenance = manifest["provenance"]
@@ -71,3 +75,17 @@ def test_stage_size_overrides_are_checked() -> None:
         stage_sizes("cpu", ["grpo_iters=3"])
     with pytest.raises(ValueError, match="expected a int"):
         stage_sizes("cpu", ["grpo_iterations=many"])
+
+
+def test_promotion_needs_an_update_a_better_greedy_iterate_and_trusted_imagination() -> None:
+    guard = {"parent_score": 0.25, "best_score": 0.5, "best_iteration": 2}
+    trusted = {"balanced_accuracy": 0.85}
+    assert promotion({"updates": 3, "guard": guard}, trusted, 0.7)[0]
+    promoted, reason = promotion({"updates": 0, "guard": guard}, trusted, 0.7)
+    assert not promoted and "no update" in reason
+    promoted, reason = promotion({"updates": 3, "guard": {**guard, "best_iteration": -1, "best_score": 0.25}}, trusted, 0.7)
+    assert not promoted and "kept the parent" in reason
+    promoted, reason = promotion({"updates": 3, "guard": guard}, {"balanced_accuracy": 0.6}, 0.7)
+    assert not promoted and "not trusted: outcome agreement 0.60 < 0.7" in reason
+    assert not promotion({"updates": 3, "guard": guard}, {"balanced_accuracy": None}, 0.7)[0]
+    assert not promotion({"updates": 3, "guard": None}, trusted, 0.7)[0]

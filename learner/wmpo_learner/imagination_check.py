@@ -154,7 +154,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--robot", default=None, help="robot config name or YAML (default: the world model's)")
     parser.add_argument("--policy-version", default=None, help="check on the rollouts of this policy version (default: every policy rollout)")
     parser.add_argument("--include-trained", action="store_true",
-                        help="also use episodes the world model or reward model were trained on (the result is then marked held_out=false)")
+                        help="also use episodes the world model or reward model were trained on (the result is then "
+                        "marked held_out=false); without it, only held-out episodes are used")
     parser.add_argument("--max-episodes", type=int, default=64, help="use at most this many (newest) episodes (default 64)")
     parser.add_argument("--rank", action="append", default=[], metavar="POLICY_DIR=EVAL_JSON",
                         help="a policy checkpoint and its measured real success (`wmpo eval --json` output); give 3 or more")

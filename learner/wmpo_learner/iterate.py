@@ -2,9 +2,16 @@
 
     align the world model on the current policy's rollouts (failures included)
       -> retrain and re-threshold the reward model on every labelled episode
-      -> GRPO of the policy in imagination, from the rollouts' real first frames
+      -> imagination check: do imagined outcomes of real rollouts agree with the real ones?
+      -> GRPO of the policy in imagination, from the rollouts' real first frames, with the
+         collapse guard keeping the iterate whose greedy imagined success is best
       -> evaluate the new policy in the simulator (simulated arms only)
       -> the new version, whose manifest names its parent, the data, the world model and the reward model
+
+Promotion: the round's policy is promoted (`round.json`: "promoted", "next_policy") only when the
+guard's best iterate beats the parent's greedy imagined success *and* the imagination check's
+balanced accuracy reaches `min_agreement`; otherwise the parent stays the policy to deploy and
+the reason is written down. A round whose GRPO made no update says so.
 
 Each stage runs the same code as its own command (`wmpo align`, `wmpo reward`, `wmpo grpo`,
 `wmpo eval`), so a round can also be run, inspected or repeated stage by stage. Stage outputs go
@@ -27,11 +34,13 @@ from typing import Any
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
         "align_steps": 300, "align_batch": 8, "align_vae_steps": 50, "reward_steps": 300, "grpo_iterations": 6, "group_size": 8,
-        "groups_per_batch": 4, "minibatch": 16, "lr": 1e-5, "sampling_steps": 4, "max_resample_rounds": 2, "horizon": 0, "eval_episodes": 20,
+        "groups_per_batch": 4, "minibatch": 16, "lr": 5e-5, "sampling_steps": 4, "max_resample_rounds": 2, "horizon": 0, "eval_episodes": 20,
+        "guard_frames": 16, "min_agreement": 0.7,
     },
     "paper": {
         "align_steps": 5000, "align_batch": 128, "align_vae_steps": 0, "reward_steps": 3000, "grpo_iterations": 100, "group_size": 8,
         "groups_per_batch": 64, "minibatch": 128, "lr": 5e-6, "sampling_steps": 30, "max_resample_rounds": 8, "horizon": 0, "eval_episodes": 128,
+        "guard_frames": 64, "min_agreement": 0.8,
     },
 }
 
@@ -52,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         help="override one stage size of the preset, e.g. --set grpo_iterations=10 --set eval_episodes=0 "
         f"(keys: {', '.join(PRESETS['cpu'])})",
     )
+    parser.add_argument("--check-store", type=Path, default=None,
+                        help="held-out real rollouts of the policy for the imagination check (default: --store, "
+                        "where the check falls back to episodes the models were trained on, and says so)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
@@ -78,6 +90,10 @@ class Round:
     @property
     def eval_json(self) -> Path:
         return self.out / "eval.json"
+
+    @property
+    def check_json(self) -> Path:
+        return self.out / "imagination_check.json"
 
 
 def stage_sizes(preset: str, overrides: list[str]) -> dict[str, Any]:
@@ -133,13 +149,23 @@ def run_round(args: argparse.Namespace) -> dict[str, Any]:
     if args.reward is not None:
         reward_argv += ["--from", str(args.reward)]
     _stage(r, "reward", r.reward_model / "reward_model.json", reward_argv)
+    check_argv = [
+        "imagination-check", "--store", str(args.check_store or args.store), "--wm", str(r.world_model), "--reward", str(r.reward_model),
+        "--robot", args.robot, "--policy-version", policy_version, "--json", str(r.check_json),
+        "--sampling-steps", str(sizes["sampling_steps"]), "--seed", str(args.seed),
+        "--device", "cuda" if args.device == "cuda" else "cpu",
+    ]
+    if args.check_store is None:
+        check_argv.append("--include-trained")
+    _stage(r, "check", r.check_json, check_argv)
     grpo_argv = [
         "grpo", "--policy", str(args.policy), "--robot", args.robot, "--out", str(r.policy), "--env", "imagination",
         "--wm", str(r.world_model), "--reward", str(r.reward_model), "--store", str(args.store),
         "--iterations", str(sizes["grpo_iterations"]), "--group-size", str(sizes["group_size"]),
         "--groups-per-batch", str(sizes["groups_per_batch"]), "--minibatch", str(sizes["minibatch"]),
         "--lr", str(sizes["lr"]), "--sampling-steps", str(sizes["sampling_steps"]),
-        "--max-resample-rounds", str(sizes["max_resample_rounds"]), "--seed", str(args.seed), *device,
+        "--max-resample-rounds", str(sizes["max_resample_rounds"]), "--guard-frames", str(sizes["guard_frames"]),
+        "--seed", str(args.seed), *device,
     ]
     if sizes["horizon"] > 0:
         grpo_argv += ["--horizon", str(sizes["horizon"])]
@@ -154,10 +180,20 @@ def run_round(args: argparse.Namespace) -> dict[str, Any]:
             "--json", str(r.eval_json),
         ])
     manifest = read_manifest(r.policy)
+    check = json.loads(r.check_json.read_text())["outcome_agreement"]
+    grpo = json.loads((r.policy / "training" / "grpo_summary.json").read_text())
+    promoted, reason = promotion(grpo, check, sizes["min_agreement"])
+    print(f"[iterate] {'promoted' if promoted else 'not promoted'}: {reason}", flush=True)
     summary = {
         "round": str(args.out),
         "parent_version": parent["version"],
         "version": manifest["version"],
+        "promoted": promoted,
+        "reason": reason,
+        "next_policy": str(r.policy if promoted else args.policy),
+        "grpo_updates": grpo["updates"],
+        "guard": grpo["guard"],
+        "check": {k: v for k, v in check.items() if k != "episode_ids"},
         "policy": str(r.policy),
         "world_model": str(r.world_model),
         "reward_model": str(r.reward_model),
@@ -170,11 +206,29 @@ def run_round(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def promotion(grpo: dict[str, Any], check: dict[str, Any], min_agreement: float) -> tuple[bool, str]:
+    """Whether the round's policy may replace its parent, and why (see the module docstring)."""
+    if grpo["updates"] == 0:
+        return False, "GRPO made no update (every imagined group was all-success or all-failure): the weights are the parent's"
+    guard = grpo["guard"]
+    if guard is None:
+        return False, "no collapse guard ran, so nothing shows the greedy policy improved"
+    if guard["best_iteration"] < 0 or guard["best_score"] <= guard["parent_score"]:
+        return False, (f"no iterate beat the parent's greedy imagined success ({guard['parent_score']:.2f}); "
+                       "the guard kept the parent's weights")
+    agreement = check["balanced_accuracy"]
+    if agreement is None or agreement < min_agreement:
+        shown = "undefined (one outcome class missing)" if agreement is None else f"{agreement:.2f}"
+        return False, f"imagination not trusted: outcome agreement {shown} < {min_agreement}"
+    return True, (f"greedy imagined success {guard['parent_score']:.2f} -> {guard['best_score']:.2f} (iteration "
+                  f"{guard['best_iteration']}), outcome agreement {agreement:.2f} >= {min_agreement}")
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         summary = run_round(args)
     except (RuntimeError, ValueError, FileNotFoundError) as exc:
         print(f"wmpo iterate: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps({k: summary[k] for k in ("parent_version", "version", "eval")}, indent=2))
+    print(json.dumps({k: summary[k] for k in ("parent_version", "version", "promoted", "reason", "next_policy", "eval")}, indent=2))
     return 0
