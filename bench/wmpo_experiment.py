@@ -174,8 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     # 4. WMPO lifelong rounds, each from P real rollouts of the deployed policy (+ held-out check rollouts).
     current, current_wm, reward = base, wm, None
     rounds: list[dict[str, Any]] = []
+    deployed_rounds: dict[str, int] = {}  # a version kept by a round gets P more rollouts for the next one
     for k in range(1, sizes["rounds"] + 1):
-        timed(f"round {k} rollouts", record_rollouts, store, current, robot, P, ROLLOUT_SEED_OFFSET + (k - 1) * P)
+        version = read_manifest(current)["version"]
+        deployed_rounds[version] = deployed_rounds.get(version, 0) + 1
+        timed(f"round {k} rollouts", record_rollouts, store, current, robot, P * deployed_rounds[version],
+              ROLLOUT_SEED_OFFSET + (k - 1) * P)
         timed(f"round {k} check rollouts", record_rollouts, check_store, current, robot, sizes["check_episodes"],
               CHECK_SEED_OFFSET + (k - 1) * sizes["check_episodes"])
         round_dir = out / f"wmpo_round_{k}"

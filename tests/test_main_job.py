@@ -27,13 +27,15 @@ TOY_SIZES = [
     "grpo_iterations=1", "group_size=2", "groups_per_batch=1", "minibatch=2", "sampling_steps=1", "max_resample_rounds=0",
     "horizon=16",
 ]
+PROMOTE_ALWAYS = ["promote=always"]
+"""Toy models never earn a promotion on evidence; this test is about the hot-swap path."""
 
 
 @pytest.mark.slow
 def test_one_round_from_teleop_to_hot_swapped_policy_and_report(tmp_path: Path) -> None:
     out = tmp_path / "run"
     argv = ["run", "--out", str(out), "--robot", "so101_sim_near", "--rounds", "1", "--demos", "2", "--rollouts", "2", "--device", "cpu"]
-    for item in TOY_SIZES:
+    for item in TOY_SIZES + PROMOTE_ALWAYS:
         argv += ["--set", item]
     assert main(argv) == 0
 
@@ -43,6 +45,7 @@ def test_one_round_from_teleop_to_hot_swapped_policy_and_report(tmp_path: Path) 
     assert sft["trials"] == round_1["trials"] == 2 and sft["version"] != round_1["version"]
     assert (out / "report" / "success.png").stat().st_size > 0 and (out / "report" / "report.md").exists()
     assert len(list((out / "report" / "videos").glob("*.mp4"))) == 2
+    assert report["notes"][0].startswith("round 1: promoted: promote=always")
 
     # The robot recorded 2 demos, then 2 rollouts with each version: the second pair ran the
     # version the learner deployed after round 1, swapped in while the graph kept running.

@@ -11,7 +11,8 @@
 Promotion: the round's policy is promoted (`round.json`: "promoted", "next_policy") only when the
 guard's best iterate beats the parent's greedy imagined success *and* the imagination check's
 balanced accuracy reaches `min_agreement`; otherwise the parent stays the policy to deploy and
-the reason is written down. A round whose GRPO made no update says so.
+the reason is written down. A round whose GRPO made no update says so. `--set promote=always`
+deploys every round's policy regardless (the robot-side rollback in `wmpo run` still applies).
 
 Each stage runs the same code as its own command (`wmpo align`, `wmpo reward`, `wmpo grpo`,
 `wmpo eval`), so a round can also be run, inspected or repeated stage by stage. Stage outputs go
@@ -35,12 +36,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
         "align_steps": 300, "align_batch": 8, "align_vae_steps": 50, "reward_steps": 300, "grpo_iterations": 6, "group_size": 8,
         "groups_per_batch": 4, "minibatch": 16, "lr": 5e-5, "sampling_steps": 4, "max_resample_rounds": 2, "horizon": 0, "eval_episodes": 20,
-        "guard_frames": 16, "min_agreement": 0.7,
+        "guard_frames": 16, "min_agreement": 0.7, "promote": "evidence",
     },
     "paper": {
         "align_steps": 5000, "align_batch": 128, "align_vae_steps": 0, "reward_steps": 3000, "grpo_iterations": 100, "group_size": 8,
         "groups_per_batch": 64, "minibatch": 128, "lr": 5e-6, "sampling_steps": 30, "max_resample_rounds": 8, "horizon": 0, "eval_episodes": 128,
-        "guard_frames": 64, "min_agreement": 0.8,
+        "guard_frames": 64, "min_agreement": 0.8, "promote": "evidence",
     },
 }
 
@@ -182,7 +183,11 @@ def run_round(args: argparse.Namespace) -> dict[str, Any]:
     manifest = read_manifest(r.policy)
     check = json.loads(r.check_json.read_text())["outcome_agreement"]
     grpo = json.loads((r.policy / "training" / "grpo_summary.json").read_text())
+    if sizes["promote"] not in ("evidence", "always"):
+        raise ValueError(f"--set promote: expected 'evidence' or 'always', got {sizes['promote']!r}")
     promoted, reason = promotion(grpo, check, sizes["min_agreement"])
+    if sizes["promote"] == "always" and not promoted:
+        promoted, reason = True, f"promote=always (the evidence alone would not have: {reason})"
     print(f"[iterate] {'promoted' if promoted else 'not promoted'}: {reason}", flush=True)
     summary = {
         "round": str(args.out),

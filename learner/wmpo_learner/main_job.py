@@ -10,8 +10,12 @@
       then, per round:
       6. `wmpo iterate`: align the world model on those rollouts, retrain the reward model,
          GRPO in imagination                                   -> policy v(k+1), published and deployed
-      7. the robot hot-swaps to v(k+1) at an episode boundary and records P rollouts with it:
-         its success rate is the round's evaluation, and the rollouts feed the next round
+      7. if the round promoted v(k+1) (it beat its parent in imagination, and imagination agreed with
+         reality on held-out rollouts), the robot hot-swaps to it at an episode boundary and records
+         P rollouts with it: its success rate is the round's evaluation, and the rollouts feed the
+         next round. When those rollouts are significantly below the parent's (one-sided
+         two-proportion z-test, p < 0.05), the job rolls back to the parent. A round that promoted
+         nothing says why in the report, and the robot records P more rollouts of its policy.
     report: success per version with Wilson intervals, a plot, real-vs-imagined videos
 
 Everything lands under --out: the robot's and the learner's stores, the registry, each stage's
@@ -35,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from wmpo_learner.stats import one_sided_worse_p_value
+
 # Sizes for one machine. "cpu": tiny models a 2-core machine runs in minutes (a demonstration of
 # the loop, not of the paper's numbers); "gpu": the realistic VLA and world-model sizes.
 SIZES: dict[str, dict[str, Any]] = {
@@ -47,6 +53,8 @@ SIZES: dict[str, dict[str, Any]] = {
 base policy in docs/vla.md (22% success on so101_sim_near); with 40 demos and 1500 steps the base
 rarely succeeds, and GRPO has no informative groups to learn from."""
 ITERATE_SETS: dict[str, list[str]] = {"cpu": ["horizon=48", "grpo_iterations=3"], "gpu": []}
+ROLLBACK_P = 0.05
+"""A promoted version whose real rollouts are below its parent's with one-sided p < this is rolled back."""
 """`wmpo iterate` overrides per size: on CPU, imagine 48 steps (the expert needs ~37) and run 3
 GRPO iterations, which keeps a round near 20 minutes on 2 cores. `--set` items come after these."""
 
@@ -214,6 +222,7 @@ def run_loop(args: argparse.Namespace) -> Path:
     # "auto": every command picks CUDA when present by itself (not all of them spell it "auto").
     device = [] if args.device == "auto" else ["--device", args.device]
     results: list[VersionResult] = []
+    notes: list[str] = []
 
     service = None if args.learner else LocalService(paths.learner, robot=args.robot).start()
     url = args.learner or service.url
@@ -259,10 +268,28 @@ def run_loop(args: argparse.Namespace) -> Path:
                     if reward is not None:
                         argv += ["--reward", reward]
                     wmpo(*argv)
-                    current, world_model, reward = out / "policy", out / "world_model", out / "reward_model"
-                    version = publish_and_deploy(client, current, f"WMPO round {k}")
-                with progress.stage(f"round {k}: the robot hot-swaps to {version} and records {sizes['rollouts']} rollouts"):
-                    results.append(rollouts(robot_side, learner_store, version, sizes["rollouts"], f"round {k}"))
+                    world_model, reward = out / "world_model", out / "reward_model"
+                    summary = json.loads((out / "round.json").read_text())
+                    parent, parent_version = current, version
+                    if summary["promoted"]:
+                        current = out / "policy"
+                        version = publish_and_deploy(client, current, f"WMPO round {k}")
+                    notes.append(f"round {k}: {'promoted' if summary['promoted'] else 'not promoted'}: {summary['reason']}")
+                if summary["promoted"]:
+                    with progress.stage(f"round {k}: the robot hot-swaps to {version} and records {sizes['rollouts']} rollouts"):
+                        results.append(rollouts(robot_side, learner_store, version, sizes["rollouts"], f"round {k}"))
+                    measured = merged(results, parent_version)
+                    p_worse = one_sided_worse_p_value(results[-1].successes, results[-1].trials, measured.successes, measured.trials)
+                    if p_worse < ROLLBACK_P:
+                        current, version = parent, publish_and_deploy(
+                            client, parent, f"rollback: {version} is below {parent_version} (one-sided p = {p_worse:.3f})")
+                        notes.append(f"round {k}: rolled back to {parent_version}: {results[-1].successes}/{results[-1].trials} vs "
+                                     f"{measured.successes}/{measured.trials}, one-sided two-proportion z-test p = {p_worse:.3f} < {ROLLBACK_P}")
+                else:
+                    # No new version: the robot keeps its policy and records more of its rollouts for the next round.
+                    with progress.stage(f"round {k}: {version} kept; the robot records {sizes['rollouts']} more rollouts"):
+                        results.append(rollouts(robot_side, learner_store, version, sizes["rollouts"], f"round {k} ({version} kept)",
+                                                already=sum(r.trials for r in results if r.version == version)))
 
         with progress.stage("report"):
             videos = []
@@ -271,6 +298,7 @@ def run_loop(args: argparse.Namespace) -> Path:
             report = write_report(
                 paths.report, f"wmpo run on {robot.name} ({args.size} sizes, P={sizes['rollouts']} per version)", results,
                 {"robot": robot.name, "sim": sim, "sizes": sizes, "stage_seconds": progress.timings, "run_folder": str(paths.root)}, videos,
+                notes=notes,
             )
     finally:
         if service is not None:
@@ -285,18 +313,28 @@ def _episodes(store_path: Path, version: str):
     return EpisodeStore.open(store_path).select(source="policy", policy_version=version)
 
 
-def rollouts(robot_side, learner_store: Path, version: str, count: int, label: str):
-    """Have the robot run `count` episodes with `version` (recorded and streamed), then score them."""
+def rollouts(robot_side, learner_store: Path, version: str, count: int, label: str, already: int = 0):
+    """Have the robot run `count` new episodes with `version` (recorded and streamed) after the
+    `already` that earlier stages measured, then score just those `count`."""
     from wmpo_learner.report import VersionResult
 
     robot_side.wait_for_version(version, timeout_s=600)
+    want = already + count
     have = len(_episodes(learner_store, version))
-    if have < count:
-        robot_side.run_episodes(count - have)
+    if have < want:
+        robot_side.run_episodes(want - have)
         robot_side.wait_uploaded(timeout_s=600)
-    wait_for_learner_episodes(learner_store, count, 600, source="policy", policy_version=version)
-    metas = _episodes(learner_store, version)[:count]
+    wait_for_learner_episodes(learner_store, want, 600, source="policy", policy_version=version)
+    metas = _episodes(learner_store, version)[already:want]
     return VersionResult(label, version, sum(bool(m.success) for m in metas), len(metas))
+
+
+def merged(results, version: str):
+    """Every measured episode of `version` so far, as one result."""
+    from wmpo_learner.report import VersionResult
+
+    mine = [r for r in results if r.version == version]
+    return VersionResult(version, version, sum(r.successes for r in mine), sum(r.trials for r in mine))
 
 
 def run(args: argparse.Namespace) -> int:

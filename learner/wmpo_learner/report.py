@@ -88,17 +88,22 @@ def real_vs_imagined_video(world_model: Path, store_path: Path, episode_id: str,
     return out
 
 
-def write_report(out_dir: Path, title: str, results: Sequence[VersionResult], details: dict, videos: Sequence[Path]) -> Path:
-    """report.md + report.json + success.png in `out_dir`."""
+def write_report(
+    out_dir: Path, title: str, results: Sequence[VersionResult], details: dict, videos: Sequence[Path], notes: Sequence[str] = ()
+) -> Path:
+    """report.md + report.json + success.png in `out_dir`; `notes`: what each round decided and why."""
     out_dir.mkdir(parents=True, exist_ok=True)
     plot = plot_success(results, out_dir / "success.png", title)
     lines = [f"# {title}", "", results_table(results), "", f"![success per version]({plot.name})", ""]
+    if notes:
+        lines += ["What each round decided:", "", *[f"- {n}" for n in notes], ""]
     if videos:
         lines += ["Real episodes (left) next to the world model's open-loop replay of their actions (right):", ""]
         lines += [f"- [{v.name}]({v.relative_to(out_dir)})" for v in videos]
         lines.append("")
     lines += ["```json", json.dumps(details, indent=2), "```", ""]
     (out_dir / "report.md").write_text("\n".join(lines))
-    payload = {"title": title, "results": [{**asdict(r), "rate": r.successes / r.trials, "ci95": list(r.success_rate.interval)} for r in results], **details}
+    payload = {"title": title, "results": [{**asdict(r), "rate": r.successes / r.trials, "ci95": list(r.success_rate.interval)} for r in results],
+               "notes": list(notes), **details}
     (out_dir / "report.json").write_text(json.dumps(payload, indent=2) + "\n")
     return out_dir / "report.md"
