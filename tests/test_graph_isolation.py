@@ -25,7 +25,7 @@ from std_srvs.srv import Trigger
 
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.robot_config import load_robot_config
-from wmpo_ros.isolation import parse_domain
+from wmpo_ros.isolation import isolate_graph, parse_domain
 from wmpo_ros.names import graph_names
 from wmpo_ros.session import RobotSession
 
@@ -79,11 +79,23 @@ def test_two_simulated_graphs_side_by_side_record_only_their_own_episodes(tmp_pa
     assert not ids[0] & ids[100]
 
 
-def test_ros_domain_values() -> None:
+def test_ros_domain_values_and_defaults(monkeypatch) -> None:
     assert parse_domain("auto") == "auto" and parse_domain("env") == "env" and parse_domain("42") == 42
     for bad in ("-1", "233", "seven"):
         with pytest.raises(ValueError, match="--ros-domain"):
             parse_domain(bad)
+    monkeypatch.delenv("ROS_DOMAIN_ID")
+    monkeypatch.delenv("ROS_AUTOMATIC_DISCOVERY_RANGE")
+    real = isolate_graph(None, sim=False)  # a real arm keeps the user's environment
+    assert real.domain_id is None and "ROS_AUTOMATIC_DISCOVERY_RANGE" not in os.environ
+    first, second = isolate_graph(None, sim=True), isolate_graph("auto", sim=False)
+    assert first.domain_id != second.domain_id and os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
+    first.release()
+    assert isolate_graph(first.domain_id, sim=True).domain_id == first.domain_id  # an explicit id, no lease needed
+    second.release()
+    monkeypatch.setenv("ROS_DOMAIN_ID", "seven")
+    with pytest.raises(ValueError, match="ROS_DOMAIN_ID must be a domain id 0..232, got 'seven'"):
+        isolate_graph(None, sim=True)
 
 
 class ForeignGraph:
