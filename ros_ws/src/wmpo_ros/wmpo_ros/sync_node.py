@@ -6,8 +6,10 @@ none of it may ever run on an executor callback, let alone near the control loop
 Episodes up. Every episode the recorder commits (announced on `<ns>/recorder/episodes`), and at
 start-up every episode already in the robot's store, goes into the durable outbox
 (`wmpo_ros.outbox`: SQLite next to the store) and is uploaded with retry and backoff. Learner down,
-robot restarted: nothing is lost, uploads resume; the learner is idempotent by episode id, so a
-duplicate is harmless.
+robot restarted: nothing is lost, uploads resume, within seconds of the learner answering again
+(its health endpoint is probed while it is away); the learner is idempotent by episode id, so a
+duplicate is harmless. An announced episode that is not in this robot's store is another graph's
+(a second robot graph on the same ROS network): it is ignored, with a warning.
 
 Policies down. The node long-polls the learner's deployment. A newly deployed version is
 
@@ -237,6 +239,8 @@ class SyncNode(Node):
         )
 
     def _publish_diagnostics(self) -> None:
+        if self._stopping.is_set():  # a timer tick racing destroy_node (an executor still spinning)
+            return
         msg = DiagnosticArray(status=[self.diagnostics()])
         msg.header.stamp = self.get_clock().now().to_msg()
         self._diag_pub.publish(msg)
