@@ -15,8 +15,10 @@ Exit status 0 only when nothing is left pending or refused.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 POLL_S = 0.2
@@ -70,6 +72,9 @@ def _push(args: argparse.Namespace) -> int:
     if not args.learner:
         print("wmpo outbox push: give the learner's URL with --learner", file=sys.stderr)
         return 2
+    if urllib.parse.urlsplit(args.learner).scheme not in ("http", "https") or not urllib.parse.urlsplit(args.learner).hostname:
+        print(f"wmpo outbox push: --learner must be an http:// or https:// URL with a host, got '{args.learner}'", file=sys.stderr)
+        return 2
     if args.timeout_s <= 0:
         print(f"wmpo outbox push: --timeout-s must be > 0, got {args.timeout_s}", file=sys.stderr)
         return 2
@@ -81,6 +86,7 @@ def _push(args: argparse.Namespace) -> int:
         Outbox(_outbox_path(args)) as outbox,
         LearnerClient.from_env(args.learner, args.learner_token_file or None, verify=args.learner_ca or True) as client,
     ):
+        logging.getLogger("wmpo.outbox").setLevel(logging.ERROR)  # the bar shows the waits; refusals still print
         worker = OutboxWorker(outbox, store_uploader(client, store), backoff=Backoff(max_s=DRAIN_BACKOFF_MAX_S), probe=client.answers)
         worker.start()  # first: refuses (OutboxBusy) while a robot's sync node uploads this outbox
         try:
@@ -94,13 +100,15 @@ def _push(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             deadline = time.monotonic() + args.timeout_s
-            with tqdm(total=len(pending), desc="outbox push", unit="episode") as bar:
+            note = ""
+            with tqdm(total=len(pending), desc="outbox push", unit="episode", mininterval=1.0) as bar:
                 while True:
                     left = [e for e in outbox.entries("pending") if e.episode_id in pending]
-                    bar.n = len(pending) - len(left)
-                    waiting = next((e.last_error for e in left if e.last_error), None)
-                    bar.set_postfix_str("learner not taking uploads; retrying as soon as it answers" if waiting else "", refresh=False)
-                    bar.refresh()
+                    waiting = "learner not taking uploads; retrying as soon as it answers" if any(e.last_error for e in left) else ""
+                    if waiting != note:
+                        note = waiting
+                        bar.set_postfix_str(note, refresh=False)
+                    bar.update(len(pending) - len(left) - bar.n)
                     if not left or time.monotonic() > deadline:
                         break
                     time.sleep(POLL_S)
