@@ -260,6 +260,8 @@ def test_outbox_push_delivers_a_store_with_no_robot_as_soon_as_the_learner_answe
     assert missing.returncode == 2 and missing.stderr.strip() == f"wmpo outbox push: no episode store at {tmp_path / 'nowhere.zarr'}"
     no_url = wmpo_outbox("push", "--store", str(path))
     assert no_url.returncode == 2 and "--learner" in no_url.stderr
+    bad_url = wmpo_outbox("push", "--store", str(path), "--learner", "127.0.0.1:8765")
+    assert bad_url.returncode == 2 and "--learner must be an http:// or https:// URL with a host, got '127.0.0.1:8765'" in bad_url.stderr
 
 
 def test_learner_outage_during_recording_every_episode_delivered_and_a_clean_shutdown(tmp_path, caplog, capfd):
