@@ -53,6 +53,7 @@ from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
 from std_msgs.msg import String
 from wmpo_core.episode_store import EpisodeStore
+from wmpo_core.ids import UnsafeNameError, child_path
 from wmpo_core.robot_config import RobotConfig, load_robot_config
 
 from wmpo_ros.learner_client import IntegrityError, LearnerClient, LearnerError, LearnerRejected
@@ -439,7 +440,10 @@ class SyncNode(Node):
     def _reject(self, version: str, reason: str) -> None:
         running = self.status.active_version or "no policy"
         self.get_logger().error(f"rejected policy version '{version}' from the learner: {reason} (still running {running})")
-        shutil.rmtree(self.cache / version, ignore_errors=True)
+        try:  # the version came from the network: delete only inside the cache
+            shutil.rmtree(child_path(self.cache, version, "rejected policy version"), ignore_errors=True)
+        except UnsafeNameError as exc:
+            self.get_logger().error(str(exc))
         self._update(state="rejected", last_rejection=Rejection(version, reason, time.time()))
 
     def _prune_cache(self, keep: str) -> None:
