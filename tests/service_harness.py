@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 from wmpo_core.episode_store import EpisodeStore
+from wmpo_core.protocol.archive import write_dir_archive
 from wmpo_core.robot_config import load_robot_config
-from wmpo_learner.service.archive import write_dir_archive
 from wmpo_learner.service.local import free_port
 
 TOKEN = "test-token-0123456789abcdef"

@@ -16,6 +16,7 @@ import pytest
 from openapi_spec_validator import validate as validate_openapi
 from service_harness import TOKEN, WRONG_TOKEN, auth, record_episodes, start_learner
 from wmpo_core.episode_store import EpisodeStore
+from wmpo_core.protocol.archive import write_dir_archive
 from wmpo_learner.service.app import (
     LearnerService,
     ServiceConfig,
@@ -24,7 +25,6 @@ from wmpo_learner.service.app import (
     config_from_args,
     create_app,
 )
-from wmpo_learner.service.archive import write_dir_archive
 from wmpo_ros.learner_client import LearnerClient, LearnerUnavailable
 
 OPEN_ROUTES = {("GET", "/v1/health"), ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc")}

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 from service_harness import TOKEN, auth, start_learner
-from wmpo_learner.service.archive import write_dir_archive
-from wmpo_learner.service.models import FileEntry, PolicyVersion
+from wmpo_core.protocol.archive import write_dir_archive
+from wmpo_core.protocol.models import FileEntry, PolicyVersion
 from wmpo_ros.learner_client import IntegrityError, LearnerClient, LearnerRejected, verify_version_dir
 
 

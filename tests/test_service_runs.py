@@ -9,7 +9,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 from service_harness import TOKEN, auth, start_learner
-from wmpo_learner.service.models import RunCreate, RunUpdate
+from wmpo_core.protocol.models import RunCreate, RunUpdate
 from wmpo_learner.service.runs import RunBook, RunFinishedError
 from wmpo_ros.learner_client import LearnerClient, LearnerRejected
 

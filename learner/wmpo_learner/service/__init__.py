@@ -4,6 +4,6 @@ Robots upload finished episodes and learn about new policy versions; learner job
 versions, mark the one to deploy and report run status. The service is the single writer of the
 learner's episode store and policy registry. docs/learner_service.md is the full contract.
 
-Submodules `models` (wire types), `archive` (upload format) and `token` depend only on pydantic
-and the standard library, so robot-side clients import them without pulling in the server.
+The wire protocol (API models, upload archive format, token loading) lives in the shared core,
+`wmpo_core.protocol`, so robot-side clients speak it without importing the learner.
 """

@@ -31,12 +31,8 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.requests import ClientDisconnect
 from wmpo_core.episode_store import EpisodeMeta, EpisodeStore, StoreError
 from wmpo_core.ids import UnsafeNameError
-from wmpo_core.robot_config import RobotConfig, RobotConfigError, load_robot_config
-
-from wmpo_learner.service.archive import ArchiveError, extract_dir_archive
-from wmpo_learner.service.auth import BearerAuth
-from wmpo_learner.service.ingest import EpisodeIngestor, EpisodeRejectedError
-from wmpo_learner.service.models import (
+from wmpo_core.protocol.archive import ArchiveError, extract_dir_archive
+from wmpo_core.protocol.models import (
     API_PREFIX,
     ARCHIVE_MEDIA_TYPE,
     NAME_PATTERN,
@@ -60,6 +56,11 @@ from wmpo_learner.service.models import (
     RunSummary,
     RunUpdate,
 )
+from wmpo_core.protocol.token import TOKEN_ENV, TokenError, load_token
+from wmpo_core.robot_config import RobotConfig, RobotConfigError, load_robot_config
+
+from wmpo_learner.service.auth import BearerAuth
+from wmpo_learner.service.ingest import EpisodeIngestor, EpisodeRejectedError
 from wmpo_learner.service.notify import DeploymentWatch
 from wmpo_learner.service.registry import (
     InvalidCheckpointError,
@@ -71,7 +72,6 @@ from wmpo_learner.service.registry import (
     VersionNotFoundError,
 )
 from wmpo_learner.service.runs import RunBook, RunError, RunExistsError, RunFinishedError, RunNotFoundError
-from wmpo_learner.service.token import TOKEN_ENV, TokenError, load_token
 from wmpo_learner.service.uploads import Spool, SpoolLockedError, check_upload_headers, receive_body
 
 log = logging.getLogger("wmpo.service")

@@ -1,4 +1,4 @@
-"""Bearer-token authentication of requests (the token itself: `wmpo_learner.service.token`).
+"""Bearer-token authentication of requests (the token itself: `wmpo_core.protocol.token`).
 
 The service compares the `Authorization: Bearer <token>` header with its token in constant time,
 before FastAPI reads or parses the request body (`AuthFirstRoute`): a caller without the token

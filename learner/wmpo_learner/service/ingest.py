@@ -14,9 +14,8 @@ from typing import Literal
 
 from pydantic import ValidationError
 from wmpo_core.episode_store import EPISODE_ATTR, EpisodeMeta, EpisodeStore, StoreFormatError
+from wmpo_core.protocol.archive import extract_dir_archive
 from wmpo_core.robot_config import RobotConfig
-
-from wmpo_learner.service.archive import extract_dir_archive
 
 
 class EpisodeRejectedError(ValueError):

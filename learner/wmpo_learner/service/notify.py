@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from wmpo_learner.service.models import Deployment
+from wmpo_core.protocol.models import Deployment
 
 
 class DeploymentWatch:

@@ -31,10 +31,8 @@ from typing import Any
 
 from pydantic import ValidationError
 from wmpo_core.ids import UnsafeNameError, child_path, is_valid_id
-
-from wmpo_learner.service.archive import CHUNK_BYTES, file_sha256
-from wmpo_learner.service.durable import atomic_write_json, fsync_dir
-from wmpo_learner.service.models import (
+from wmpo_core.protocol.archive import CHUNK_BYTES, file_sha256
+from wmpo_core.protocol.models import (
     NAME_PATTERN,
     DeployEvent,
     Deployment,
@@ -42,6 +40,8 @@ from wmpo_learner.service.models import (
     FileEntry,
     PolicyVersion,
 )
+
+from wmpo_learner.service.durable import atomic_write_json, fsync_dir
 
 MARKER = "wmpo_policy_registry"
 FORMAT_VERSION = 1

@@ -20,9 +20,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 from wmpo_core.ids import check_id, child_path
-
-from wmpo_learner.service.durable import atomic_write_json
-from wmpo_learner.service.models import (
+from wmpo_core.protocol.models import (
     TERMINAL_RUN_STATES,
     MetricPoint,
     Run,
@@ -31,6 +29,8 @@ from wmpo_learner.service.models import (
     RunSummary,
     RunUpdate,
 )
+
+from wmpo_learner.service.durable import atomic_write_json
 
 HISTORY_IN_MEMORY = 10_000
 

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import HTTPException, Request, status
-
-from wmpo_learner.service.models import ARCHIVE_MEDIA_TYPE, SHA256_HEADER
+from wmpo_core.protocol.models import ARCHIVE_MEDIA_TYPE, SHA256_HEADER
 
 DISK_RESERVE_BYTES = 256 << 20
 COPIES_ON_DISK = 3

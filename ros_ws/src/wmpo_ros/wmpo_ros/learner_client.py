@@ -37,8 +37,8 @@ import httpx
 from pydantic import BaseModel, ValidationError
 from wmpo_core.episode_store import EpisodeMeta
 from wmpo_core.ids import check_id, child_path
-from wmpo_learner.service.archive import CHUNK_BYTES, write_dir_archive
-from wmpo_learner.service.models import (
+from wmpo_core.protocol.archive import CHUNK_BYTES, write_dir_archive
+from wmpo_core.protocol.models import (
     API_PREFIX,
     ARCHIVE_MEDIA_TYPE,
     SHA256_HEADER,
@@ -61,7 +61,7 @@ from wmpo_learner.service.models import (
     RunUpdate,
     finite_or_none,
 )
-from wmpo_learner.service.token import load_token
+from wmpo_core.protocol.token import load_token
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=5.0)
 LONG_POLL_S = 30.0

@@ -132,7 +132,7 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wmpo_learner.service.token import TokenError
+    from wmpo_core.protocol.token import TokenError
 
     from wmpo_ros.outbox import OutboxBusy
 

@@ -11,6 +11,7 @@ import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
 from wmpo_core.episode_store import EpisodeMeta
 from wmpo_core.ids import ID_PATTERN
 
