@@ -71,7 +71,9 @@ def write_dir_archive(src_dir: str | os.PathLike[str], name: str, out: BinaryIO)
                 path = Path(dirpath) / entry
                 mode = path.lstat().st_mode
                 if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-                    raise ArchiveError(f"{path}: not a regular file or directory (links and special files are not shipped)")
+                    raise ArchiveError(
+                        f"{path}: not a regular file or directory (links and special files are not shipped)"
+                    )
                 rel = path.relative_to(root).as_posix()
                 tar.add(path, arcname=f"{name}/{rel}", recursive=False, filter=_anonymous)
     return ArchiveInfo(sink.hash.hexdigest(), sink.size)
@@ -116,7 +118,9 @@ def _check_member(member: tarfile.TarInfo, name: str) -> None:
         raise ArchiveError(f"archive member '{member.name}' has an unsafe path")
     if not (member.isreg() or member.isdir()) or member.issparse():
         kind = "link" if member.issym() or member.islnk() else "special or sparse file"
-        raise ArchiveError(f"archive member '{member.name}' is a {kind}; only regular files and directories are accepted")
+        raise ArchiveError(
+            f"archive member '{member.name}' is a {kind}; only regular files and directories are accepted"
+        )
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

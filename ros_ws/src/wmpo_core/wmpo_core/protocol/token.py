@@ -34,5 +34,7 @@ def load_token(token_file: str | os.PathLike[str] | None = None, env: str = TOKE
         if not token:
             return None
     if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
-        raise TokenError(f"the token must be at least {MIN_TOKEN_CHARS} characters without spaces ({TOKEN_HINT})")
+        raise TokenError(
+            f"the token must be at least {MIN_TOKEN_CHARS} characters without spaces ({TOKEN_HINT})"
+        )
     return token
