@@ -44,11 +44,12 @@ from wmpo_learner.report import VersionResult, plot_success, results_table
 
 SIZES: dict[str, dict[str, Any]] = {
     "cpu": {"demos": 120, "sft_steps": 2000, "vla_recipe": "tiny", "wm_preset": "tiny", "wm_steps": 1500, "wm_vae_steps": 300,
-            "budget": 64, "check_episodes": 32, "eval_episodes": 200, "rounds": 3, "iterate_preset": "cpu",
+            "budget": 64, "check_episodes": 32, "eval_episodes": 200, "candidate_eval_episodes": 50, "rounds": 3, "iterate_preset": "cpu",
             "iterate_set": ["horizon=56", "grpo_iterations=4"],
             "real_grpo": {"group_size": 8, "groups_per_batch": 2, "minibatch": 16, "lr": 5e-5}},
     "gpu": {"demos": 200, "sft_steps": 0, "vla_recipe": "realistic", "wm_preset": "xl", "wm_steps": 0, "wm_vae_steps": 0,
-            "budget": 128, "check_episodes": 64, "eval_episodes": 200, "rounds": 3, "iterate_preset": "paper", "iterate_set": [],
+            "budget": 128, "check_episodes": 64, "eval_episodes": 200, "candidate_eval_episodes": 200, "rounds": 3,
+            "iterate_preset": "paper", "iterate_set": [],
             "real_grpo": {"group_size": 8, "groups_per_batch": 16, "minibatch": 128, "lr": 5e-6}},
 }
 ROLLOUT_SEED_OFFSET = 100_000
@@ -122,18 +123,19 @@ def main(argv: list[str] | None = None) -> int:
             sizes[key] = getattr(args, key)
     out, robot, P, device = args.out, args.robot, sizes["budget"], ["--device", args.device]
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
     store, check_store = out / "learner.zarr", out / "check.zarr"
-    timings: dict[str, float] = {}
+    timings_file = out / "timings.json"  # stage times survive a resume, so `hours` is the whole experiment's
+    timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.exists() else {}
 
     def timed(label: str, fn, *a, **kw):
         t = time.time()
         result = fn(*a, **kw)
         timings[label] = timings.get(label, 0) + round(time.time() - t)
+        timings_file.write_text(json.dumps(timings, indent=2) + "\n")
         return result
 
-    def scored(name: str, policy: Path) -> dict[str, Any]:
-        summary = timed(f"eval {name}", evaluate, policy, robot, sizes["eval_episodes"], out / f"eval_{name}.json", args.workers)
+    def scored(name: str, policy: Path, episodes: int | None = None) -> dict[str, Any]:
+        summary = timed(f"eval {name}", evaluate, policy, robot, episodes or sizes["eval_episodes"], out / f"eval_{name}.json", args.workers)
         print(f"[experiment] {name} ({summary['version']}): {summary['success']}", flush=True)
         return summary
 
@@ -161,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
               "--minibatch", g["minibatch"], "--lr", g["lr"], "--iterations", 10_000, *device)
     evals["real_grpo"] = (real, scored("real_grpo", real))
     policies.append(entry("real_grpo", evals["real_grpo"][1]))
+    write_results(args, out, P, robot, sizes, policies, {}, [], timings, argv, final=False)
 
     # 3. Pretrained world model (on the demonstrations).
     wm = args.wm
@@ -190,7 +193,10 @@ def main(argv: list[str] | None = None) -> int:
             argv_k += ["--set", item]
         timed(f"round {k} learning", wmpo, *argv_k, *(["--reward", reward] if reward else []))
         summary = json.loads((round_dir / "round.json").read_text())
-        candidate = scored(f"wmpo_r{k}_candidate", round_dir / "policy")
+        # A promoted candidate is the deployed policy (full evaluation); one that was not promoted is
+        # still measured, on fewer episodes, to show whether holding it back was right.
+        candidate = scored(f"wmpo_r{k}_candidate", round_dir / "policy",
+                           None if summary["promoted"] else sizes["candidate_eval_episodes"])
         evals[f"wmpo_r{k}_candidate"] = (round_dir / "policy", candidate)
         deployed = candidate if summary["promoted"] else next(e for _, e in evals.values() if e["version"] == summary["parent_version"])
         policies.append(entry(f"wmpo_r{k}", deployed, promoted=summary["promoted"], reason=summary["reason"],
@@ -199,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                        "guard": summary["guard"], "outcome_agreement": summary["check"]})
         current = Path(summary["next_policy"])
         current_wm, reward = round_dir / "world_model", round_dir / "reward_model"
+        write_results(args, out, P, robot, sizes, policies, {}, rounds, timings, argv, final=False)
 
     # 5. Does imagination rank the evaluated policies as reality does? (the last round's models)
     diagnostics: dict[str, Any] = {}
@@ -217,10 +224,18 @@ def main(argv: list[str] | None = None) -> int:
             "policy_ranking_detail": final["policy_ranking"]["policies"],
         }
 
-    hours = (time.time() - t0) / 3600
+    write_results(args, out, P, robot, sizes, policies, diagnostics, rounds, timings, argv, final=True)
+    return 0
+
+
+def write_results(args, out: Path, P: int, robot: str, sizes: dict[str, Any], policies: list[dict[str, Any]],
+                  diagnostics: dict[str, Any], rounds: list[dict[str, Any]], timings: dict[str, float],
+                  argv: list[str] | None, final: bool) -> None:
+    """The JSON and plot so far (written after every round, so an interrupted run still shows its numbers)."""
+    hours = sum(timings.values()) / 3600  # every timed stage of every invocation (base SFT/demos when made elsewhere: not included)
     title = f"WMPO vs real-env GRPO at P={P} real episodes per round, {robot}, {args.size} sizes"
     command = " ".join(["python", "bench/wmpo_experiment.py", *(argv if argv is not None else sys.argv[1:])])
-    result = {"machine": machine(), "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "command": command, "hours": round(hours, 2), "robot": robot, "budget_P": P,
+    result = {"complete": final, "machine": machine(), "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "command": command, "hours": round(hours, 2), "robot": robot, "budget_P": P,
               "eval_episodes": sizes["eval_episodes"], "policies": policies, "diagnostics": diagnostics,
               "rounds": rounds, "sizes": sizes, "timings_s": timings}
     bars = [VersionResult(p["name"], p["version"], p["successes"], p["episodes"]) for p in policies]
@@ -230,8 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         target.mkdir(parents=True, exist_ok=True)
         plot_success(bars, target / f"wmpo_experiment_{args.tag or args.size}.png", title)
         (target / f"wmpo_experiment_{args.tag or args.size}.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n{title}\n{results_table(bars)}\nmachine: {result['machine']}\ntook {hours:.2f} h (this invocation)")
-    return 0
+    print(f"\n{title}\n{results_table(bars)}\nmachine: {result['machine']}\nstages took {hours:.2f} h in all", flush=True)
 
 
 if __name__ == "__main__":

@@ -127,3 +127,23 @@ def test_grpo_in_imagination_records_what_the_guard_kept(short_robot, tmp_path: 
     saved = json.loads((tmp_path / "out" / "training" / "grpo_summary.json").read_text())
     assert saved["guard"] == summary["guard"] and 0.0 <= saved["guard"]["parent_score"] <= 1.0
     assert saved["guard"]["best_iteration"] in (-1, 0, 1) and saved["iterations"] == 2
+
+
+def test_calibration_rethresholds_the_reward_model_on_imagined_replays(short_robot, tmp_path: Path) -> None:
+    _, wm, reward, _ = _imagination_parts(short_robot, tmp_path)
+    store = _labelled_store(short_robot, tmp_path / "rollouts.zarr")
+    robot_yaml = tmp_path / "so101_sim.yaml"
+    data = yaml.safe_load((Path(__file__).parents[1] / "robot_configs" / "so101_sim.yaml").read_text())
+    robot_yaml.write_text(yaml.safe_dump({**data, "episode_time_limit_s": 1.6}))
+    out, calibrated = tmp_path / "check.json", tmp_path / "reward_imagined"
+    assert wmpo(["imagination-check", "--store", str(store), "--wm", str(wm), "--reward", str(reward), "--robot", str(robot_yaml),
+                 "--sampling-steps", "1", "--calibrate-on", str(store), "--calibrated-reward", str(calibrated), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    c = result["calibration"]
+    assert c["episodes"] == 4 and c["previous_threshold"] == load_reward(reward)[0].threshold
+    assert load_reward(calibrated)[0].threshold == c["threshold"] == result["outcome_agreement"]["threshold"]
+    # Calibrated on the very episodes it is checked on, with the same noise: the best-F1 threshold
+    # separates them at least as well as chance.
+    assert result["outcome_agreement"]["balanced_accuracy"] >= 0.5
+    assert wmpo(["imagination-check", "--store", str(store), "--wm", str(wm), "--reward", str(reward),
+                 "--robot", str(robot_yaml), "--calibrate-on", str(store)]) == 2  # nowhere to write it

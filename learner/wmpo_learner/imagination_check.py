@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from wmpo_core.episode_store import EpisodeMeta, EpisodeStore, StoreError
+from wmpo_learner.reward.threshold import select_threshold
 from wmpo_learner.stats import Confusion, rank_auc, spearman
 from wmpo_learner.world_model.data import read_episode, select_episodes
 
@@ -42,6 +43,39 @@ def trained_on(world_model: Any, reward_metadata: Any) -> set[str]:
     """Episode ids either model has seen in training."""
     seen = {e for h in world_model.provenance.get("history", []) for e in h.get("episodes", [])}
     return seen | set(reward_metadata.training.episodes if reward_metadata.training is not None else [])
+
+
+def replay_videos(
+    world_model: Any,
+    store: EpisodeStore,
+    episodes: Sequence[EpisodeMeta],
+    sampling_steps: int | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(imagined, real) videos of `episodes`: each episode's real actions replayed in the world model
+    from its real first frame (at the model's resolution), and its real frames."""
+    wm, camera = world_model, world_model.camera
+    generator = torch.Generator().manual_seed(seed)
+    imagined_videos, real_videos = [], []
+    batches = [episodes[i : i + batch_size] for i in range(0, len(episodes), batch_size)]
+    for batch in tqdm(batches, desc="replay in imagination", unit="batch", disable=not progress, dynamic_ncols=True):
+        data = [read_episode(store, m, camera, wm.config.resolution) for m in batch]
+        n = max(len(actions) for _, actions in data)
+        actions = np.stack([np.concatenate([a, np.repeat(a[-1:], n - len(a), axis=0)]) for _, a in data])
+        replayed = wm.replay(np.stack([frames[0] for frames, _ in data]), actions, generator, sampling_steps)
+        for (frames, a), video in zip(data, replayed, strict=True):
+            imagined_videos.append(np.concatenate([frames[:1], video[: len(a)]]))
+        real_videos += [store.episode(m.episode_id).frames(camera) for m in batch]
+    return imagined_videos, real_videos
+
+
+def _labelled(episodes: Sequence[EpisodeMeta]) -> list[EpisodeMeta]:
+    labelled = [m for m in episodes if m.success is not None and m.num_steps >= 1]
+    if not labelled:
+        raise ValueError("the imagination check needs episodes labelled with their real success")
+    return labelled
 
 
 def outcome_agreement(
@@ -56,21 +90,8 @@ def outcome_agreement(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Link 1 of the module docstring on `episodes` (labelled with their real success)."""
-    labelled = [m for m in episodes if m.success is not None and m.num_steps >= 1]
-    if not labelled:
-        raise ValueError("outcome agreement needs episodes labelled with their real success")
-    wm, camera = world_model, world_model.camera
-    generator = torch.Generator().manual_seed(seed)
-    imagined_videos, real_videos = [], []
-    batches = [labelled[i : i + batch_size] for i in range(0, len(labelled), batch_size)]
-    for batch in tqdm(batches, desc="replay in imagination", unit="batch", disable=not progress, dynamic_ncols=True):
-        data = [read_episode(store, m, camera, wm.config.resolution) for m in batch]
-        n = max(len(actions) for _, actions in data)
-        actions = np.stack([np.concatenate([a, np.repeat(a[-1:], n - len(a), axis=0)]) for _, a in data])
-        replayed = wm.replay(np.stack([frames[0] for frames, _ in data]), actions, generator, sampling_steps)
-        for (frames, a), video in zip(data, replayed, strict=True):
-            imagined_videos.append(np.concatenate([frames[:1], video[: len(a)]]))
-        real_videos += [store.episode(m.episode_id).frames(camera) for m in batch]
+    labelled = _labelled(episodes)
+    imagined_videos, real_videos = replay_videos(world_model, store, labelled, sampling_steps, batch_size, seed, progress)
     real = [bool(m.success) for m in labelled]
     imagined = reward_model.detect_batch(imagined_videos)
     on_real = reward_model.detect_batch(real_videos)
@@ -89,6 +110,7 @@ def outcome_agreement(
     return {
         "episodes": len(labelled),
         "held_out": held_out,
+        "threshold": reward_model.threshold,
         "balanced_accuracy": result["balanced_accuracy"],
         "auc": result["auc"],
         "imagined_success": result["predicted_success"],
@@ -97,6 +119,28 @@ def outcome_agreement(
         "reward_on_real_videos": summary(on_real),
         "episode_ids": [m.episode_id for m in labelled],
     }
+
+
+def calibrate_threshold(
+    world_model: Any,
+    reward_model: Any,
+    store: EpisodeStore,
+    episodes: Sequence[EpisodeMeta],
+    sampling_steps: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Re-choose the reward model's threshold for *imagined* video: replay real, labelled episodes
+    (typically those the world model was aligned on) and take the best-F1 threshold of the reward
+    scores of their imagined videos against their real outcomes. A reward model trained and
+    thresholded on real frames reads the world model's blurrier frames differently; this puts its
+    decision where imagined successes and failures separate."""
+    labelled = _labelled(episodes)
+    imagined_videos, _ = replay_videos(world_model, store, labelled, sampling_steps, seed=seed, progress=progress)
+    scores = [float(d.scores.max()) for d in reward_model.detect_batch(imagined_videos)]
+    best, _ = select_threshold(scores, [bool(m.success) for m in labelled])
+    return {"threshold": best.threshold, "previous_threshold": reward_model.threshold, "episodes": len(labelled),
+            "f1": best.f1}
 
 
 def imagined_success(
@@ -165,6 +209,11 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--seed", type=int, default=0, help="world-model noise seed")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="torch device (default cpu)")
     parser.add_argument("--json", type=Path, default=None, help="write the result here as JSON")
+    parser.add_argument("--calibrate-on", type=Path, default=None, metavar="STORE",
+                        help="first re-threshold the reward model on world-model replays of this store's labelled policy "
+                        "rollouts (of --policy-version; typically the ones the world model was aligned on), then check with it")
+    parser.add_argument("--calibrated-reward", type=Path, default=None, metavar="DIR",
+                        help="with --calibrate-on: write the re-thresholded reward model here (for GRPO)")
 
 
 def _fail(message: str) -> int:
@@ -178,6 +227,7 @@ def run(args: argparse.Namespace) -> int:
     from wmpo_learner.grpo.run import initial_frames
     from wmpo_learner.reward.checkpoint import CheckpointError
     from wmpo_learner.reward.checkpoint import load_checkpoint as load_reward
+    from wmpo_learner.reward.checkpoint import save_checkpoint as save_reward
     from wmpo_learner.world_model.model import WorldModel, WorldModelLoadError
 
     if args.max_episodes < 1 or args.rank_frames < 1:
@@ -210,8 +260,19 @@ def run(args: argparse.Namespace) -> int:
         if not metas:
             return _fail(f"no {'held-out ' if not args.include_trained else ''}labelled policy rollouts in {args.store}"
                          f"{' of version ' + args.policy_version if args.policy_version else ''} (pass --include-trained to use trained-on ones)")
+        calibration = None
+        if args.calibrate_on is not None:
+            if args.calibrated_reward is None:
+                return _fail("--calibrate-on needs --calibrated-reward DIR to write the re-thresholded reward model to")
+            source = EpisodeStore.open(args.calibrate_on)
+            chosen = [m for m in select_episodes(source, None, source="policy", policy_version=args.policy_version)
+                      if m.robot_config_name == robot.name and m.success is not None]
+            calibration = calibrate_threshold(wm, rm, source, chosen[-args.max_episodes :], args.sampling_steps, args.seed)
+            rm.threshold = calibration["threshold"]
+            save_reward(rm, args.calibrated_reward, validation=rm_meta.validation, training=rm_meta.training)
+            calibration["store"], calibration["reward_model"] = str(args.calibrate_on), str(args.calibrated_reward)
         result: dict[str, Any] = {
-            "store": str(args.store), "world_model": str(args.wm), "reward_model": str(args.reward),
+            "store": str(args.store), "world_model": str(args.wm), "reward_model": str(args.reward), "calibration": calibration,
             "outcome_agreement": outcome_agreement(wm, rm, store, metas, held_out=not any(m.episode_id in seen for m in metas),
                                                    sampling_steps=args.sampling_steps, seed=args.seed),
         }
@@ -239,7 +300,12 @@ def format_report(result: dict[str, Any]) -> str:
     """The check as a few lines of Markdown (also used by the run report)."""
     o = result["outcome_agreement"]
     r, c = o["reward_on_real_videos"], o["confusion"]
-    lines = [
+    lines = []
+    if result.get("calibration"):
+        c0 = result["calibration"]
+        lines.append(f"Reward threshold re-chosen on world-model replays of {c0['episodes']} labelled rollouts: "
+                     f"{c0['previous_threshold']:.3f} -> {c0['threshold']:.3f} (F1 {c0['f1']:.2f} there).")
+    lines += [
         f"Outcome agreement on {o['episodes']} {'held-out' if o['held_out'] else 'trained-on'} real rollouts "
         f"(real success {o['real_success']:.2f}): imagined success {o['imagined_success']:.2f}, "
         f"balanced accuracy {_num(o['balanced_accuracy'])}, AUC {_num(o['auc'])} "

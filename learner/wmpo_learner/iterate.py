@@ -11,7 +11,9 @@
 Promotion: the round's policy is promoted (`round.json`: "promoted", "next_policy") only when the
 guard's best iterate beats the parent's greedy imagined success *and* the imagination check's
 balanced accuracy reaches `min_agreement`; otherwise the parent stays the policy to deploy and
-the reason is written down. A round whose GRPO made no update says so. `--set promote=always`
+the reason is written down. A round whose GRPO made no update says so. `--set calibrate_reward=1`
+re-chooses the reward threshold on world-model replays of the aligned-on rollouts before the check
+(GRPO then scores imagination with that threshold). `--set promote=always`
 deploys every round's policy regardless (the robot-side rollback in `wmpo run` still applies).
 
 Each stage runs the same code as its own command (`wmpo align`, `wmpo reward`, `wmpo grpo`,
@@ -36,12 +38,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
         "align_steps": 300, "align_batch": 8, "align_vae_steps": 50, "reward_steps": 300, "grpo_iterations": 6, "group_size": 8,
         "groups_per_batch": 4, "minibatch": 16, "lr": 5e-5, "sampling_steps": 4, "max_resample_rounds": 2, "horizon": 0, "eval_episodes": 20,
-        "guard_frames": 16, "min_agreement": 0.7, "promote": "evidence",
+        "guard_frames": 16, "min_agreement": 0.7, "promote": "evidence", "calibrate_reward": 0,
     },
     "paper": {
         "align_steps": 5000, "align_batch": 128, "align_vae_steps": 0, "reward_steps": 3000, "grpo_iterations": 100, "group_size": 8,
         "groups_per_batch": 64, "minibatch": 128, "lr": 5e-6, "sampling_steps": 30, "max_resample_rounds": 8, "horizon": 0, "eval_episodes": 128,
-        "guard_frames": 64, "min_agreement": 0.8, "promote": "evidence",
+        "guard_frames": 64, "min_agreement": 0.8, "promote": "evidence", "calibrate_reward": 0,
     },
 }
 
@@ -95,6 +97,10 @@ class Round:
     @property
     def check_json(self) -> Path:
         return self.out / "imagination_check.json"
+
+    @property
+    def calibrated_reward(self) -> Path:
+        return self.out / "reward_model_imagined"
 
 
 def stage_sizes(preset: str, overrides: list[str]) -> dict[str, Any]:
@@ -158,10 +164,13 @@ def run_round(args: argparse.Namespace) -> dict[str, Any]:
     ]
     if args.check_store is None:
         check_argv.append("--include-trained")
+    if sizes["calibrate_reward"]:
+        check_argv += ["--calibrate-on", str(args.store), "--calibrated-reward", str(r.calibrated_reward)]
     _stage(r, "check", r.check_json, check_argv)
+    grpo_reward = r.calibrated_reward if sizes["calibrate_reward"] else r.reward_model
     grpo_argv = [
         "grpo", "--policy", str(args.policy), "--robot", args.robot, "--out", str(r.policy), "--env", "imagination",
-        "--wm", str(r.world_model), "--reward", str(r.reward_model), "--store", str(args.store),
+        "--wm", str(r.world_model), "--reward", str(grpo_reward), "--store", str(args.store),
         "--iterations", str(sizes["grpo_iterations"]), "--group-size", str(sizes["group_size"]),
         "--groups-per-batch", str(sizes["groups_per_batch"]), "--minibatch", str(sizes["minibatch"]),
         "--lr", str(sizes["lr"]), "--sampling-steps", str(sizes["sampling_steps"]),
