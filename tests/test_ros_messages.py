@@ -31,6 +31,37 @@ def test_bgr8_bytes_are_blue_first():
     assert bytes(image_to_msg(frame, STAMP, "cam", "bgr8").data) == bytes([30, 20, 10])
 
 
+@pytest.mark.parametrize(
+    ("encoding", "pixels"),
+    [
+        ("bgr8", [[(30, 20, 10), (0, 0, 255)], [(255, 0, 0), (1, 2, 3)]]),
+        ("bgra8", [[(30, 20, 10, 7), (0, 0, 255, 255)], [(255, 0, 0, 0), (1, 2, 3, 128)]]),
+    ],
+)
+def test_bgr_encodings_decode_to_known_rgb(encoding, pixels):
+    """Decoded by OpenCV; the RGB must be what the bytes say, alpha dropped, row padding ignored."""
+    data = np.array(pixels, dtype=np.uint8)  # (2, 2, C) in the message's byte order
+    padded = np.full((2, data.shape[1] * data.shape[2] + 3), 99, dtype=np.uint8)
+    padded[:, : data.shape[1] * data.shape[2]] = data.reshape(2, -1)
+    msg = Image(height=2, width=2, encoding=encoding, step=padded.shape[1], data=padded.tobytes())
+    frame = msg_to_image(msg)
+    expected = np.array([[(10, 20, 30), (255, 0, 0)], [(0, 0, 255), (3, 2, 1)]], dtype=np.uint8)
+    assert frame.shape == (2, 2, 3) and frame.dtype == np.uint8 and frame.flags.c_contiguous
+    np.testing.assert_array_equal(frame, expected)
+    msg.data[0] = 0  # rclpy may reuse the buffer: the decoded frame must not change
+    assert frame[0, 0, 2] == 30
+
+
+def test_bgra8_is_decoded_but_not_written():
+    """Camera drivers send bgra8; our configs never publish it, so encoding it is refused."""
+    with pytest.raises(ImageEncodingError, match="unsupported encoding 'bgra8'"):
+        image_to_msg(np.zeros((2, 2, 3), np.uint8), STAMP, "cam", "bgra8")
+
+
+def test_empty_bgr8_image_decodes_to_an_empty_rgb_frame():
+    assert msg_to_image(Image(height=0, width=0, encoding="bgr8", step=0, data=b"")).shape == (0, 0, 3)
+
+
 def test_mono8_round_trip():
     frame = RNG.integers(0, 256, (4, 6, 1), dtype=np.uint8)
     out = msg_to_image(image_to_msg(frame[..., 0], STAMP, "cam", "mono8"))
