@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
+from wmpo_core.cli import main
 from wmpo_core.episode_store import EpisodeStore
-from wmpo_core.lerobot_dataset import LeRobotDatasetError, export_lerobot, import_lerobot
-from wmpo_core.robot_config import load_robot_config
+from wmpo_core.lerobot_dataset import LeRobotDatasetError, export_lerobot, import_lerobot, import_lerobot_to_path
+from wmpo_core.robot_config import RobotConfig, load_robot_config
 from wmpo_core.lerobot_units import vector_to_lerobot
 
 
@@ -68,12 +71,50 @@ def test_export_is_loadable_by_lerobot_and_imports_back(tmp_path: Path) -> None:
         assert meta.extra["lerobot_repo_id"] == "local/so101_sim_demo" and meta.source == "teleop"
 
 
-def test_units_are_converted_for_lerobot_arms(tmp_path: Path) -> None:
+def _small_so101_real() -> RobotConfig:
+    """so101_real (30 Hz, LeRobot units) with a 64x48 camera, so test videos encode fast."""
     config = load_robot_config("so101_real")
     cam = config.cameras[0]
     small = config.model_copy(update={"cameras": [cam.model_copy(update={"width": 64, "height": 48})]})
     driver = config.driver.model_copy(update={"cameras": {"front": {**config.driver.cameras["front"], "width": 64, "height": 48}}})
-    small = small.model_copy(update={"driver": driver})
+    return small.model_copy(update={"driver": driver})
+
+
+def _lerobot_recording(
+    root: Path, config: RobotConfig, fps: int, state_names: list[str] | None, action_names: list[str] | None,
+    state: np.ndarray, action: np.ndarray,
+) -> Path:
+    """One episode written with LeRobot's own API, as its recorder does: its own feature names and
+    order, no capture-time feature."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    features = {
+        f"observation.images.{cam.name}": {"dtype": "video", "shape": cam.shape, "names": ["height", "width", "channels"]}
+        for cam in config.cameras
+    }
+    features["observation.state"] = {"dtype": "float32", "shape": (state.shape[1],), "names": state_names}
+    features["action"] = {"dtype": "float32", "shape": (action.shape[1],), "names": action_names}
+    dataset = LeRobotDataset.create(
+        repo_id="local/recording", fps=fps, features=features, root=root, robot_type=config.robot_type, use_videos=True,
+        video_backend="pyav",
+    )
+    try:
+        for step in range(len(state)):
+            frame = {f"observation.images.{cam.name}": _moving_square(step, cam.shape) for cam in config.cameras}
+            frame.update({"observation.state": state[step].astype(np.float32), "action": action[step].astype(np.float32)})
+            dataset.add_frame({**frame, "task": "pick up the cube"})
+        dataset.save_episode()
+    finally:
+        dataset.finalize()
+    return root
+
+
+def _tree(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+def test_units_are_converted_for_lerobot_arms(tmp_path: Path) -> None:
+    small = _small_so101_real()
     store = EpisodeStore.open(tmp_path / "robot.zarr", mode="a")
     ids = _record(store, small, n_episodes=1, n_steps=4)
     root = export_lerobot(store, small, tmp_path / "lerobot", "local/so101_real", progress=False)
@@ -103,3 +144,90 @@ def test_import_refuses_a_dataset_that_does_not_fit_the_robot(tmp_path: Path) ->
         import_lerobot(tmp_path, "local/x", target, config, progress=False)
     with pytest.raises(LeRobotDatasetError, match="already exists"):
         export_lerobot(store, config, root, "local/x", progress=False)
+
+
+def test_a_15_fps_dataset_is_refused_for_a_30_hz_robot_and_nothing_is_written(tmp_path: Path, capsys) -> None:
+    config = _small_so101_real()
+    assert config.control_rate_hz == 30
+    keys = [config.driver.joint_keys[j] for j in config.joint_names]
+    values = np.tile(np.linspace(10.0, 60.0, 6), (4, 1))
+    root = _lerobot_recording(tmp_path / "at15fps", config, 15, keys, keys, values, values)
+    robot_yaml = tmp_path / "so101_real.yaml"  # the file name must match the config name
+    robot_yaml.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+    new_store = tmp_path / "new" / "robot.zarr"  # neither the store nor its parent exists
+    capsys.readouterr()  # drop what writing the dataset printed
+    code = main(["store", "import-lerobot", str(root), str(new_store), "--robot", str(robot_yaml)])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1
+    assert "15 fps" in err and "30 Hz" in err
+    assert not (tmp_path / "new").exists()
+
+    existing = tmp_path / "existing.zarr"
+    EpisodeStore.open(existing, mode="a").close()
+    before = _tree(existing)
+    with pytest.raises(LeRobotDatasetError, match=r"dataset runs at 15 fps, robot config 'so101_real' at 30 Hz"):
+        import_lerobot_to_path(root, "local/recording", existing, config, progress=False)
+    assert _tree(existing) == before and len(EpisodeStore.open(existing)) == 0
+
+
+def test_joints_in_another_order_are_imported_by_name(tmp_path: Path) -> None:
+    config = _small_so101_real()
+    keys = config.driver.joint_keys
+    # LeRobot units: arm joints in degrees, gripper 0..100; each joint gets its own values
+    lerobot_values = {"shoulder_pan": 10.0, "shoulder_lift": 20.0, "elbow_flex": 30.0, "wrist_flex": 40.0, "wrist_roll": 50.0, "gripper": 75.0}
+    state_order = ["gripper", "wrist_roll", "shoulder_pan", "elbow_flex", "shoulder_lift", "wrist_flex"]
+    action_order = ["elbow_flex", "gripper", "shoulder_lift", "shoulder_pan", "wrist_roll", "wrist_flex"]
+    steps = np.arange(4.0)[:, None]
+    state = np.array([lerobot_values[j] for j in state_order])[None, :] + steps
+    action = np.array([lerobot_values[j] for j in action_order])[None, :] - steps
+    root = _lerobot_recording(
+        tmp_path / "reordered", config, 30, [keys[j] for j in state_order], [keys[j] for j in action_order], state, action
+    )
+
+    store = EpisodeStore.open(tmp_path / "robot.zarr", mode="a")
+    (meta,) = import_lerobot(root, "local/recording", store, config, progress=False)
+    episode = store.episode(meta.episode_id)
+    gripper = config.joint_names.index("gripper")
+    np.testing.assert_allclose(episode.state()[:, gripper], (75.0 + steps[:, 0]) / 100.0, rtol=1e-5)
+    np.testing.assert_allclose(episode.action()[:, config.action.names.index("gripper")], (75.0 - steps[:, 0]) / 100.0, rtol=1e-5)
+    for joint in ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll"]:
+        column = config.joint_names.index(joint)
+        np.testing.assert_allclose(episode.state()[:, column], np.radians(lerobot_values[joint] + steps[:, 0]), rtol=1e-5)
+        np.testing.assert_allclose(episode.action()[:, column], np.radians(lerobot_values[joint] - steps[:, 0]), rtol=1e-5)
+    # no capture-time feature: times come from LeRobot's timestamps, 1/30 s apart
+    np.testing.assert_allclose(np.diff(episode.time()), 1 / 30, atol=1e-4)
+    assert math.isclose(meta.control_rate_hz, 30)
+
+
+@pytest.mark.parametrize(
+    ("state_names", "error"),
+    [
+        (
+            ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "grip"],
+            r"feature 'observation.state' names .* do not match robot config 'so101_sim' .*: unknown \['grip'\], missing \['gripper'\]",
+        ),
+        (
+            ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "gripper", "gripper"],
+            r"repeated \['gripper'\], missing \['wrist_roll'\]",
+        ),
+        (None, r"feature 'observation.state' has no per-value names"),
+    ],
+)
+def test_names_that_do_not_match_the_robot_are_refused_naming_them(tmp_path: Path, state_names, error) -> None:
+    config = load_robot_config("so101_sim")
+    state, action = np.zeros((3, 6)), np.zeros((3, 4))
+    root = _lerobot_recording(tmp_path / "renamed", config, 10, state_names, config.action.names, state, action)
+    with pytest.raises(LeRobotDatasetError, match=error):
+        import_lerobot_to_path(root, "local/recording", tmp_path / "robot.zarr", config, progress=False)
+    assert not (tmp_path / "robot.zarr").exists()
+
+
+def test_a_failed_import_removes_the_store_it_created(tmp_path: Path) -> None:
+    config = load_robot_config("so101_sim")
+    root = _lerobot_recording(tmp_path / "broken", config, 10, config.joint_names, config.action.names, np.zeros((3, 6)), np.zeros((3, 4)))
+    for video in (root / "videos").rglob("*.mp4"):
+        video.write_bytes(b"not a video")
+    with pytest.raises(LeRobotDatasetError, match=r"episode 0 cannot be read .*; 0 episodes imported before it were kept"):
+        import_lerobot_to_path(root, "local/recording", tmp_path / "new" / "robot.zarr", config, progress=False)
+    assert not (tmp_path / "new").exists()

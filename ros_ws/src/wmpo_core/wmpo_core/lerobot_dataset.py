@@ -9,19 +9,30 @@ derives `timestamp` from the frame index; the real capture time of each step (se
 episode's first step) travels as the extra feature `observation.capture_time`, so nothing is lost
 on a round trip. For arms with a LeRobot driver, joint values are converted to and from LeRobot's
 units (degrees, 0..100 gripper) with `wmpo_core.lerobot_units`.
+
+An import never guesses: state and action values are matched to the config's joints and action
+dimensions by LeRobot's per-feature `names` (so a dataset in another joint order lands right),
+and a dataset whose names, shapes, cameras or fps do not fit the config is refused before
+anything is written.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from wmpo_core.episode_store import EpisodeMeta, EpisodeStore, Source
 from wmpo_core.robot_config import LeRobotDriver, RobotConfig
 from wmpo_core.lerobot_units import vector_from_lerobot, vector_to_lerobot
+
+if TYPE_CHECKING:
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 CAPTURE_TIME_KEY = "observation.capture_time"
 VIDEO_BACKEND = "pyav"
@@ -111,6 +122,173 @@ def _episode_rows(dataset, index: int) -> Iterator[dict]:
         yield dataset[row]
 
 
+def _feature_names(feature: dict) -> list[str] | None:
+    """A feature's per-value names: LeRobot v3 writes a list, datasets converted from v2 a
+    one-entry dict such as {"motors": [...]}; anything else has no usable names."""
+    names = feature.get("names")
+    if isinstance(names, dict) and len(names) == 1:
+        names = next(iter(names.values()))
+    if isinstance(names, list) and all(isinstance(n, str) for n in names):
+        return names
+    return None
+
+
+def _accepted_names(config: RobotConfig, name: str, lerobot_keys: bool) -> set[str]:
+    """The dataset names that mean config joint/dimension `name`: itself, and for an arm with a
+    LeRobot driver the key LeRobot records it under ('shoulder_pan.pos')."""
+    driver = config.driver
+    if lerobot_keys and isinstance(driver, LeRobotDriver) and name in driver.joint_keys:
+        return {name, driver.joint_keys[name]}
+    return {name}
+
+
+def _columns_by_name(
+    root: Path, key: str, feature: dict, config: RobotConfig, wanted: list[str], lerobot_keys: bool
+) -> np.ndarray:
+    """For each of `wanted` (config order), the index of its value in the dataset's `key` vector,
+    matched by LeRobot's per-feature `names`: a position says nothing about which joint it is."""
+    names = _feature_names(feature)
+    if names is None:
+        raise LeRobotDatasetError(
+            f"{root}: feature '{key}' has no per-value names (names={feature.get('names')!r}), so its values "
+            f"cannot be matched to robot config '{config.name}' {wanted}; add them to meta/info.json"
+        )
+    meaning = {alias: name for name in wanted for alias in _accepted_names(config, name, lerobot_keys)}
+    unknown = [n for n in names if n not in meaning]
+    matched = [meaning[n] for n in names if n in meaning]
+    problems = {
+        "unknown": unknown,
+        "repeated": sorted({n for n in matched if matched.count(n) > 1}),
+        "missing": [n for n in wanted if n not in matched],
+    }
+    if any(problems.values()):
+        raise LeRobotDatasetError(
+            f"{root}: feature '{key}' names {names} do not match robot config '{config.name}' {wanted}: "
+            + ", ".join(f"{label} {values}" for label, values in problems.items() if values)
+        )
+    column = {meaning[n]: i for i, n in enumerate(names)}
+    return np.array([column[n] for n in wanted], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class CheckedDataset:
+    """A LeRobot dataset that fits a robot config, with the dataset column of each config joint
+    and action dimension; checking writes nothing, so a refused dataset leaves no trace."""
+
+    root: Path
+    repo_id: str
+    config: RobotConfig
+    dataset: LeRobotDataset
+    state_columns: np.ndarray
+    action_columns: np.ndarray
+
+
+def check_lerobot_dataset(root: Path, repo_id: str, config: RobotConfig) -> CheckedDataset:
+    """Load a local LeRobotDataset v3 and check it against `config`: cameras, shapes, the names
+    of the state and action values and the frame rate. Raises LeRobotDatasetError naming the mismatch."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    root = Path(root)
+    if not (root / "meta" / "info.json").is_file():
+        raise LeRobotDatasetError(f"{root}: not a LeRobotDataset v3 directory (no meta/info.json)")
+    try:
+        dataset = LeRobotDataset(repo_id, root=root, return_uint8=True, video_backend=VIDEO_BACKEND)
+    except Exception as exc:  # LeRobot raises many types for a broken or foreign dataset: one line for all
+        raise LeRobotDatasetError(
+            f"{root}: LeRobot cannot load this dataset ({type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
+    features = dataset.meta.features
+    expected = lerobot_features(config)
+    needed = [*(_image_key(c) for c in config.camera_names), "observation.state", "action"]
+    for key in needed:
+        if key not in features:
+            raise LeRobotDatasetError(
+                f"{root}: dataset has no feature '{key}' needed by robot config '{config.name}' (has {sorted(features)})"
+            )
+    fps = dataset.meta.fps
+    if abs(fps - config.control_rate_hz) > 1e-6:
+        raise LeRobotDatasetError(
+            f"{root}: dataset runs at {fps} fps, robot config '{config.name}' at {config.control_rate_hz:g} Hz; "
+            "its steps would be stored with the wrong rate (resample it to the config's rate first)"
+        )
+    state_columns = _columns_by_name(
+        root, "observation.state", features["observation.state"], config, config.joint_names, True
+    )
+    action_columns = _columns_by_name(
+        root, "action", features["action"], config, config.action.names, config.action.space == "joint_position"
+    )
+    for key in needed:
+        if tuple(features[key]["shape"]) != tuple(expected[key]["shape"]):
+            raise LeRobotDatasetError(
+                f"{root}: feature '{key}' has shape {tuple(features[key]['shape'])}, robot config '{config.name}' "
+                f"needs {tuple(expected[key]['shape'])}"
+            )
+    return CheckedDataset(root, repo_id, config, dataset, state_columns, action_columns)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0]
+
+
+def import_checked(
+    checked: CheckedDataset,
+    store: EpisodeStore,
+    source: Source = "teleop",
+    success: bool | None = None,
+    success_labeled_by: str | None = None,
+    progress: bool = True,
+) -> list[EpisodeMeta]:
+    """Append every episode of a checked dataset to `store`, each joint by name, in config units.
+
+    Each episode is committed atomically; one that cannot be read is discarded and reported as
+    a LeRobotDatasetError naming it (episodes committed before it stay, complete).
+    """
+    from tqdm import tqdm
+
+    dataset, root, config = checked.dataset, checked.root, checked.config
+    imported: list[EpisodeMeta] = []
+    for index in tqdm(range(dataset.meta.total_episodes), desc="import", unit="episode", disable=not progress):
+        try:
+            rows = list(_episode_rows(dataset, index))
+        except Exception as exc:  # decoding errors come from several libraries (pyav, pyarrow, torch)
+            raise LeRobotDatasetError(
+                f"{root}: episode {index} cannot be read ({type(exc).__name__}: {_first_line(exc)}); "
+                f"{len(imported)} episodes imported before it were kept"
+            ) from exc
+        if not rows:
+            continue
+        tasks = {str(r["task"]) for r in rows}
+        start = time.time()
+        writer = store.begin_episode(
+            config,
+            source=source,
+            task=sorted(tasks)[0],
+            extra={
+                "imported_from": str(root), "lerobot_repo_id": checked.repo_id, "lerobot_episode_index": index,
+            },
+        )
+        try:
+            for r in rows:
+                state = np.asarray(r["observation.state"], dtype=np.float64)[checked.state_columns]
+                action = np.asarray(r["action"], dtype=np.float64)[checked.action_columns]
+                if _converts_units(config):
+                    state = vector_from_lerobot(state, config)
+                    if config.action.space == "joint_position":
+                        action = vector_from_lerobot(action, config)
+                offset = (
+                    float(np.asarray(r[CAPTURE_TIME_KEY]).reshape(-1)[0]) if CAPTURE_TIME_KEY in r else float(r["timestamp"])
+                )
+                images = {
+                    cam: np.asarray(r[_image_key(cam)]).transpose(1, 2, 0).copy() for cam in config.camera_names
+                }
+                writer.append(images=images, state=state, action=action, time=start + offset)
+            imported.append(writer.commit(success=success, success_labeled_by=success_labeled_by))
+        except BaseException:
+            writer.discard()
+            raise
+    return imported
+
+
 def import_lerobot(
     root: Path,
     repo_id: str,
@@ -121,54 +299,42 @@ def import_lerobot(
     success_labeled_by: str | None = None,
     progress: bool = True,
 ) -> list[EpisodeMeta]:
-    """Append every episode of a local LeRobotDataset v3 to `store`, laid out as `config` says.
+    """Check a local LeRobotDataset v3 against `config`, then append every episode to `store`.
 
     Episodes whose success is unknown are imported with `success=None` unless told otherwise
     (e.g. `success=True, success_labeled_by="human"` for a set of curated demonstrations).
     """
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-    from tqdm import tqdm
+    checked = check_lerobot_dataset(root, repo_id, config)
+    return import_checked(checked, store, source, success, success_labeled_by, progress)
 
-    root = Path(root)
-    if not (root / "meta" / "info.json").is_file():
-        raise LeRobotDatasetError(f"{root}: not a LeRobotDataset v3 directory (no meta/info.json)")
-    dataset = LeRobotDataset(repo_id, root=root, return_uint8=True, video_backend=VIDEO_BACKEND)
-    features = dataset.meta.features
-    expected = lerobot_features(config)
-    for key in [*(_image_key(c) for c in config.camera_names), "observation.state", "action"]:
-        if key not in features:
-            raise LeRobotDatasetError(f"{root}: dataset has no feature '{key}' needed by robot config '{config.name}' (has {sorted(features)})")
-        if tuple(features[key]["shape"]) != tuple(expected[key]["shape"]):
-            raise LeRobotDatasetError(
-                f"{root}: feature '{key}' has shape {tuple(features[key]['shape'])}, robot config '{config.name}' "
-                f"needs {tuple(expected[key]['shape'])}"
-            )
-    imported: list[EpisodeMeta] = []
-    for index in tqdm(range(dataset.meta.total_episodes), desc="import", unit="episode", disable=not progress):
-        rows = list(_episode_rows(dataset, index))
-        if not rows:
-            continue
-        tasks = {str(r["task"]) for r in rows}
-        start = time.time()
-        writer = store.begin_episode(
-            config,
-            source=source,
-            task=sorted(tasks)[0],
-            extra={"imported_from": str(root), "lerobot_repo_id": repo_id, "lerobot_episode_index": index},
-        )
-        try:
-            for r in rows:
-                state = np.asarray(r["observation.state"], dtype=np.float64)
-                action = np.asarray(r["action"], dtype=np.float64)
-                if _converts_units(config):
-                    state = vector_from_lerobot(state, config)
-                    if config.action.space == "joint_position":
-                        action = vector_from_lerobot(action, config)
-                offset = float(np.asarray(r[CAPTURE_TIME_KEY]).reshape(-1)[0]) if CAPTURE_TIME_KEY in r else float(r["timestamp"])
-                images = {cam: np.asarray(r[_image_key(cam)]).transpose(1, 2, 0).copy() for cam in config.camera_names}
-                writer.append(images=images, state=state, action=action, time=start + offset)
-            imported.append(writer.commit(success=success, success_labeled_by=success_labeled_by))
-        except BaseException:
-            writer.discard()
-            raise
-    return imported
+
+def import_lerobot_to_path(
+    root: Path,
+    repo_id: str,
+    store_path: Path,
+    config: RobotConfig,
+    source: Source = "teleop",
+    success: bool | None = None,
+    success_labeled_by: str | None = None,
+    progress: bool = True,
+) -> list[EpisodeMeta]:
+    """`import_lerobot` into the store at `store_path`, created if missing, for the command line.
+
+    The dataset is checked before the store is opened, so a refused dataset creates nothing; if
+    the import fails later, the directories this call created (the store, missing parents) are
+    removed.
+    """
+    checked = check_lerobot_dataset(root, repo_id, config)
+    store_path = Path(store_path).absolute()
+    created = None
+    for path in [store_path, *store_path.parents]:
+        if path.exists():
+            break
+        created = path
+    try:
+        with EpisodeStore.open(store_path, mode="a") as store:
+            return import_checked(checked, store, source, success, success_labeled_by, progress)
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise

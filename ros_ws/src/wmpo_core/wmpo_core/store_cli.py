@@ -31,9 +31,15 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     export.add_argument("--repo-id", default=None, help="LeRobot repo id to write into the metadata (default: local/<robot>)")
     export.add_argument("--source", choices=["teleop", "policy", "scripted"], help="only episodes from this source")
 
-    imp = sub.add_parser("import-lerobot", help="append the episodes of a local LeRobotDataset v3 to a store")
+    imp = sub.add_parser(
+        "import-lerobot",
+        help="append the episodes of a local LeRobotDataset v3 to a store",
+        description="Append the episodes of a local LeRobotDataset v3 to a store. State and action values are "
+        "matched to the robot config's joints by LeRobot's feature names; a dataset whose names, shapes, cameras "
+        "or fps differ from the robot config is refused and nothing is written.",
+    )
     imp.add_argument("dataset", type=Path, help="LeRobot dataset root (with meta/info.json)")
-    imp.add_argument("store", type=Path, help="episode store to append to (created if missing)")
+    imp.add_argument("store", type=Path, help="episode store to append to (created if missing; a store this import created is removed if it fails)")
     imp.add_argument("--robot", required=True, help="robot config name or YAML describing the dataset's arm")
     imp.add_argument("--repo-id", default=None, help="the dataset's repo id (default: local/<dataset dir name>)")
     imp.add_argument("--source", choices=["teleop", "policy", "scripted"], default="teleop")
@@ -61,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
                 meta = store.set_success(args.episode_id, _label(args.success), labeled_by=args.by)
             print(f"{meta.episode_id}: success={meta.success} (labelled by {meta.success_labeled_by})")
             return 0
-        from wmpo_core.lerobot_dataset import LeRobotDatasetError, export_lerobot, import_lerobot
+        from wmpo_core.lerobot_dataset import LeRobotDatasetError, export_lerobot, import_lerobot_to_path
 
         config = load_robot_config(args.robot)
         try:
@@ -71,11 +77,10 @@ def run(args: argparse.Namespace) -> int:
                 root = export_lerobot(store, config, args.out, args.repo_id or f"local/{config.name}", episode_ids=ids)
                 print(f"wrote {len(ids)} episodes to {root}")
                 return 0
-            with EpisodeStore.open(args.store, mode="a") as store:
-                metas = import_lerobot(
-                    args.dataset, args.repo_id or f"local/{args.dataset.name}", store, config, source=args.source,
-                    success=_label(args.success), success_labeled_by="human" if args.success != "unknown" else None,
-                )
+            metas = import_lerobot_to_path(
+                args.dataset, args.repo_id or f"local/{args.dataset.name}", args.store, config, source=args.source,
+                success=_label(args.success), success_labeled_by="human" if args.success != "unknown" else None,
+            )
             print(f"imported {len(metas)} episodes into {args.store}")
             return 0
         except LeRobotDatasetError as exc:
