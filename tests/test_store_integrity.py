@@ -137,3 +137,13 @@ def test_a_store_killed_mid_creation_reopens(tmp_path, existing):
     for leftover in tmp_path.glob(".robot.zarr.creating-*"):  # the killed attempt's hidden scratch directory
         shutil.rmtree(leftover)
     assert sorted(os.listdir(tmp_path)) == ["robot.zarr"]
+
+
+def test_labelling_a_missing_store_is_refused_and_creates_nothing(tmp_path, capsys):
+    from wmpo_core.cli import main
+
+    missing = tmp_path / "typo" / "store.zarr"
+    assert main(["store", "label", str(missing), "ep1", "true"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "no episode store here" in err and "\n" not in err
+    assert not missing.exists() and not missing.parent.exists()

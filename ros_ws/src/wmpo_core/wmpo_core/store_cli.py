@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         if args.store_command == "verify":
             return _verify(EpisodeStore.open(args.store))
         if args.store_command == "label":
+            EpisodeStore.open(args.store).close()  # an existing store only: labelling never creates one
             with EpisodeStore.open(args.store, mode="a") as store:
                 meta = store.set_success(args.episode_id, _label(args.success), labeled_by=args.by)
             print(f"{meta.episode_id}: success={meta.success} (labelled by {meta.success_labeled_by})")
