@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import math
 import time
 from pathlib import Path
@@ -45,7 +47,10 @@ def test_export_is_loadable_by_lerobot_and_imports_back(tmp_path: Path) -> None:
     config = load_robot_config("so101_sim")
     store = EpisodeStore.open(tmp_path / "robot.zarr", mode="a")
     ids = _record(store, config, n_episodes=2, n_steps=10)
+    scheduling = (os.sched_getscheduler(0), os.sched_getparam(0))
     root = export_lerobot(store, config, tmp_path / "lerobot", "local/so101_sim_demo", progress=False)
+    # LeRobot's AV1 encoder, run as root, leaves its thread under SCHED_FIFO 99; export gives it back
+    assert (os.sched_getscheduler(0), os.sched_getparam(0)) == scheduling
 
     dataset = LeRobotDataset("local/so101_sim_demo", root=root, video_backend="pyav")
     assert dataset.meta.total_episodes == 2 and dataset.meta.total_frames == 20

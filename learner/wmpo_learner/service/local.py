@@ -21,7 +21,6 @@ directory"). The kernel signals the child when the *thread* that started it exit
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import os
 import secrets
 import signal
@@ -34,6 +33,8 @@ from types import TracebackType
 from typing import IO
 
 import httpx
+
+from wmpo_core.pid_lock import LockHeld, hold_lock
 
 PR_SET_PDEATHSIG = 1
 """prctl option (linux/prctl.h): the signal this process gets when its parent thread exits."""
@@ -140,18 +141,10 @@ class LocalService:
 
     def _take_root(self) -> None:
         """Hold `<root>/service.lock` (flock: dropped when this process dies, however it dies)."""
-        handle = open(self.lock_path, "a+b")  # noqa: SIM115 - held while the service runs
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().decode(errors="replace").strip() or "?"
-            handle.close()
-            raise RuntimeError(f"another job (pid {holder}) runs the learner service of {self.root}; is a second `wmpo run` using this --out?") from None
-        handle.truncate(0)
-        handle.write(f"{os.getpid()}\n".encode())
-        handle.flush()
-        self._lock = handle
+            self._lock = hold_lock(self.lock_path)
+        except LockHeld as exc:
+            raise RuntimeError(f"another job (pid {exc.holder}) runs the learner service of {self.root}; is a second `wmpo run` using this --out?") from None
 
     def _end_leftovers(self) -> None:
         """With the root's lock held, a service still serving its store belongs to a dead job."""

@@ -18,6 +18,8 @@ anything is written.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import time
 from collections.abc import Iterable, Iterator
@@ -94,7 +96,7 @@ def export_lerobot(
         repo_id=repo_id, fps=fps, features=lerobot_features(config), root=root, robot_type=config.robot_type, use_videos=True,
         video_backend=VIDEO_BACKEND,
     )
-    try:
+    with _scheduling_kept(), _finalized(dataset):
         for episode_id in tqdm(ids, desc="export", unit="episode", disable=not progress):
             episode = store.episode(episode_id)
             state, action, times = episode.state(), episode.action(), episode.time()
@@ -111,9 +113,31 @@ def export_lerobot(
                 frame["task"] = episode.meta.task
                 dataset.add_frame(frame)
             dataset.save_episode()
+    return root
+
+
+@contextlib.contextmanager
+def _finalized(dataset) -> Iterator[None]:
+    try:
+        yield
     finally:
         dataset.finalize()  # mandatory in LeRobot v3: without it the parquet footers are missing
-    return root
+
+
+@contextlib.contextmanager
+def _scheduling_kept() -> Iterator[None]:
+    """Give the calling thread its scheduling policy back after LeRobot's video encoding.
+
+    Measured: run as root, LeRobot's default AV1 encoder (SVT-AV1) leaves the encoding thread
+    under SCHED_FIFO at priority 99, and every process or thread it starts afterwards inherits that;
+    a training run started later from the same process then starved the whole machine.
+    """
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if os.sched_getscheduler(0) != policy or os.sched_getparam(0) != param:
+            os.sched_setscheduler(0, policy, param)
 
 
 def _episode_rows(dataset, index: int) -> Iterator[dict]:

@@ -21,9 +21,7 @@ time (a lock file next to it). No rclpy here: the ROS node wraps this; `wmpo out
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import random
 import sqlite3
 import threading
@@ -34,6 +32,7 @@ from pathlib import Path
 from typing import IO, Literal
 
 from wmpo_core.episode_store import EpisodeStore
+from wmpo_core.pid_lock import LockHeld, hold_lock
 
 from wmpo_ros.learner_client import LearnerClient, LearnerError
 
@@ -369,20 +368,12 @@ class OutboxWorker:
 
     def _claim(self) -> None:
         """One uploader per outbox: a robot's sync node and a `wmpo outbox push` never both send."""
-        handle = open(self.outbox.lock_path, "a+b")  # noqa: SIM115 - held while the worker runs
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().decode(errors="replace").strip() or "?"
-            handle.close()
+            self._lock_file = hold_lock(self.outbox.lock_path)
+        except LockHeld as exc:
             raise OutboxBusy(
-                f"another process (pid {holder}: a robot's sync node or `wmpo outbox push`) is uploading the outbox {self.outbox.path}"
+                f"another process (pid {exc.holder}: a robot's sync node or `wmpo outbox push`) is uploading the outbox {self.outbox.path}"
             ) from None
-        handle.truncate(0)
-        handle.write(f"{os.getpid()}\n".encode())
-        handle.flush()
-        self._lock_file = handle
 
     def _loop(self) -> None:
         while not self._stop.is_set():
