@@ -45,6 +45,9 @@ def test_one_round_aligns_rethresholds_improves_and_evaluates(tmp_path: Path) ->
             "--out", str(tmp_path / "round1"), "--version", "round1-v2", "--device", "cpu"]
     for item in sizes:
         argv += ["--set", item]
+    # An alignment killed midway left its folder behind: the round continues it instead of refusing.
+    (tmp_path / "round1" / "world_model").mkdir(parents=True)
+    (tmp_path / "round1" / "world_model" / "train_config.json").write_text("{}")
     assert main(argv) == 0
 
     summary = json.loads((tmp_path / "round1" / "round.json").read_text())

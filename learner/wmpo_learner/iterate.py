@@ -144,10 +144,12 @@ def run_round(args: argparse.Namespace) -> dict[str, Any]:
     args.out.mkdir(parents=True, exist_ok=True)
     device = ["--device", args.device]
 
+    interrupted = r.world_model.is_dir() and any(r.world_model.iterdir())  # an align stopped midway continues
     _stage(r, "align", r.world_model / "world_model.json", [
         "align", "--store", str(args.store), "--from", str(args.wm), "--out", str(r.world_model),
         "--robot", args.robot, "--policy-version", policy_version, "--steps", str(sizes["align_steps"]),
         "--batch-size", str(sizes["align_batch"]), "--vae-steps", str(sizes["align_vae_steps"]), "--seed", str(args.seed), *device,
+        *(["--resume"] if interrupted else []),
     ])
     reward_argv = [
         "reward", "--store", str(args.store), "--robot", args.robot, "--out", str(r.reward_model),
