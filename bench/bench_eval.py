@@ -20,30 +20,56 @@ from wmpo_core.cli import main as wmpo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--policy", required=True, help="policy checkpoint (or 'expert')")
     parser.add_argument("--robot", default="so101_sim_near")
     parser.add_argument("--episodes", type=int, default=24)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
-    print(f"machine: {cpu}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, MUJOCO_GL={os.environ.get('MUJOCO_GL')}")
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor(),
+    )
+    print(
+        f"machine: {cpu}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, MUJOCO_GL={os.environ.get('MUJOCO_GL')}"
+    )
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for workers in (1, args.workers):
             out = Path(tmp) / f"eval_{workers}.json"
-            code = wmpo(["eval", "--policy", args.policy, "--robot", args.robot, "--episodes", str(args.episodes),
-                         "--refill-threshold", "0", "--workers", str(workers), "--json", str(out)])
+            code = wmpo(
+                [
+                    "eval",
+                    "--policy",
+                    args.policy,
+                    "--robot",
+                    args.robot,
+                    "--episodes",
+                    str(args.episodes),
+                    "--refill-threshold",
+                    "0",
+                    "--workers",
+                    str(workers),
+                    "--json",
+                    str(out),
+                ]
+            )
             if code != 0:
                 raise SystemExit(f"wmpo eval exited {code}")
             runs[workers] = json.loads(out.read_text())
     same = runs[1]["episodes"] == runs[args.workers]["episodes"]
     print(f"{'workers':>7} {'episodes/min':>13} {'success':>8}")
     for workers, r in runs.items():
-        print(f"{workers:>7} {r['episodes_per_minute']:13.1f} {r['success']['successes']:>4}/{r['success']['trials']}")
+        print(
+            f"{workers:>7} {r['episodes_per_minute']:13.1f} {r['success']['successes']:>4}/{r['success']['trials']}"
+        )
     ratio = runs[args.workers]["episodes_per_minute"] / runs[1]["episodes_per_minute"]
-    print(f"speed-up {ratio:.2f}x with {args.workers} workers; per-episode results identical: {same}; "
-          f"load average after: {os.getloadavg()[0]:.1f}")
+    print(
+        f"speed-up {ratio:.2f}x with {args.workers} workers; per-episode results identical: {same}; "
+        f"load average after: {os.getloadavg()[0]:.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -52,7 +52,6 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-
 from bench_store_write import camera_frames, machine
 
 FPS = 30
@@ -71,10 +70,17 @@ def bench_config(model_dir: Path) -> Path:
         "action": {
             "space": "joint_position",
             # no rate limit in the way: the echo code must pass through unchanged
-            "dims": [{"name": f"j{i}", "kind": "absolute", "low": -3.0, "high": 3.0, "max_step_change": 10.0} for i in range(6)],
+            "dims": [
+                {"name": f"j{i}", "kind": "absolute", "low": -3.0, "high": 3.0, "max_step_change": 10.0}
+                for i in range(6)
+            ],
         },
         "cameras": [{"name": "scene", "topic": "/bench/scene", "width": 640, "height": 480}],
-        "topics": {"joint_states": "/bench/joint_states", "command": "/bench_controller/commands", "instruction": "/bench/instruction"},
+        "topics": {
+            "joint_states": "/bench/joint_states",
+            "command": "/bench_controller/commands",
+            "instruction": "/bench/instruction",
+        },
         "driver": {"kind": "ros2_control", "controller": "bench_controller"},
         "tasks": ["benchmark"],
     }
@@ -107,16 +113,29 @@ class EchoPolicy:
         return np.full((1, self.dim), code / CODES)
 
 
-def arm_process(config_path: str, seconds: float, ready, go, results, command_topics: dict[str, str] | None = None, camera_subscribers: int = 1) -> None:
+def arm_process(
+    config_path: str,
+    seconds: float,
+    ready,
+    go,
+    results,
+    command_topics: dict[str, str] | None = None,
+    camera_subscribers: int = 1,
+) -> None:
     """Publish the camera and joint state at 30 Hz; record (wall time, code) of every command on each
     of `command_topics` (label -> topic; default: the config's command topic, labelled "node")."""
     import rclpy
     from sensor_msgs.msg import Image, JointState
-
     from wmpo_core.robot_config import load_robot_config
     from wmpo_ros.dds import use_large_frames_profile
     from wmpo_ros.image_conversion import image_to_msg
-    from wmpo_ros.messages import STATE_QOS, CommandCodec, camera_publisher_qos, joint_state_msg, nanoseconds_to_stamp
+    from wmpo_ros.messages import (
+        STATE_QOS,
+        CommandCodec,
+        camera_publisher_qos,
+        joint_state_msg,
+        nanoseconds_to_stamp,
+    )
 
     config = load_robot_config(config_path)
     command_topics = command_topics or {"node": config.topics.command}
@@ -130,13 +149,24 @@ def arm_process(config_path: str, seconds: float, ready, go, results, command_to
     subscriptions = []
     for label, topic in command_topics.items():
         log = received[label]
-        subscriptions.append(node.create_subscription(codec.msg_type, topic, lambda m, log=log: log.append((time.time(), round(codec.decode(m)[0] * CODES))), STATE_QOS))
+        subscriptions.append(
+            node.create_subscription(
+                codec.msg_type,
+                topic,
+                lambda m, log=log: log.append((time.time(), round(codec.decode(m)[0] * CODES))),
+                STATE_QOS,
+            )
+        )
     executor = rclpy.executors.SingleThreadedExecutor()
     executor.add_node(node)
     threading.Thread(target=executor.spin, daemon=True).start()
     frames = camera_frames(45, 0)
     needs_state = "node" in command_topics
-    while camera.get_subscription_count() < camera_subscribers or (needs_state and state_pub.get_subscription_count() == 0) or any(s.get_publisher_count() == 0 for s in subscriptions):
+    while (
+        camera.get_subscription_count() < camera_subscribers
+        or (needs_state and state_pub.get_subscription_count() == 0)
+        or any(s.get_publisher_count() == 0 for s in subscriptions)
+    ):
         time.sleep(0.05)
     ready.set()
     go.wait()
@@ -165,7 +195,6 @@ def echo_process(config_path: str, ready, stop, results) -> None:
     import rclpy
     from sensor_msgs.msg import Image
     from std_msgs.msg import Float64MultiArray, MultiArrayDimension
-
     from wmpo_core.robot_config import load_robot_config
     from wmpo_ros.dds import use_large_frames_profile
     from wmpo_ros.messages import STATE_QOS, CommandCodec, camera_subscription_qos
@@ -203,7 +232,9 @@ def echo_process(config_path: str, ready, stop, results) -> None:
     rclpy.shutdown()
 
 
-def match_frames(published: np.ndarray, events: list[tuple[float, int]], since: float) -> tuple[np.ndarray, np.ndarray]:
+def match_frames(
+    published: np.ndarray, events: list[tuple[float, int]], since: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(event time - publish time of its frame, frame index) for each (wall time, code) event whose frame
     was published at `since` or later: its frame is the newest one with that code published before it."""
     if not events:
@@ -236,10 +267,15 @@ def finish_echo(echo) -> list[tuple[float, int]]:
     return callbacks
 
 
-def run_echo_alone(ctx, config_path: Path, seconds: float) -> tuple[np.ndarray, list[tuple[float, int]], list[tuple[float, int]], float]:
+def run_echo_alone(
+    ctx, config_path: Path, seconds: float
+) -> tuple[np.ndarray, list[tuple[float, int]], list[tuple[float, int]], float]:
     """`--echo after`: a fresh arm process and the echo, nothing else of ours running."""
     ready, go, results = ctx.Event(), ctx.Event(), ctx.Queue()
-    arm = ctx.Process(target=arm_process, args=(str(config_path), seconds + 1.0, ready, go, results, {"echo": ECHO_TOPIC}, 1))
+    arm = ctx.Process(
+        target=arm_process,
+        args=(str(config_path), seconds + 1.0, ready, go, results, {"echo": ECHO_TOPIC}, 1),
+    )
     arm.start()
     echo = start_echo(ctx, config_path)
     if not ready.wait(60) or not echo[1].wait(60):
@@ -265,11 +301,19 @@ def loadavg() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=60.0, help="measurement length (default 60)")
-    parser.add_argument("--model-ms", type=float, default=0.0, help="simulated model time per inference (default 0)")
-    parser.add_argument("--echo", choices=("concurrent", "after", "off"), default="concurrent",
-                        help="the bare rclpy echo baseline: at the same time as the node (default), alone after it, or not at all")
+    parser.add_argument(
+        "--model-ms", type=float, default=0.0, help="simulated model time per inference (default 0)"
+    )
+    parser.add_argument(
+        "--echo",
+        choices=("concurrent", "after", "off"),
+        default="concurrent",
+        help="the bare rclpy echo baseline: at the same time as the node (default), alone after it, or not at all",
+    )
     args = parser.parse_args()
     print(f"machine: {machine()}")
     print(f"load average at start: {loadavg()}", flush=True)
@@ -281,7 +325,6 @@ def main() -> None:
 
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
-
     from wmpo_core.policy import register_scheme
     from wmpo_core.robot_config import load_robot_config
     from wmpo_ros.dds import use_large_frames_profile
@@ -292,13 +335,22 @@ def main() -> None:
     ctx = mp.get_context("spawn")
     concurrent = args.echo == "concurrent"
     ready, go, results = ctx.Event(), ctx.Event(), ctx.Queue()
-    topics = {"node": load_robot_config(config_path).topics.command} | ({"echo": ECHO_TOPIC} if concurrent else {})
-    arm = ctx.Process(target=arm_process, args=(str(config_path), args.seconds, ready, go, results, topics, 2 if concurrent else 1))
+    topics = {"node": load_robot_config(config_path).topics.command} | (
+        {"echo": ECHO_TOPIC} if concurrent else {}
+    )
+    arm = ctx.Process(
+        target=arm_process,
+        args=(str(config_path), args.seconds, ready, go, results, topics, 2 if concurrent else 1),
+    )
     arm.start()
     echo = start_echo(ctx, config_path) if concurrent else None
     use_large_frames_profile()
     rclpy.init()
-    node = PolicyNode(parameter_overrides=parameter_overrides({"robot": str(config_path), "policy": "bench_echo:", "refill_threshold": 0, "autostart": False}))
+    node = PolicyNode(
+        parameter_overrides=parameter_overrides(
+            {"robot": str(config_path), "policy": "bench_echo:", "refill_threshold": 0, "autostart": False}
+        )
+    )
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
     threading.Thread(target=executor.spin, daemon=True).start()
@@ -329,7 +381,9 @@ def main() -> None:
         _, code, frame_pub = EchoPolicy.calls[int(np.searchsorted(call_time, timing.model_start))]
         published_wall = timing.published + wall_minus_perf
         # the command it produced: the first one received with its code after it was published
-        match = np.nonzero((recv_code == code) & (recv_wall >= published_wall - 2e-3) & (recv_wall < published_wall + 1.0))[0]
+        match = np.nonzero(
+            (recv_code == code) & (recv_wall >= published_wall - 2e-3) & (recv_wall < published_wall + 1.0)
+        )[0]
         if match.size == 0:
             continue
         tick_wait = timing.requested - timing.frame_arrival
@@ -345,7 +399,9 @@ def main() -> None:
         echo_published, echo_received, echo_since = published, arm_result["received"]["echo"], enabled_wall
     elif args.echo == "after":
         print(f"load average after the node's run, before the echo's: {loadavg()}", flush=True)
-        echo_published, echo_received, echo_callbacks, echo_since = run_echo_alone(ctx, config_path, args.seconds)
+        echo_published, echo_received, echo_callbacks, echo_since = run_echo_alone(
+            ctx, config_path, args.seconds
+        )
     echo_ms = echo_frames = echo_transport_ms = None
     if args.echo != "off":
         latency, echo_frames = match_frames(echo_published, echo_received, echo_since)
@@ -354,18 +410,26 @@ def main() -> None:
         echo_window = int(np.count_nonzero(echo_published >= echo_since))
 
     print(f"load average at end: {loadavg()}")
-    print(f"workload: 1 x 480x640 rgb8 camera + joint state at {FPS} Hz for {args.seconds:.0f} s; policy node at {FPS} Hz, "
-          f"chunk 1 requested every tick, model time {args.model_ms:g} ms; bare rclpy echo: {args.echo}")
-    print(f"commands received: {len(received)} for {published.size} frames; late ticks served: {node.counters['late_ticks']}, holds: {node.counters['holds']}")
+    print(
+        f"workload: 1 x 480x640 rgb8 camera + joint state at {FPS} Hz for {args.seconds:.0f} s; policy node at {FPS} Hz, "
+        f"chunk 1 requested every tick, model time {args.model_ms:g} ms; bare rclpy echo: {args.echo}"
+    )
+    print(
+        f"commands received: {len(received)} for {published.size} frames; late ticks served: {node.counters['late_ticks']}, holds: {node.counters['holds']}"
+    )
     print(f"overhead (image in -> action out - model - tick wait): {stats(overhead_ms)}")
     print(f"  of which frame transport (publish -> node callback): {stats(np.array(transport))}")
     print(f"  of which in the node (tick -> publish - model): {stats(np.array(node_ms))}")
-    print(f"command jitter at {FPS} Hz (|interval - {1000 / FPS:.1f} ms|): {stats(jitter)}; interval std {intervals.std():.2f} ms")
+    print(
+        f"command jitter at {FPS} Hz (|interval - {1000 / FPS:.1f} ms|): {stats(jitter)}; interval std {intervals.std():.2f} ms"
+    )
     if echo_ms is None:
         return
     print(f"bare rclpy echo (image published -> echo command received): {stats(echo_ms)}")
     print(f"  of which frame transport (publish -> echo callback): {stats(echo_transport_ms)}")
-    print(f"  echo commands matched: {echo_ms.size} for {echo_window} frames in the window ({np.unique(echo_frames).size} distinct)")
+    print(
+        f"  echo commands matched: {echo_ms.size} for {echo_window} frames in the window ({np.unique(echo_frames).size} distinct)"
+    )
     if overhead_ms.size == 0 or echo_ms.size == 0:
         print("no samples to compare")
         return
@@ -373,11 +437,15 @@ def main() -> None:
     print()
     print(f"{'ms':<22}{'p50':>8}{'p99':>8}{'max':>8}{'n':>7}")
     for label, values in rows:
-        print(f"{label:<22}{np.percentile(values, 50):>8.2f}{np.percentile(values, 99):>8.2f}{values.max():>8.2f}{values.size:>7}")
+        print(
+            f"{label:<22}{np.percentile(values, 50):>8.2f}{np.percentile(values, 99):>8.2f}{values.max():>8.2f}{values.size:>7}"
+        )
     ratio = np.percentile(overhead_ms, 99) / np.percentile(echo_ms, 99)
     added = np.percentile(overhead_ms, 50) - np.percentile(echo_ms, 50)
     print(f"node p99 / echo p99: {ratio:.2f} (target <= 2): {'holds' if ratio <= 2.0 else 'DOES NOT HOLD'}")
-    print(f"node p50 - echo p50: {added:.2f} ms (target <= 1 ms): {'holds' if added <= 1.0 else 'DOES NOT HOLD'}")
+    print(
+        f"node p50 - echo p50: {added:.2f} ms (target <= 1 ms): {'holds' if added <= 1.0 else 'DOES NOT HOLD'}"
+    )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-
 from bench_store_write import bench_config, camera_frames, machine
 
 FPS = 30
@@ -32,11 +31,16 @@ def arm_process(config_path: str, seconds: float, ready: mp.Event, go: mp.Event,
     """Publishes cameras, joint state and command at 30 Hz on the wall clock."""
     import rclpy
     from sensor_msgs.msg import Image, JointState
-
     from wmpo_core.robot_config import load_robot_config
     from wmpo_ros.dds import use_large_frames_profile
     from wmpo_ros.image_conversion import image_to_msg
-    from wmpo_ros.messages import STATE_QOS, CommandCodec, camera_publisher_qos, joint_state_msg, nanoseconds_to_stamp
+    from wmpo_ros.messages import (
+        STATE_QOS,
+        CommandCodec,
+        camera_publisher_qos,
+        joint_state_msg,
+        nanoseconds_to_stamp,
+    )
 
     config = load_robot_config(config_path)
     use_large_frames_profile()  # as every node of ours does (ros2 run, launch files, wmpo CLI)
@@ -77,7 +81,9 @@ def arm_process(config_path: str, seconds: float, ready: mp.Event, go: mp.Event,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True, help="scratch directory (deleted first)")
     parser.add_argument("--seconds", type=float, default=200.0, help="recording length (default 200)")
     args = parser.parse_args()
@@ -93,7 +99,6 @@ def main() -> None:
 
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
-
     from wmpo_core.episode_store import EpisodeStore
     from wmpo_ros.dds import use_large_frames_profile
     from wmpo_ros.node_utils import parameter_overrides
@@ -106,7 +111,11 @@ def main() -> None:
 
     use_large_frames_profile()
     rclpy.init()
-    recorder = RecorderNode(parameter_overrides=parameter_overrides({"robot": str(config_path), "store": str(args.out / "store"), "source": "teleop"}))
+    recorder = RecorderNode(
+        parameter_overrides=parameter_overrides(
+            {"robot": str(config_path), "store": str(args.out / "store"), "source": "teleop"}
+        )
+    )
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(recorder)
     threading.Thread(target=executor.spin, daemon=True).start()
@@ -134,17 +143,25 @@ def main() -> None:
     on_disk = sum(f.stat().st_size for f in (args.out / "store").rglob("*") if f.is_file())
     print(f"machine: {machine()}")
     print(f"load average (1 min) at the end: {loads[-1]:.1f}")
-    print(f"workload: 2 x 480x640 rgb8 + joint state + command at {FPS} Hz for {arm_result['seconds']:.0f} s "
-          f"({arm_result['published']} ticks, {arm_result['late_ticks']} late publisher ticks), one episode, durable store")
+    print(
+        f"workload: 2 x 480x640 rgb8 + joint state + command at {FPS} Hz for {arm_result['seconds']:.0f} s "
+        f"({arm_result['published']} ticks, {arm_result['late_ticks']} late publisher ticks), one episode, durable store"
+    )
     print(f"steps recorded: {meta['num_steps']} of {arm_result['published']} commands")
     for cam in ("scene", "wrist"):
         recorded = len(np.unique(episode.image_time(cam)))
-        print(f"camera {cam}: {arm_result['published']} published, {recorded} distinct frames stored, "
-              f"{arm_result['published'] - recorded} dropped; recorder report: {cadence['dropped_frames'][cam]} dropped, "
-              f"{cadence['late_frames'][cam]} late, {cadence['frames_received'][cam]} received")
-    print(f"cadence: {cadence['effective_hz']:.2f} Hz effective, {cadence['unsettled_steps']} unsettled steps, "
-          f"write queue max {cadence['max_write_queue']}")
-    print(f"recorder CPU: {cpu:.1f} s over {wall:.1f} s = {100 * cpu / wall:.0f}% of one core; peak RSS {usage1.ru_maxrss / 1024:.0f} MiB")
+        print(
+            f"camera {cam}: {arm_result['published']} published, {recorded} distinct frames stored, "
+            f"{arm_result['published'] - recorded} dropped; recorder report: {cadence['dropped_frames'][cam]} dropped, "
+            f"{cadence['late_frames'][cam]} late, {cadence['frames_received'][cam]} received"
+        )
+    print(
+        f"cadence: {cadence['effective_hz']:.2f} Hz effective, {cadence['unsettled_steps']} unsettled steps, "
+        f"write queue max {cadence['max_write_queue']}"
+    )
+    print(
+        f"recorder CPU: {cpu:.1f} s over {wall:.1f} s = {100 * cpu / wall:.0f}% of one core; peak RSS {usage1.ru_maxrss / 1024:.0f} MiB"
+    )
     print(f"store on disk: {on_disk / 1e9:.2f} GB ({on_disk / 1e6 / wall:.1f} MB/s)")
     shutil.rmtree(args.out)
 

@@ -18,7 +18,6 @@ import time
 
 import numpy as np
 import torch
-
 from wmpo_learner.reward.model import RewardModel
 
 

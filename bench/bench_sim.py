@@ -23,14 +23,16 @@ os.environ.setdefault("MUJOCO_GL", "osmesa")
 os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
 
-from wmpo_core.robot_config import load_robot_config  # noqa: E402
-from wmpo_core.sim_env import SimArm  # noqa: E402
+from wmpo_core.robot_config import load_robot_config
+from wmpo_core.sim_env import SimArm
 
 
 def measure(robot: str, steps: int, package_settings: bool) -> dict[str, float]:
     config = load_robot_config(robot)
     if package_settings:
-        driver = config.driver.model_copy(update={"mujoco_shadows": True, "mujoco_multisample": True, "mujoco_mesh_cell_m": None})
+        driver = config.driver.model_copy(
+            update={"mujoco_shadows": True, "mujoco_multisample": True, "mujoco_mesh_cell_m": None}
+        )
         config = config.model_copy(update={"driver": driver})
         # The package's own defaults are shadows on and 8x multisampling; SimArm leaves them as they are.
     arm = SimArm(config)
@@ -51,23 +53,40 @@ def measure(robot: str, steps: int, package_settings: bool) -> dict[str, float]:
         base.render()
     render_s = (time.perf_counter() - t0) / frames
     arm.close()
-    return {"steps_per_s": 1.0 / step_s, "render_ms": 1000 * render_s, "physics_and_rest_ms": 1000 * max(step_s - render_s, 0.0)}
+    return {
+        "steps_per_s": 1.0 / step_s,
+        "render_ms": 1000 * render_s,
+        "physics_and_rest_ms": 1000 * max(step_s - render_s, 0.0),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--robot", default="so101_sim_near")
-    parser.add_argument("--steps", type=int, default=200, help="control steps per variant (expert episodes, reset on success)")
+    parser.add_argument(
+        "--steps", type=int, default=200, help="control steps per variant (expert episodes, reset on success)"
+    )
     args = parser.parse_args()
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
-    print(f"machine: {cpu}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, Python {platform.python_version()}")
-    print(f"MUJOCO_GL={os.environ['MUJOCO_GL']} LP_NUM_THREADS={os.environ['LP_NUM_THREADS']} robot={args.robot} steps={args.steps}")
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor(),
+    )
+    print(
+        f"machine: {cpu}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, Python {platform.python_version()}"
+    )
+    print(
+        f"MUJOCO_GL={os.environ['MUJOCO_GL']} LP_NUM_THREADS={os.environ['LP_NUM_THREADS']} robot={args.robot} steps={args.steps}"
+    )
     results = {name: measure(args.robot, args.steps, name == "package") for name in ("package", "config")}
     print(f"{'settings':<10} {'steps/s':>8} {'render ms/frame':>16} {'rest ms/step':>13}")
     for name, r in results.items():
         print(f"{name:<10} {r['steps_per_s']:8.1f} {r['render_ms']:16.1f} {r['physics_and_rest_ms']:13.1f}")
     speedup = results["config"]["steps_per_s"] / results["package"]["steps_per_s"]
-    print(f"speed-up (config / package steps per second): {speedup:.1f}x; load average after: {os.getloadavg()[0]:.1f}")
+    print(
+        f"speed-up (config / package steps per second): {speedup:.1f}x; load average after: {os.getloadavg()[0]:.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.robot_config import parse_robot_config
 
@@ -31,7 +30,9 @@ HEIGHT, WIDTH, FPS, DOF = 480, 640, 30, 7
 def machine() -> str:
     cpu = "unknown CPU"
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     return f"{platform.node()} | {cpu} | {os.cpu_count()} cores | {platform.platform()} | Python {platform.python_version()}"
@@ -48,12 +49,20 @@ def bench_config() -> object:
             "joints": joints,
             "action": {
                 "space": "joint_position",
-                "dims": [{"name": f"j{i}", "kind": "absolute", "low": -3.0, "high": 3.0, "max_step_change": 0.1} for i in range(DOF)],
+                "dims": [
+                    {"name": f"j{i}", "kind": "absolute", "low": -3.0, "high": 3.0, "max_step_change": 0.1}
+                    for i in range(DOF)
+                ],
             },
             "cameras": [
-                {"name": name, "topic": f"/cam/{name}", "width": WIDTH, "height": HEIGHT} for name in ("scene", "wrist")
+                {"name": name, "topic": f"/cam/{name}", "width": WIDTH, "height": HEIGHT}
+                for name in ("scene", "wrist")
             ],
-            "topics": {"joint_states": "/joint_states", "command": "/arm_controller/commands", "instruction": "/instruction"},
+            "topics": {
+                "joint_states": "/joint_states",
+                "command": "/arm_controller/commands",
+                "instruction": "/instruction",
+            },
             "driver": {"kind": "ros2_control", "controller": "arm_controller"},
             "tasks": ["benchmark"],
         },
@@ -65,7 +74,9 @@ def camera_frames(n: int, seed: int) -> np.ndarray:
     """n camera-like frames: smooth scene, moving box, per-frame sensor noise (sigma ~2 levels)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
-    base = np.stack([(xx * 0.3 + yy * 0.1) % 255, (yy * 0.35) % 255, 128 + 60 * np.sin(xx / 37.0) * np.cos(yy / 23.0)], -1)
+    base = np.stack(
+        [(xx * 0.3 + yy * 0.1) % 255, (yy * 0.35) % 255, 128 + 60 * np.sin(xx / 37.0) * np.cos(yy / 23.0)], -1
+    )
     frames = np.empty((n, HEIGHT, WIDTH, 3), dtype=np.uint8)
     for i in range(n):
         img = base.copy()
@@ -77,11 +88,19 @@ def camera_frames(n: int, seed: int) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="scratch directory on the disk to measure (deleted after)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="scratch directory on the disk to measure (deleted after)"
+    )
     parser.add_argument("--seconds", type=float, default=60.0, help="recorded seconds to write (default 60)")
-    parser.add_argument("--episode-seconds", type=float, default=20.0, help="length of each episode (default 20)")
-    parser.add_argument("--no-fsync", action="store_true", help="skip the per-episode fsync (default: durable commits)")
+    parser.add_argument(
+        "--episode-seconds", type=float, default=20.0, help="length of each episode (default 20)"
+    )
+    parser.add_argument(
+        "--no-fsync", action="store_true", help="skip the per-episode fsync (default: durable commits)"
+    )
     args = parser.parse_args()
 
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
@@ -96,8 +115,10 @@ def main() -> None:
     args.out.mkdir(parents=True)
 
     print(f"machine: {machine()}")
-    print(f"workload: {steps_total} steps ({args.seconds:.0f} s at {FPS} Hz), 2 x {HEIGHT}x{WIDTH} RGB + {DOF}-DoF state/action, "
-          f"episodes of {steps_per_episode} steps, fsync per episode: {not args.no_fsync}, 1 core")
+    print(
+        f"workload: {steps_total} steps ({args.seconds:.0f} s at {FPS} Hz), 2 x {HEIGHT}x{WIDTH} RGB + {DOF}-DoF state/action, "
+        f"episodes of {steps_per_episode} steps, fsync per episode: {not args.no_fsync}, 1 core"
+    )
 
     # --- episode store
     store = EpisodeStore.open(args.out / "store.zarr", mode="a", durable=not args.no_fsync)
@@ -146,13 +167,19 @@ def main() -> None:
     shutil.rmtree(args.out)
 
     mb = raw_bytes / 1e6
-    print(f"episode store: {store_s:6.1f} s wall, {store_cpu:6.1f} s CPU | {2 * steps_total / store_s:7.1f} frames/s | "
-          f"{mb / store_s:7.1f} MB/s of input | {args.seconds / store_s:5.2f}x real time | "
-          f"on disk {on_disk / 1e6:.0f} MB (compression {raw_bytes / on_disk:.2f}x)")
+    print(
+        f"episode store: {store_s:6.1f} s wall, {store_cpu:6.1f} s CPU | {2 * steps_total / store_s:7.1f} frames/s | "
+        f"{mb / store_s:7.1f} MB/s of input | {args.seconds / store_s:5.2f}x real time | "
+        f"on disk {on_disk / 1e6:.0f} MB (compression {raw_bytes / on_disk:.2f}x)"
+    )
     print(f"raw writes:    {raw_s:6.1f} s wall, {raw_cpu:6.1f} s CPU | {mb / raw_s:7.1f} MB/s")
-    print(f"store / raw write rate: {raw_s / store_s:.0%} wall-clock   (targets: >= 3x real time, >= 50% of raw)")
-    print(f"load average during the run: {os.getloadavg()[0]:.2f} (other processes share the pinned core; "
-          f"CPU-time real-time factor {args.seconds / store_cpu:.2f}x)")
+    print(
+        f"store / raw write rate: {raw_s / store_s:.0%} wall-clock   (targets: >= 3x real time, >= 50% of raw)"
+    )
+    print(
+        f"load average during the run: {os.getloadavg()[0]:.2f} (other processes share the pinned core; "
+        f"CPU-time real-time factor {args.seconds / store_cpu:.2f}x)"
+    )
 
 
 if __name__ == "__main__":

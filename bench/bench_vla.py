@@ -48,7 +48,9 @@ def main() -> None:
     parser.add_argument("--config", default="tiny", help="VLA recipe name or JSON path")
     parser.add_argument("--robot", default="so101_sim")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     if args.threads:
@@ -63,14 +65,22 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
     cam = robot.cameras[0]
     rng = np.random.default_rng(0)
-    print(f"machine: {platform.platform()}, {cpu_model()}, {os.cpu_count()} cores, load average {os.getloadavg()}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
-    print(f"model: recipe '{recipe.name}', {params / 1e6:.2f}M parameters, image {model.image_size} px, "
-          f"K={model.chunk_size} x A={model.action_dim} tokens x {model.num_bins} bins")
+    print(
+        f"machine: {platform.platform()}, {cpu_model()}, {os.cpu_count()} cores, load average {os.getloadavg()}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}"
+    )
+    print(
+        f"model: recipe '{recipe.name}', {params / 1e6:.2f}M parameters, image {model.image_size} px, "
+        f"K={model.chunk_size} x A={model.action_dim} tokens x {model.num_bins} bins"
+    )
 
     model.eval()
     policy = VLAPolicy(model, robot)
-    obs = Observation({cam.name: rng.integers(0, 256, cam.shape, dtype=np.uint8)}, np.zeros(len(robot.joints)), robot.tasks[0])
+    obs = Observation(
+        {cam.name: rng.integers(0, 256, cam.shape, dtype=np.uint8)},
+        np.zeros(len(robot.joints)),
+        robot.tasks[0],
+    )
     latency = timed(lambda: policy.predict_chunk(obs), args.repeats, sync)
     print(f"predict_chunk (batch 1, raw {cam.width}x{cam.height} frame, greedy): {1000 * latency:.1f} ms")
 

@@ -19,15 +19,21 @@ import time
 
 import numpy as np
 import torch
-
 from wmpo_core.normalization import ActionNormalizer
 from wmpo_learner.world_model import WorldModel, load_preset
 from wmpo_learner.world_model.config import VAESpec
 
 SDXL_VAE_ARCHITECTURE = {
-    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32,
-    "block_out_channels": [128, 256, 512, 512], "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4, "sample_size": 1024, "scaling_factor": 0.13025,
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "sample_size": 1024,
+    "scaling_factor": 0.13025,
 }
 
 
@@ -39,8 +45,10 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (f"{platform.platform()}, Python {platform.python_version()}, torch {torch.__version__}, {cpu}, "
-            f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads{gpu}")
+    return (
+        f"{platform.platform()}, Python {platform.python_version()}, torch {torch.__version__}, {cpu}, "
+        f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads{gpu}"
+    )
 
 
 def build(args: argparse.Namespace) -> WorldModel:
@@ -51,7 +59,9 @@ def build(args: argparse.Namespace) -> WorldModel:
         config = config.model_copy(update={"vae": VAESpec(config=SDXL_VAE_ARCHITECTURE)})
     dim = args.action_dim
     torch.manual_seed(0)
-    wm = WorldModel.from_config(config, ActionNormalizer([-1.0] * dim, [1.0] * dim), "front", "bench", "sha256:bench")
+    wm = WorldModel.from_config(
+        config, ActionNormalizer([-1.0] * dim, [1.0] * dim), "front", "bench", "sha256:bench"
+    )
     with torch.no_grad():  # the output head starts at zero; give it weights so the timing is of a real model
         for p in wm.transformer.parameters():
             p.add_(torch.randn_like(p) * 0.02)
@@ -73,7 +83,9 @@ def time_rollout(wm: WorldModel, batch: int, steps: int, frames: int, repeats: i
         start = time.perf_counter()
         with torch.no_grad():
             context = wm.context_from_frames(first)
-            latents, _ = wm.rollout_latents(context, actions, torch.Generator(wm.device).manual_seed(0), steps)
+            latents, _ = wm.rollout_latents(
+                context, actions, torch.Generator(wm.device).manual_seed(0), steps
+            )
             wm.decode_frames(latents)
         if wm.device.type == "cuda":
             torch.cuda.synchronize()
@@ -88,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--steps", type=int, nargs="+", default=[5, 10, 30], help="flow-matching steps per window")
-    p.add_argument("--frames", type=int, default=16, help="imagined frames per rollout (2 windows of 8 by default)")
+    p.add_argument(
+        "--frames", type=int, default=16, help="imagined frames per rollout (2 windows of 8 by default)"
+    )
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--action-dim", type=int, default=4)
     args = p.parse_args(argv)
@@ -98,16 +112,20 @@ def main(argv: list[str] | None = None) -> int:
     wm = build(args)
     n_params = sum(p.numel() for p in wm.transformer.parameters())
     print(f"machine: {machine()}")
-    print(f"world model: {args.wm or args.config}, {wm.config.resolution} px, latents {wm.latent_shape}, "
-          f"transformer {n_params / 1e6:.1f} M parameters, window {wm.config.context_frames}+{wm.config.predicted_frames}, "
-          f"{args.frames} frames per rollout, device {args.device}")
+    print(
+        f"world model: {args.wm or args.config}, {wm.config.resolution} px, latents {wm.latent_shape}, "
+        f"transformer {n_params / 1e6:.1f} M parameters, window {wm.config.context_frames}+{wm.config.predicted_frames}, "
+        f"{args.frames} frames per rollout, device {args.device}"
+    )
     print(f"{'batch':>6} {'steps':>6} {'seconds':>9} {'frames/s':>9} {'s/window':>9}")
     windows = -(-args.frames // wm.config.predicted_frames)
     for steps in args.steps:
         for batch in args.batch_sizes:
             seconds = time_rollout(wm, batch, steps, args.frames, args.repeats)
-            print(f"{batch:>6} {steps:>6} {seconds:>9.2f} {batch * args.frames / seconds:>9.1f} {seconds / windows:>9.2f}",
-                  flush=True)
+            print(
+                f"{batch:>6} {steps:>6} {seconds:>9.2f} {batch * args.frames / seconds:>9.1f} {seconds / windows:>9.2f}",
+                flush=True,
+            )
     return 0
 
 

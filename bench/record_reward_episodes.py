@@ -23,7 +23,6 @@ import time
 
 import numpy as np
 from tqdm import tqdm
-
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.robot_config import load_robot_config
 from wmpo_core.sim_env import SimArm

@@ -18,7 +18,6 @@ import time
 
 import numpy as np
 from tqdm import tqdm
-
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.robot_config import load_robot_config
 from wmpo_core.sim_env import SimArm
@@ -48,7 +47,11 @@ def record(args: argparse.Namespace) -> int:
             glitch_at = int(rng.integers(5, 40)) if rng.random() < args.glitch_prob else -1
             obs = arm.reset(seed=seed)
             writer = store.begin_episode(
-                cfg, source=args.source, task=cfg.tasks[0], policy_version=args.policy_version, env_seed=seed,
+                cfg,
+                source=args.source,
+                task=cfg.tasks[0],
+                policy_version=args.policy_version,
+                env_seed=seed,
                 extra={"action_noise_sigma": sigma, "gripper_glitch_step": glitch_at},
             )
             t0 = time.time()
@@ -77,12 +80,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", required=True, help="episode store directory (created if missing)")
     p.add_argument("--robot", default="so101_sim", help="robot config name or path (a gym_sim driver)")
     p.add_argument("--episodes", type=int, default=40, help="number of episodes to record")
-    p.add_argument("--source", default="scripted", choices=["scripted", "policy", "teleop"], help="episode source label")
+    p.add_argument(
+        "--source", default="scripted", choices=["scripted", "policy", "teleop"], help="episode source label"
+    )
     p.add_argument("--policy-version", default=None, help="policy_version stamped into each episode")
-    p.add_argument("--noise", type=float, nargs="*", default=[], help="per-episode action-noise sigmas to draw from")
-    p.add_argument("--glitch-prob", type=float, default=0.0, help="probability that an episode has a 3-step gripper-open glitch")
+    p.add_argument(
+        "--noise", type=float, nargs="*", default=[], help="per-episode action-noise sigmas to draw from"
+    )
+    p.add_argument(
+        "--glitch-prob",
+        type=float,
+        default=0.0,
+        help="probability that an episode has a 3-step gripper-open glitch",
+    )
     p.add_argument("--hold-steps", type=int, default=5, help="steps recorded after the first success")
-    p.add_argument("--seed-start", type=int, default=0, help="env seed of the first episode (then +1 per episode)")
+    p.add_argument(
+        "--seed-start", type=int, default=0, help="env seed of the first episode (then +1 per episode)"
+    )
     return record(p.parse_args(argv))
 
 

@@ -14,17 +14,21 @@ automatic episode loop, is `wmpo deploy --robot <name> --policy <spec> [--learne
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, OpaqueFunction, SetEnvironmentVariable
+from launch.actions import (
+    DeclareLaunchArgument,
+    IncludeLaunchDescription,
+    OpaqueFunction,
+    SetEnvironmentVariable,
+)
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
-
 from wmpo_core.robot_config import load_robot_config
 from wmpo_ros.dds import PROFILE_ENV, large_frames_profile
 from wmpo_ros.graph import uses_sim_time
 from wmpo_ros.params import POLICY, RECORDER, SIM_ARM, SYNC
 
+from launch import LaunchDescription
 
 ARGUMENTS = [
     (SIM_ARM, "robot"),
@@ -110,12 +114,18 @@ def launch_setup(context):
 
 def generate_launch_description():
     declared = [
-        DeclareLaunchArgument(name, default_value=table[name].launch_default, description=table[name].description)
+        DeclareLaunchArgument(
+            name, default_value=table[name].launch_default, description=table[name].description
+        )
         for table, name in ARGUMENTS
     ]
     arm = IncludeLaunchDescription(
-        PythonLaunchDescriptionSource(os.path.join(get_package_share_directory("wmpo_ros"), "launch", "robot.launch.py")),
-        launch_arguments={name: LaunchConfiguration(name) for name in ("robot", "seed", "real_time_factor")}.items(),
+        PythonLaunchDescriptionSource(
+            os.path.join(get_package_share_directory("wmpo_ros"), "launch", "robot.launch.py")
+        ),
+        launch_arguments={
+            name: LaunchConfiguration(name) for name in ("robot", "seed", "real_time_factor")
+        }.items(),
     )
     # Camera frames over shared memory (wmpo_ros/fastdds_large_frames.xml) unless the user chose a profile.
     dds = SetEnvironmentVariable(PROFILE_ENV, os.environ.get(PROFILE_ENV, large_frames_profile()))

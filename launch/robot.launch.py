@@ -10,14 +10,14 @@ take parameter defaults from wmpo_ros.params.
 
 import os
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
-
 from wmpo_core.robot_config import GymSimDriver, LeRobotDriver, load_robot_config
 from wmpo_ros.dds import PROFILE_ENV, large_frames_profile
 from wmpo_ros.params import LEROBOT_BRIDGE, SIM_ARM
+
+from launch import LaunchDescription
 
 # Launch arguments: (node parameters table, parameter name); default and help come from the table.
 ARGUMENTS = [
@@ -72,7 +72,9 @@ def launch_setup(context):
 
 def generate_launch_description():
     declared = [
-        DeclareLaunchArgument(name, default_value=table[name].launch_default, description=table[name].description)
+        DeclareLaunchArgument(
+            name, default_value=table[name].launch_default, description=table[name].description
+        )
         for table, name in ARGUMENTS
     ]
     # Camera frames over shared memory (wmpo_ros/fastdds_large_frames.xml) unless the user chose a profile.

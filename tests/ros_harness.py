@@ -20,11 +20,17 @@ from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Int64, String
-
 from wmpo_core.policy import Observation
 from wmpo_core.robot_config import RobotConfig
 from wmpo_ros.image_conversion import image_to_msg
-from wmpo_ros.messages import LATCHED_QOS, STATE_QOS, CommandCodec, camera_publisher_qos, joint_state_msg, nanoseconds_to_stamp
+from wmpo_ros.messages import (
+    LATCHED_QOS,
+    STATE_QOS,
+    CommandCodec,
+    camera_publisher_qos,
+    joint_state_msg,
+    nanoseconds_to_stamp,
+)
 from wmpo_ros.names import graph_names
 from wmpo_ros.node_utils import parameter_overrides
 
@@ -64,7 +70,9 @@ class Graph:
         for node in reversed(list(self.nodes)):
             self.remove(node)
         self.executor.shutdown(timeout_sec=5.0)
-        self._thread.join(timeout=5.0)  # spin() must be out before the context goes, or it fails building its next wait set
+        self._thread.join(
+            timeout=5.0
+        )  # spin() must be out before the context goes, or it fails building its next wait set
         rclpy.shutdown()
 
 
@@ -78,7 +86,9 @@ class FakeArm(Node):
         self.period_ns = round(config.control_period_s * 1e9)
         self.now_ns = (time.time_ns() // self.period_ns) * self.period_ns
         self.codec = CommandCodec(config)
-        self._image_pubs = {c.name: self.create_publisher(Image, c.topic, camera_publisher_qos(c)) for c in config.cameras}
+        self._image_pubs = {
+            c.name: self.create_publisher(Image, c.topic, camera_publisher_qos(c)) for c in config.cameras
+        }
         self._state_pub = self.create_publisher(JointState, config.topics.joint_states, STATE_QOS)
         self._clock_pub = self.create_publisher(Clock, "/clock", 10)
         self._success_pub = self.create_publisher(Bool, self.names.success, STATE_QOS)
@@ -104,11 +114,15 @@ class FakeArm(Node):
         """Frames whose pixel value encodes the tick, so a test can tell which frame was recorded."""
         return {c.name: np.full(c.shape, self.frame_value % 256, dtype=np.uint8) for c in self.config.cameras}
 
-    def publish_observation(self, cameras: bool = True, state: bool = True, success: bool | None = None) -> None:
+    def publish_observation(
+        self, cameras: bool = True, state: bool = True, success: bool | None = None
+    ) -> None:
         stamp = nanoseconds_to_stamp(self.now_ns)
         if cameras:
             for cam in self.config.cameras:
-                self._image_pubs[cam.name].publish(image_to_msg(self.frame()[cam.name], stamp, cam.name, cam.encoding))
+                self._image_pubs[cam.name].publish(
+                    image_to_msg(self.frame()[cam.name], stamp, cam.name, cam.encoding)
+                )
         if state:
             self._state_pub.publish(joint_state_msg(self.config, self.state, stamp))
         if success is not None:
@@ -154,6 +168,7 @@ class FakeArm(Node):
 
 # ------------------------------------------------------------------ policies for `scripted:` specs
 
+
 class ConstantPolicy:
     """Always proposes the same action (chunks of 3): delta dims 0.5 x max step, absolute dims mid-range."""
 
@@ -161,7 +176,12 @@ class ConstantPolicy:
     version = "constant-v1"
 
     def __init__(self, config: RobotConfig):
-        self.action = np.array([0.5 * d.max_step_change if d.kind == "delta" else (d.low + d.high) / 2 for d in config.action.dims])
+        self.action = np.array(
+            [
+                0.5 * d.max_step_change if d.kind == "delta" else (d.low + d.high) / 2
+                for d in config.action.dims
+            ]
+        )
         self.calls = 0
 
     def reset(self) -> None:
@@ -187,10 +207,18 @@ class WildPolicy:
         pass
 
     def predict_chunk(self, obs: Observation) -> np.ndarray:
-        kind = self.PATTERN[self.calls % len(self.PATTERN)] if self.calls > 0 else "ok"  # verification probe gets a sane action
+        kind = (
+            self.PATTERN[self.calls % len(self.PATTERN)] if self.calls > 0 else "ok"
+        )  # verification probe gets a sane action
         self.calls += 1
         mid = np.array([(d.low + d.high) / 2 for d in self.config.action.dims])
-        action = {"nan": np.full_like(mid, np.nan), "inf": np.full_like(mid, np.inf), "high": mid + 1e3, "low": mid - 1e3, "ok": mid}[kind]
+        action = {
+            "nan": np.full_like(mid, np.nan),
+            "inf": np.full_like(mid, np.inf),
+            "high": mid + 1e3,
+            "low": mid - 1e3,
+            "ok": mid,
+        }[kind]
         if kind == "nan":
             action = mid.copy()
             action[0] = np.nan
@@ -198,6 +226,7 @@ class WildPolicy:
 
 
 # ------------------------------------------------------------------ a tiny gymnasium env for the sim arm
+
 
 class TinyReachEnv:
     """A 1-D reach task with image observations, a Box action [dx, gripper] and a success flag.
@@ -216,7 +245,9 @@ class TinyReachEnv:
                     "agent_pos": gym.spaces.Box(-np.inf, np.inf, (2,), np.float64),
                 }
             )
-            action_space = gym.spaces.Box(np.array([-1.0, 0.0], np.float32), np.array([1.0, 1.0], np.float32), dtype=np.float32)
+            action_space = gym.spaces.Box(
+                np.array([-1.0, 0.0], np.float32), np.array([1.0, 1.0], np.float32), dtype=np.float32
+            )
 
             def reset(self, *, seed=None, options=None):
                 super().reset(seed=seed)
@@ -248,7 +279,10 @@ def tiny_reach_config(directory) -> str:
         "robot_type": "tiny",
         "control_rate_hz": 10,
         "episode_time_limit_s": 5,
-        "joints": [{"name": "x", "unit": "m", "lower": -2, "upper": 2}, {"name": "grip", "unit": "normalized", "lower": 0, "upper": 1}],
+        "joints": [
+            {"name": "x", "unit": "m", "lower": -2, "upper": 2},
+            {"name": "grip", "unit": "normalized", "lower": 0, "upper": 1},
+        ],
         "action": {
             "space": "ee_delta_gripper",
             "dims": [
@@ -257,8 +291,17 @@ def tiny_reach_config(directory) -> str:
             ],
         },
         "cameras": [{"name": "cam", "topic": "/tiny/cam", "width": 16, "height": 16}],
-        "topics": {"joint_states": "/tiny/joint_states", "command": "/tiny/command", "instruction": "/tiny/instruction"},
-        "driver": {"kind": "gym_sim", "env_id": "ros_harness:TinyReach-v0", "image_keys": {"cam": "pixels/cam"}, "state_key": "agent_pos"},
+        "topics": {
+            "joint_states": "/tiny/joint_states",
+            "command": "/tiny/command",
+            "instruction": "/tiny/instruction",
+        },
+        "driver": {
+            "kind": "gym_sim",
+            "env_id": "ros_harness:TinyReach-v0",
+            "image_keys": {"cam": "pixels/cam"},
+            "state_key": "agent_pos",
+        },
         "tasks": ["reach"],
     }
     path = f"{directory}/tiny_reach.yaml"

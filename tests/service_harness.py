@@ -59,9 +59,24 @@ class Learner:
 
     def start(self, timeout_s: float = 60.0) -> Learner:
         cmd = [
-            sys.executable, "-m", "wmpo_core.cli", "serve",
-            "--store", str(self.store), "--registry", str(self.registry), "--runs", str(self.root / "runs"),
-            "--robot", "so101_sim", "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
+            sys.executable,
+            "-m",
+            "wmpo_core.cli",
+            "serve",
+            "--store",
+            str(self.store),
+            "--registry",
+            str(self.registry),
+            "--runs",
+            str(self.root / "runs"),
+            "--robot",
+            "so101_sim",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
             *self.args,
         ]
         env = {**os.environ, "WMPO_LEARNER_TOKEN": TOKEN}
@@ -72,7 +87,14 @@ class Learner:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"learner service exited with {self.proc.returncode}:\n{self.log}")
             try:
-                if httpx.get(f"{self.url}/v1/health", timeout=1.0, verify=ssl.create_default_context(cafile=self.ca) if self.ca else True).status_code == 200:
+                if (
+                    httpx.get(
+                        f"{self.url}/v1/health",
+                        timeout=1.0,
+                        verify=ssl.create_default_context(cafile=self.ca) if self.ca else True,
+                    ).status_code
+                    == 200
+                ):
                     return self
             except httpx.TransportError:
                 pass
@@ -117,11 +139,15 @@ def record_episodes(
     ids = []
     with EpisodeStore.open(store_path, mode="a", durable=False) as store:
         for _ in range(n):
-            writer = store.begin_episode(robot_config=cfg, source="policy", task="pick up the cube", policy_version="v0")
+            writer = store.begin_episode(
+                robot_config=cfg, source="policy", task="pick up the cube", policy_version="v0"
+            )
             t0 = time.time()
             for k in range(steps):
                 images = {
-                    c.name: rng.integers(0, 256, size=c.shape, dtype=np.uint8) if noise else np.zeros(c.shape, np.uint8)
+                    c.name: rng.integers(0, 256, size=c.shape, dtype=np.uint8)
+                    if noise
+                    else np.zeros(c.shape, np.uint8)
                     for c in cfg.cameras
                 }
                 writer.append(
@@ -138,7 +164,9 @@ def store_listing(path: Path) -> dict[str, list[str]]:
     """What a store holds on disk, committed and staged (staging must stay empty after refusals)."""
     return {
         "episodes": sorted(p.name for p in (path / "episodes").iterdir() if p.is_dir()),
-        "staging": sorted(p.name for p in (path / ".staging").iterdir()) if (path / ".staging").exists() else [],
+        "staging": sorted(p.name for p in (path / ".staging").iterdir())
+        if (path / ".staging").exists()
+        else [],
     }
 
 
@@ -152,7 +180,9 @@ def spool_leftovers(spool: Path) -> list[str]:
     return sorted(p.name for p in spool.iterdir() if p.name != ".lock")
 
 
-def send_partial_upload(learner: Learner, episode_id: str, body: bytes, fraction: float = 0.5) -> socket.socket:
+def send_partial_upload(
+    learner: Learner, episode_id: str, body: bytes, fraction: float = 0.5
+) -> socket.socket:
     """Start a real HTTP upload and stop after `fraction` of the body; returns the open socket."""
     sock = socket.create_connection(("127.0.0.1", learner.port), timeout=10)
     head = (

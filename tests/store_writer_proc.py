@@ -12,7 +12,6 @@ import argparse
 import time
 
 import numpy as np
-
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.robot_config import load_robot_config
 
@@ -46,7 +45,9 @@ def main() -> None:
     with EpisodeStore.open(args.store, mode="a") as store:
         for _ in range(args.n_episodes):
             number = len(store)  # episode numbers continue across writer restarts
-            writer = store.begin_episode(config, "scripted", "pick up the cube", env_seed=number, extra={"number": number})
+            writer = store.begin_episode(
+                config, "scripted", "pick up the cube", env_seed=number, extra={"number": number}
+            )
             for step in range(int(rng.integers(3, 40))):
                 writer.append(
                     images={"front": frame_for(number, step, shape)},

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-
 from store_writer_proc import action_for, frame_for, state_for
 from wmpo_core.episode_store import (
     EpisodeCorruptError,
@@ -33,7 +32,15 @@ SHAPE = CONFIG.cameras[0].shape
 
 def start_writer(store: Path, n_episodes: int, seed: int, step_sleep: float = 0.0) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(WRITER), str(store), str(n_episodes), str(seed), "--step-sleep", str(step_sleep)],
+        [
+            sys.executable,
+            str(WRITER),
+            str(store),
+            str(n_episodes),
+            str(seed),
+            "--step-sleep",
+            str(step_sleep),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -50,13 +57,19 @@ def assert_episode_intact(store: EpisodeStore, episode_id: str) -> None:
     assert frames.shape == (n, *SHAPE)
     for step in range(n):
         np.testing.assert_array_equal(frames[step], frame_for(number, step, SHAPE))
-    np.testing.assert_allclose(episode.state(), np.stack([state_for(number, s, 6) for s in range(n)]), rtol=1e-6)
-    np.testing.assert_allclose(episode.action(), np.stack([action_for(number, s, 4) for s in range(n)]), rtol=1e-6)
+    np.testing.assert_allclose(
+        episode.state(), np.stack([state_for(number, s, 6) for s in range(n)]), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        episode.action(), np.stack([action_for(number, s, 4) for s in range(n)]), rtol=1e-6
+    )
     assert episode.time().shape == (n,) and np.all(np.diff(episode.time()) >= 0)
 
 
 def write_episode(store: EpisodeStore, n_steps: int, number: int = 0, **commit) -> str:
-    writer = store.begin_episode(CONFIG, "scripted", "pick up the cube", policy_version="v1", env_seed=7, extra={"number": number})
+    writer = store.begin_episode(
+        CONFIG, "scripted", "pick up the cube", policy_version="v1", env_seed=7, extra={"number": number}
+    )
     t0 = time.time()
     for step in range(n_steps):
         writer.append(
@@ -75,14 +88,21 @@ def test_round_trip_metadata_and_real_timestamps(tmp_path: Path) -> None:
     reader = EpisodeStore.open(tmp_path / "s.zarr")
     meta = reader.meta(episode_id)
     assert (meta.robot_config_name, meta.robot_config_hash) == ("so101_sim", CONFIG.content_hash)
-    assert (meta.source, meta.task, meta.policy_version, meta.env_seed) == ("scripted", "pick up the cube", "v1", 7)
+    assert (meta.source, meta.task, meta.policy_version, meta.env_seed) == (
+        "scripted",
+        "pick up the cube",
+        "v1",
+        7,
+    )
     assert (meta.success, meta.success_labeled_by, meta.num_steps) == (True, "env", 23)
     assert meta.cameras == {"front": SHAPE} and (meta.state_dim, meta.action_dim) == (6, 4)
     assert_episode_intact(reader, episode_id)
     times = reader.episode(episode_id).time()
     assert meta.start_time == times[0]
     assert not np.allclose(np.diff(times), 0.1)  # stored as captured, not derived from the index
-    np.testing.assert_allclose(reader.episode(episode_id).image_time("front"), times - 0.01 - 0.003 * (np.arange(23) % 3))
+    np.testing.assert_allclose(
+        reader.episode(episode_id).image_time("front"), times - 0.01 - 0.003 * (np.arange(23) % 3)
+    )
 
 
 def test_plain_zarr_open_decodes_frames_without_registration(tmp_path: Path) -> None:
@@ -92,7 +112,9 @@ def test_plain_zarr_open_decodes_frames_without_registration(tmp_path: Path) -> 
         "import sys, zarr; g = zarr.open_group(sys.argv[1], mode='r');"
         f"a = g['episodes/{episode_id}/images/front']; print(a.shape, int(a[11, 0, 0, 1]), a.compressors)"
     )
-    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "s.zarr")], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "s.zarr")], capture_output=True, text=True, check=True
+    )
     assert out.stdout.startswith(f"(12, {SHAPE[0]}, {SHAPE[1]}, 3) 11")
     assert "Blosc" in out.stdout
 
@@ -100,7 +122,12 @@ def test_plain_zarr_open_decodes_frames_without_registration(tmp_path: Path) -> 
 def test_appending_bad_data_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     store = EpisodeStore.open(tmp_path / "s.zarr", mode="a")
     writer = store.begin_episode(CONFIG, "teleop", "pick up the cube")
-    good = {"images": {"front": frame_for(0, 0, SHAPE)}, "state": np.zeros(6), "action": np.zeros(4), "time": time.time()}
+    good = {
+        "images": {"front": frame_for(0, 0, SHAPE)},
+        "state": np.zeros(6),
+        "action": np.zeros(4),
+        "time": time.time(),
+    }
     with pytest.raises(EpisodeValidationError, match="camera 'front' frame is"):
         writer.append(**{**good, "images": {"front": np.zeros((64, 64, 3), np.uint8)}})
     with pytest.raises(EpisodeValidationError, match="cameras"):
@@ -187,7 +214,9 @@ def test_killed_writer_loses_at_most_the_episode_in_progress(tmp_path: Path) -> 
         # Kill at a random moment after the writer is up and has committed once (start-up time
         # depends on machine load; a fixed sleep would sometimes kill it before it wrote anything).
         first = proc.stdout.readline()
-        assert first.startswith("committed "), f"writer failed: {first}{proc.stderr.read() if proc.poll() is not None else ''}"
+        assert first.startswith("committed "), (
+            f"writer failed: {first}{proc.stderr.read() if proc.poll() is not None else ''}"
+        )
         time.sleep(rng.uniform(0.0, 0.6))
         proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate()
@@ -235,7 +264,12 @@ def test_reader_in_another_process_sees_new_episodes_while_writer_appends(tmp_pa
         (lambda p: (p.mkdir(), (p / ".zgroup").write_text('{"zarr_format": 2}')), "Zarr v2 store"),
         (lambda p: zarr.open_group(p, mode="w"), "not an episode store"),
         (lambda p: (p.mkdir(), (p / "zarr.json").write_text("{garbage")), "unreadable metadata"),
-        (lambda p: zarr.open_group(p, mode="w").attrs.update({"wmpo_episode_store": {"format_version": 99}}), "format version 99"),
+        (
+            lambda p: zarr.open_group(p, mode="w").attrs.update(
+                {"wmpo_episode_store": {"format_version": 99}}
+            ),
+            "format version 99",
+        ),
     ],
 )
 def test_foreign_or_corrupt_stores_give_a_clear_error(tmp_path: Path, make, message: str) -> None:
@@ -260,7 +294,9 @@ def test_corrupt_episode_is_reported_and_the_rest_stays_readable(tmp_path: Path)
     bad_chunk = write_episode(store, 6, number=3)
     store.close()
     root = tmp_path / "s.zarr" / "episodes"
-    (root / bad_meta / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}))
+    (root / bad_meta / "zarr.json").write_text(
+        json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}})
+    )
     shard = next((root / bad_chunk / "images" / "front" / "c").rglob("*"))
     while shard.is_dir():
         shard = next(shard.iterdir())
@@ -277,7 +313,11 @@ def test_corrupt_episode_is_reported_and_the_rest_stays_readable(tmp_path: Path)
 def test_a_flipped_byte_is_a_read_error_not_a_wrong_frame(tmp_path: Path) -> None:
     store = EpisodeStore.open(tmp_path / "s.zarr", mode="a")
     episode_id = write_episode(store, 6, number=1)
-    shard = next(p for p in (store.episode_path(episode_id) / "images" / "front").rglob("*") if p.is_file() and p.name != "zarr.json")
+    shard = next(
+        p
+        for p in (store.episode_path(episode_id) / "images" / "front").rglob("*")
+        if p.is_file() and p.name != "zarr.json"
+    )
     data = bytearray(shard.read_bytes())
     data[len(data) // 3] ^= 0x01
     shard.write_bytes(bytes(data))

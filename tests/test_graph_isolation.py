@@ -22,7 +22,6 @@ from rclpy.node import Node
 from service_harness import TOKEN, start_learner
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
-
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.robot_config import load_robot_config
 from wmpo_ros.isolation import isolate_graph, parse_domain
@@ -75,7 +74,10 @@ def test_two_simulated_graphs_side_by_side_record_only_their_own_episodes(tmp_pa
             assert t[0] == m.start_time
             # Every frame and joint state was captured during its own episode, on its own clock.
             for stamps in (episode.image_time("front"), episode.state_time()):
-                assert np.all(stamps >= t[0] - period - 1e-6) and np.all(stamps <= t), (m.episode_id, stamps - t)
+                assert np.all(stamps >= t[0] - period - 1e-6) and np.all(stamps <= t), (
+                    m.episode_id,
+                    stamps - t,
+                )
     assert not ids[0] & ids[100]
 
 
@@ -91,7 +93,9 @@ def test_ros_domain_values_and_defaults(monkeypatch) -> None:
     first, second = isolate_graph(None, sim=True), isolate_graph("auto", sim=False)
     assert first.domain_id != second.domain_id and os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
     first.release()
-    assert isolate_graph(first.domain_id, sim=True).domain_id == first.domain_id  # an explicit id, no lease needed
+    assert (
+        isolate_graph(first.domain_id, sim=True).domain_id == first.domain_id
+    )  # an explicit id, no lease needed
     second.release()
     monkeypatch.setenv("ROS_DOMAIN_ID", "seven")
     with pytest.raises(ValueError, match="ROS_DOMAIN_ID must be a domain id 0..232, got 'seven'"):
@@ -111,7 +115,9 @@ class ForeignGraph:
         self.start = self.node.create_client(Trigger, names.recorder_start)
 
     def announce(self, episode_id: str) -> None:
-        self.announcer.publish(String(data=json.dumps({"episode_id": episode_id, "num_steps": 1, "success": True})))
+        self.announcer.publish(
+            String(data=json.dumps({"episode_id": episode_id, "num_steps": 1, "success": True}))
+        )
 
     def announce_until(self, episode_id: str, done: threading.Event) -> None:
         while not done.wait(0.05):
@@ -137,16 +143,24 @@ def test_foreign_announcements_and_recorder_starts_do_not_reach_this_graph(tmp_p
     token.write_text(TOKEN)
     foreign_id = "ep_20260101T000000000Z_deadbeef"
     try:
-        with RobotSession("so101_sim", store=tmp_path / "robot.zarr", learner_url=learner.url, token_file=token, max_steps=4) as robot:
-            assert robot.isolation.domain_id == int(os.environ["ROS_DOMAIN_ID"])  # an explicit ROS_DOMAIN_ID is respected
+        with RobotSession(
+            "so101_sim", store=tmp_path / "robot.zarr", learner_url=learner.url, token_file=token, max_steps=4
+        ) as robot:
+            assert robot.isolation.domain_id == int(
+                os.environ["ROS_DOMAIN_ID"]
+            )  # an explicit ROS_DOMAIN_ID is respected
             foreign = ForeignGraph(robot.isolation.domain_id)
             try:
                 seen = threading.Event()
-                robot._node("sync_node").create_subscription(String, robot.names.recorder_episodes, lambda _: seen.set(), 10)
+                robot._node("sync_node").create_subscription(
+                    String, robot.names.recorder_episodes, lambda _: seen.set(), 10
+                )
                 while not seen.is_set():  # until the graph has heard it at least once
                     foreign.announce(foreign_id)
                     seen.wait(0.2)
-                assert foreign.call_start().startswith("recording")  # the other graph's runner started our recorder
+                assert foreign.call_start().startswith(
+                    "recording"
+                )  # the other graph's runner started our recorder
                 done = threading.Event()
                 chatter = threading.Thread(target=foreign.announce_until, args=(foreign_id, done))
                 chatter.start()  # and the other graph keeps committing while ours records
@@ -173,7 +187,9 @@ def test_foreign_announcements_and_recorder_starts_do_not_reach_this_graph(tmp_p
     assert "Traceback" not in err and "InvalidHandle" not in err
 
 
-def test_a_node_removed_mid_session_leaves_the_rest_running_and_nothing_on_stderr(tmp_path: Path, capfd) -> None:
+def test_a_node_removed_mid_session_leaves_the_rest_running_and_nothing_on_stderr(
+    tmp_path: Path, capfd
+) -> None:
     """teleop() then a dry run: the teleop node (a commander the lockstep sim would wait for) is
     destroyed between episodes while the graph runs on; the session still ends cleanly."""
     with RobotSession("so101_sim", store=tmp_path / "robot.zarr", policy="scripted:ros_harness:ConstantPolicy", dry_run=True,

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from wmpo_learner.grpo.algorithm import (
     clipped_policy_loss,
     group_advantages,
@@ -26,7 +25,8 @@ def test_group_advantages_match_hand_computation() -> None:
 
 def test_dynamic_sampling_drops_exactly_the_uniform_groups() -> None:
     rewards = torch.tensor(
-        [[1, 1, 1, 1], [0, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1], [1, 1, 1, 0], [0, 0, 0, 0]], dtype=torch.float32
+        [[1, 1, 1, 1], [0, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1], [1, 1, 1, 0], [0, 0, 0, 0]],
+        dtype=torch.float32,
     )
     assert informative_groups(rewards).tolist() == [False, False, True, True, True, False]
     with pytest.raises(ValueError, match="num_groups, group_size"):

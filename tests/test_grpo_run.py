@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from wmpo_core.normalization import ActionNormalizer
-from wmpo_core.robot_config import load_robot_config, parse_robot_config
+from wmpo_core.robot_config import parse_robot_config
 from wmpo_core.vla.checkpoint import load_checkpoint, read_manifest, save_checkpoint
 from wmpo_core.vla.config import load_recipe
 from wmpo_core.vla.model import VLA
@@ -43,7 +42,9 @@ def test_sim_source_groups_share_a_seed_and_respect_the_budget(short_robot, tmp_
         batch = source.collect(vla, num_groups=2, group_size=3, temperature=1.6, generator=generator)
         assert batch.num_groups == 2 and source.real_episodes_used == 6
         first = batch.observations[:, 0]
-        assert all(np.array_equal(first[0], first[i]) for i in (1, 2)), "a group starts from one initial state"
+        assert all(np.array_equal(first[0], first[i]) for i in (1, 2)), (
+            "a group starts from one initial state"
+        )
         assert not np.array_equal(first[0], first[3]), "groups start from different seeds"
         assert batch.tokens.shape == (6, 2, 8, 4) and batch.executed.all()  # 16 steps = 2 full chunks
         assert not torch.equal(batch.tokens[0], batch.tokens[1]), "rollouts of a group sample independently"
@@ -55,12 +56,23 @@ def test_sim_source_groups_share_a_seed_and_respect_the_budget(short_robot, tmp_
 
 def test_sim_baseline_spends_exactly_its_budget_and_records_provenance(short_robot, tmp_path: Path) -> None:
     base = tiny_vla_checkpoint(short_robot, tmp_path / "base")
-    config = GRPOConfig(group_size=2, groups_per_batch=2, minibatch_trajectories=4, iterations=5, max_resample_rounds=0, lr=1e-4)
-    summary = run_grpo(base, short_robot, tmp_path / "out", config, env="sim", budget=6, seed_offset=500, progress=False)
+    config = GRPOConfig(
+        group_size=2,
+        groups_per_batch=2,
+        minibatch_trajectories=4,
+        iterations=5,
+        max_resample_rounds=0,
+        lr=1e-4,
+    )
+    summary = run_grpo(
+        base, short_robot, tmp_path / "out", config, env="sim", budget=6, seed_offset=500, progress=False
+    )
     assert summary["real_episodes_used"] == 6  # 3 groups of 2, then the budget is spent
     manifest = read_manifest(tmp_path / "out")
     assert manifest["parent_version"] == "test-base-0"
-    assert manifest["provenance"]["method"] == "grpo-sim" and manifest["provenance"]["real_episodes_used"] == 6
+    assert (
+        manifest["provenance"]["method"] == "grpo-sim" and manifest["provenance"]["real_episodes_used"] == 6
+    )
     history = json.loads((tmp_path / "out" / "training" / "grpo_history.json").read_text())
     assert [h["real_episodes_used"] for h in history] == [4, 6]
     assert all(h["trajectories_sampled"] in (2, 4) for h in history)
@@ -86,12 +98,24 @@ def _imagination_parts(robot, tmp_path: Path):
     store = EpisodeStore.open(tmp_path / "store.zarr", mode="a")
     rng = np.random.default_rng(0)
     for seed in range(3):
-        writer = store.begin_episode(robot, "policy", "pick up the cube", policy_version="test-base-0", env_seed=seed)
+        writer = store.begin_episode(
+            robot, "policy", "pick up the cube", policy_version="test-base-0", env_seed=seed
+        )
         for step in range(2):
-            writer.append({"front": rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)}, np.zeros(6), np.zeros(4), float(step))
+            writer.append(
+                {"front": rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)},
+                np.zeros(6),
+                np.zeros(4),
+                float(step),
+            )
         writer.commit(success=False, success_labeled_by="env")
     store.close()
-    return tiny_vla_checkpoint(robot, tmp_path / "base"), tmp_path / "wm", tmp_path / "reward", tmp_path / "store.zarr"
+    return (
+        tiny_vla_checkpoint(robot, tmp_path / "base"),
+        tmp_path / "wm",
+        tmp_path / "reward",
+        tmp_path / "store.zarr",
+    )
 
 
 def test_imagined_groups_scored_by_the_reward_model_drive_the_update(short_robot, tmp_path: Path) -> None:
@@ -107,10 +131,14 @@ def test_imagined_groups_scored_by_the_reward_model_drive_the_update(short_robot
     frames, texts, ids = initial_frames(store, short_robot, "front")
     assert frames.shape == (3, 128, 128, 3) and len(ids) == 3
     reward, _ = load_reward(reward_path)
-    source = ImaginationSource(WorldModel.load(wm_path).eval(), reward, frames, texts, horizon=16, sampling_steps=1, seed=0)
+    source = ImaginationSource(
+        WorldModel.load(wm_path).eval(), reward, frames, texts, horizon=16, sampling_steps=1, seed=0
+    )
 
     def collect():
-        return source.collect(vla, num_groups=2, group_size=4, temperature=1.6, generator=torch.Generator().manual_seed(7))
+        return source.collect(
+            vla, num_groups=2, group_size=4, temperature=1.6, generator=torch.Generator().manual_seed(7)
+        )
 
     batch = collect()
     assert batch.tokens.shape == (8, 2, 8, 4) and batch.observations.shape == (8, 2, 64, 64, 3)
@@ -138,7 +166,13 @@ def test_imagined_groups_scored_by_the_reward_model_drive_the_update(short_robot
         return lp.view(len(batch.instructions), -1).sum(dim=1)
 
     before = chosen_log_probs()
-    stats = update(TokenScorer(vla), torch.optim.AdamW(vla.parameters(), lr=1e-3, weight_decay=0.0), batch, config, microbatch=4)
+    stats = update(
+        TokenScorer(vla),
+        torch.optim.AdamW(vla.parameters(), lr=1e-3, weight_decay=0.0),
+        batch,
+        config,
+        microbatch=4,
+    )
     change = chosen_log_probs() - before
     assert stats["entropy"] > 0 and stats["grad_norm"] > 0
     assert change[advantages > 0].mean() > 0 > change[advantages < 0].mean()
@@ -146,10 +180,22 @@ def test_imagined_groups_scored_by_the_reward_model_drive_the_update(short_robot
 
 def test_grpo_in_imagination_writes_a_new_version_naming_its_sources(short_robot, tmp_path: Path) -> None:
     base, wm_path, reward_path, store = _imagination_parts(short_robot, tmp_path)
-    config = GRPOConfig(group_size=2, groups_per_batch=2, minibatch_trajectories=4, iterations=1, max_resample_rounds=0)
+    config = GRPOConfig(
+        group_size=2, groups_per_batch=2, minibatch_trajectories=4, iterations=1, max_resample_rounds=0
+    )
     summary = run_grpo(
-        base, short_robot, tmp_path / "out", config, env="imagination", world_model=wm_path, reward_model=reward_path,
-        store=store, horizon=8, sampling_steps=1, progress=False, version="test-grpo-1",
+        base,
+        short_robot,
+        tmp_path / "out",
+        config,
+        env="imagination",
+        world_model=wm_path,
+        reward_model=reward_path,
+        store=store,
+        horizon=8,
+        sampling_steps=1,
+        progress=False,
+        version="test-grpo-1",
     )
     assert summary["version"] == "test-grpo-1" and summary["real_episodes_used"] == 0
     provenance = read_manifest(tmp_path / "out")["provenance"]
@@ -157,4 +203,13 @@ def test_grpo_in_imagination_writes_a_new_version_naming_its_sources(short_robot
     assert provenance["reward_model"] == str(reward_path) and len(provenance["data"]["initial_episodes"]) == 3
     assert load_checkpoint(tmp_path / "out", short_robot).parent_version == "test-base-0"
     with pytest.raises(ValueError, match="imagination needs --wm"):
-        run_grpo(base, short_robot, tmp_path / "x", config, env="imagination", reward_model=reward_path, store=store, progress=False)
+        run_grpo(
+            base,
+            short_robot,
+            tmp_path / "x",
+            config,
+            env="imagination",
+            reward_model=reward_path,
+            store=store,
+            progress=False,
+        )

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from wmpo_core.cli import main
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.normalization import ActionNormalizer
@@ -27,22 +26,53 @@ def test_one_round_aligns_rethresholds_improves_and_evaluates(tmp_path: Path) ->
     robot = load_robot_config("so101_sim")
     torch.manual_seed(0)
     normalizer = ActionNormalizer([-1, -1, -1, 0], [1, 1, 1, 1])
-    save_checkpoint(VLA.create(load_recipe("tiny").model, robot, normalizer), tmp_path / "base", robot, version="base-v1")
+    save_checkpoint(
+        VLA.create(load_recipe("tiny").model, robot, normalizer), tmp_path / "base", robot, version="base-v1"
+    )
     wm_config, _ = load_preset("tiny")
-    WorldModel.from_config(wm_config, normalizer, "front", robot.name, robot.content_hash).save(tmp_path / "wm0")
+    WorldModel.from_config(wm_config, normalizer, "front", robot.name, robot.content_hash).save(
+        tmp_path / "wm0"
+    )
 
     store_path = tmp_path / "learner.zarr"
     with EpisodeStore.open(store_path, mode="a") as store:
         run_episodes(robot, None, train_seeds(3), store=store, progress=False)  # successful demos
         policy = load_policy(str(tmp_path / "base"), robot)
-        run_episodes(robot, policy, train_seeds(3, offset=100), store=store, progress=False)  # the base policy's rollouts
+        run_episodes(
+            robot, policy, train_seeds(3, offset=100), store=store, progress=False
+        )  # the base policy's rollouts
         assert {m.source for m in store} == {"scripted", "policy"}
 
-    sizes = ["align_steps=3", "align_batch=2", "align_vae_steps=0", "reward_steps=4", "grpo_iterations=1", "group_size=2",
-             "groups_per_batch=1", "minibatch=2", "sampling_steps=1", "max_resample_rounds=0", "horizon=24",
-             "eval_episodes=2", "guard_frames=2"]
-    argv = ["iterate", "--store", str(store_path), "--policy", str(tmp_path / "base"), "--wm", str(tmp_path / "wm0"),
-            "--out", str(tmp_path / "round1"), "--version", "round1-v2", "--device", "cpu"]
+    sizes = [
+        "align_steps=3",
+        "align_batch=2",
+        "align_vae_steps=0",
+        "reward_steps=4",
+        "grpo_iterations=1",
+        "group_size=2",
+        "groups_per_batch=1",
+        "minibatch=2",
+        "sampling_steps=1",
+        "max_resample_rounds=0",
+        "horizon=24",
+        "eval_episodes=2",
+        "guard_frames=2",
+    ]
+    argv = [
+        "iterate",
+        "--store",
+        str(store_path),
+        "--policy",
+        str(tmp_path / "base"),
+        "--wm",
+        str(tmp_path / "wm0"),
+        "--out",
+        str(tmp_path / "round1"),
+        "--version",
+        "round1-v2",
+        "--device",
+        "cpu",
+    ]
     for item in sizes:
         argv += ["--set", item]
     # An alignment killed midway left its folder behind: the round continues it instead of refusing.
@@ -51,7 +81,11 @@ def test_one_round_aligns_rethresholds_improves_and_evaluates(tmp_path: Path) ->
     assert main(argv) == 0
 
     summary = json.loads((tmp_path / "round1" / "round.json").read_text())
-    assert (summary["parent_version"], summary["version"], summary["aligned_on"]) == ("base-v1", "round1-v2", "base-v1")
+    assert (summary["parent_version"], summary["version"], summary["aligned_on"]) == (
+        "base-v1",
+        "round1-v2",
+        "base-v1",
+    )
     assert [s["stage"] for s in summary["stages"]] == ["align", "reward", "check", "grpo", "eval"]
     assert summary["eval"]["trials"] == 2
     # The untrained policy's rollouts all failed: the check cannot tell outcomes apart, so no promotion.
@@ -86,7 +120,9 @@ def test_promotion_needs_an_update_a_better_greedy_iterate_and_trusted_imaginati
     assert promotion({"updates": 3, "guard": guard}, trusted, 0.7)[0]
     promoted, reason = promotion({"updates": 0, "guard": guard}, trusted, 0.7)
     assert not promoted and "no update" in reason
-    promoted, reason = promotion({"updates": 3, "guard": {**guard, "best_iteration": -1, "best_score": 0.25}}, trusted, 0.7)
+    promoted, reason = promotion(
+        {"updates": 3, "guard": {**guard, "best_iteration": -1, "best_score": 0.25}}, trusted, 0.7
+    )
     assert not promoted and "kept the parent" in reason
     promoted, reason = promotion({"updates": 3, "guard": guard}, {"balanced_accuracy": 0.6}, 0.7)
     assert not promoted and "not trusted: outcome agreement 0.60 < 0.7" in reason

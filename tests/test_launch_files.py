@@ -14,7 +14,6 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-
 from wmpo_core.robot_config import GymSimDriver, LeRobotDriver, config_search_path, load_robot_config
 from wmpo_ros import params
 from wmpo_ros.graph import BRINGUPS, bringup_graph
@@ -44,7 +43,9 @@ def table(name: str) -> params.NodeParams:
 
 def launch_arguments(tree: ast.Module) -> dict[str, params.NodeParams]:
     for node in tree.body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "ARGUMENTS" for t in node.targets):
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "ARGUMENTS" for t in node.targets
+        ):
             result = {}
             for item in node.value.elts:
                 table_name, param_name = item.elts[0].id, ast.literal_eval(item.elts[1])
@@ -55,7 +56,11 @@ def launch_arguments(tree: ast.Module) -> dict[str, params.NodeParams]:
 
 
 def node_calls(tree: ast.Module) -> list[ast.Call]:
-    return [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "Node"]
+    return [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "Node"
+    ]
 
 
 def kwarg(call: ast.Call, name: str) -> ast.expr:
@@ -71,7 +76,9 @@ def test_launch_file_nodes_exist_and_get_only_declared_parameters(bringup):
     scripts = console_scripts()
     arguments = launch_arguments(tree)
     assert "robot" in arguments
-    assert {"generate_launch_description", "launch_setup"} <= {f.name for f in tree.body if isinstance(f, ast.FunctionDef)}
+    assert {"generate_launch_description", "launch_setup"} <= {
+        f.name for f in tree.body if isinstance(f, ast.FunctionDef)
+    }
     calls = node_calls(tree)
     assert calls, "the launch file starts no node"
     for call in calls:
@@ -84,7 +91,9 @@ def test_launch_file_nodes_exist_and_get_only_declared_parameters(bringup):
         (parameters,) = kwarg(call, "parameters").elts
         for key, value in zip(parameters.keys, parameters.values, strict=True):
             name = ast.literal_eval(key)
-            assert name in node.names or name in params.BUILTIN_PARAMETERS, f"{executable} declares no parameter '{name}'"
+            assert name in node.names or name in params.BUILTIN_PARAMETERS, (
+                f"{executable} declares no parameter '{name}'"
+            )
             if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "value":
                 table_name, arg_name = value.args[1].id, ast.literal_eval(value.args[2])
                 assert arg_name in arguments, f"'{arg_name}' is read but not declared as a launch argument"
@@ -107,13 +116,23 @@ def test_teleop_and_deploy_include_the_arm(bringup):
 @pytest.mark.parametrize("bringup", BRINGUPS)
 def test_cli_graph_starts_what_the_launch_files_start_for_every_config(bringup):
     scripts = console_scripts()
-    launched = {ast.literal_eval(kwarg(c, "executable")) for c in node_calls(ast.parse(LAUNCH_FILES[bringup].read_text()))}
+    launched = {
+        ast.literal_eval(kwarg(c, "executable"))
+        for c in node_calls(ast.parse(LAUNCH_FILES[bringup].read_text()))
+    }
     if bringup != "robot":
-        launched |= {ast.literal_eval(kwarg(c, "executable")) for c in node_calls(ast.parse(LAUNCH_FILES["robot"].read_text()))}
+        launched |= {
+            ast.literal_eval(kwarg(c, "executable"))
+            for c in node_calls(ast.parse(LAUNCH_FILES["robot"].read_text()))
+        }
     started: set[str] = set()
     for name in CONFIGS:
         config = load_robot_config(name)
-        values = {"policy": "hold:", "device": "keyboard", "learner_url": "http://127.0.0.1:8765"} if bringup != "robot" else {}
+        values = (
+            {"policy": "hold:", "device": "keyboard", "learner_url": "http://127.0.0.1:8765"}
+            if bringup != "robot"
+            else {}
+        )
         graph = bringup_graph(bringup, config, values)
         for spec in graph:
             assert spec.executable in scripts
@@ -123,9 +142,17 @@ def test_cli_graph_starts_what_the_launch_files_start_for_every_config(bringup):
                 if key in node.names:
                     assert type(value) is node[key].type, f"{spec.executable}.{key} = {value!r}"
             assert spec.parameters.get("robot", name) == name
-            assert spec.parameters.get("use_sim_time", False) == (isinstance(config.driver, GymSimDriver) and spec.executable != "sim_arm")
+            assert spec.parameters.get("use_sim_time", False) == (
+                isinstance(config.driver, GymSimDriver) and spec.executable != "sim_arm"
+            )
         drivers = [s.executable for s in graph if s.executable in ("sim_arm", "lerobot_bridge")]
-        assert drivers == (["sim_arm"] if isinstance(config.driver, GymSimDriver) else ["lerobot_bridge"] if isinstance(config.driver, LeRobotDriver) else [])
+        assert drivers == (
+            ["sim_arm"]
+            if isinstance(config.driver, GymSimDriver)
+            else ["lerobot_bridge"]
+            if isinstance(config.driver, LeRobotDriver)
+            else []
+        )
         started |= {s.executable for s in graph}
     assert started == launched
 
@@ -150,4 +177,6 @@ def test_package_metadata():
     for link, target in (("launch", ROOT / "launch"), ("robot_configs", ROOT / "robot_configs")):
         assert (PACKAGE / link).is_symlink() and not Path((PACKAGE / link).readlink()).is_absolute()
         assert (PACKAGE / link).resolve() == target.resolve()
-    assert sorted(p.name for p in (PACKAGE / "launch").glob("*.launch.py")) == sorted(p.name for p in LAUNCH_FILES.values())
+    assert sorted(p.name for p in (PACKAGE / "launch").glob("*.launch.py")) == sorted(
+        p.name for p in LAUNCH_FILES.values()
+    )

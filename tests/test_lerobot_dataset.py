@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import os
-
 import math
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-
 from wmpo_core.cli import main
 from wmpo_core.episode_store import EpisodeStore
-from wmpo_core.lerobot_dataset import LeRobotDatasetError, export_lerobot, import_lerobot, import_lerobot_to_path
-from wmpo_core.robot_config import RobotConfig, load_robot_config
+from wmpo_core.lerobot_dataset import (
+    LeRobotDatasetError,
+    export_lerobot,
+    import_lerobot,
+    import_lerobot_to_path,
+)
 from wmpo_core.lerobot_units import vector_to_lerobot
+from wmpo_core.robot_config import RobotConfig, load_robot_config
 
 
 def _moving_square(step: int, shape: tuple[int, int, int]) -> np.ndarray:
@@ -81,32 +84,55 @@ def _small_so101_real() -> RobotConfig:
     config = load_robot_config("so101_real")
     cam = config.cameras[0]
     small = config.model_copy(update={"cameras": [cam.model_copy(update={"width": 64, "height": 48})]})
-    driver = config.driver.model_copy(update={"cameras": {"front": {**config.driver.cameras["front"], "width": 64, "height": 48}}})
+    driver = config.driver.model_copy(
+        update={"cameras": {"front": {**config.driver.cameras["front"], "width": 64, "height": 48}}}
+    )
     return small.model_copy(update={"driver": driver})
 
 
 def _lerobot_recording(
-    root: Path, config: RobotConfig, fps: int, state_names: list[str] | None, action_names: list[str] | None,
-    state: np.ndarray, action: np.ndarray,
+    root: Path,
+    config: RobotConfig,
+    fps: int,
+    state_names: list[str] | None,
+    action_names: list[str] | None,
+    state: np.ndarray,
+    action: np.ndarray,
 ) -> Path:
     """One episode written with LeRobot's own API, as its recorder does: its own feature names and
     order, no capture-time feature."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     features = {
-        f"observation.images.{cam.name}": {"dtype": "video", "shape": cam.shape, "names": ["height", "width", "channels"]}
+        f"observation.images.{cam.name}": {
+            "dtype": "video",
+            "shape": cam.shape,
+            "names": ["height", "width", "channels"],
+        }
         for cam in config.cameras
     }
     features["observation.state"] = {"dtype": "float32", "shape": (state.shape[1],), "names": state_names}
     features["action"] = {"dtype": "float32", "shape": (action.shape[1],), "names": action_names}
     dataset = LeRobotDataset.create(
-        repo_id="local/recording", fps=fps, features=features, root=root, robot_type=config.robot_type, use_videos=True,
+        repo_id="local/recording",
+        fps=fps,
+        features=features,
+        root=root,
+        robot_type=config.robot_type,
+        use_videos=True,
         video_backend="pyav",
     )
     try:
         for step in range(len(state)):
-            frame = {f"observation.images.{cam.name}": _moving_square(step, cam.shape) for cam in config.cameras}
-            frame.update({"observation.state": state[step].astype(np.float32), "action": action[step].astype(np.float32)})
+            frame = {
+                f"observation.images.{cam.name}": _moving_square(step, cam.shape) for cam in config.cameras
+            }
+            frame.update(
+                {
+                    "observation.state": state[step].astype(np.float32),
+                    "action": action[step].astype(np.float32),
+                }
+            )
             dataset.add_frame({**frame, "task": "pick up the cube"})
         dataset.save_episode()
     finally:
@@ -128,12 +154,18 @@ def test_units_are_converted_for_lerobot_arms(tmp_path: Path) -> None:
 
     rows = pd.read_parquet(next((root / "data").rglob("*.parquet")))
     exported_state = np.stack(rows["observation.state"].to_numpy())
-    np.testing.assert_allclose(exported_state, np.stack([vector_to_lerobot(r, small) for r in store.episode(ids[0]).state()]), rtol=1e-5)
+    np.testing.assert_allclose(
+        exported_state,
+        np.stack([vector_to_lerobot(r, small) for r in store.episode(ids[0]).state()]),
+        rtol=1e-5,
+    )
     assert np.abs(exported_state[:, :5]).max() > 4.0  # degrees, not radians
 
     back = EpisodeStore.open(tmp_path / "back.zarr", mode="a")
     meta = import_lerobot(root, "local/so101_real", back, small, progress=False)[0]
-    np.testing.assert_allclose(back.episode(meta.episode_id).state(), store.episode(ids[0]).state(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        back.episode(meta.episode_id).state(), store.episode(ids[0]).state(), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_import_refuses_a_dataset_that_does_not_fit_the_robot(tmp_path: Path) -> None:
@@ -171,7 +203,9 @@ def test_a_15_fps_dataset_is_refused_for_a_30_hz_robot_and_nothing_is_written(tm
     existing = tmp_path / "existing.zarr"
     EpisodeStore.open(existing, mode="a").close()
     before = _tree(existing)
-    with pytest.raises(LeRobotDatasetError, match=r"dataset runs at 15 fps, robot config 'so101_real' at 30 Hz"):
+    with pytest.raises(
+        LeRobotDatasetError, match=r"dataset runs at 15 fps, robot config 'so101_real' at 30 Hz"
+    ):
         import_lerobot_to_path(root, "local/recording", existing, config, progress=False)
     assert _tree(existing) == before and len(EpisodeStore.open(existing)) == 0
 
@@ -180,14 +214,27 @@ def test_joints_in_another_order_are_imported_by_name(tmp_path: Path) -> None:
     config = _small_so101_real()
     keys = config.driver.joint_keys
     # LeRobot units: arm joints in degrees, gripper 0..100; each joint gets its own values
-    lerobot_values = {"shoulder_pan": 10.0, "shoulder_lift": 20.0, "elbow_flex": 30.0, "wrist_flex": 40.0, "wrist_roll": 50.0, "gripper": 75.0}
+    lerobot_values = {
+        "shoulder_pan": 10.0,
+        "shoulder_lift": 20.0,
+        "elbow_flex": 30.0,
+        "wrist_flex": 40.0,
+        "wrist_roll": 50.0,
+        "gripper": 75.0,
+    }
     state_order = ["gripper", "wrist_roll", "shoulder_pan", "elbow_flex", "shoulder_lift", "wrist_flex"]
     action_order = ["elbow_flex", "gripper", "shoulder_lift", "shoulder_pan", "wrist_roll", "wrist_flex"]
     steps = np.arange(4.0)[:, None]
     state = np.array([lerobot_values[j] for j in state_order])[None, :] + steps
     action = np.array([lerobot_values[j] for j in action_order])[None, :] - steps
     root = _lerobot_recording(
-        tmp_path / "reordered", config, 30, [keys[j] for j in state_order], [keys[j] for j in action_order], state, action
+        tmp_path / "reordered",
+        config,
+        30,
+        [keys[j] for j in state_order],
+        [keys[j] for j in action_order],
+        state,
+        action,
     )
 
     store = EpisodeStore.open(tmp_path / "robot.zarr", mode="a")
@@ -195,11 +242,17 @@ def test_joints_in_another_order_are_imported_by_name(tmp_path: Path) -> None:
     episode = store.episode(meta.episode_id)
     gripper = config.joint_names.index("gripper")
     np.testing.assert_allclose(episode.state()[:, gripper], (75.0 + steps[:, 0]) / 100.0, rtol=1e-5)
-    np.testing.assert_allclose(episode.action()[:, config.action.names.index("gripper")], (75.0 - steps[:, 0]) / 100.0, rtol=1e-5)
+    np.testing.assert_allclose(
+        episode.action()[:, config.action.names.index("gripper")], (75.0 - steps[:, 0]) / 100.0, rtol=1e-5
+    )
     for joint in ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll"]:
         column = config.joint_names.index(joint)
-        np.testing.assert_allclose(episode.state()[:, column], np.radians(lerobot_values[joint] + steps[:, 0]), rtol=1e-5)
-        np.testing.assert_allclose(episode.action()[:, column], np.radians(lerobot_values[joint] - steps[:, 0]), rtol=1e-5)
+        np.testing.assert_allclose(
+            episode.state()[:, column], np.radians(lerobot_values[joint] + steps[:, 0]), rtol=1e-5
+        )
+        np.testing.assert_allclose(
+            episode.action()[:, column], np.radians(lerobot_values[joint] - steps[:, 0]), rtol=1e-5
+        )
     # no capture-time feature: times come from LeRobot's timestamps, 1/30 s apart
     np.testing.assert_allclose(np.diff(episode.time()), 1 / 30, atol=1e-4)
     assert math.isclose(meta.control_rate_hz, 30)
@@ -219,10 +272,14 @@ def test_joints_in_another_order_are_imported_by_name(tmp_path: Path) -> None:
         (None, r"feature 'observation.state' has no per-value names"),
     ],
 )
-def test_names_that_do_not_match_the_robot_are_refused_naming_them(tmp_path: Path, state_names, error) -> None:
+def test_names_that_do_not_match_the_robot_are_refused_naming_them(
+    tmp_path: Path, state_names, error
+) -> None:
     config = load_robot_config("so101_sim")
     state, action = np.zeros((3, 6)), np.zeros((3, 4))
-    root = _lerobot_recording(tmp_path / "renamed", config, 10, state_names, config.action.names, state, action)
+    root = _lerobot_recording(
+        tmp_path / "renamed", config, 10, state_names, config.action.names, state, action
+    )
     with pytest.raises(LeRobotDatasetError, match=error):
         import_lerobot_to_path(root, "local/recording", tmp_path / "robot.zarr", config, progress=False)
     assert not (tmp_path / "robot.zarr").exists()
@@ -230,9 +287,21 @@ def test_names_that_do_not_match_the_robot_are_refused_naming_them(tmp_path: Pat
 
 def test_a_failed_import_removes_the_store_it_created(tmp_path: Path) -> None:
     config = load_robot_config("so101_sim")
-    root = _lerobot_recording(tmp_path / "broken", config, 10, config.joint_names, config.action.names, np.zeros((3, 6)), np.zeros((3, 4)))
+    root = _lerobot_recording(
+        tmp_path / "broken",
+        config,
+        10,
+        config.joint_names,
+        config.action.names,
+        np.zeros((3, 6)),
+        np.zeros((3, 4)),
+    )
     for video in (root / "videos").rglob("*.mp4"):
         video.write_bytes(b"not a video")
-    with pytest.raises(LeRobotDatasetError, match=r"episode 0 cannot be read .*; 0 episodes imported before it were kept"):
-        import_lerobot_to_path(root, "local/recording", tmp_path / "new" / "robot.zarr", config, progress=False)
+    with pytest.raises(
+        LeRobotDatasetError, match=r"episode 0 cannot be read .*; 0 episodes imported before it were kept"
+    ):
+        import_lerobot_to_path(
+            root, "local/recording", tmp_path / "new" / "robot.zarr", config, progress=False
+        )
     assert not (tmp_path / "new").exists()

@@ -17,14 +17,24 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from wmpo_core.cli import main
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_learner.service.local import serving_processes
 
 TOY_SIZES = [
-    "sft_steps=5", "wm_steps=3", "wm_vae_steps=2", "align_steps=2", "align_batch=2", "align_vae_steps=0", "reward_steps=4",
-    "grpo_iterations=1", "group_size=2", "groups_per_batch=1", "minibatch=2", "sampling_steps=1", "max_resample_rounds=0",
+    "sft_steps=5",
+    "wm_steps=3",
+    "wm_vae_steps=2",
+    "align_steps=2",
+    "align_batch=2",
+    "align_vae_steps=0",
+    "reward_steps=4",
+    "grpo_iterations=1",
+    "group_size=2",
+    "groups_per_batch=1",
+    "minibatch=2",
+    "sampling_steps=1",
+    "max_resample_rounds=0",
     "horizon=16",
 ]
 PROMOTE_ALWAYS = ["promote=always"]
@@ -34,7 +44,21 @@ PROMOTE_ALWAYS = ["promote=always"]
 @pytest.mark.slow
 def test_one_round_from_teleop_to_hot_swapped_policy_and_report(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    argv = ["run", "--out", str(out), "--robot", "so101_sim_near", "--rounds", "1", "--demos", "2", "--rollouts", "2", "--device", "cpu"]
+    argv = [
+        "run",
+        "--out",
+        str(out),
+        "--robot",
+        "so101_sim_near",
+        "--rounds",
+        "1",
+        "--demos",
+        "2",
+        "--rollouts",
+        "2",
+        "--device",
+        "cpu",
+    ]
     for item in TOY_SIZES + PROMOTE_ALWAYS:
         argv += ["--set", item]
     assert main(argv) == 0
@@ -52,7 +76,10 @@ def test_one_round_from_teleop_to_hot_swapped_policy_and_report(tmp_path: Path) 
     robot = EpisodeStore.open(out / "robot" / "episodes.zarr")
     learner = EpisodeStore.open(out / "learner" / "learner.zarr")
     assert [m.source for m in robot].count("scripted") + [m.source for m in robot].count("teleop") == 2
-    by_version = {v: [m.episode_id for m in robot.select(source="policy", policy_version=v)] for v in (sft["version"], round_1["version"])}
+    by_version = {
+        v: [m.episode_id for m in robot.select(source="policy", policy_version=v)]
+        for v in (sft["version"], round_1["version"])
+    }
     assert all(len(ids) == 2 for ids in by_version.values()), by_version
     assert set(robot.episode_ids) == set(learner.episode_ids)  # everything streamed to the learner
 
@@ -107,11 +134,16 @@ def test_kill_9_mid_stage_takes_the_learner_service_along_and_the_resume_complet
     try:
         deadline = time.monotonic() + 60.0
         while not _learner_answers(port):
-            assert leftover.poll() is None and time.monotonic() < deadline, "the leftover service did not start"
+            assert leftover.poll() is None and time.monotonic() < deadline, (
+                "the leftover service did not start"
+            )
             time.sleep(0.2)
         resumed = subprocess.run(argv, capture_output=True, text=True, timeout=900)
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-        assert f"ending a learner service left running by an earlier job on {out / 'learner'} (pid {leftover.pid})" in resumed.stderr
+        assert (
+            f"ending a learner service left running by an earlier job on {out / 'learner'} (pid {leftover.pid})"
+            in resumed.stderr
+        )
         assert leftover.wait(timeout=5) is not None
     finally:
         leftover.kill()

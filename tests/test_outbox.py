@@ -82,7 +82,10 @@ def test_a_silent_learner_never_hangs_the_robot(tmp_path):
             with pytest.raises(LearnerUnavailable, match="timed out"):
                 client.health()
             (episode_id,) = record_episodes(tmp_path / "robot.zarr", n=1, steps=2)
-            with EpisodeStore.open(tmp_path / "robot.zarr") as store, Outbox(tmp_path / "outbox.sqlite") as outbox:
+            with (
+                EpisodeStore.open(tmp_path / "robot.zarr") as store,
+                Outbox(tmp_path / "outbox.sqlite") as outbox,
+            ):
                 outbox.enqueue(episode_id)
                 result = OutboxWorker(outbox, store_uploader(client, store), backoff=FAST).run_once()
                 assert result.failed == 1 and outbox.entry(episode_id).state == "pending"
@@ -154,11 +157,17 @@ def test_permanent_refusals_are_parked_and_curable_ones_wait(tmp_path, robot):
         with Outbox(tmp_path / "outbox.sqlite") as outbox, LearnerClient(learner.url, TOKEN) as client:
             for episode_id in [other_arm, "ep_deleted_on_the_robot", ids[0]]:
                 outbox.enqueue(episode_id)
-            worker = OutboxWorker(outbox, store_uploader(client, store), backoff=FAST, on_parked=parked.append)
+            worker = OutboxWorker(
+                outbox, store_uploader(client, store), backoff=FAST, on_parked=parked.append
+            )
             result = worker.run_once()
             assert (result.sent, result.failed, result.parked) == (1, 0, 2)
             refused = outbox.entry(other_arm)
-            assert refused.state == "parked" and "422" in refused.last_error and "robot config" in refused.last_error
+            assert (
+                refused.state == "parked"
+                and "422" in refused.last_error
+                and "robot config" in refused.last_error
+            )
             assert "not in the local store" in outbox.entry("ep_deleted_on_the_robot").last_error
             assert [e.episode_id for e in parked] == [other_arm, "ep_deleted_on_the_robot"]
             assert outbox.due(now=time.time() + 1e6) == []  # never retried by itself
@@ -184,7 +193,9 @@ def test_learner_killed_mid_upload_keeps_no_partial_episode_and_the_outbox_resen
     outbox.enqueue(episode_id)
     try:
         # The robot's upload is half-way through when the learner machine dies.
-        sock = send_partial_upload(learner, episode_id, archive_bytes(big.episode_path(episode_id), episode_id))
+        sock = send_partial_upload(
+            learner, episode_id, archive_bytes(big.episode_path(episode_id), episode_id)
+        )
         wait_for_spool_file(learner)
         learner.kill()
         sock.close()
@@ -204,8 +215,12 @@ def test_learner_killed_mid_upload_keeps_no_partial_episode_and_the_outbox_resen
         assert worker.run_once().sent == 1
         assert outbox.entry(episode_id).result == "stored"
         with EpisodeStore.open(learner.store) as learned:
-            np.testing.assert_array_equal(learned.episode(episode_id).frames("front"), big.episode(episode_id).frames("front"))
-            np.testing.assert_array_equal(learned.episode(episode_id).action(), big.episode(episode_id).action())
+            np.testing.assert_array_equal(
+                learned.episode(episode_id).frames("front"), big.episode(episode_id).frames("front")
+            )
+            np.testing.assert_array_equal(
+                learned.episode(episode_id).action(), big.episode(episode_id).action()
+            )
     finally:
         learner.stop()
         client.close()
@@ -215,7 +230,13 @@ def test_learner_killed_mid_upload_keeps_no_partial_episode_and_the_outbox_resen
 
 def wmpo_outbox(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "WMPO_LEARNER_TOKEN": TOKEN}
-    return subprocess.run([sys.executable, "-m", "wmpo_core.cli", "outbox", *args], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "wmpo_core.cli", "outbox", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def pending(db) -> int:
@@ -239,7 +260,9 @@ def test_outbox_push_delivers_a_store_with_no_robot_as_soon_as_the_learner_answe
         # The learner is down: a second uploader is refused while the push holds the outbox.
         busy = wmpo_outbox("push", "--store", str(path), "--learner", f"http://127.0.0.1:{port}")
         assert busy.returncode == 1 and "is uploading the outbox" in busy.stderr
-        time.sleep(10)  # long enough for a backoff of 1, 2, 4, 8 s to have grown past what the check below allows
+        time.sleep(
+            10
+        )  # long enough for a backoff of 1, 2, 4, 8 s to have grown past what the check below allows
         learner.start()
         back = time.monotonic()
         _, err = push.communicate(timeout=120)
@@ -256,15 +279,25 @@ def test_outbox_push_delivers_a_store_with_no_robot_as_soon_as_the_learner_answe
     finally:
         push.kill()
         learner.stop()
-    missing = wmpo_outbox("push", "--store", str(tmp_path / "nowhere.zarr"), "--learner", "http://127.0.0.1:1")
-    assert missing.returncode == 2 and missing.stderr.strip() == f"wmpo outbox push: no episode store at {tmp_path / 'nowhere.zarr'}"
+    missing = wmpo_outbox(
+        "push", "--store", str(tmp_path / "nowhere.zarr"), "--learner", "http://127.0.0.1:1"
+    )
+    assert (
+        missing.returncode == 2
+        and missing.stderr.strip() == f"wmpo outbox push: no episode store at {tmp_path / 'nowhere.zarr'}"
+    )
     no_url = wmpo_outbox("push", "--store", str(path))
     assert no_url.returncode == 2 and "--learner" in no_url.stderr
     bad_url = wmpo_outbox("push", "--store", str(path), "--learner", "127.0.0.1:8765")
-    assert bad_url.returncode == 2 and "--learner must be an http:// or https:// URL with a host, got '127.0.0.1:8765'" in bad_url.stderr
+    assert (
+        bad_url.returncode == 2
+        and "--learner must be an http:// or https:// URL with a host, got '127.0.0.1:8765'" in bad_url.stderr
+    )
 
 
-def test_learner_outage_during_recording_every_episode_delivered_and_a_clean_shutdown(tmp_path, caplog, capfd):
+def test_learner_outage_during_recording_every_episode_delivered_and_a_clean_shutdown(
+    tmp_path, caplog, capfd
+):
     """Real robot graph (MuJoCo sim arm, scripted teleop, recorder, sync node over DDS): the
     learner is SIGKILLed, two episodes are recorded meanwhile, it comes back, and the drain wait
     sees them all delivered within seconds of its return."""
@@ -278,7 +311,9 @@ def test_learner_outage_during_recording_every_episode_delivered_and_a_clean_shu
     token = tmp_path / "token"
     token.write_text(TOKEN)
     try:
-        with RobotSession("so101_sim", store=tmp_path / "robot.zarr", learner_url=learner.url, token_file=token, max_steps=4) as robot:
+        with RobotSession(
+            "so101_sim", store=tmp_path / "robot.zarr", learner_url=learner.url, token_file=token, max_steps=4
+        ) as robot:
             robot.teleop(1)
             robot.wait_uploaded(timeout_s=60)
             learner.kill()

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.policy import Observation, PolicyLoadError, load_policy
 from wmpo_core.robot_config import load_robot_config
@@ -29,9 +28,16 @@ def demo_store(tmp_path):
     path = tmp_path / "demos"
     with EpisodeStore.open(path, mode="a", durable=False) as store:
         for e in range(2):
-            writer = store.begin_episode(SIM, source="scripted", task="pick up the cube", episode_id=f"ep_{e}")
+            writer = store.begin_episode(
+                SIM, source="scripted", task="pick up the cube", episode_id=f"ep_{e}"
+            )
             for t in range(12):
-                writer.append({"front": np.zeros((128, 128, 3), np.uint8)}, np.zeros(6), np.array([t / 100, e, 0.0, 1.0]), 1000.0 + t / 10)
+                writer.append(
+                    {"front": np.zeros((128, 128, 3), np.uint8)},
+                    np.zeros(6),
+                    np.array([t / 100, e, 0.0, 1.0]),
+                    1000.0 + t / 10,
+                )
             writer.commit(success=True, success_labeled_by="env")
     return path
 
@@ -44,7 +50,9 @@ def test_replay_is_indexed_by_time_since_the_episode_start(demo_store):
     np.testing.assert_allclose(first[:, 0], np.arange(10) / 100)
     later = policy.predict_chunk(obs(SIM, stamp=50.7))  # 7 ticks later, whatever was called in between
     np.testing.assert_allclose(later[:5, 0], np.arange(7, 12) / 100)
-    np.testing.assert_allclose(later[5:], np.tile([0.0, 0.0, 0.0, 1.0], (5, 1)))  # past the end: hold (delta 0, gripper kept)
+    np.testing.assert_allclose(
+        later[5:], np.tile([0.0, 0.0, 0.0, 1.0], (5, 1))
+    )  # past the end: hold (delta 0, gripper kept)
 
 
 def test_replay_without_an_id_walks_the_store_one_episode_per_acting_episode(demo_store):
@@ -99,6 +107,7 @@ def test_scripted_policy_and_unknown_specs():
 
 # ------------------------------------------------------------------------------- LeRobot checkpoints
 
+
 @pytest.fixture(scope="module")
 def act_checkpoint(tmp_path_factory):
     """A tiny ACT policy built from scratch (nothing downloaded), saved as `lerobot-train` saves it."""
@@ -121,7 +130,10 @@ def act_checkpoint(tmp_path_factory):
     # LeRobot units: degrees for arm joints, 0..100 for the gripper.
     stats = {
         "observation.state": {"mean": torch.zeros(6), "std": torch.full((6,), 30.0)},
-        "action": {"mean": torch.tensor([0, 0, 0, 0, 0, 50.0]), "std": torch.tensor([30, 30, 30, 30, 30, 20.0])},
+        "action": {
+            "mean": torch.tensor([0, 0, 0, 0, 0, 50.0]),
+            "std": torch.tensor([30, 30, 30, 30, 30, 20.0]),
+        },
         "observation.images.front": {"mean": torch.full((3, 1, 1), 0.5), "std": torch.full((3, 1, 1), 0.2)},
     }
     preprocessor, postprocessor = make_pre_post_processors(config, dataset_stats=stats)
@@ -137,7 +149,9 @@ def test_lerobot_checkpoint_is_detected_and_runs_in_robot_units(act_checkpoint):
     assert policy.version.startswith("lerobot:act:pretrained_model@sha256:") and policy.chunk_size == 1
     policy.reset()
     o = obs(REAL, state=np.zeros(6))
-    o.images["front"] = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)  # resized to 64x64
+    o.images["front"] = np.random.default_rng(0).integers(
+        0, 256, (480, 640, 3), dtype=np.uint8
+    )  # resized to 64x64
     actions = np.concatenate([policy.predict_chunk(o) for _ in range(4)])
     assert actions.shape == (4, 6) and np.all(np.isfinite(actions))
     # Outputs come back from LeRobot units (degrees, 0..100) into the config's radians / [0, 1]:
@@ -146,11 +160,14 @@ def test_lerobot_checkpoint_is_detected_and_runs_in_robot_units(act_checkpoint):
 
 
 def test_lerobot_checkpoint_for_another_robot_is_refused(act_checkpoint):
-    with pytest.raises(PolicyLoadError, match=r"action has shape \(6,\), robot config .so101_sim. needs \(4,\)"):
+    with pytest.raises(
+        PolicyLoadError, match=r"action has shape \(6,\), robot config .so101_sim. needs \(4,\)"
+    ):
         load_policy(act_checkpoint, SIM)
 
 
 # ------------------------------------------------------------------------------------ policy holder
+
 
 def test_holder_verifies_stages_swaps_at_the_boundary_and_rolls_back():
     holder = PolicyHolder(SIM)

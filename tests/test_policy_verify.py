@@ -25,7 +25,6 @@ from ros_harness import FakeArm, Graph, wait_until
 from safetensors import safe_open
 from safetensors.torch import save_file
 from std_msgs.msg import String
-
 from wmpo_core.cli import main as wmpo_main
 from wmpo_core.normalization import ActionNormalizer
 from wmpo_core.robot_config import load_robot_config
@@ -73,7 +72,9 @@ def _int8(t: dict[str, torch.Tensor]) -> None:
 def _overflowing_head(t: dict[str, torch.Tensor]) -> None:
     """Finite weights (3e38 fits float32) whose logits overflow to inf/NaN: only the probe sees it."""
     name = max(k for k in t if k.startswith("action_head.") and k.endswith(".weight"))
-    t[name] = torch.where(torch.arange(t[name].numel()).view(t[name].shape) % 2 == 0, 3e38, -3e38).to(t[name].dtype)
+    t[name] = torch.where(torch.arange(t[name].numel()).view(t[name].shape) % 2 == 0, 3e38, -3e38).to(
+        t[name].dtype
+    )
 
 
 BAD = {
@@ -117,7 +118,9 @@ def test_the_bad_checkpoints_are_otherwise_consistent(checkpoints):
         with pytest.raises(CheckpointError, match="weights do not fit the model") as refused:
             load_checkpoint(checkpoints[name], SIM)
         assert "sha256" not in str(refused.value) and "shape" not in str(refused.value)
-    assert load_checkpoint(checkpoints["overflow"], SIM).version == "good-v1"  # finite weights: loads; the probe refuses
+    assert (
+        load_checkpoint(checkpoints["overflow"], SIM).version == "good-v1"
+    )  # finite weights: loads; the probe refuses
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -125,20 +128,46 @@ def test_wmpo_policy_verify_refuses_each_kind_with_a_one_line_reason(checkpoints
     code = wmpo_main(["policy", "verify", str(checkpoints[name]), "--robot", SIM.name])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
-    assert len(err) == 1 and err[0].startswith("wmpo policy verify: REFUSED: ") and EXPECTED[name] in err[0], err
+    assert (
+        len(err) == 1 and err[0].startswith("wmpo policy verify: REFUSED: ") and EXPECTED[name] in err[0]
+    ), err
 
 
 def test_wmpo_policy_verify_accepts_a_good_checkpoint_as_a_command(checkpoints):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     good = subprocess.run(
-        [sys.executable, "-m", "wmpo_core.cli", "policy", "verify", str(checkpoints["good"]), "--robot", SIM.name],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            "-m",
+            "wmpo_core.cli",
+            "policy",
+            "verify",
+            str(checkpoints["good"]),
+            "--robot",
+            SIM.name,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert good.returncode == 0, good.stderr
     assert "OK" in good.stdout and "good-v1" in good.stdout
     bad = subprocess.run(
-        [sys.executable, "-m", "wmpo_core.cli", "policy", "verify", str(checkpoints["all-nan"]), "--robot", SIM.name],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            "-m",
+            "wmpo_core.cli",
+            "policy",
+            "verify",
+            str(checkpoints["all-nan"]),
+            "--robot",
+            SIM.name,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert bad.returncode == 1 and EXPECTED["all-nan"] in bad.stderr
 
@@ -148,7 +177,9 @@ def test_save_refuses_non_finite_or_other_dtype_weights_and_writes_nothing(tmp_p
     model = VLA.create(load_recipe("tiny").model, SIM, ActionNormalizer([-1, -1, -1, 0], [1, 1, 1, 1])).eval()
     with torch.no_grad():
         model.action_queries[0, 0] = float("nan")
-    with pytest.raises(CheckpointError, match=r"refusing to save: .*NaN or infinite values \(e.g. \['action_queries'\]\)"):
+    with pytest.raises(
+        CheckpointError, match=r"refusing to save: .*NaN or infinite values \(e.g. \['action_queries'\]\)"
+    ):
         save_checkpoint(model, tmp_path / "nan", SIM)
     assert not (tmp_path / "nan").exists()
     with torch.no_grad():
@@ -169,20 +200,38 @@ def graph():
     g.close()
 
 
-def test_a_running_policy_node_refuses_every_bad_kind_and_keeps_driving_with_the_old_version(graph, checkpoints):
+def test_a_running_policy_node_refuses_every_bad_kind_and_keeps_driving_with_the_old_version(
+    graph, checkpoints
+):
     arm = graph.add(FakeArm(SIM))
-    node = graph.make(PolicyNode, robot=SIM.name, policy=str(checkpoints["good"]), use_sim_time=True, autostart=False, refill_threshold=2)
+    node = graph.make(
+        PolicyNode,
+        robot=SIM.name,
+        policy=str(checkpoints["good"]),
+        use_sim_time=True,
+        autostart=False,
+        refill_threshold=2,
+    )
     loads: list[dict] = []
     versions: list[str] = []
     probe = graph.add(rclpy.create_node("verify_probe"))
     probe.create_subscription(String, node.names.policy_loads, lambda m: loads.append(json.loads(m.data)), 10)
-    probe.create_subscription(String, node.names.policy_version, lambda m: versions.append(m.data), LATCHED_QOS)
-    wait_until(lambda: node.count_subscribers("/clock") > 0 and arm.count_publishers(SIM.topics.command) > 0, what="discovery")
+    probe.create_subscription(
+        String, node.names.policy_version, lambda m: versions.append(m.data), LATCHED_QOS
+    )
+    wait_until(
+        lambda: node.count_subscribers("/clock") > 0 and arm.count_publishers(SIM.topics.command) > 0,
+        what="discovery",
+    )
     wait_until(lambda: probe.count_publishers(node.names.policy_loads) > 0, what="discovery")
 
     def delivered(t: float) -> bool:
         with node._lock:
-            return node._frames.get("front", (-1.0,))[0] >= t - 1e-6 and node._state is not None and node._state[0] >= t - 1e-6
+            return (
+                node._frames.get("front", (-1.0,))[0] >= t - 1e-6
+                and node._state is not None
+                and node._state[0] >= t - 1e-6
+            )
 
     def received() -> bool:
         arm.publish_observation()

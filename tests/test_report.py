@@ -9,7 +9,6 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-
 from test_world_model import fresh_model, render_square, square_robot_config, step_square
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.robot_config import load_robot_config

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
-
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.robot_config import load_robot_config
 from wmpo_learner.reward.dataset import (

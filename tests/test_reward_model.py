@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from transformers import VideoMAEConfig, VideoMAEForVideoClassification
-
 from wmpo_learner.reward.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
 from wmpo_learner.reward.model import RewardModel, success_loss, success_probability
 from wmpo_learner.reward.preprocessing import PreprocessSpec, preprocess
@@ -206,7 +205,6 @@ def test_tampered_checkpoints_are_refused(tmp_path):
 def test_weights_missing_a_tensor_are_refused_even_with_matching_hashes(tmp_path):
     """A weights file that does not fit the config never loads with random stand-ins."""
     from safetensors.torch import load_file, save_file
-
     from wmpo_learner.reward import checkpoint as ckpt_module
 
     ckpt = tmp_path / "ckpt"

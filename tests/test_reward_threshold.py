@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from wmpo_learner.reward.threshold import episode_metrics, midpoint_candidates, select_threshold
 from wmpo_learner.reward.windows import first_detection
 

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 from transformers import VideoMAEConfig, VideoMAEForVideoClassification
-
 from wmpo_core.cli import main as wmpo
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.robot_config import load_robot_config

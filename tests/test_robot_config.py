@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from wmpo_core.robot_config import RobotConfigError, config_search_path, load_robot_config
 
 SHIPPED = sorted(p.stem for p in (Path(__file__).parents[1] / "robot_configs").glob("*.yaml"))
@@ -42,20 +41,35 @@ def _write(tmp_path: Path, mutate) -> Path:
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
-        (lambda d: d["action"].update(space="cartesian"), ["action.space", "'joint_position' or 'ee_delta_gripper'", "'cartesian'"]),
+        (
+            lambda d: d["action"].update(space="cartesian"),
+            ["action.space", "'joint_position' or 'ee_delta_gripper'", "'cartesian'"],
+        ),
         (lambda d: d["cameras"][0].update(width=-5), ["cameras[0].width", "greater than 0", "-5"]),
-        (lambda d: d["cameras"][0].update(encoding="yuv422"), ["cameras[0].encoding", "'rgb8', 'bgr8' or 'mono8'"]),
+        (
+            lambda d: d["cameras"][0].update(encoding="yuv422"),
+            ["cameras[0].encoding", "'rgb8', 'bgr8' or 'mono8'"],
+        ),
         (lambda d: d["cameras"][0].update(qos="fast"), ["cameras[0].qos", "'sensor_data' or 'reliable'"]),
         (lambda d: d["joints"][1].update(lower=2.0), ["joints[1]", "lower (2.0) must be below upper"]),
-        (lambda d: d["joints"][0].update(unit="furlong"), ["joints[0].unit", "'rad', 'deg', 'm' or 'normalized'"]),
+        (
+            lambda d: d["joints"][0].update(unit="furlong"),
+            ["joints[0].unit", "'rad', 'deg', 'm' or 'normalized'"],
+        ),
         (lambda d: d.pop("control_rate_hz"), ["control_rate_hz", "Field required"]),
         (lambda d: d.update(control_rte_hz=10), ["control_rte_hz", "Extra inputs are not permitted"]),
         (lambda d: d["driver"].update(kind="gazebo"), ["driver", "'gym_sim', 'lerobot', 'ros2_control'"]),
         (lambda d: d["driver"].pop("env_id"), ["driver.env_id", "Field required"]),
         (lambda d: d["driver"].update(state_indices=[0, 1]), ["state_indices has 2 entries for 6 joints"]),
-        (lambda d: d["driver"]["image_keys"].update(wrist="pixels/wrist"), ["image_keys must name exactly the cameras"]),
+        (
+            lambda d: d["driver"]["image_keys"].update(wrist="pixels/wrist"),
+            ["image_keys must name exactly the cameras"],
+        ),
         (lambda d: d.update(tasks=[]), ["tasks", "at least 1 item"]),
-        (lambda d: d["action"]["dims"][0].update(max_step_change=0), ["action.dims[0].max_step_change", "greater than 0"]),
+        (
+            lambda d: d["action"]["dims"][0].update(max_step_change=0),
+            ["action.dims[0].max_step_change", "greater than 0"],
+        ),
     ],
 )
 def test_bad_config_names_file_field_and_allowed_values(tmp_path: Path, mutate, expected: list[str]) -> None:
@@ -78,7 +92,9 @@ def test_joint_position_actions_must_match_the_joints(tmp_path: Path) -> None:
 
 
 def test_ros2_control_command_topic_must_be_the_controllers(tmp_path: Path) -> None:
-    data = yaml.safe_load((Path(__file__).parents[1] / "robot_configs" / "ur5e_ros2_control.yaml").read_text())
+    data = yaml.safe_load(
+        (Path(__file__).parents[1] / "robot_configs" / "ur5e_ros2_control.yaml").read_text()
+    )
     data["topics"]["command"] = "/arm/cmd"
     path = tmp_path / "ur5e_ros2_control.yaml"
     path.write_text(yaml.safe_dump(data))

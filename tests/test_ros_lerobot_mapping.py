@@ -10,7 +10,6 @@ import math
 
 import numpy as np
 import pytest
-
 from wmpo_core.lerobot_units import (
     UnitConversionError,
     check_convertible,
@@ -70,7 +69,13 @@ def test_round_trip_and_vector_forms():
 def test_range_m100_100_gripper_maps_to_the_joint_range():
     data = REAL.model_dump(mode="json")
     data["joints"][5] = {"name": "gripper", "unit": "normalized", "lower": -1.0, "upper": 1.0}
-    data["action"]["dims"][5] = {"name": "gripper", "kind": "absolute", "low": -1.0, "high": 1.0, "max_step_change": 0.1}
+    data["action"]["dims"][5] = {
+        "name": "gripper",
+        "kind": "absolute",
+        "low": -1.0,
+        "high": 1.0,
+        "max_step_change": 0.1,
+    }
     data["driver"]["joint_units"]["gripper"] = "range_m100_100"
     cfg = parse_robot_config(data)
     out = to_lerobot(np.array([0, 0, 0, 0, 0, 0.5]), cfg)
@@ -95,7 +100,9 @@ def test_leader_arm_reading_becomes_a_joint_position_action():
 
 
 def test_gamepad_reading_becomes_an_ee_delta_action():
-    assert gamepad_action({"delta_x": 1.0, "delta_y": -0.5, "delta_z": 0.0, "gripper": GAMEPAD_CLOSE}, SIM, None).tolist() == [1.0, -0.5, 0.0, 0.0]
+    assert gamepad_action(
+        {"delta_x": 1.0, "delta_y": -0.5, "delta_z": 0.0, "gripper": GAMEPAD_CLOSE}, SIM, None
+    ).tolist() == [1.0, -0.5, 0.0, 0.0]
     assert gamepad_action({"gripper": GAMEPAD_OPEN}, SIM, None)[3] == 1.0
     assert gamepad_action({"gripper": GAMEPAD_STAY}, SIM, np.array([0, 0, 0, 0.3]))[3] == pytest.approx(0.3)
     with pytest.raises(TeleopDeviceError, match="end-effector"):
@@ -105,7 +112,9 @@ def test_gamepad_reading_becomes_an_ee_delta_action():
 def test_keyboard_mapping_ee_and_joint_space():
     keys = KeyboardMapping(SIM)
     np.testing.assert_allclose(keys.action(["w", "w", "d", "r"], None, None), [2.0, -1.0, 1.0, 1.0])
-    np.testing.assert_allclose(keys.action([" "], None, None), [0.0, 0.0, 0.0, 0.0])  # space toggles the gripper
+    np.testing.assert_allclose(
+        keys.action([" "], None, None), [0.0, 0.0, 0.0, 0.0]
+    )  # space toggles the gripper
     joints = KeyboardMapping(REAL)
     assert joints.action(["w"], None, None) is None  # never invents a pose before knowing the arm's
     state = np.zeros(6)

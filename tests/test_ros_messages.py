@@ -8,10 +8,16 @@ from builtin_interfaces.msg import Time
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory
-
 from wmpo_core.robot_config import load_robot_config
 from wmpo_ros.image_conversion import ImageEncodingError, image_to_msg, msg_to_image
-from wmpo_ros.messages import CommandCodec, JointOrderError, joint_positions, joint_state_msg, nanoseconds_to_stamp, stamp_to_seconds
+from wmpo_ros.messages import (
+    CommandCodec,
+    JointOrderError,
+    joint_positions,
+    joint_state_msg,
+    nanoseconds_to_stamp,
+    stamp_to_seconds,
+)
 
 RNG = np.random.default_rng(0)
 STAMP = Time(sec=12, nanosec=500)
@@ -105,7 +111,9 @@ def test_image_to_msg_checks_shape_for_the_encoding():
 
 def test_joint_order_comes_from_the_config_not_the_message():
     cfg = load_robot_config("so101_sim")
-    msg = JointState(name=list(reversed(cfg.joint_names)) + ["extra_joint"], position=[6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 9.0])
+    msg = JointState(
+        name=list(reversed(cfg.joint_names)) + ["extra_joint"], position=[6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 9.0]
+    )
     np.testing.assert_allclose(joint_positions(msg, cfg.joint_names), [1, 2, 3, 4, 5, 6])
     with pytest.raises(JointOrderError, match=r"lacks joints \['gripper'\]"):
         joint_positions(JointState(name=cfg.joint_names[:5], position=[0.0] * 5), cfg.joint_names)
@@ -114,7 +122,9 @@ def test_joint_order_comes_from_the_config_not_the_message():
 
 
 def test_stamp_conversions():
-    assert stamp_to_seconds(nanoseconds_to_stamp(1_700_000_000_123_456_789)) == pytest.approx(1_700_000_000.123456789)
+    assert stamp_to_seconds(nanoseconds_to_stamp(1_700_000_000_123_456_789)) == pytest.approx(
+        1_700_000_000.123456789
+    )
 
 
 def test_float64_multiarray_command_round_trip():

@@ -14,7 +14,6 @@ from rclpy.parameter import Parameter
 from ros_harness import FakeArm, Graph, wait_until
 from std_msgs.msg import Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
-
 from wmpo_core.robot_config import load_robot_config
 from wmpo_ros.messages import LATCHED_QOS, CommandCodec
 from wmpo_ros.policy_node import PolicyNode
@@ -32,13 +31,28 @@ def graph():
 
 def start(graph: Graph, config, policy: str, **params) -> tuple[FakeArm, PolicyNode]:
     arm = graph.add(FakeArm(config))
-    node = graph.make(PolicyNode, robot=config.name, policy=policy, use_sim_time=True, autostart=False, **params)
-    wait_until(lambda: node.count_subscribers("/clock") > 0 and arm.count_subscribers(config.topics.joint_states) > 0, what="discovery")
+    node = graph.make(
+        PolicyNode, robot=config.name, policy=policy, use_sim_time=True, autostart=False, **params
+    )
+    wait_until(
+        lambda: (
+            node.count_subscribers("/clock") > 0 and arm.count_subscribers(config.topics.joint_states) > 0
+        ),
+        what="discovery",
+    )
     commander = not params.get("dry_run")  # a dry-run node does not advertise the command topic
-    wait_until(lambda: all(arm.count_subscribers(c.topic) > 0 for c in config.cameras) and (arm.count_publishers(config.topics.command) > 0) == commander, what="discovery")
+    wait_until(
+        lambda: (
+            all(arm.count_subscribers(c.topic) > 0 for c in config.cameras)
+            and (arm.count_publishers(config.topics.command) > 0) == commander
+        ),
+        what="discovery",
+    )
     arm.publish_observation()
     arm.publish_clock()
-    wait_until(lambda: node._state is not None and len(node._frames) == len(config.cameras), what="first observation")
+    wait_until(
+        lambda: node._state is not None and len(node._frames) == len(config.cameras), what="first observation"
+    )
     return arm, node
 
 
@@ -54,7 +68,9 @@ def tick(arm: FakeArm, node: PolicyNode, cameras: bool = True, state: bool = Tru
     return arm.tick(cameras=cameras, state=state, delivered=delivered)
 
 
-def tick_without_observation(arm: FakeArm, node: PolicyNode, cameras: bool = False, state: bool = True) -> list[np.ndarray]:
+def tick_without_observation(
+    arm: FakeArm, node: PolicyNode, cameras: bool = False, state: bool = True
+) -> list[np.ndarray]:
     """A tick whose observation never comes, then the next (also without it); returns the commands
     of both. In sim time the node waits for a tick's observation (it may still be in flight) until
     the clock moves past the tick, so the first tick is answered only when the second begins."""
@@ -69,7 +85,9 @@ def tick_without_observation(arm: FakeArm, node: PolicyNode, cameras: bool = Fal
 
 
 def expect(node: PolicyNode, actual: np.ndarray, desired: np.ndarray) -> None:
-    np.testing.assert_allclose(actual, desired, err_msg=f"node counters {node.counters}, watchdog {node.watchdog_state}")
+    np.testing.assert_allclose(
+        actual, desired, err_msg=f"node counters {node.counters}, watchdog {node.watchdog_state}"
+    )
 
 
 def enable(arm: FakeArm, node: PolicyNode) -> np.ndarray:
@@ -195,7 +213,9 @@ def test_dry_run_publishes_nothing_to_the_arm_and_switches_only_between_episodes
     # Between episodes it switches; the next episode commands the arm, and nothing more goes to the dry-run topic.
     node.enable(False)
     assert node.set_parameters([Parameter("dry_run", value=False)])[0].successful
-    wait_until(lambda: node._command_pub.get_subscription_count() > 0, what="the arm to match the command publisher")
+    wait_until(
+        lambda: node._command_pub.get_subscription_count() > 0, what="the arm to match the command publisher"
+    )
     dry = len(proposed)
     node.enable(True)
     for _ in range(3):
@@ -210,7 +230,9 @@ def test_new_checkpoint_is_staged_and_swapped_in_at_the_next_episode(graph, tmp_
     arm, node = start(graph, SIM, "hold:gripper=1.0")
     versions: list[str] = []
     probe = graph.add(rclpy.create_node("version_probe"))
-    probe.create_subscription(String, node.names.policy_version, lambda m: versions.append(m.data), LATCHED_QOS)
+    probe.create_subscription(
+        String, node.names.policy_version, lambda m: versions.append(m.data), LATCHED_QOS
+    )
     diagnostics: list[DiagnosticArray] = []
     probe.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
     wait_until(lambda: versions == ["hold:gripper=1"], what="the initial version")
@@ -232,7 +254,16 @@ def test_new_checkpoint_is_staged_and_swapped_in_at_the_next_episode(graph, tmp_
     assert node.holder.active.version == "constant-v1" and node.holder.previous.version == "hold:gripper=1"
     np.testing.assert_allclose(tick(arm, node), node.holder.active.policy.action)
     wait_until(lambda: versions[-1] == "constant-v1", what="the new version")
-    wait_until(lambda: any(kv.key == "policy_version" and kv.value == "constant-v1" for d in diagnostics for s in d.status for kv in s.values), timeout=5.0, what="diagnostics")
+    wait_until(
+        lambda: any(
+            kv.key == "policy_version" and kv.value == "constant-v1"
+            for d in diagnostics
+            for s in d.status
+            for kv in s.values
+        ),
+        timeout=5.0,
+        what="diagnostics",
+    )
     keys = {kv.key for kv in diagnostics[-1].status[0].values}
     assert {"inference_latency_ms_p50", "queue_depth", "watchdog", "policy_version"} <= keys
 

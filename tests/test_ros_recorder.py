@@ -15,7 +15,6 @@ import rclpy
 from rclpy.parameter import Parameter
 from ros_harness import FakeArm, Graph, tiny_reach_config, wait_until
 from std_msgs.msg import String
-
 from wmpo_core.cli import main as wmpo
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.robot_config import load_robot_config
@@ -35,7 +34,9 @@ class Commander:
         self.codec = CommandCodec(SIM)
         self.pub = self.node.create_publisher(self.codec.msg_type, SIM.topics.command, STATE_QOS)
         self.episodes: list[dict] = []
-        self.node.create_subscription(String, "/so101/recorder/episodes", lambda m: self.episodes.append(json.loads(m.data)), 10)
+        self.node.create_subscription(
+            String, "/so101/recorder/episodes", lambda m: self.episodes.append(json.loads(m.data)), 10
+        )
 
     def send(self, action, hold: bool = False) -> None:
         self.pub.publish(self.codec.encode(np.asarray(action, dtype=np.float64), hold=hold))
@@ -50,11 +51,27 @@ def graph():
 
 def setup(graph: Graph, tmp_path, **params):
     arm = graph.add(FakeArm(SIM))
-    recorder = graph.make(RecorderNode, robot="so101_sim", store=str(tmp_path / "store"), use_sim_time=True, **params)
+    recorder = graph.make(
+        RecorderNode, robot="so101_sim", store=str(tmp_path / "store"), use_sim_time=True, **params
+    )
     commander = Commander(graph)
-    topics = [SIM.topics.joint_states, SIM.cameras[0].topic, SIM.topics.command, "/clock", "/so101/sim/success"]
-    wait_until(lambda: all(recorder.count_publishers(t) > 0 for t in topics), what="the recorder to discover every publisher")
-    wait_until(lambda: commander.pub.get_subscription_count() > 0 and arm.count_subscribers(SIM.cameras[0].topic) > 0, what="discovery")
+    topics = [
+        SIM.topics.joint_states,
+        SIM.cameras[0].topic,
+        SIM.topics.command,
+        "/clock",
+        "/so101/sim/success",
+    ]
+    wait_until(
+        lambda: all(recorder.count_publishers(t) > 0 for t in topics),
+        what="the recorder to discover every publisher",
+    )
+    wait_until(
+        lambda: (
+            commander.pub.get_subscription_count() > 0 and arm.count_subscribers(SIM.cameras[0].topic) > 0
+        ),
+        what="discovery",
+    )
 
     def received() -> bool:  # discovery is done when data flows: the first best-effort samples may be dropped
         arm.publish_observation()
@@ -66,20 +83,32 @@ def setup(graph: Graph, tmp_path, **params):
 
 
 def run_steps(
-    arm: FakeArm, recorder: RecorderNode, commander: Commander, n: int, success_at: int | None = None, skip_frame_at: int | None = None,
+    arm: FakeArm,
+    recorder: RecorderNode,
+    commander: Commander,
+    n: int,
+    success_at: int | None = None,
+    skip_frame_at: int | None = None,
     holds: tuple[int, ...] = (),
 ) -> list[np.ndarray]:
     """n control steps: observation + clock, then a command answering it. Returns the commands."""
     sent = []
     for i in range(n):
-        arm.tick(cameras=i != skip_frame_at, success=(i == success_at) if success_at is not None else False, wait_command=False)
+        arm.tick(
+            cameras=i != skip_frame_at,
+            success=(i == success_at) if success_at is not None else False,
+            wait_command=False,
+        )
         # Answer at once, without waiting for anything to arrive anywhere: pairing goes by publication order.
         action = np.array([0.1 * i, -0.1, 0.2, 1.0 if i % 2 else 0.0])
         commander.send(action, hold=i in holds)
         sent.append(action)
         # A camera has a finite rate: do not burst more frames than the subscription's queue holds.
         if i != skip_frame_at:
-            wait_until(lambda: recorder._sync._frames["front"].items[-1][0] >= arm.now_ns * 1e-9 - 1e-6, what="the frame")
+            wait_until(
+                lambda: recorder._sync._frames["front"].items[-1][0] >= arm.now_ns * 1e-9 - 1e-6,
+                what="the frame",
+            )
     return sent
 
 
@@ -92,19 +121,30 @@ def test_episodes_are_recorded_with_synchronized_steps_and_metadata(graph, tmp_p
         recorder.start()
         first_frame = arm.frame_value + 1
         sent = run_steps(arm, recorder, commander, 6)
-        wait_until(lambda: recorder._episode is not None and recorder._episode.steps == 6, what="6 recorded steps")
+        wait_until(
+            lambda: recorder._episode is not None and recorder._episode.steps == 6, what="6 recorded steps"
+        )
         meta = recorder.stop()
         assert meta["num_steps"] == 6
         store = EpisodeStore.open(tmp_path / "store")
         m = store.meta(meta["episode_id"])
-        assert (m.source, m.task, m.env_seed, m.robot_config_name) == ("scripted", "lift the red cube", 100 + episode, "so101_sim")
+        assert (m.source, m.task, m.env_seed, m.robot_config_name) == (
+            "scripted",
+            "lift the red cube",
+            100 + episode,
+            "so101_sim",
+        )
         assert m.robot_config_hash == SIM.content_hash and m.policy_version is None
-        assert m.success is False and m.success_labeled_by == "env"  # the sim's signal was available and never true
+        assert (
+            m.success is False and m.success_labeled_by == "env"
+        )  # the sim's signal was available and never true
         reader = store.episode(m.episode_id)
         np.testing.assert_allclose(reader.action(), np.stack(sent), atol=1e-6)
         frames = reader.frames("front")
         assert frames.shape == (6, 128, 128, 3)
-        assert [int(f[0, 0, 0]) for f in frames] == list(range(first_frame, first_frame + 6))  # frame i <-> command i
+        assert [int(f[0, 0, 0]) for f in frames] == list(
+            range(first_frame, first_frame + 6)
+        )  # frame i <-> command i
         np.testing.assert_allclose(reader.image_time("front"), reader.time())  # capture stamps, sim time
         assert np.allclose(np.diff(reader.time()), SIM.control_period_s)
         cadence = m.extra["cadence"]
@@ -133,7 +173,11 @@ def test_time_limit_ends_the_episode_and_holds_are_recorded_as_holds(graph, tmp_
     assert meta["num_steps"] == 4 and meta["extra"]["ended_by"] == "time_limit"
     # What the arm was told is recorded, and which steps the commander did not choose is said.
     assert meta["extra"]["hold_steps"] == [1, 2] and meta["extra"]["cadence"]["holds"] == 2
-    np.testing.assert_allclose(EpisodeStore.open(tmp_path / "store").episode(meta["episode_id"]).action(), np.stack(sent[:4]), atol=1e-6)
+    np.testing.assert_allclose(
+        EpisodeStore.open(tmp_path / "store").episode(meta["episode_id"]).action(),
+        np.stack(sent[:4]),
+        atol=1e-6,
+    )
 
 
 def test_the_source_may_change_between_episodes_but_not_during_one(graph, tmp_path):
@@ -207,7 +251,9 @@ def test_a_stopped_episode_survives_an_immediate_shutdown(graph, tmp_path):
 def test_a_dry_run_moves_nothing_records_nothing_and_ends_each_episode_at_the_time_limit(tmp_path):
     config = tiny_reach_config(tmp_path)
     store = tmp_path / "rollouts"
-    with RobotSession(config, store=store, policy="scripted:ros_harness:ConstantPolicy", dry_run=True, max_steps=10) as robot:
+    with RobotSession(
+        config, store=store, policy="scripted:ros_harness:ConstantPolicy", dry_run=True, max_steps=10
+    ) as robot:
         assert robot.dry_run
         summaries = robot.run_episodes(2, progress=False)
         sim, policy = robot._node("sim_arm"), robot._node("policy_node")
@@ -216,10 +262,14 @@ def test_a_dry_run_moves_nothing_records_nothing_and_ends_each_episode_at_the_ti
         assert sim.count_publishers(robot.config.topics.command) == 0 and sim.steps == 0
         proposed = policy.counters["commands"]
         assert robot.recorded == []
-    assert [(s["dry_run"], s["episode_id"], s["ended_by"], s["policy_version"]) for s in summaries] == [(True, None, "time_limit", "constant-v1")] * 2
+    assert [(s["dry_run"], s["episode_id"], s["ended_by"], s["policy_version"]) for s in summaries] == [
+        (True, None, "time_limit", "constant-v1")
+    ] * 2
     # One action per control tick of the 10-step time limit (plus the tick the limit is reached on,
     # served before the runner stops the policy), all of them on the dry-run topic only.
-    assert proposed >= sum(s["num_steps"] for s in summaries) >= 2 and all(s["num_steps"] <= 11 for s in summaries)
+    assert proposed >= sum(s["num_steps"] for s in summaries) >= 2 and all(
+        s["num_steps"] <= 11 for s in summaries
+    )
     assert len(EpisodeStore.open(store)) == 0
 
 
@@ -231,5 +281,9 @@ def test_wmpo_deploy_dry_run_finishes_its_episodes_and_says_nothing_was_recorded
                "--max-steps", "5", "--store", str(store)])  # fmt: skip
     err = capsys.readouterr().err
     assert rc == 0, err
-    assert "dry run: 2 episodes" in err and "none sent to the arm; nothing recorded" in err and "recorded 2 episodes" not in err
+    assert (
+        "dry run: 2 episodes" in err
+        and "none sent to the arm; nothing recorded" in err
+        and "recorded 2 episodes" not in err
+    )
     assert len(EpisodeStore.open(store)) == 0

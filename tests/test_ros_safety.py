@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from wmpo_core.robot_config import ActionDim, ActionSpec, load_robot_config
 from wmpo_core.safety import SafetyFilter
 

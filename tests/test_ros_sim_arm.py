@@ -18,7 +18,6 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray, Int64
 from std_srvs.srv import Trigger
-
 from wmpo_ros.messages import LATCHED_QOS, STATE_QOS, stamp_to_seconds
 from wmpo_ros.sim_arm_node import SimArmNode
 
@@ -34,9 +33,13 @@ class Probe:
         self.clock: list[float] = []
         n = self.node
         n.create_subscription(JointState, "/tiny/joint_states", self._add(self.states), STATE_QOS)
-        n.create_subscription(Image, "/tiny/cam", self._add(self.images), qos_profile_sensor_data)  # a reliable one would get nothing
+        n.create_subscription(
+            Image, "/tiny/cam", self._add(self.images), qos_profile_sensor_data
+        )  # a reliable one would get nothing
         n.create_subscription(Bool, "/tiny/sim/success", lambda m: self._add(self.success)(m.data), STATE_QOS)
-        n.create_subscription(Int64, "/tiny/sim/env_seed", lambda m: self._add(self.seeds)(m.data), LATCHED_QOS)
+        n.create_subscription(
+            Int64, "/tiny/sim/env_seed", lambda m: self._add(self.seeds)(m.data), LATCHED_QOS
+        )
         n.create_subscription(Clock, "/clock", lambda m: self._add(self.clock)(stamp_to_seconds(m.clock)), 10)
         self.command = n.create_publisher(Float64MultiArray, "/tiny/command", STATE_QOS)
         self.reset_client = n.create_client(Trigger, "/tiny/sim/reset")
@@ -77,7 +80,10 @@ def sim(tmp_path):
     config = tiny_reach_config(tmp_path)
     probe = Probe(graph)
     node = graph.make(SimArmNode, robot=config, seed=5, real_time_factor=0.0)
-    wait_until(lambda: node.count_subscribers("/tiny/command") > 0 and probe.command.get_subscription_count() > 0, what="discovery")
+    wait_until(
+        lambda: node.count_subscribers("/tiny/command") > 0 and probe.command.get_subscription_count() > 0,
+        what="discovery",
+    )
     yield graph, node, probe
     graph.close()
 
@@ -100,13 +106,18 @@ def test_lockstep_one_step_and_one_period_per_command_and_none_without_one(sim):
     before = len(probe.states)
     # Before the first command the sim waits: the scene is re-published unchanged, time stands still.
     wait_until(lambda: len(probe.states) >= before + 3, what="re-publication while waiting")
-    assert len({(s.position[0], stamp_to_seconds(s.header.stamp)) for s in probe.states[-3:]}) == 1 and node.steps == 0
+    assert (
+        len({(s.position[0], stamp_to_seconds(s.header.stamp)) for s in probe.states[-3:]}) == 1
+        and node.steps == 0
+    )
 
     x, t = probe.states[-1].position[0], stamp_to_seconds(probe.states[-1].header.stamp)
     for _ in range(5):
         state = probe.step([1.0, 0.25])
         assert state.position[0] == pytest.approx(x + 0.1) and state.position[1] == pytest.approx(0.25)
-        assert stamp_to_seconds(state.header.stamp) == pytest.approx(t + 0.1, abs=1e-6)  # one control period of sim time per step
+        assert stamp_to_seconds(state.header.stamp) == pytest.approx(
+            t + 0.1, abs=1e-6
+        )  # one control period of sim time per step
         x, t = state.position[0], stamp_to_seconds(state.header.stamp)
     assert node.steps == 5
     wait_until(lambda: probe.clock[-1] >= t - 1e-6, what="/clock")
@@ -115,7 +126,9 @@ def test_lockstep_one_step_and_one_period_per_command_and_none_without_one(sim):
     republished = node.republished
     wait_until(lambda: node.republished >= republished + 3, what="re-publication while waiting")
     assert node.steps == 5
-    assert probe.states[-1].position[0] == pytest.approx(x) and stamp_to_seconds(probe.states[-1].header.stamp) == pytest.approx(t, abs=1e-6)
+    assert probe.states[-1].position[0] == pytest.approx(x) and stamp_to_seconds(
+        probe.states[-1].header.stamp
+    ) == pytest.approx(t, abs=1e-6)
     assert max(probe.clock) == pytest.approx(t, abs=1e-6)
     # A burst of commands: each is one step, in order.
     before = len(probe.states)
@@ -125,7 +138,13 @@ def test_lockstep_one_step_and_one_period_per_command_and_none_without_one(sim):
 
     def stepped() -> list[tuple[float, float]]:  # states of the three new steps, as received so far
         with probe.lock:
-            return sorted({(stamp_to_seconds(s.header.stamp), s.position[0]) for s in probe.states[before:] if stamp_to_seconds(s.header.stamp) > t + 1e-9})
+            return sorted(
+                {
+                    (stamp_to_seconds(s.header.stamp), s.position[0])
+                    for s in probe.states[before:]
+                    if stamp_to_seconds(s.header.stamp) > t + 1e-9
+                }
+            )
 
     wait_until(lambda: len(stepped()) == 3, what="the states of the three steps")
     np.testing.assert_allclose([p for _, p in stepped()], [x + 0.1, x, x + 0.05], atol=1e-9)
@@ -140,7 +159,12 @@ def test_frames_and_success(sim):
             break
     wait_until(lambda: probe.success and probe.success[-1], what="success")
     image = probe.images[-1]
-    assert (image.height, image.width, image.encoding, image.header.frame_id) == (16, 16, "rgb8", "cam_camera_optical_frame")
+    assert (image.height, image.width, image.encoding, image.header.frame_id) == (
+        16,
+        16,
+        "rgb8",
+        "cam_camera_optical_frame",
+    )
     assert list(probe.states[-1].name) == ["x", "grip"]
 
 

@@ -11,7 +11,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.robot_config import load_robot_config
 
@@ -25,7 +24,10 @@ def wmpo(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONPATH": os.path.dirname(__file__) + os.pathsep + os.environ.get("PYTHONPATH", "")},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.path.dirname(__file__) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        },
     )
     assert result.returncode == 0, f"wmpo {' '.join(args)} failed:\n{result.stderr[-4000:]}"
     return result
@@ -34,7 +36,17 @@ def wmpo(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def demos(tmp_path_factory):
     store = tmp_path_factory.mktemp("sim") / "demos"
-    wmpo("teleop", "--robot", "so101_sim", "--episodes", str(DEMOS), "--store", str(store), "--real-time-factor", "0")
+    wmpo(
+        "teleop",
+        "--robot",
+        "so101_sim",
+        "--episodes",
+        str(DEMOS),
+        "--store",
+        str(store),
+        "--real-time-factor",
+        "0",
+    )
     return store
 
 
@@ -46,7 +58,12 @@ def test_scripted_teleop_seeds_successful_demonstrations(demos):
     assert sum(bool(m.success) for m in metas) >= 0.9 * DEMOS
     assert sorted(m.env_seed for m in metas) == list(range(DEMOS))  # seed, seed + 1, ...
     for m in metas:
-        assert (m.source, m.task, m.robot_config_name, m.robot_config_hash) == ("scripted", SIM.tasks[0], "so101_sim", SIM.content_hash)
+        assert (m.source, m.task, m.robot_config_name, m.robot_config_hash) == (
+            "scripted",
+            SIM.tasks[0],
+            "so101_sim",
+            SIM.content_hash,
+        )
         assert m.success_labeled_by == "env" and m.policy_version is None
         assert 1 < m.num_steps <= SIM.max_episode_steps
         if m.success:
@@ -64,7 +81,19 @@ def test_scripted_teleop_seeds_successful_demonstrations(demos):
 @pytest.mark.slow
 def test_deployed_replay_reproduces_the_demonstrations_exactly(demos, tmp_path):
     rollouts = tmp_path / "rollouts"
-    wmpo("deploy", "--robot", "so101_sim", "--policy", f"replay:{demos}", "--episodes", "2", "--store", str(rollouts), "--real-time-factor", "0")
+    wmpo(
+        "deploy",
+        "--robot",
+        "so101_sim",
+        "--policy",
+        f"replay:{demos}",
+        "--episodes",
+        "2",
+        "--store",
+        str(rollouts),
+        "--real-time-factor",
+        "0",
+    )
     demo_store, rollout_store = EpisodeStore.open(demos), EpisodeStore.open(rollouts)
     demo_by_seed = {m.env_seed: m for m in demo_store}
     rollout_metas = list(rollout_store)
@@ -106,7 +135,21 @@ def test_deploy_records_a_lerobot_checkpoint_and_stamps_its_version(tmp_path):
     for processor in make_pre_post_processors(config, dataset_stats=stats):
         processor.save_pretrained(checkpoint)
     store = tmp_path / "act_rollouts"
-    wmpo("deploy", "--robot", "so101_sim", "--policy", str(checkpoint), "--episodes", "1", "--max-steps", "8", "--store", str(store), "--real-time-factor", "0")
+    wmpo(
+        "deploy",
+        "--robot",
+        "so101_sim",
+        "--policy",
+        str(checkpoint),
+        "--episodes",
+        "1",
+        "--max-steps",
+        "8",
+        "--store",
+        str(store),
+        "--real-time-factor",
+        "0",
+    )
     (meta,) = list(EpisodeStore.open(store))
     assert meta.num_steps == 8 and meta.extra["ended_by"] == "time_limit"
     assert meta.policy_version.startswith("lerobot:act:act_sim@sha256:") and meta.success is False

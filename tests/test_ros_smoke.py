@@ -8,7 +8,6 @@ from builtin_interfaces.msg import Time
 from rclpy.qos import qos_profile_sensor_data
 from ros_harness import Graph, wait_until
 from sensor_msgs.msg import Image, JointState
-
 from wmpo_ros.image_conversion import image_to_msg, msg_to_image
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from wmpo_ros.step_sync import StepSynchronizer
 
 MS = 1_000_000  # ns
@@ -62,7 +61,9 @@ def test_success_published_before_the_command_flags_it_and_episodes_forget_it():
     sync.add_success(11 * MS, True)
     sync.add_command(15 * MS, np.array([2.0]), wall=0.0)
     obs(sync, 20, 0.2, 2)
-    assert sync.pop_ready(wall_now=0.0)[0].success_seen is False  # command 2 not final: success stream not past it
+    assert (
+        sync.pop_ready(wall_now=0.0)[0].success_seen is False
+    )  # command 2 not final: success stream not past it
     sync.add_success(21 * MS, False)
     (second,) = sync.pop_ready(wall_now=0.0)
     assert second.success_seen is True

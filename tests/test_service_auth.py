@@ -27,7 +27,13 @@ from wmpo_learner.service.app import (
 )
 from wmpo_ros.learner_client import LearnerClient, LearnerUnavailable
 
-OPEN_ROUTES = {("GET", "/v1/health"), ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc")}
+OPEN_ROUTES = {
+    ("GET", "/v1/health"),
+    ("GET", "/openapi.json"),
+    ("GET", "/docs"),
+    ("GET", "/docs/oauth2-redirect"),
+    ("GET", "/redoc"),
+}
 READ_METHODS = {"GET", "HEAD"}
 
 
@@ -36,7 +42,14 @@ def app(tmp_path_factory):
     """The app object itself, only to enumerate its routes (requests go to the real server)."""
     root = tmp_path_factory.mktemp("app")
     service = LearnerService.open(
-        ServiceConfig(store=root / "s.zarr", registry=root / "reg", runs=root / "runs", spool=root / "spool", robot="so101_sim", token=TOKEN)
+        ServiceConfig(
+            store=root / "s.zarr",
+            registry=root / "reg",
+            runs=root / "runs",
+            spool=root / "spool",
+            robot="so101_sim",
+            token=TOKEN,
+        )
     )
     yield create_app(service)
     service.close()
@@ -88,9 +101,13 @@ def valid_requests(learner, tmp_path_factory):
     tar = {"Content-Type": "application/x-tar"}
     values = {"episode_id": episode_id, "version": "v3", "run_id": "run-1", "path": "weights.bin"}
     requests = {
-        ("PUT", "/v1/episodes/{episode_id}"): dict(content=episode_body, headers={**tar, "X-Content-SHA256": episode_sha}),
+        ("PUT", "/v1/episodes/{episode_id}"): dict(
+            content=episode_body, headers={**tar, "X-Content-SHA256": episode_sha}
+        ),
         ("PUT", "/v1/episodes/{episode_id}/label"): dict(json={"success": True, "labeled_by": "human"}),
-        ("PUT", "/v1/policies/{version}"): dict(content=policy_body, headers={**tar, "X-Content-SHA256": policy_sha}),
+        ("PUT", "/v1/policies/{version}"): dict(
+            content=policy_body, headers={**tar, "X-Content-SHA256": policy_sha}
+        ),
         ("PUT", "/v1/deployment"): dict(json={"version": "v2"}),
         ("POST", "/v1/deployment/rollback"): dict(json={"reason": "test"}),
         ("POST", "/v1/runs"): dict(json={"run_id": "run-1", "kind": "sft"}),
@@ -250,7 +267,12 @@ def test_remote_binding_needs_tls_or_an_explicit_override(monkeypatch, tmp_path)
         config_from_args(_args("--host", "0.0.0.0"))
     with pytest.raises(ServiceConfigError, match="both"):
         config_from_args(_args("--host", "0.0.0.0", "--ssl-certfile", "cert.pem"))
-    assert config_from_args(_args("--host", "0.0.0.0", "--ssl-certfile", "c.pem", "--ssl-keyfile", "k.pem")).token == TOKEN
+    assert (
+        config_from_args(
+            _args("--host", "0.0.0.0", "--ssl-certfile", "c.pem", "--ssl-keyfile", "k.pem")
+        ).token
+        == TOKEN
+    )
     assert config_from_args(_args("--host", "0.0.0.0", "--allow-insecure-remote")).token == TOKEN
     assert config_from_args(_args("--host", "localhost")).spool == Path("data/learner.zarr.spool")
 
@@ -259,7 +281,11 @@ def test_cli_exits_with_a_clear_message_without_token(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "WMPO_LEARNER_TOKEN"}
     proc = subprocess.run(
         [sys.executable, "-m", "wmpo_core.cli", "serve", "--store", str(tmp_path / "s.zarr")],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 2
     assert "no token" in proc.stderr and "WMPO_LEARNER_TOKEN" in proc.stderr
@@ -272,11 +298,31 @@ def test_tls_end_to_end_with_a_private_ca(tmp_path):
         pytest.skip("openssl command not available to make a test certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
-    learner = start_learner(tmp_path / "learner", "--ssl-certfile", str(cert), "--ssl-keyfile", str(key), ca=cert)
+    learner = start_learner(
+        tmp_path / "learner", "--ssl-certfile", str(cert), "--ssl-keyfile", str(key), ca=cert
+    )
     try:
         assert learner.url.startswith("https://")
         with LearnerClient(learner.url, TOKEN, verify=str(cert)) as client:

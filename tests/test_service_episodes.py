@@ -35,7 +35,11 @@ MAX_EPISODE_BYTES = 1 << 20
 @pytest.fixture(scope="module")
 def learner(tmp_path_factory):
     learner = start_learner(
-        tmp_path_factory.mktemp("learner"), "--max-episode-bytes", str(MAX_EPISODE_BYTES), "--upload-idle-timeout-s", "2"
+        tmp_path_factory.mktemp("learner"),
+        "--max-episode-bytes",
+        str(MAX_EPISODE_BYTES),
+        "--upload-idle-timeout-s",
+        "2",
     )
     yield learner
     learner.stop()
@@ -59,7 +63,9 @@ def client(learner):
         yield c
 
 
-def put_episode(learner, episode_id: str, body: bytes, sha: str | None = None, content_type: str = "application/x-tar") -> httpx.Response:
+def put_episode(
+    learner, episode_id: str, body: bytes, sha: str | None = None, content_type: str = "application/x-tar"
+) -> httpx.Response:
     headers = {**auth(), "Content-Type": content_type}
     if sha != "":
         headers["X-Content-SHA256"] = sha or hashlib.sha256(body).hexdigest()
@@ -114,7 +120,9 @@ def _tar_with(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
     return buf.getvalue()
 
 
-def _member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"{}", linkname: str = "") -> tuple[tarfile.TarInfo, bytes | None]:
+def _member(
+    name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"{}", linkname: str = ""
+) -> tuple[tarfile.TarInfo, bytes | None]:
     info = tarfile.TarInfo(name)
     info.type = kind
     info.linkname = linkname
@@ -137,33 +145,139 @@ def _bad_uploads(store, ids, other_arm, tmp_path) -> dict[str, tuple[str, bytes,
     cases = {
         "not a tar": (target, b"hello, this is not an archive" * 100, None, "application/x-tar", 400, "tar"),
         "truncated archive": (target, good[: len(good) // 2 + 100], None, "application/x-tar", 400, "tar"),
-        "sha256 mismatch": (target, good, hashlib.sha256(b"other").hexdigest(), "application/x-tar", 400, "sha256"),
+        "sha256 mismatch": (
+            target,
+            good,
+            hashlib.sha256(b"other").hexdigest(),
+            "application/x-tar",
+            400,
+            "sha256",
+        ),
         "gzip-compressed tar": (target, gzip.compress(good), None, "application/x-tar", 400, "tar"),
         "wrong content type": (target, good, None, "application/json", 415, "Content-Type"),
         "missing sha256 header": (target, good, "", "application/x-tar", 422, "X-Content-SHA256"),
-        "symlink member": (target, _tar_with([_member(target, tarfile.DIRTYPE), _member(f"{target}/zarr.json", tarfile.SYMTYPE, linkname="/etc/passwd")]), None, "application/x-tar", 400, "link"),
-        "hard link member": (target, _tar_with([_member(target, tarfile.DIRTYPE), _member(f"{target}/a", data=b"x"), _member(f"{target}/b", tarfile.LNKTYPE, linkname=f"{target}/a")]), None, "application/x-tar", 400, "link"),
-        "device file": (target, _tar_with([_member(target, tarfile.DIRTYPE), _member(f"{target}/dev", tarfile.CHRTYPE)]), None, "application/x-tar", 400, "special"),
-        "path traversal": (target, _tar_with([_member(target, tarfile.DIRTYPE), _member(f"{target}/../../evil.json")]), None, "application/x-tar", 400, "unsafe"),
-        "absolute path": (target, _tar_with([_member(target, tarfile.DIRTYPE), _member("/tmp/evil.json")]), None, "application/x-tar", 400, "outside"),
-        "member outside the episode": (target, _tar_with([_member(target, tarfile.DIRTYPE), _member("other/zarr.json")]), None, "application/x-tar", 400, "outside"),
-        "no episode metadata": (target, _tar_with([_member(target, tarfile.DIRTYPE), _member(f"{target}/notes.txt", data=b"hi")]), None, "application/x-tar", 422, "zarr.json"),
-        "archive of another episode": (target, archive_bytes(store.episode_path(ids[3]), target), None, "application/x-tar", 422, ids[3]),
-        "episode of another robot": (other_arm, archive_bytes(store.episode_path(other_arm), other_arm), None, "application/x-tar", 422, "robot config"),
+        "symlink member": (
+            target,
+            _tar_with(
+                [
+                    _member(target, tarfile.DIRTYPE),
+                    _member(f"{target}/zarr.json", tarfile.SYMTYPE, linkname="/etc/passwd"),
+                ]
+            ),
+            None,
+            "application/x-tar",
+            400,
+            "link",
+        ),
+        "hard link member": (
+            target,
+            _tar_with(
+                [
+                    _member(target, tarfile.DIRTYPE),
+                    _member(f"{target}/a", data=b"x"),
+                    _member(f"{target}/b", tarfile.LNKTYPE, linkname=f"{target}/a"),
+                ]
+            ),
+            None,
+            "application/x-tar",
+            400,
+            "link",
+        ),
+        "device file": (
+            target,
+            _tar_with([_member(target, tarfile.DIRTYPE), _member(f"{target}/dev", tarfile.CHRTYPE)]),
+            None,
+            "application/x-tar",
+            400,
+            "special",
+        ),
+        "path traversal": (
+            target,
+            _tar_with([_member(target, tarfile.DIRTYPE), _member(f"{target}/../../evil.json")]),
+            None,
+            "application/x-tar",
+            400,
+            "unsafe",
+        ),
+        "absolute path": (
+            target,
+            _tar_with([_member(target, tarfile.DIRTYPE), _member("/tmp/evil.json")]),
+            None,
+            "application/x-tar",
+            400,
+            "outside",
+        ),
+        "member outside the episode": (
+            target,
+            _tar_with([_member(target, tarfile.DIRTYPE), _member("other/zarr.json")]),
+            None,
+            "application/x-tar",
+            400,
+            "outside",
+        ),
+        "no episode metadata": (
+            target,
+            _tar_with([_member(target, tarfile.DIRTYPE), _member(f"{target}/notes.txt", data=b"hi")]),
+            None,
+            "application/x-tar",
+            422,
+            "zarr.json",
+        ),
+        "archive of another episode": (
+            target,
+            archive_bytes(store.episode_path(ids[3]), target),
+            None,
+            "application/x-tar",
+            422,
+            ids[3],
+        ),
+        "episode of another robot": (
+            other_arm,
+            archive_bytes(store.episode_path(other_arm), other_arm),
+            None,
+            "application/x-tar",
+            422,
+            "robot config",
+        ),
         "invalid episode id": ("-bad..id", good, None, "application/x-tar", 422, "pattern"),
     }
     missing_array = _episode_copy(store, target, tmp_path / "missing")
     shutil.rmtree(missing_array / "action")
-    cases["missing array"] = (target, archive_bytes(missing_array, target), None, "application/x-tar", 422, "action")
+    cases["missing array"] = (
+        target,
+        archive_bytes(missing_array, target),
+        None,
+        "application/x-tar",
+        422,
+        "action",
+    )
     corrupt = _episode_copy(store, target, tmp_path / "corrupt")
-    shard = next(p for p in (corrupt / "images" / "front").rglob("*") if p.is_file() and p.name != "zarr.json")
-    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # a shard cut short on the robot's disk
-    cases["truncated image shard"] = (target, archive_bytes(corrupt, target), None, "application/x-tar", 422, "unreadable")
+    shard = next(
+        p for p in (corrupt / "images" / "front").rglob("*") if p.is_file() and p.name != "zarr.json"
+    )
+    shard.write_bytes(
+        shard.read_bytes()[: shard.stat().st_size // 2]
+    )  # a shard cut short on the robot's disk
+    cases["truncated image shard"] = (
+        target,
+        archive_bytes(corrupt, target),
+        None,
+        "application/x-tar",
+        422,
+        "unreadable",
+    )
     bad_meta = _episode_copy(store, target, tmp_path / "badmeta")
     meta = json.loads((bad_meta / "zarr.json").read_text())
     meta["attributes"]["wmpo_episode"]["num_steps"] = 50
     (bad_meta / "zarr.json").write_text(json.dumps(meta))
-    cases["metadata disagrees with arrays"] = (target, archive_bytes(bad_meta, target), None, "application/x-tar", 422, "expected")
+    cases["metadata disagrees with arrays"] = (
+        target,
+        archive_bytes(bad_meta, target),
+        None,
+        "application/x-tar",
+        422,
+        "expected",
+    )
     return cases
 
 
@@ -197,7 +311,11 @@ def test_oversized_upload_is_413_and_writes_nothing(learner, robot, client):
     r = httpx.put(
         f"{learner.url}/v1/episodes/{big}",
         content=chunks,
-        headers={**auth(), "Content-Type": "application/x-tar", "X-Content-SHA256": hashlib.sha256(body).hexdigest()},
+        headers={
+            **auth(),
+            "Content-Type": "application/x-tar",
+            "X-Content-SHA256": hashlib.sha256(body).hexdigest(),
+        },
         timeout=30,
     )
     assert r.status_code == 413
@@ -219,10 +337,14 @@ def test_client_disconnect_mid_upload_leaves_nothing(learner, robot, client):
 def test_stalled_upload_is_dropped_at_its_deadline(learner, robot):
     store, ids, *_ = robot
     before = store_listing(learner.store)
-    sock = send_partial_upload(learner, ids[4], archive_bytes(store.episode_path(ids[4]), ids[4]), fraction=0.3)
+    sock = send_partial_upload(
+        learner, ids[4], archive_bytes(store.episode_path(ids[4]), ids[4]), fraction=0.3
+    )
     try:
         sock.settimeout(30)
-        status_line = sock.recv(4096).split(b"\r\n", 1)[0]  # the robot went quiet; the service does not wait forever
+        status_line = sock.recv(4096).split(b"\r\n", 1)[
+            0
+        ]  # the robot went quiet; the service does not wait forever
     finally:
         sock.close()
     assert b" 408 " in status_line, status_line

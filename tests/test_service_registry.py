@@ -26,9 +26,14 @@ def make_checkpoint(root: Path, version: str, parent: str | None = None, seed: i
     path = root / f"ckpt-{version}"
     (path / "tokenizer").mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    tensors = {"head.weight": rng.standard_normal((16, 8)).astype(np.float32), "head.bias": np.zeros(16, np.float32)}
+    tensors = {
+        "head.weight": rng.standard_normal((16, 8)).astype(np.float32),
+        "head.bias": np.zeros(16, np.float32),
+    }
     save_file(tensors, str(path / "model.safetensors"), metadata={"version": version, "parent": parent or ""})
-    (path / "manifest.json").write_text(json.dumps({"format": "wmpo-vla", "version": version, "parent": parent}))
+    (path / "manifest.json").write_text(
+        json.dumps({"format": "wmpo-vla", "version": version, "parent": parent})
+    )
     (path / "normalization.json").write_text(json.dumps({"q01": [-1.0] * 4, "q99": [1.0] * 4}))
     (path / "tokenizer" / "tokenizer.json").write_text(json.dumps({"vocab": {"pick": 1}}))
     return path
@@ -144,7 +149,11 @@ def test_tampered_registry_file_is_refused_by_the_client_and_by_deploy(learner, 
 def test_unsafe_paths_in_a_listing_are_refused(tmp_path):
     for bad in ("../escape", "/etc/passwd", "a/../../b", ""):
         record = PolicyVersion(
-            version="vx", published_at=0.0, total_bytes=1, manifest=None, files=[FileEntry(path=bad, size=1, sha256="0" * 64)]
+            version="vx",
+            published_at=0.0,
+            total_bytes=1,
+            manifest=None,
+            files=[FileEntry(path=bad, size=1, sha256="0" * 64)],
         )
         with pytest.raises(IntegrityError, match="unsafe"):
             verify_version_dir(tmp_path, record)
@@ -164,7 +173,11 @@ def test_deploy_rollback_and_history(published, client):
     assert client.rollback().version == "v1"
     history = client.deployment_history()
     assert [(e.action, e.version) for e in history.events[len(start.events) :]] == [
-        ("deploy", "v1"), ("deploy", "v2"), ("deploy", "v3"), ("rollback", "v2"), ("rollback", "v1"),
+        ("deploy", "v1"),
+        ("deploy", "v2"),
+        ("deploy", "v3"),
+        ("rollback", "v2"),
+        ("rollback", "v1"),
     ]
     assert history.events[-2].reason == "v3 drops the cube" and history.events[-2].previous == "v3"
     assert client.deployment().generation == len(history.events)
@@ -180,13 +193,20 @@ def test_long_poll_times_out_unchanged_and_wakes_on_deploy(published, client):
     unchanged = client.wait_for_deployed(after=current, timeout_s=1.0)
     assert unchanged.changed is False and unchanged.version == "v1"
     # A longer wait than the service allows is cut to its --max-long-poll-s (2 s here), not refused.
-    r = httpx.get(f"{client.base_url}/v1/deployment", params={"after": "v1", "timeout_s": 600}, headers=auth(), timeout=20)
+    r = httpx.get(
+        f"{client.base_url}/v1/deployment",
+        params={"after": "v1", "timeout_s": 600},
+        headers=auth(),
+        timeout=20,
+    )
     assert r.status_code == 200 and r.json()["changed"] is False
     # Something other than what the robot runs is deployed: answered at once.
     assert client.wait_for_deployed(after="v0", timeout_s=30).version == "v1"
     answers = []
     # 25 s is several of the service's 2-s long-polls: the client chains them until its own deadline.
-    waiter = threading.Thread(target=lambda: answers.append(client.wait_for_deployed(after="v1", timeout_s=25)))
+    waiter = threading.Thread(
+        target=lambda: answers.append(client.wait_for_deployed(after="v1", timeout_s=25))
+    )
     waiter.start()
     time.sleep(3.0)  # let the robot's long-polls run (one times out and is renewed)
     # Deployed while the robot's long-poll waits: it returns the new version instead of timing out.

@@ -28,14 +28,25 @@ def client(learner):
 
 
 def test_a_run_reports_progress_and_metrics(client):
-    run = client.create_run("grpo", run_id="grpo-round-1", stage="imagination", params={"group_size": 8, "lr": 1e-5})
+    run = client.create_run(
+        "grpo", run_id="grpo-round-1", stage="imagination", params={"group_size": 8, "lr": 1e-5}
+    )
     assert run.state == "running" and run.params == {"group_size": 8, "lr": 1e-5}
     for step in range(3):
-        client.update_run(run.run_id, progress=(step + 1) / 4, metrics={"loss": 1.0 / (step + 1), "success_rate": 0.2 * step}, step=step)
+        client.update_run(
+            run.run_id,
+            progress=(step + 1) / 4,
+            metrics={"loss": 1.0 / (step + 1), "success_rate": 0.2 * step},
+            step=step,
+        )
     client.update_run(run.run_id, stage="evaluate", metrics={"eval_success": 0.6})
     got = client.get_run(run.run_id)
     assert got.stage == "evaluate" and got.progress == pytest.approx(0.75)
-    assert got.metrics == {"loss": pytest.approx(1 / 3), "success_rate": pytest.approx(0.4), "eval_success": 0.6}
+    assert got.metrics == {
+        "loss": pytest.approx(1 / 3),
+        "success_rate": pytest.approx(0.4),
+        "eval_success": 0.6,
+    }
     assert [p.step for p in got.history] == [0, 1, 2, None]
     assert [p.values.get("loss") for p in got.history[:3]] == pytest.approx([1.0, 0.5, 1 / 3])
     assert len(client.get_run(run.run_id, history_limit=2).history) == 2
@@ -62,7 +73,9 @@ def test_finished_runs_take_no_updates_and_errors_are_clear(client):
     assert unknown.value.status_code == 404
     with pytest.raises(ValidationError):
         client.update_run(run.run_id, progress=2.0)  # the client's model refuses before sending
-    r = httpx.patch(f"{client.base_url}/v1/runs/{run.run_id}", json={"progress": 2.0}, headers=auth(), timeout=10)
+    r = httpx.patch(
+        f"{client.base_url}/v1/runs/{run.run_id}", json={"progress": 2.0}, headers=auth(), timeout=10
+    )
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "progress"]
 
 

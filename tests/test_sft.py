@@ -28,8 +28,22 @@ def demo_store(robot, tmp_path_factory):
 
 
 def sft(store, out, *extra):
-    return main(["sft", "--store", str(store), "--robot", "so101_sim", "--config", "tiny", "--out", str(out),
-                 "--batch-size", "16", *extra])
+    return main(
+        [
+            "sft",
+            "--store",
+            str(store),
+            "--robot",
+            "so101_sim",
+            "--config",
+            "tiny",
+            "--out",
+            str(out),
+            "--batch-size",
+            "16",
+            *extra,
+        ]
+    )
 
 
 @pytest.mark.slow
@@ -44,7 +58,11 @@ def test_short_sft_lowers_the_loss_and_writes_a_loadable_policy(demo_store, robo
     manifest = read_manifest(out)
     assert model.version.startswith("sft-") and manifest["parent_version"] is None
     provenance = manifest["provenance"]["sft"]
-    assert provenance["episodes"] == 3 and provenance["trained_steps"] == 60 and provenance["sources"] == ["teleop", "scripted"]
+    assert (
+        provenance["episodes"] == 3
+        and provenance["trained_steps"] == 60
+        and provenance["sources"] == ["teleop", "scripted"]
+    )
     # the statistics come from the demonstrations: the gripper command spans 0 (closed) .. 1 (open)
     np.testing.assert_allclose(model.action_tokenizer.normalizer.q01[3], 0.0)
     np.testing.assert_allclose(model.action_tokenizer.normalizer.q99[3], 1.0)
@@ -86,8 +104,11 @@ def test_random_shift_keeps_shape_and_content():
     assert not np.array_equal(shifted, frames)
     assert np.array_equal(random_shift(frames, 0, np.random.default_rng(1)), frames)
     # the centre of a 2-px shift always comes from the original image
-    assert any(np.array_equal(shifted[0, 2:14, 2:14], frames[0, 2 + dy:14 + dy, 2 + dx:14 + dx])
-               for dy in range(-2, 3) for dx in range(-2, 3))
+    assert any(
+        np.array_equal(shifted[0, 2:14, 2:14], frames[0, 2 + dy : 14 + dy, 2 + dx : 14 + dx])
+        for dy in range(-2, 3)
+        for dx in range(-2, 3)
+    )
 
 
 def test_learning_rate_schedule():

@@ -71,11 +71,17 @@ def test_rollout_clamps_records_and_replans_like_the_policy_node(robot, tmp_path
     policy = _WildPolicy()
     try:
         with EpisodeStore.open(tmp_path / "store.zarr", mode="a") as store:
-            writer = store.begin_episode(robot, source="policy", task="pick up the cube", policy_version=policy.version, env_seed=7)
+            writer = store.begin_episode(
+                robot, source="policy", task="pick up the cube", policy_version=policy.version, env_seed=7
+            )
             result = rollout(arm, policy, seed=7, writer=writer, max_steps=8)
             episode = store.episode(result.episode_id)
             assert episode.meta.source == "policy" and episode.meta.policy_version == "wild-test"
-            assert episode.meta.env_seed == 7 and episode.meta.success is False and episode.meta.success_labeled_by == "env"
+            assert (
+                episode.meta.env_seed == 7
+                and episode.meta.success is False
+                and episode.meta.success_labeled_by == "env"
+            )
             actions = episode.action()
         assert result.num_steps == 8 and result.safety_interventions == 8
         np.testing.assert_allclose(actions, np.tile([1.0, -1.0, 0.3, 1.0], (8, 1)), atol=1e-6)
@@ -93,20 +99,56 @@ def test_eval_reports_success_rate_with_interval_on_eval_seeds(robot, tmp_path, 
     ckpt = tmp_path / "policy"
     save_checkpoint(model, ckpt, robot)
     summary_path = tmp_path / "eval.json"
-    assert main(["eval", "--policy", str(ckpt), "--robot", "so101_sim", "--episodes", "2",
-                 "--videos", str(tmp_path / "videos"), "--json", str(summary_path)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--policy",
+                str(ckpt),
+                "--robot",
+                "so101_sim",
+                "--episodes",
+                "2",
+                "--videos",
+                str(tmp_path / "videos"),
+                "--json",
+                str(summary_path),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "Wilson 95% CI [" in printed and "mean episode length" in printed
     summary = json.loads(summary_path.read_text())
     assert summary["version"] == model.version and summary["mode"] == "greedy"
     assert [e["seed"] for e in summary["episodes"]] == eval_seeds(2)
-    assert summary["success"]["trials"] == 2 and summary["success"]["ci_low"] <= summary["success"]["rate"] <= summary["success"]["ci_high"]
+    assert (
+        summary["success"]["trials"] == 2
+        and summary["success"]["ci_low"] <= summary["success"]["rate"] <= summary["success"]["ci_high"]
+    )
     videos = sorted(p.name for p in (tmp_path / "videos").iterdir())
-    assert len(videos) == 2 and all(v.startswith(f"seed{EVAL_SEED_START}") or v.startswith(f"seed{EVAL_SEED_START + 1}") for v in videos)
+    assert len(videos) == 2 and all(
+        v.startswith(f"seed{EVAL_SEED_START}") or v.startswith(f"seed{EVAL_SEED_START + 1}") for v in videos
+    )
     assert all((tmp_path / "videos" / v).stat().st_size > 1000 for v in videos)
 
     # the scripted expert succeeds, and the report says so
-    assert main(["eval", "--policy", "expert", "--robot", "so101_sim", "--episodes", "1", "--json", str(summary_path)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--policy",
+                "expert",
+                "--robot",
+                "so101_sim",
+                "--episodes",
+                "1",
+                "--json",
+                str(summary_path),
+            ]
+        )
+        == 0
+    )
     assert json.loads(summary_path.read_text())["success"]["successes"] == 1
     assert "100.0% (1/1)" in capsys.readouterr().out
 
@@ -123,8 +165,24 @@ def test_parallel_eval_gives_the_sequential_results_in_seed_order(robot, tmp_pat
     runs = {}
     for workers in (1, 2):
         out = tmp_path / f"eval{workers}.json"
-        assert main(["eval", "--policy", str(tmp_path / "policy"), "--robot", "so101_sim", "--episodes", "3",
-                     "--workers", str(workers), "--json", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "--policy",
+                    str(tmp_path / "policy"),
+                    "--robot",
+                    "so101_sim",
+                    "--episodes",
+                    "3",
+                    "--workers",
+                    str(workers),
+                    "--json",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         runs[workers] = json.loads(out.read_text())
     assert runs[2]["workers"] == 2 and runs[2]["episodes_per_minute"] > 0
     assert runs[1]["episodes"] == runs[2]["episodes"]  # same seeds, same order, same outcomes and lengths

@@ -6,7 +6,6 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 import pytest
-
 from wmpo_core.robot_config import load_robot_config
 from wmpo_core.sim_env import SimArm
 from wmpo_core.sim_tasks import FULL_BLOCK_REGION, make_lift_env
@@ -24,7 +23,9 @@ def test_block_region_bounds_and_reproduces_starts() -> None:
         env.reset(seed=seed)
         starts.append(block_xy(env))
     starts = np.array(starts)
-    assert np.all((starts[:, 0] >= 0.23) & (starts[:, 0] <= 0.29) & (starts[:, 1] >= -0.04) & (starts[:, 1] <= 0.04)), starts
+    assert np.all(
+        (starts[:, 0] >= 0.23) & (starts[:, 0] <= 0.29) & (starts[:, 1] >= -0.04) & (starts[:, 1] <= 0.04)
+    ), starts
     assert len({tuple(s) for s in starts.round(6)}) == 6  # still random within the box
     env.reset(seed=3)
     np.testing.assert_array_equal(block_xy(env), starts[3])  # same seed, same start
@@ -40,7 +41,9 @@ def test_default_region_keeps_blocks_within_reach() -> None:
 
 
 def test_malformed_region_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"block_region must be \[x_min, x_max, y_min, y_max\].*\[0.3, 0.2, -0.1, 0.1\]"):
+    with pytest.raises(
+        ValueError, match=r"block_region must be \[x_min, x_max, y_min, y_max\].*\[0.3, 0.2, -0.1, 0.1\]"
+    ):
         make_lift_env(image_width=32, image_height=32, block_region=(0.3, 0.2, -0.1, 0.1))
 
 
@@ -61,7 +64,9 @@ def _expert_episode(config, steps: int = 30) -> tuple[np.ndarray, np.ndarray, bo
 def test_simplified_meshes_change_pixels_only_slightly_and_physics_not_at_all() -> None:
     near = load_robot_config("so101_sim_near")
     assert near.driver.mujoco_mesh_cell_m
-    full_detail = near.model_copy(update={"driver": near.driver.model_copy(update={"mujoco_mesh_cell_m": None})})
+    full_detail = near.model_copy(
+        update={"driver": near.driver.model_copy(update={"mujoco_mesh_cell_m": None})}
+    )
     frames, states, _ = _expert_episode(near)
     ref_frames, ref_states, _ = _expert_episode(full_detail)
     np.testing.assert_array_equal(states, ref_states)  # collisions use the untouched hulls
@@ -70,7 +75,9 @@ def test_simplified_meshes_change_pixels_only_slightly_and_physics_not_at_all() 
 
 
 def test_camera_pose_frames_the_workspace() -> None:
-    env = make_lift_env(image_width=32, image_height=32, camera_pose={"pos": [0.55, 0.0, 0.32], "target": [0.25, 0.0, 0.06]})
+    env = make_lift_env(
+        image_width=32, image_height=32, camera_pose={"pos": [0.55, 0.0, 0.32], "target": [0.25, 0.0, 0.06]}
+    )
     model = env.unwrapped.model
     cam = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, "front")
     env.reset(seed=0)

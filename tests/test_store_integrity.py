@@ -20,8 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from service_harness import TOKEN, start_learner, store_listing
-
-from wmpo_core.episode_store import EpisodeCorruptError, EpisodeStore, EpisodeValidationError, validate_episode_dir
+from wmpo_core.episode_store import (
+    EpisodeCorruptError,
+    EpisodeStore,
+    EpisodeValidationError,
+    validate_episode_dir,
+)
 from wmpo_core.robot_config import load_robot_config
 from wmpo_ros.learner_client import LearnerClient, LearnerRejected
 
@@ -31,7 +35,9 @@ SIM = load_robot_config("so101_sim")
 def record(store: EpisodeStore, steps: int = 5, zero_state: bool = False) -> str:
     """One episode with 2-frame image shards (3 shard files for 5 steps)."""
     rng = np.random.default_rng(steps)
-    writer = store.begin_episode(SIM, source="policy", task="pick up the cube", policy_version="v0", frames_per_shard=2)
+    writer = store.begin_episode(
+        SIM, source="policy", task="pick up the cube", policy_version="v0", frames_per_shard=2
+    )
     t0 = time.time()
     for k in range(steps):
         writer.append(
@@ -49,9 +55,14 @@ def robot(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     and one missing its state chunk."""
     path = tmp_path_factory.mktemp("robot") / "robot.zarr"
     with EpisodeStore.open(path, mode="a", durable=False) as store:
-        ids = {name: record(store, zero_state=name == "zeros") for name in ("intact", "zeros", "no-image-chunk", "no-state-chunk")}
+        ids = {
+            name: record(store, zero_state=name == "zeros")
+            for name in ("intact", "zeros", "no-image-chunk", "no-state-chunk")
+        }
     episodes = path / "episodes"
-    (episodes / ids["no-image-chunk"] / "images" / "front" / "c" / "1" / "0" / "0" / "0").unlink()  # frames 2-3
+    (
+        episodes / ids["no-image-chunk"] / "images" / "front" / "c" / "1" / "0" / "0" / "0"
+    ).unlink()  # frames 2-3
     (episodes / ids["no-state-chunk"] / "state" / "c" / "0" / "0").unlink()
     return path, ids
 
@@ -61,22 +72,39 @@ def test_validation_and_the_reader_refuse_a_missing_chunk_naming_the_array(robot
     with EpisodeStore.open(path) as store:
         for name in ("intact", "zeros"):
             validate_episode_dir(store.episode_path(ids[name]), store.meta(ids[name]))
-        np.testing.assert_array_equal(store.episode(ids["zeros"]).state(), 0.0)  # all-zero data is stored, not a hole
-        with pytest.raises(EpisodeValidationError, match=r"array 'images/front' is missing 1 of its 3 chunk files \(c/1/0/0/0\)"):
+        np.testing.assert_array_equal(
+            store.episode(ids["zeros"]).state(), 0.0
+        )  # all-zero data is stored, not a hole
+        with pytest.raises(
+            EpisodeValidationError,
+            match=r"array 'images/front' is missing 1 of its 3 chunk files \(c/1/0/0/0\)",
+        ):
             validate_episode_dir(store.episode_path(ids["no-image-chunk"]), store.meta(ids["no-image-chunk"]))
-        with pytest.raises(EpisodeValidationError, match=r"array 'state' is missing 1 of its 1 chunk files \(c/0/0\)"):
+        with pytest.raises(
+            EpisodeValidationError, match=r"array 'state' is missing 1 of its 1 chunk files \(c/0/0\)"
+        ):
             validate_episode_dir(store.episode_path(ids["no-state-chunk"]), store.meta(ids["no-state-chunk"]))
         reader = store.episode(ids["no-image-chunk"])
         with pytest.raises(EpisodeCorruptError, match="array 'images/front' is missing"):
-            reader.frames("front", 0, 1)  # even a read of a present chunk: the array is known to be incomplete
+            reader.frames(
+                "front", 0, 1
+            )  # even a read of a present chunk: the array is known to be incomplete
         with pytest.raises(EpisodeCorruptError, match="array 'state' is missing"):
             store.episode(ids["no-state-chunk"]).state()
-        assert store.episode(ids["no-state-chunk"]).action().shape == (5, SIM.action.dim)  # the other arrays still read
+        assert store.episode(ids["no-state-chunk"]).action().shape == (
+            5,
+            SIM.action.dim,
+        )  # the other arrays still read
 
 
 def test_wmpo_store_verify_fails_naming_each_array(robot):
     path, ids = robot
-    result = subprocess.run([sys.executable, "-m", "wmpo_core.cli", "store", "verify", str(path)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "wmpo_core.cli", "store", "verify", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     bad = [line for line in result.stdout.splitlines() if line.startswith("BAD ")]
     assert len(bad) == 2, result.stdout
@@ -93,7 +121,9 @@ def test_an_upload_with_a_missing_chunk_is_refused_with_422_and_stores_nothing(r
             for name, array in (("no-image-chunk", "images/front"), ("no-state-chunk", "state")):
                 with pytest.raises(LearnerRejected) as refused:
                     client.upload_episode(store.episode_path(ids[name]), ids[name])
-                assert refused.value.status_code == 422 and f"array '{array}' is missing" in refused.value.detail
+                assert (
+                    refused.value.status_code == 422 and f"array '{array}' is missing" in refused.value.detail
+                )
             assert store_listing(learner.store) == {"episodes": [], "staging": []}
             for name in ("intact", "zeros"):
                 assert client.upload_episode(store.episode_path(ids[name]), ids[name]).status == "stored"
@@ -127,7 +157,9 @@ def test_a_store_killed_mid_creation_reopens(tmp_path, existing):
     path = tmp_path / "robot.zarr"
     if existing == "empty directory":
         path.mkdir()
-    died = subprocess.run([sys.executable, "-c", CREATE_AND_DIE, str(path)], capture_output=True, text=True, timeout=120)
+    died = subprocess.run(
+        [sys.executable, "-c", CREATE_AND_DIE, str(path)], capture_output=True, text=True, timeout=120
+    )
     assert died.returncode == -9, died.stderr  # really killed half-way
     assert not path.exists() or not any(path.iterdir())  # no half store where the store belongs
     with EpisodeStore.open(path, mode="a", durable=False) as store:

@@ -121,15 +121,39 @@ class GatedLoader:
 class Robot:
     """FakeArm + policy node + recorder + sync node in one executor, like `wmpo deploy --learner`."""
 
-    def __init__(self, graph: Graph, root: Path, learner: Learner, *, swap_at: str = "episode", max_steps: int = 6, policy: str = "",
-                 update_policy: bool = True):
+    def __init__(
+        self,
+        graph: Graph,
+        root: Path,
+        learner: Learner,
+        *,
+        swap_at: str = "episode",
+        max_steps: int = 6,
+        policy: str = "",
+        update_policy: bool = True,
+    ):
         self.graph, self.root, self.learner = graph, root, learner
         self.store = root / "robot.zarr"
         root.mkdir(parents=True, exist_ok=True)
         (root / "token").write_text(TOKEN)
         self.arm = graph.add(FakeArm(SIM))
-        self.recorder = graph.make(RecorderNode, robot=SIM.name, store=str(self.store), source="policy", max_steps=max_steps, use_sim_time=True)
-        self.policy = graph.make(PolicyNode, robot=SIM.name, policy=policy, autostart=False, use_sim_time=True, refill_threshold=2, swap_at=swap_at)
+        self.recorder = graph.make(
+            RecorderNode,
+            robot=SIM.name,
+            store=str(self.store),
+            source="policy",
+            max_steps=max_steps,
+            use_sim_time=True,
+        )
+        self.policy = graph.make(
+            PolicyNode,
+            robot=SIM.name,
+            policy=policy,
+            autostart=False,
+            use_sim_time=True,
+            refill_threshold=2,
+            swap_at=swap_at,
+        )
         self.loader = GatedLoader()
         self.policy.holder._loader = self.loader
         self.versions: list[str] = []
@@ -137,25 +161,54 @@ class Robot:
         self.episodes: list[dict] = []
         self.probe = graph.add(rclpy.create_node("sync_test_probe"))
         names = self.policy.names
-        self.probe.create_subscription(String, names.policy_version, lambda m: self.versions.append(m.data), LATCHED_QOS)
-        self.probe.create_subscription(String, names.sync_status, lambda m: self.statuses.append(json.loads(m.data)), LATCHED_QOS)
-        self.probe.create_subscription(String, names.recorder_episodes, lambda m: self.episodes.append(json.loads(m.data)), 10)
+        self.probe.create_subscription(
+            String, names.policy_version, lambda m: self.versions.append(m.data), LATCHED_QOS
+        )
+        self.probe.create_subscription(
+            String, names.sync_status, lambda m: self.statuses.append(json.loads(m.data)), LATCHED_QOS
+        )
+        self.probe.create_subscription(
+            String, names.recorder_episodes, lambda m: self.episodes.append(json.loads(m.data)), 10
+        )
         self.rollback_client = self.probe.create_client(Trigger, names.policy_rollback)
         self.sync = self.start_sync(update_policy=update_policy)
-        wait_until(lambda: self.policy.count_subscribers("/clock") > 0 and self.arm.count_subscribers(SIM.topics.joint_states) >= 2, what="discovery")
-        wait_until(lambda: self.arm.count_publishers(SIM.topics.command) > 0 and self.recorder.count_publishers(SIM.topics.command) > 0, what="discovery")
+        wait_until(
+            lambda: (
+                self.policy.count_subscribers("/clock") > 0
+                and self.arm.count_subscribers(SIM.topics.joint_states) >= 2
+            ),
+            what="discovery",
+        )
+        wait_until(
+            lambda: (
+                self.arm.count_publishers(SIM.topics.command) > 0
+                and self.recorder.count_publishers(SIM.topics.command) > 0
+            ),
+            what="discovery",
+        )
 
         def received() -> bool:  # best-effort frames sent before discovery completed may be lost
             self.arm.publish_observation()
             self.arm.publish_clock()
-            return self.policy._state is not None and "front" in self.policy._frames and bool(self.recorder._sync._frames["front"].sent)
+            return (
+                self.policy._state is not None
+                and "front" in self.policy._frames
+                and bool(self.recorder._sync._frames["front"].sent)
+            )
 
         wait_until(received, what="the first observation at the policy node and the recorder")
 
     def start_sync(self, **params) -> SyncNode:
         return self.graph.make(
-            SyncNode, robot=SIM.name, learner_url=self.learner.url, token_file=str(self.root / "token"), store=str(self.store),
-            long_poll_s=1.0, retry_max_s=0.5, use_sim_time=True, **params,
+            SyncNode,
+            robot=SIM.name,
+            learner_url=self.learner.url,
+            token_file=str(self.root / "token"),
+            store=str(self.store),
+            long_poll_s=1.0,
+            retry_max_s=0.5,
+            use_sim_time=True,
+            **params,
         )
 
     def restart_sync(self, **params) -> None:
@@ -180,7 +233,9 @@ class Robot:
             if predicate():
                 return n
             self.tick()
-        raise AssertionError(f"{what} did not happen within {max_ticks} control ticks; sync status: {self.sync.status}")
+        raise AssertionError(
+            f"{what} did not happen within {max_ticks} control ticks; sync status: {self.sync.status}"
+        )
 
     def start_episode(self, record: bool = True) -> None:
         """The episode boundary, as `wmpo deploy` drives it: start recording, enable the policy."""
@@ -188,7 +243,10 @@ class Robot:
             self.recorder.start()
         self.policy.enable(True)
         # The current tick is served at once, unless it already was (episodes back to back).
-        wait_until(lambda: self.arm.commands and self.arm.commands[-1][0] == self.arm.now_ns, what="the episode's first command")
+        wait_until(
+            lambda: self.arm.commands and self.arm.commands[-1][0] == self.arm.now_ns,
+            what="the episode's first command",
+        )
 
     def run_episode(self, max_steps: int) -> dict:
         """Tick until the recorder commits the episode (at max_steps); returns its metadata."""
@@ -200,7 +258,9 @@ class Robot:
             self.tick()
         # The recorder writes and commits off the control loop: on a loaded machine that can take
         # longer than the ticks above, so wait for it in wall time rather than in more ticks.
-        wait_until(lambda: len(self.episodes) > before, what=f"the episode commit (sync status: {self.sync.status})")
+        wait_until(
+            lambda: len(self.episodes) > before, what=f"the episode commit (sync status: {self.sync.status})"
+        )
         return self.episodes[before]
 
     @property
@@ -214,7 +274,9 @@ class Robot:
     def assert_one_command_per_tick(self) -> None:
         """Every control tick got exactly one command: none missed, none twice, no hold."""
         times = [t for t, _, _ in self.arm.commands]
-        assert times == [times[0] + k * PERIOD_NS for k in range(len(times))], "a tick was missed or served twice"
+        assert times == [times[0] + k * PERIOD_NS for k in range(len(times))], (
+            "a tick was missed or served twice"
+        )
         counters = self.policy.counters
         assert counters["holds"] == 0 and counters["dropped_non_finite"] == 0, counters
         assert counters["commands"] == len(times) == counters["ticks"], counters
@@ -243,8 +305,16 @@ def client(learner):
 def wmpo(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """The `wmpo` command in a subprocess, on this test session's ROS domain."""
     env = {**os.environ, "WMPO_LEARNER_TOKEN": TOKEN}
-    result = subprocess.run([sys.executable, "-m", "wmpo_core.cli", *args], capture_output=True, text=True, timeout=timeout, env=env)
-    assert result.returncode == 0, f"wmpo {' '.join(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    result = subprocess.run(
+        [sys.executable, "-m", "wmpo_core.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    assert result.returncode == 0, (
+        f"wmpo {' '.join(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    )
     return result
 
 
@@ -259,10 +329,14 @@ def publish(client: LearnerClient, checkpoint: Path, deploy: bool = True) -> str
 # ------------------------------------------------------------------ hot-swap
 
 
-def test_a_deployed_version_is_loaded_while_the_loop_runs_and_swapped_in_at_the_next_episode(graph, learner, client, checkpoints, tmp_path):
+def test_a_deployed_version_is_loaded_while_the_loop_runs_and_swapped_in_at_the_next_episode(
+    graph, learner, client, checkpoints, tmp_path
+):
     publish(client, checkpoints / "sync-v1")
     robot = Robot(graph, tmp_path / "robot", learner, max_steps=6)
-    wait_until(lambda: robot.staged == "sync-v1", what="the sync node to stage the deployed version at start-up")
+    wait_until(
+        lambda: robot.staged == "sync-v1", what="the sync node to stage the deployed version at start-up"
+    )
 
     before = len(robot.episodes)
     robot.start_episode()
@@ -276,14 +350,19 @@ def test_a_deployed_version_is_loaded_while_the_loop_runs_and_swapped_in_at_the_
     for _ in range(3):  # the control loop keeps ticking while the new version loads
         robot.tick()
     robot.loader.release.set()
-    robot.tick_until(lambda: robot.staged == "sync-v2" and len(robot.episodes) > before, what="sync-v2 staged and episode 1 committed")
+    robot.tick_until(
+        lambda: robot.staged == "sync-v2" and len(robot.episodes) > before,
+        what="sync-v2 staged and episode 1 committed",
+    )
     assert robot.active == "sync-v1", "a staged version must wait for the episode boundary"
     robot.tick()
 
     second = robot.run_episode(max_steps=6)
     assert robot.active == "sync-v2" and robot.policy.holder.previous.version == "sync-v1"
     robot.assert_one_command_per_tick()
-    assert robot.policy.counters["late_ticks"] == 2  # each episode's first tick waits for its first chunk; nothing else waits
+    assert (
+        robot.policy.counters["late_ticks"] == 2
+    )  # each episode's first tick waits for its first chunk; nothing else waits
 
     first = robot.episodes[before]
     assert first["policy_version"] == "sync-v1" and "policy_versions" not in first["extra"]
@@ -292,12 +371,20 @@ def test_a_deployed_version_is_loaded_while_the_loop_runs_and_swapped_in_at_the_
     assert robot.versions == ["sync-v1", "sync-v2"]
     store = EpisodeStore.open(robot.store)
     assert [m.policy_version for m in store] == ["sync-v1", "sync-v2"]
-    wait_until(lambda: robot.statuses and robot.statuses[-1]["state"] == "running", what="the status to show sync-v2 running")
+    wait_until(
+        lambda: robot.statuses and robot.statuses[-1]["state"] == "running",
+        what="the status to show sync-v2 running",
+    )
     status = robot.statuses[-1]
-    assert status["active_version"] == status["deployed_version"] == "sync-v2" and status["last_rejection"] is None
+    assert (
+        status["active_version"] == status["deployed_version"] == "sync-v2"
+        and status["last_rejection"] is None
+    )
 
 
-def test_swap_at_chunk_changes_the_policy_mid_episode_without_a_late_tick(graph, learner, client, checkpoints, tmp_path):
+def test_swap_at_chunk_changes_the_policy_mid_episode_without_a_late_tick(
+    graph, learner, client, checkpoints, tmp_path
+):
     publish(client, checkpoints / "sync-v1")
     robot = Robot(graph, tmp_path / "robot", learner, swap_at="chunk", max_steps=10_000)
     wait_until(lambda: robot.staged == "sync-v1", what="the sync node to stage the deployed version")
@@ -310,8 +397,13 @@ def test_swap_at_chunk_changes_the_policy_mid_episode_without_a_late_tick(graph,
         robot.tick()
     episode = robot.recorder.stop()
     robot.assert_one_command_per_tick()
-    assert robot.policy.counters["late_ticks"] == 1  # only the episode's first tick: the swap made no tick wait
-    assert episode["policy_version"] == "sync-v1" and episode["extra"]["policy_versions"] == ["sync-v1", "sync-v2"]
+    assert (
+        robot.policy.counters["late_ticks"] == 1
+    )  # only the episode's first tick: the swap made no tick wait
+    assert episode["policy_version"] == "sync-v1" and episode["extra"]["policy_versions"] == [
+        "sync-v1",
+        "sync-v2",
+    ]
     assert robot.versions == ["sync-v1", "sync-v2"]
 
 
@@ -353,7 +445,9 @@ def test_rollback_service_returns_to_the_previous_version(graph, learner, client
 # ------------------------------------------------------------------ bad weights
 
 
-def test_bad_weights_are_refused_while_the_old_policy_keeps_running(graph, learner, client, checkpoints, tmp_path, capfd):
+def test_bad_weights_are_refused_while_the_old_policy_keeps_running(
+    graph, learner, client, checkpoints, tmp_path, capfd
+):
     v1 = checkpoints / "sync-v1"
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -369,6 +463,7 @@ def test_bad_weights_are_refused_while_the_old_policy_keeps_running(graph, learn
 
     def rejected(version: str, reason: str) -> None:
         """The rejection is reported while the control loop keeps running the old policy."""
+
         def seen() -> bool:
             last = robot.sync.status.last_rejection
             return last is not None and last.version == version
@@ -393,27 +488,84 @@ def test_bad_weights_are_refused_while_the_old_policy_keeps_running(graph, learn
 
     # 2. Weights that do not match the tensor hash recorded inside the checkpoint, published as they
     #    are (so every file matches the registry listing): only the load verification catches them.
-    rejected(publish(client, variant(v1, bad / "tampered-tensors", "tampered-tensors", tensors=perturb, rehash_tensors=False)),
-             "weights do not match their recorded sha256")
+    rejected(
+        publish(
+            client,
+            variant(v1, bad / "tampered-tensors", "tampered-tensors", tensors=perturb, rehash_tensors=False),
+        ),
+        "weights do not match their recorded sha256",
+    )
     # 3. Trained for another robot config, and for another version of this one.
-    rejected(publish(client, variant(v1, bad / "other-robot", "other-robot", manifest=lambda m: m["robot"].update(name="so101_real"))),
-             "trained for robot config 'so101_real'")
-    rejected(publish(client, variant(v1, bad / "old-config", "old-config", manifest=lambda m: m["robot"].update(content_hash="sha256:" + "0" * 64))),
-             "different version of robot config")
+    rejected(
+        publish(
+            client,
+            variant(
+                v1,
+                bad / "other-robot",
+                "other-robot",
+                manifest=lambda m: m["robot"].update(name="so101_real"),
+            ),
+        ),
+        "trained for robot config 'so101_real'",
+    )
+    rejected(
+        publish(
+            client,
+            variant(
+                v1,
+                bad / "old-config",
+                "old-config",
+                manifest=lambda m: m["robot"].update(content_hash="sha256:" + "0" * 64),
+            ),
+        ),
+        "different version of robot config",
+    )
     # 4. Wrong action dimensions (statistics for 5 dims; the manifest claims this robot).
-    rejected(publish(client, variant(v1, bad / "five-dims", "five-dims", normalization={"action": {"q01": [-1] * 5, "q99": [1] * 5}, "state": None})),
-             "action dims")
+    rejected(
+        publish(
+            client,
+            variant(
+                v1,
+                bad / "five-dims",
+                "five-dims",
+                normalization={"action": {"q01": [-1] * 5, "q99": [1] * 5}, "state": None},
+            ),
+        ),
+        "action dims",
+    )
     # 5. Non-finite actions: statistics whose range overflows float64.
-    rejected(publish(client, variant(v1, bad / "overflow", "overflow", normalization={"action": {"q01": [-1e308] * 4, "q99": [1e308] * 4}, "state": None})),
-             "non-finite actions")
+    rejected(
+        publish(
+            client,
+            variant(
+                v1,
+                bad / "overflow",
+                "overflow",
+                normalization={"action": {"q01": [-1e308] * 4, "q99": [1e308] * 4}, "state": None},
+            ),
+        ),
+        "non-finite actions",
+    )
     # 6. A checkpoint that calls itself something other than what was deployed.
-    rejected(publish(client, variant(v1, bad / "renamed", "renamed", manifest=lambda m: m.update(version="sync-v9"))),
-             "calls itself 'sync-v9'")
+    rejected(
+        publish(
+            client, variant(v1, bad / "renamed", "renamed", manifest=lambda m: m.update(version="sync-v9"))
+        ),
+        "calls itself 'sync-v9'",
+    )
 
     robot.assert_one_command_per_tick()  # control never stopped, no hold, no missed tick
     assert robot.versions == ["sync-v1"]
     err = capfd.readouterr().err
-    for version in ("tampered-file", "tampered-tensors", "other-robot", "old-config", "five-dims", "overflow", "renamed"):
+    for version in (
+        "tampered-file",
+        "tampered-tensors",
+        "other-robot",
+        "old-config",
+        "five-dims",
+        "overflow",
+        "renamed",
+    ):
         lines = [line for line in err.splitlines() if f"rejected policy version '{version}'" in line]
         assert len(lines) == 1 and "[ERROR]" in lines[0] and "still running sync-v1" in lines[0], lines
     status = robot.statuses[-1]
@@ -430,16 +582,24 @@ def test_bad_weights_are_refused_while_the_old_policy_keeps_running(graph, learn
 # ------------------------------------------------------------------ episodes up
 
 
-def test_episodes_reach_the_learner_exactly_once_through_learner_and_robot_restarts(graph, learner, client, tmp_path):
-    robot = Robot(graph, tmp_path / "robot", learner, policy="hold:gripper=1.0", max_steps=3, update_policy=False)
+def test_episodes_reach_the_learner_exactly_once_through_learner_and_robot_restarts(
+    graph, learner, client, tmp_path
+):
+    robot = Robot(
+        graph, tmp_path / "robot", learner, policy="hold:gripper=1.0", max_steps=3, update_policy=False
+    )
     recorded = [robot.run_episode(3)["episode_id"] for _ in range(2)]
     wait_until(lambda: robot.sync.outbox.stats().sent == 2, what="the first two uploads")
     assert client.list_episodes().total == 2
 
     learner.kill()  # SIGKILL: the learner vanishes mid-run
     recorded += [robot.run_episode(3)["episode_id"] for _ in range(2)]
-    wait_until(lambda: robot.sync.outbox.stats().pending == 2 and robot.sync.outbox.entries("pending")[0].attempts >= 1,
-               what="the uploads to fail and wait")
+    wait_until(
+        lambda: (
+            robot.sync.outbox.stats().pending == 2 and robot.sync.outbox.entries("pending")[0].attempts >= 1
+        ),
+        what="the uploads to fail and wait",
+    )
     robot.restart_sync(update_policy=False)  # the robot's sync process restarts while the learner is down
     recorded.append(robot.run_episode(3)["episode_id"])
     learner.start()  # same port, same store
@@ -460,28 +620,53 @@ def test_episodes_reach_the_learner_exactly_once_through_learner_and_robot_resta
 # ------------------------------------------------------------------ the in-process bring-up
 
 
-def test_wmpo_deploy_with_a_learner_runs_the_deployed_version_and_uploads_its_episodes(learner, client, checkpoints, tmp_path):
+def test_wmpo_deploy_with_a_learner_runs_the_deployed_version_and_uploads_its_episodes(
+    learner, client, checkpoints, tmp_path
+):
     """`wmpo deploy --learner` as the main job runs it: the real MuJoCo arm, no --policy."""
     publish(client, checkpoints / "sync-v1")
     store = tmp_path / "rollouts"
-    result = wmpo("deploy", "--robot", "so101_sim", "--learner", learner.url, "--episodes", "2", "--max-steps", "3",
-                  "--store", str(store), "--real-time-factor", "0")
+    result = wmpo(
+        "deploy",
+        "--robot",
+        "so101_sim",
+        "--learner",
+        learner.url,
+        "--episodes",
+        "2",
+        "--max-steps",
+        "3",
+        "--store",
+        str(store),
+        "--real-time-factor",
+        "0",
+    )
     assert "running sync-v1" in result.stderr and "uploaded 2/2 episodes" in result.stderr
     local = list(EpisodeStore.open(store))
-    assert [m.policy_version for m in local] == ["sync-v1", "sync-v1"] and all(m.num_steps == 3 for m in local)
+    assert [m.policy_version for m in local] == ["sync-v1", "sync-v1"] and all(
+        m.num_steps == 3 for m in local
+    )
     remote = client.list_episodes()
     assert sorted(m.episode_id for m in remote.episodes) == sorted(m.episode_id for m in local)
-    assert (store.parent / "rollouts.policies" / "sync-v1" / "model.safetensors").is_file()  # the verified copy it ran
+    assert (
+        store.parent / "rollouts.policies" / "sync-v1" / "model.safetensors"
+    ).is_file()  # the verified copy it ran
 
 
-def test_robot_session_records_demos_and_rollouts_and_follows_the_learners_deployments(learner, client, checkpoints, tmp_path):
+def test_robot_session_records_demos_and_rollouts_and_follows_the_learners_deployments(
+    learner, client, checkpoints, tmp_path
+):
     """The Python API `wmpo run` drives: one session on the real MuJoCo arm records demonstrations,
     runs each version the learner deploys (hot-swapped at an episode boundary) and uploads it all."""
     token = tmp_path / "token"
     token.write_text(TOKEN)
-    with RobotSession("so101_sim", store=tmp_path / "robot.zarr", learner_url=learner.url, token_file=token, max_steps=3) as robot:
+    with RobotSession(
+        "so101_sim", store=tmp_path / "robot.zarr", learner_url=learner.url, token_file=token, max_steps=3
+    ) as robot:
         demos = robot.teleop(2, progress=False)
-        assert [m["source"] for m in demos] == ["scripted", "scripted"] and robot.count_episodes(source={"teleop", "scripted"}) == 2
+        assert [m["source"] for m in demos] == ["scripted", "scripted"] and robot.count_episodes(
+            source={"teleop", "scripted"}
+        ) == 2
         with pytest.raises(RuntimeError, match="no policy loaded"):
             robot.run_episodes(1)
         v1 = publish(client, checkpoints / "sync-v1")
@@ -489,19 +674,33 @@ def test_robot_session_records_demos_and_rollouts_and_follows_the_learners_deplo
         first = robot.run_episodes(2, progress=False)
         assert robot.policy_version == v1
         v2 = publish(client, checkpoints / "sync-v2")
-        assert robot.wait_for_version(v2, timeout_s=120) == v2 and robot.policy_version == v1  # staged: the next episode runs it
+        assert (
+            robot.wait_for_version(v2, timeout_s=120) == v2 and robot.policy_version == v1
+        )  # staged: the next episode runs it
         second = robot.run_episodes(1, progress=False)
         assert robot.policy_version == v2
         # A version this robot must not run fails the wait at once, with the reason; v2 keeps running.
-        other = publish(client, variant(checkpoints / "sync-v1", tmp_path / "other-robot", "other-robot",
-                                        manifest=lambda m: m["robot"].update(name="so101_real")))
-        with pytest.raises(RuntimeError, match="'other-robot' was rejected by this robot: trained for robot config 'so101_real'"):
+        other = publish(
+            client,
+            variant(
+                checkpoints / "sync-v1",
+                tmp_path / "other-robot",
+                "other-robot",
+                manifest=lambda m: m["robot"].update(name="so101_real"),
+            ),
+        )
+        with pytest.raises(
+            RuntimeError,
+            match="'other-robot' was rejected by this robot: trained for robot config 'so101_real'",
+        ):
             robot.wait_for_version(other, timeout_s=120)
         assert robot.policy_version == v2 and robot.staged_version is None
         robot.wait_uploaded(timeout_s=120)
 
     episodes = demos + first + second
-    assert [(m["source"], m["policy_version"]) for m in episodes] == [("scripted", None)] * 2 + [("policy", v1)] * 2 + [("policy", v2)]
+    assert [(m["source"], m["policy_version"]) for m in episodes] == [("scripted", None)] * 2 + [
+        ("policy", v1)
+    ] * 2 + [("policy", v2)]
     assert [m["env_seed"] for m in episodes] == [0, 1, 2, 3, 4] and all(m["num_steps"] == 3 for m in episodes)
     remote = {m.episode_id: m for m in client.list_episodes().episodes}
     assert sorted(remote) == sorted(m["episode_id"] for m in episodes)

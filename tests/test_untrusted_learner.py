@@ -21,13 +21,20 @@ import httpx
 import pytest
 from ros_harness import Graph, wait_until
 from service_harness import TOKEN, auth, start_learner
-
 from wmpo_core.ids import ID_PATTERN, UnsafeNameError, check_id, child_path
 from wmpo_ros.learner_client import LearnerClient, LearnerUnavailable
 from wmpo_ros.policy_node import PolicyNode
 from wmpo_ros.sync_node import SyncNode
 
-TRAVERSALS = ["../victim_dir", "..", "a/../../victim_dir", "/tmp/victim_dir", "victim_dir\n", ".hidden", "-rf"]
+TRAVERSALS = [
+    "../victim_dir",
+    "..",
+    "a/../../victim_dir",
+    "/tmp/victim_dir",
+    "victim_dir\n",
+    ".hidden",
+    "-rf",
+]
 
 
 class FakeLearner(ThreadingHTTPServer):
@@ -48,14 +55,20 @@ class FakeLearner(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: FakeLearner
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         self.server.paths.append(self.path)
         path = self.path.split("?")[0]
         if path == "/v1/deployment":
             version = self.server.versions[len(self.server.served) % len(self.server.versions)]
             self.server.served.append(version)
-            body = {"version": version, "generation": len(self.server.served), "deployed_at": time.time(),
-                    "rollback_to": None, "policy": None, "changed": True}
+            body = {
+                "version": version,
+                "generation": len(self.server.served),
+                "deployed_at": time.time(),
+                "rollback_to": None,
+                "policy": None,
+                "changed": True,
+            }
             self._send(200, body)
         elif path.startswith("/v1/policies/") and path.removeprefix("/v1/policies/") in self.server.files:
             self._send(200, self.server.files[path.removeprefix("/v1/policies/")])
@@ -118,7 +131,9 @@ def test_the_client_refuses_traversal_versions_before_asking_writing_or_deleting
         with LearnerClient(fake.url, TOKEN) as client:
             # The deployment answer itself is refused, naming the field: nothing acts on it.
             for _ in TRAVERSALS:
-                with pytest.raises(LearnerUnavailable, match=r"schema errors; first: version: String should match pattern"):
+                with pytest.raises(
+                    LearnerUnavailable, match=r"schema errors; first: version: String should match pattern"
+                ):
                     client.deployment()
             for name in TRAVERSALS:
                 with pytest.raises(UnsafeNameError):
@@ -140,11 +155,23 @@ def test_a_sync_node_following_a_hostile_learner_leaves_the_robots_files_intact(
         with serve(FakeLearner(TRAVERSALS)) as fake:
             policy = graph.make(PolicyNode, robot="so101_sim", policy="hold:gripper=1.0", autostart=False)
             sync = graph.make(
-                SyncNode, robot="so101_sim", learner_url=fake.url, token_file=str(tmp_path / "token"),
-                store=str(tmp_path / "robot.zarr"), upload=False, long_poll_s=0.5, retry_max_s=0.2,
+                SyncNode,
+                robot="so101_sim",
+                learner_url=fake.url,
+                token_file=str(tmp_path / "token"),
+                store=str(tmp_path / "robot.zarr"),
+                upload=False,
+                long_poll_s=0.5,
+                retry_max_s=0.2,
             )
-            wait_until(lambda: len(fake.served) >= 3 * len(TRAVERSALS), timeout=60, what="every traversal deployed three times")
-            assert sync.status.state == "retrying" and "should match pattern" in sync.status.message, sync.status
+            wait_until(
+                lambda: len(fake.served) >= 3 * len(TRAVERSALS),
+                timeout=60,
+                what="every traversal deployed three times",
+            )
+            assert sync.status.state == "retrying" and "should match pattern" in sync.status.message, (
+                sync.status
+            )
             assert sync.status.last_rejection is None  # never got as far as a version to reject (and delete)
             assert not any(p.startswith("/v1/policies") for p in fake.paths), fake.paths  # nothing downloaded
             assert policy.holder.active.version == "hold:gripper=1" and policy.holder.staged is None
@@ -164,23 +191,65 @@ def learner(tmp_path_factory):
 
 
 def test_the_token_is_checked_before_the_body_is_read(learner):
-    for method, path in [("POST", "/v1/runs"), ("PUT", "/v1/deployment"), ("PATCH", "/v1/runs/r1"), ("PUT", "/v1/episodes/ep1/label")]:
+    for method, path in [
+        ("POST", "/v1/runs"),
+        ("PUT", "/v1/deployment"),
+        ("PATCH", "/v1/runs/r1"),
+        ("PUT", "/v1/episodes/ep1/label"),
+    ]:
         for body in (b"{not json", b"\xff\xfe\xfa", b'{"kind": '):
-            r = httpx.request(method, learner.url + path, content=body, headers={"Content-Type": "application/json"}, timeout=10)
-            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", (method, path, body, r.status_code, r.text)
+            r = httpx.request(
+                method,
+                learner.url + path,
+                content=body,
+                headers={"Content-Type": "application/json"},
+                timeout=10,
+            )
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", (
+                method,
+                path,
+                body,
+                r.status_code,
+                r.text,
+            )
     # With the token, the same undecodable body is FastAPI's 400, which the schema now declares.
-    r = httpx.post(f"{learner.url}/v1/runs", content=b"\xff\xfe\xfa", headers={**auth(), "Content-Type": "application/json"}, timeout=10)
+    r = httpx.post(
+        f"{learner.url}/v1/runs",
+        content=b"\xff\xfe\xfa",
+        headers={**auth(), "Content-Type": "application/json"},
+        timeout=10,
+    )
     assert r.status_code == 400, r.text
     schema = httpx.get(f"{learner.url}/openapi.json", timeout=10).json()
-    secured = [(path, method, op) for path, item in schema["paths"].items() for method, op in item.items() if path != "/v1/health"]
+    secured = [
+        (path, method, op)
+        for path, item in schema["paths"].items()
+        for method, op in item.items()
+        if path != "/v1/health"
+    ]
     assert len(secured) >= 15
-    assert all("400" in op["responses"] for _, _, op in secured), [f"{m} {p}" for p, m, op in secured if "400" not in op["responses"]]
-    pattern = {p["schema"].get("pattern") for _, _, op in secured for p in op.get("parameters", []) if p["in"] == "path" and p["name"] != "path"}
+    assert all("400" in op["responses"] for _, _, op in secured), [
+        f"{m} {p}" for p, m, op in secured if "400" not in op["responses"]
+    ]
+    pattern = {
+        p["schema"].get("pattern")
+        for _, _, op in secured
+        for p in op.get("parameters", [])
+        if p["in"] == "path" and p["name"] != "path"
+    }
     assert pattern == {ID_PATTERN}
 
 
 def test_booleans_are_not_numbers_and_strings_are_not_booleans(learner):
-    assert httpx.post(f"{learner.url}/v1/runs", json={"run_id": "strict", "kind": "sft", "params": {"flag": False}}, headers=auth(), timeout=10).status_code == 201
+    assert (
+        httpx.post(
+            f"{learner.url}/v1/runs",
+            json={"run_id": "strict", "kind": "sft", "params": {"flag": False}},
+            headers=auth(),
+            timeout=10,
+        ).status_code
+        == 201
+    )
     refused = [
         ("POST", "/v1/runs", {"kind": "sft", "progress": False}, "progress"),
         ("POST", "/v1/runs", {"kind": "sft", "metrics": {"loss": True}}, "metrics"),
@@ -193,7 +262,19 @@ def test_booleans_are_not_numbers_and_strings_are_not_booleans(learner):
     ]
     for method, path, body, field in refused:
         r = httpx.request(method, learner.url + path, json=body, headers=auth(), timeout=10)
-        assert r.status_code == 422 and field in json.dumps(r.json()["detail"]), (path, body, r.status_code, r.text)
-    r = httpx.patch(f"{learner.url}/v1/runs/strict", json={"progress": 1, "step": 3, "metrics": {"loss": 0.5}}, headers=auth(), timeout=10)
+        assert r.status_code == 422 and field in json.dumps(r.json()["detail"]), (
+            path,
+            body,
+            r.status_code,
+            r.text,
+        )
+    r = httpx.patch(
+        f"{learner.url}/v1/runs/strict",
+        json={"progress": 1, "step": 3, "metrics": {"loss": 0.5}},
+        headers=auth(),
+        timeout=10,
+    )
     assert r.status_code == 200 and r.json()["progress"] == 1.0
-    assert not (learner.root / "escape.json").exists() and not (learner.root / "runs" / "escape.json").exists()
+    assert (
+        not (learner.root / "escape.json").exists() and not (learner.root / "runs" / "escape.json").exists()
+    )

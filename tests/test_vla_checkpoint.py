@@ -35,7 +35,9 @@ def robot():
 @pytest.fixture(scope="module")
 def saved(robot, tmp_path_factory):
     torch.manual_seed(0)
-    model = VLA.create(load_recipe("tiny").model, robot, ActionNormalizer([-1, -1, -1, 0], [1, 1, 1, 1])).eval()
+    model = VLA.create(
+        load_recipe("tiny").model, robot, ActionNormalizer([-1, -1, -1, 0], [1, 1, 1, 1])
+    ).eval()
     path = tmp_path_factory.mktemp("ckpt") / "policy"
     save_checkpoint(model, path, robot, parent_version="sft-parent", provenance={"data": "unit test"})
     return model, path
@@ -58,26 +60,41 @@ def test_save_then_load_is_bit_exact(saved, robot):
     loaded = load_checkpoint(path, robot)
     original, restored = model.state_dict(), loaded.state_dict()
     assert original.keys() == restored.keys()
-    assert all(torch.equal(original[k], restored[k]) and original[k].dtype == restored[k].dtype for k in original)
+    assert all(
+        torch.equal(original[k], restored[k]) and original[k].dtype == restored[k].dtype for k in original
+    )
     with torch.no_grad():
         assert torch.equal(model.action_logits(inputs_for(model)), loaded.action_logits(inputs_for(loaded)))
     manifest = read_manifest(path)
-    assert loaded.version == manifest["version"] == model.version and re.fullmatch(r"vla-[0-9a-f]{12}", loaded.version)
+    assert loaded.version == manifest["version"] == model.version and re.fullmatch(
+        r"vla-[0-9a-f]{12}", loaded.version
+    )
     assert loaded.parent_version == "sft-parent"
-    assert manifest["robot"]["name"] == "so101_sim" and manifest["robot"]["content_hash"] == robot.content_hash
+    assert (
+        manifest["robot"]["name"] == "so101_sim" and manifest["robot"]["content_hash"] == robot.content_hash
+    )
     assert manifest["provenance"] == {"data": "unit test"}
     assert (manifest["chunk_size"], manifest["action_dim"], manifest["num_bins"]) == (8, 4, 256)
     with safe_open(str(path / "model.safetensors"), "pt") as f:
         meta = f.metadata()
     assert meta["version"] == manifest["version"] and meta["parent_version"] == "sft-parent"
-    assert meta["tensors_sha256"] == manifest["tensors_sha256"] and meta["normalization_sha256"].startswith("sha256:")
+    assert meta["tensors_sha256"] == manifest["tensors_sha256"] and meta["normalization_sha256"].startswith(
+        "sha256:"
+    )
 
 
 def test_checkpoint_holds_no_pickle(saved):
     _, path = saved
     files = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
-    assert files == {"manifest.json", "model.safetensors", "vla_config.json", "normalization.json",
-                     "backbone/config.json", "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json"}
+    assert files == {
+        "manifest.json",
+        "model.safetensors",
+        "vla_config.json",
+        "normalization.json",
+        "backbone/config.json",
+        "tokenizer/tokenizer.json",
+        "tokenizer/tokenizer_config.json",
+    }
     sources = "\n".join(p.read_text() for p in Path(vla_package.__file__).parent.glob("*.py"))
     assert "torch.load" not in sources and "import pickle" not in sources
 
@@ -139,7 +156,9 @@ def test_incomplete_checkpoint_is_refused(copy, robot):
 
 def test_another_robot_is_refused_with_a_clear_error(saved):
     _, path = saved
-    with pytest.raises(CheckpointError, match="trained for robot config 'so101_sim', refusing to run it on 'so101_real'"):
+    with pytest.raises(
+        CheckpointError, match="trained for robot config 'so101_sim', refusing to run it on 'so101_real'"
+    ):
         load_checkpoint(path, load_robot_config("so101_real"))
     with pytest.raises(PolicyLoadError, match="so101_real"):
         load_policy(path, load_robot_config("so101_real"))
@@ -177,7 +196,11 @@ def test_provenance_update_keeps_the_checkpoint_loadable(copy, robot):
 def test_load_policy_gives_a_vla_policy(saved, robot):
     _, path = saved
     policy = load_policy(path, robot)
-    assert isinstance(policy, VLAPolicy) and policy.version == read_manifest(path)["version"] and policy.chunk_size == 8
+    assert (
+        isinstance(policy, VLAPolicy)
+        and policy.version == read_manifest(path)["version"]
+        and policy.chunk_size == 8
+    )
     obs = Observation(images={"front": np.zeros((128, 128, 3), np.uint8)}, state=np.zeros(6), instruction="")
     chunk = policy.predict_chunk(obs)
     assert chunk.shape == (8, 4) and chunk.dtype == np.float64

@@ -91,7 +91,9 @@ def test_temperature_shapes_the_distribution(model):
     batch = {k: v.expand(draws, *v.shape[1:]) for k, v in inputs.items()}
     tokens, _ = model.sample(batch, temperature=1.6, generator=torch.Generator().manual_seed(1))
     probs = torch.softmax(logits[0] / 1.6, -1).double()  # (K, A, 256)
-    counts = torch.zeros_like(probs).scatter_add_(-1, tokens.permute(1, 2, 0), torch.ones_like(tokens.permute(1, 2, 0), dtype=torch.float64))
+    counts = torch.zeros_like(probs).scatter_add_(
+        -1, tokens.permute(1, 2, 0), torch.ones_like(tokens.permute(1, 2, 0), dtype=torch.float64)
+    )
     total_variation = 0.5 * (counts / draws - probs).abs().sum(-1)
     assert float(total_variation.mean()) < 0.1 and float(total_variation.max()) < 0.2
     wrong_t = 0.5 * (counts / draws - torch.softmax(logits[0] / 1.0, -1).double()).abs().sum(-1)
@@ -119,9 +121,15 @@ def test_instruction_padding_and_batching_do_not_change_outputs(model):
     mixed = model.encode_inputs(images, [INSTRUCTION, "put the red cube into the blue bowl"])
     alone = model.encode_inputs(images[:1], [INSTRUCTION])
     with torch.no_grad():
-        torch.testing.assert_close(model.action_logits(mixed)[:1], model.action_logits(alone), atol=1e-4, rtol=1e-4)
-        joined = concat_inputs([alone, model.encode_inputs(images[1:], ["put the red cube into the blue bowl"])])
-        torch.testing.assert_close(model.action_logits(joined), model.action_logits(mixed), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            model.action_logits(mixed)[:1], model.action_logits(alone), atol=1e-4, rtol=1e-4
+        )
+        joined = concat_inputs(
+            [alone, model.encode_inputs(images[1:], ["put the red cube into the blue bowl"])]
+        )
+        torch.testing.assert_close(
+            model.action_logits(joined), model.action_logits(mixed), atol=1e-4, rtol=1e-4
+        )
         # the instruction does reach the action head
         other = model.encode_inputs(images[:1], ["open the drawer"])
         assert not torch.allclose(model.action_logits(other), model.action_logits(alone))
@@ -158,11 +166,17 @@ def test_wrist_camera_and_proprioception_by_config(robot):
     with torch.no_grad():
         assert model.action_logits(a).shape == (2, 8, 4, 256)
         assert not torch.allclose(model.action_logits(a), model.action_logits(b))  # the state is seen
-        c = model.encode_inputs({"front": images["front"], "wrist": frames(2, seed=8)}, INSTRUCTION, state=np.zeros((2, 6)))
+        c = model.encode_inputs(
+            {"front": images["front"], "wrist": frames(2, seed=8)}, INSTRUCTION, state=np.zeros((2, 6))
+        )
         assert not torch.allclose(model.action_logits(a), model.action_logits(c))  # the wrist camera is seen
     with pytest.raises(VLAConfigError, match="no camera 'gripper_cam'"):
-        VLA.create(dataclasses.replace(config, cameras=("gripper_cam",)), two_cams,
-                   ActionNormalizer([-1, -1, -1, 0], [1, 1, 1, 1]), state_norm)
+        VLA.create(
+            dataclasses.replace(config, cameras=("gripper_cam",)),
+            two_cams,
+            ActionNormalizer([-1, -1, -1, 0], [1, 1, 1, 1]),
+            state_norm,
+        )
 
 
 def test_pretrained_backbone_loads_from_a_local_model_directory(robot, tmp_path):
@@ -179,11 +193,18 @@ def test_pretrained_backbone_loads_from_a_local_model_directory(robot, tmp_path)
     published.save_pretrained(tmp_path / "hub_model")
     tokenizer.save_pretrained(tmp_path / "hub_model")
 
-    config = dataclasses.replace(tiny, backbone=BackboneSpec(kind="pretrained", name_or_path=str(tmp_path / "hub_model")))
+    config = dataclasses.replace(
+        tiny, backbone=BackboneSpec(kind="pretrained", name_or_path=str(tmp_path / "hub_model"))
+    )
     model = VLA.create(config, robot, ActionNormalizer([-1, -1, -1, 0], [1, 1, 1, 1])).eval()
-    assert torch.equal(model.backbone.text_model.layers[0].mlp.up_proj.weight, published.model.text_model.layers[0].mlp.up_proj.weight)
-    assert torch.equal(model.backbone.vision_model.embeddings.patch_embedding.weight,
-                       published.model.vision_model.embeddings.patch_embedding.weight)
+    assert torch.equal(
+        model.backbone.text_model.layers[0].mlp.up_proj.weight,
+        published.model.text_model.layers[0].mlp.up_proj.weight,
+    )
+    assert torch.equal(
+        model.backbone.vision_model.embeddings.patch_embedding.weight,
+        published.model.vision_model.embeddings.patch_embedding.weight,
+    )
     # a checkpoint of it no longer needs the source directory
     save_checkpoint(model, tmp_path / "ckpt", robot)
     shutil.rmtree(tmp_path / "hub_model")
@@ -193,5 +214,10 @@ def test_pretrained_backbone_loads_from_a_local_model_directory(robot, tmp_path)
         assert torch.equal(loaded.action_logits(inputs), model.action_logits(inputs))
 
     with pytest.raises(VLAConfigError, match="cannot load pretrained backbone"):
-        VLA.create(dataclasses.replace(config, backbone=BackboneSpec(kind="pretrained", name_or_path=str(tmp_path / "absent"))),
-                   robot, ActionNormalizer([-1, -1, -1, 0], [1, 1, 1, 1]))
+        VLA.create(
+            dataclasses.replace(
+                config, backbone=BackboneSpec(kind="pretrained", name_or_path=str(tmp_path / "absent"))
+            ),
+            robot,
+            ActionNormalizer([-1, -1, -1, 0], [1, 1, 1, 1]),
+        )

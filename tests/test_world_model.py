@@ -15,7 +15,6 @@ import pytest
 import torch
 import yaml
 from torch import nn
-
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.image_ops import resize_frames
 from wmpo_core.normalization import ActionNormalizer
@@ -93,10 +92,15 @@ def write_square_store(root: Path, robot_yaml: Path, episodes: int, steps: int, 
     with EpisodeStore.open(root, mode="a", durable=False) as store:
         for e in range(episodes):
             pos, gripper, hold = rng.uniform(4, SIDE - SQUARE - 4, size=2), 1.0, 0
-            writer = store.begin_episode(cfg, source="policy" if e % 2 else "scripted", task=cfg.tasks[0], policy_version="v1")
+            writer = store.begin_episode(
+                cfg, source="policy" if e % 2 else "scripted", task=cfg.tasks[0], policy_version="v1"
+            )
             for t in range(steps):
                 if hold == 0:
-                    action, hold = np.array([*rng.uniform(-1, 1, size=2), float(rng.random() > 0.2)]), int(rng.integers(2, 6))
+                    action, hold = (
+                        np.array([*rng.uniform(-1, 1, size=2), float(rng.random() > 0.2)]),
+                        int(rng.integers(2, 6)),
+                    )
                 outside = (pos + SPEED * action[:2] < 0) | (pos + SPEED * action[:2] > SIDE - SQUARE)
                 action[:2] = np.where(outside, -action[:2], action[:2])
                 hold -= 1
@@ -109,7 +113,13 @@ def write_square_store(root: Path, robot_yaml: Path, episodes: int, steps: int, 
 def square_model_config(**overrides) -> WorldModelConfig:
     """A world model small enough to learn the square world in a few minutes on two cores (0.60 M
     transformer parameters; hidden 64 was too small to learn the motion in that time)."""
-    settings = {"preset": "test", "resolution": SIDE, "context_frames": 2, "predicted_frames": 4, "sampling_steps": 8}
+    settings = {
+        "preset": "test",
+        "resolution": SIDE,
+        "context_frames": 2,
+        "predicted_frames": 4,
+        "sampling_steps": 8,
+    }
     settings.update(overrides)
     return WorldModelConfig(
         **settings,
@@ -125,7 +135,9 @@ def square_model_config(**overrides) -> WorldModelConfig:
             }
         ),
         # 32 px -> 4x16x16 latents (a 2x VAE keeps the 6 px square) -> 4x4 = 16 tokens per frame.
-        transformer=TransformerSpec(patch_size=4, hidden_size=96, depth=2, num_heads=4, mlp_ratio=2.0, qk_norm=None),
+        transformer=TransformerSpec(
+            patch_size=4, hidden_size=96, depth=2, num_heads=4, mlp_ratio=2.0, qk_norm=None
+        ),
     )
 
 
@@ -135,7 +147,9 @@ def square_normalizer() -> ActionNormalizer:
 
 def fresh_model(**overrides) -> WorldModel:
     torch.manual_seed(0)
-    return WorldModel.from_config(square_model_config(**overrides), square_normalizer(), "front", "square_world", "sha256:x")
+    return WorldModel.from_config(
+        square_model_config(**overrides), square_normalizer(), "front", "square_world", "sha256:x"
+    )
 
 
 class TinyTokenPolicy(nn.Module):
@@ -151,12 +165,19 @@ class TinyTokenPolicy(nn.Module):
         self.normalizer, self.chunk_size, self.image_size = normalizer, chunk_size, image_size
         self.action_dim = normalizer.dim
         self.net = nn.Sequential(
-            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Flatten(), nn.Linear(8 * (image_size // 4) ** 2, chunk_size * self.action_dim * self.num_bins),
+            nn.Conv2d(3, 8, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(8 * (image_size // 4) ** 2, chunk_size * self.action_dim * self.num_bins),
         )
 
     def encode_inputs(self, frames, instructions, state=None):
-        pixels = torch.from_numpy(resize_frames(np.asarray(frames), self.image_size)).permute(0, 3, 1, 2).float() / 255
+        pixels = (
+            torch.from_numpy(resize_frames(np.asarray(frames), self.image_size)).permute(0, 3, 1, 2).float()
+            / 255
+        )
         return {"pixels": pixels, "instructions": list(instructions)}
 
     def logits(self, inputs):
@@ -168,11 +189,17 @@ class TinyTokenPolicy(nn.Module):
         if greedy:
             tokens = log_p.argmax(-1)
         else:
-            tokens = torch.multinomial(log_p.exp().reshape(-1, self.num_bins), 1, generator=generator).view(log_p.shape[:-1])
+            tokens = torch.multinomial(log_p.exp().reshape(-1, self.num_bins), 1, generator=generator).view(
+                log_p.shape[:-1]
+            )
         return tokens, log_p.gather(-1, tokens[..., None]).squeeze(-1)
 
     def log_probs(self, inputs, tokens, temperature=1.6):
-        return torch.log_softmax(self.logits(inputs) / temperature, dim=-1).gather(-1, tokens[..., None]).squeeze(-1)
+        return (
+            torch.log_softmax(self.logits(inputs) / temperature, dim=-1)
+            .gather(-1, tokens[..., None])
+            .squeeze(-1)
+        )
 
     def tokens_to_actions(self, tokens):
         centers = (tokens.double() + 0.5) / self.num_bins * 2 - 1
@@ -190,7 +217,7 @@ def test_vae_and_transformer_shapes_and_dtypes():
     np.testing.assert_array_equal(prepared, resize_frames(frames, SIDE))  # the shared resize, nothing else
     pixels = wm.to_pixels(prepared)
     assert pixels.shape == (5, 3, SIDE, SIDE) and pixels.dtype == torch.float32
-    assert -1.0 <= float(pixels.min()) and float(pixels.max()) <= 1.0
+    assert float(pixels.min()) >= -1.0 and float(pixels.max()) <= 1.0
     latents = wm.encode(pixels)
     assert latents.shape == (5, *wm.latent_shape) == (5, 4, 16, 16) and latents.dtype == torch.float32
     decoded = wm.decode(latents)
@@ -198,7 +225,9 @@ def test_vae_and_transformer_shapes_and_dtypes():
     assert wm.to_uint8(decoded).shape == (5, SIDE, SIDE, 3) and wm.to_uint8(decoded).dtype == np.uint8
 
     window = torch.randn(2, 6, 4, 16, 16)
-    velocity = wm.transformer(window, torch.rand(2, 6) * 1000, torch.rand(2, 6, 3) * 2 - 1, wm.window_masks(2, window.device))
+    velocity = wm.transformer(
+        window, torch.rand(2, 6) * 1000, torch.rand(2, 6, 3) * 2 - 1, wm.window_masks(2, window.device)
+    )
     assert velocity.shape == window.shape and velocity.dtype == torch.float32
     with pytest.raises(ValueError, match="per-frame inputs"):
         wm.transformer(window, torch.rand(2, 5), torch.rand(2, 6, 3), wm.window_masks(2, window.device))
@@ -214,7 +243,9 @@ def test_presets_build_and_xl_size_is_documented():
     with torch.device("meta"):
         from wmpo_learner.world_model.transformer import ActionConditionedVideoTransformer
 
-        big = ActionConditionedVideoTransformer(in_channels=4, sample_size=32, action_dim=7, **xl.transformer.model_dump())
+        big = ActionConditionedVideoTransformer(
+            in_channels=4, sample_size=32, action_dim=7, **xl.transformer.model_dump()
+        )
     assert 1.3e9 < sum(p.numel() for p in big.parameters()) < 1.4e9  # 1.34 B, as docs/world_model.md says
 
 
@@ -229,7 +260,9 @@ class _Recorder(nn.Module):
         self.inner, self.calls = inner, []
 
     def forward(self, latents, timesteps, actions, mask):
-        self.calls.append((latents.detach().clone(), timesteps.detach().clone(), actions.detach().clone(), mask.clone()))
+        self.calls.append(
+            (latents.detach().clone(), timesteps.detach().clone(), actions.detach().clone(), mask.clone())
+        )
         return self.inner(latents, timesteps, actions, mask)
 
 
@@ -251,8 +284,11 @@ def test_context_noise_is_applied_in_training_only():
     torch.testing.assert_close(noisy[:, :c], 0.985 * clean[:, :c] + 0.015 * noise[:, :c])
     assert torch.all(timesteps[:, :c] == 15.0)
     torch.testing.assert_close(timesteps[:, c:], (1000 * sigma)[:, None].expand(-1, p))
-    torch.testing.assert_close(noisy[:, c:], (1 - sigma[:, None, None, None, None]) * clean[:, c:]
-                               + sigma[:, None, None, None, None] * noise[:, c:])
+    torch.testing.assert_close(
+        noisy[:, c:],
+        (1 - sigma[:, None, None, None, None]) * clean[:, c:]
+        + sigma[:, None, None, None, None] * noise[:, c:],
+    )
     assert not mask[:, :c].any() and mask[:, c:].all()
     assert (noisy[:, :c] - clean[:, :c]).abs().max() > 1e-3
 
@@ -280,10 +316,14 @@ def test_loss_only_scores_predicted_frames():
             out = torch.full_like(latents, 1e3)
             return out
 
-    loss_a = wm.training_loss(clean, actions, denoiser=ExactOnContext(), generator=torch.Generator().manual_seed(0))
+    loss_a = wm.training_loss(
+        clean, actions, denoiser=ExactOnContext(), generator=torch.Generator().manual_seed(0)
+    )
     perturbed = clean.clone()
     perturbed[:, :c] += 100.0  # a different context changes nothing the loss scores
-    loss_b = wm.training_loss(perturbed, actions, denoiser=ExactOnContext(), generator=torch.Generator().manual_seed(0))
+    loss_b = wm.training_loss(
+        perturbed, actions, denoiser=ExactOnContext(), generator=torch.Generator().manual_seed(0)
+    )
     torch.testing.assert_close(loss_a, loss_b)
 
 
@@ -326,7 +366,9 @@ def test_temporal_blocks_are_modulated_by_each_frames_action():
     with torch.no_grad():
         for block in tr.temporal_blocks:
             block.modulation[1].weight.zero_()
-        torch.testing.assert_close(tr(latents, t, a1, mask), tr(latents, t, a2, mask))  # ... and only through them
+        torch.testing.assert_close(
+            tr(latents, t, a1, mask), tr(latents, t, a2, mask)
+        )  # ... and only through them
 
 
 # ---------------------------------------------------------------------------- sampling and checkpoints
@@ -342,7 +384,9 @@ def test_seeded_sampling_is_deterministic_and_seed_dependent():
     a = wm.replay(frames, actions, torch.Generator().manual_seed(7), sampling_steps=3)
     b = wm.replay(frames, actions, torch.Generator().manual_seed(7), sampling_steps=3)
     c = wm.replay(frames, actions, torch.Generator().manual_seed(8), sampling_steps=3)
-    assert a.shape == (2, 6, SIDE, SIDE, 3) and a.dtype == np.uint8  # 6 steps = one full window + a padded partial one
+    assert (
+        a.shape == (2, 6, SIDE, SIDE, 3) and a.dtype == np.uint8
+    )  # 6 steps = one full window + a padded partial one
     np.testing.assert_array_equal(a, b)
     assert np.abs(a.astype(int) - c).mean() > 0.5
 
@@ -356,9 +400,14 @@ def test_checkpoint_round_trip(tmp_path):
     wm.provenance = {"history": [{"command": "wm-train", "episodes": ["a", "b"]}]}
     wm.save(tmp_path / "wm")
     files = {p.relative_to(tmp_path / "wm").as_posix() for p in (tmp_path / "wm").rglob("*") if p.is_file()}
-    assert {"world_model.json", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
-            "transformer/config.json", "transformer/diffusion_pytorch_model.safetensors",
-            "scheduler/scheduler_config.json"} <= files
+    assert {
+        "world_model.json",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+        "transformer/config.json",
+        "transformer/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+    } <= files
     assert not any(f.endswith((".bin", ".pt", ".pth", ".pkl")) for f in files)
     loaded = WorldModel.load(tmp_path / "wm")
     for (name, p), q in zip(wm.state_dict().items(), loaded.state_dict().values(), strict=True):
@@ -370,7 +419,9 @@ def test_checkpoint_round_trip(tmp_path):
     actions = np.zeros((1, 4, 3))
     before = wm.eval().replay(frames, actions, torch.Generator().manual_seed(0), 2).astype(int)
     after = loaded.replay(frames, actions, torch.Generator().manual_seed(0), 2)
-    assert np.abs(before - after).max() <= 1  # same weights; at most float-rounding differences at .5 boundaries
+    assert (
+        np.abs(before - after).max() <= 1
+    )  # same weights; at most float-rounding differences at .5 boundaries
 
     meta = json.loads((tmp_path / "wm" / "world_model.json").read_text())
     meta["action_normalizer"]["q99"][0] = 5.0
@@ -463,10 +514,14 @@ def test_imagine_batches_groups_and_reports_what_the_policy_saw():
     # The stored observations are what the policy acted on: recomputed log-probs match exactly.
     for c in range(out.num_chunks):
         obs = out.observations[:, c]
-        recomputed = policy.log_probs(policy.encode_inputs(obs, out.instructions), out.tokens[:, c * 3 : (c + 1) * 3])
+        recomputed = policy.log_probs(
+            policy.encode_inputs(obs, out.instructions), out.tokens[:, c * 3 : (c + 1) * 3]
+        )
         torch.testing.assert_close(recomputed, out.log_probs[:, c * 3 : (c + 1) * 3])
     assert len({out.tokens[i].numpy().tobytes() for i in range(3)}) == 3  # group members sample differently
-    again = imagine(wm, policy, firsts, "move the square", generator=torch.Generator().manual_seed(0), **kwargs)
+    again = imagine(
+        wm, policy, firsts, "move the square", generator=torch.Generator().manual_seed(0), **kwargs
+    )
     np.testing.assert_array_equal(out.frames, again.frames)
     torch.testing.assert_close(out.tokens, again.tokens)
     with pytest.raises(ValueError, match="instructions"):
@@ -484,11 +539,23 @@ def test_imagine_with_the_project_vla():
     vla = vla_module.VLA.create(recipe.model, robot, normalizer).eval()
     assert isinstance(vla, ChunkSamplingPolicy)
     wm = WorldModel.from_config(
-        square_model_config(predicted_frames=vla.chunk_size), normalizer, "front", robot.name, robot.content_hash
+        square_model_config(predicted_frames=vla.chunk_size),
+        normalizer,
+        "front",
+        robot.name,
+        robot.content_hash,
     )
     firsts = np.random.default_rng(0).integers(0, 256, size=(2, 128, 128, 3), dtype=np.uint8)
-    out = imagine(wm, vla, firsts, robot.tasks[0], horizon=vla.chunk_size + 1, group_size=2,
-                  generator=torch.Generator().manual_seed(0), sampling_steps=1)
+    out = imagine(
+        wm,
+        vla,
+        firsts,
+        robot.tasks[0],
+        horizon=vla.chunk_size + 1,
+        group_size=2,
+        generator=torch.Generator().manual_seed(0),
+        sampling_steps=1,
+    )
     steps = 2 * vla.chunk_size
     assert out.frames.shape == (4, steps + 1, SIDE, SIDE, 3)
     assert out.tokens.shape == (4, steps, 4) and out.actions.shape == (4, steps, 4)
@@ -507,16 +574,64 @@ def test_cli_rejects_bad_inputs_with_clear_messages(tmp_path, capsys):
     robot = square_robot_config(tmp_path)
     store = write_square_store(tmp_path / "store", robot, episodes=2, steps=6)
     cases = [
-        (["wm-train", "--store", str(tmp_path / "missing"), "--out", str(tmp_path / "o1")], "no episode store"),
-        (["wm-train", "--store", str(store), "--robot", str(robot), "--config", "huge", "--out", str(tmp_path / "o2")],
-         "neither a preset"),
-        (["wm-train", "--store", str(store), "--robot", str(robot), "--camera", "wrist", "--out", str(tmp_path / "o3")],
-         "no camera 'wrist'"),
-        (["wm-train", "--store", str(store), "--robot", "so101_sim", "--out", str(tmp_path / "o4")],
-         "no episodes of robot 'so101_sim'"),
-        (["wm-train", "--store", str(store), "--robot", str(robot), "--out", str(tmp_path), "--steps", "1"], "is not empty"),
-        (["align", "--store", str(store), "--from", str(tmp_path), "--out", str(tmp_path / "o5")], "not a world-model checkpoint"),
-        (["wm-eval", "--store", str(store), "--wm", str(tmp_path), "--out", str(tmp_path / "o6")], "not a world-model checkpoint"),
+        (
+            ["wm-train", "--store", str(tmp_path / "missing"), "--out", str(tmp_path / "o1")],
+            "no episode store",
+        ),
+        (
+            [
+                "wm-train",
+                "--store",
+                str(store),
+                "--robot",
+                str(robot),
+                "--config",
+                "huge",
+                "--out",
+                str(tmp_path / "o2"),
+            ],
+            "neither a preset",
+        ),
+        (
+            [
+                "wm-train",
+                "--store",
+                str(store),
+                "--robot",
+                str(robot),
+                "--camera",
+                "wrist",
+                "--out",
+                str(tmp_path / "o3"),
+            ],
+            "no camera 'wrist'",
+        ),
+        (
+            ["wm-train", "--store", str(store), "--robot", "so101_sim", "--out", str(tmp_path / "o4")],
+            "no episodes of robot 'so101_sim'",
+        ),
+        (
+            [
+                "wm-train",
+                "--store",
+                str(store),
+                "--robot",
+                str(robot),
+                "--out",
+                str(tmp_path),
+                "--steps",
+                "1",
+            ],
+            "is not empty",
+        ),
+        (
+            ["align", "--store", str(store), "--from", str(tmp_path), "--out", str(tmp_path / "o5")],
+            "not a world-model checkpoint",
+        ),
+        (
+            ["wm-eval", "--store", str(store), "--wm", str(tmp_path), "--out", str(tmp_path / "o6")],
+            "not a world-model checkpoint",
+        ),
     ]
     for argv, message in cases:
         assert wmpo(argv) == 2, argv

@@ -9,14 +9,12 @@ Training it (150 VAE + 1500 transformer steps) takes about 2.5 minutes on two co
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from test_world_model import (
     SIDE,
     SPEED,
@@ -54,17 +52,47 @@ def redness_centroid(frames: np.ndarray) -> np.ndarray:
 def square_world(tmp_path_factory):
     root = tmp_path_factory.mktemp("square_world")
     robot = square_robot_config(root)
-    store = write_square_store(root / "store", robot, episodes=TRAIN_EPISODES + HELD_OUT, steps=STEPS_PER_EPISODE)
+    store = write_square_store(
+        root / "store", robot, episodes=TRAIN_EPISODES + HELD_OUT, steps=STEPS_PER_EPISODE
+    )
     config = root / "square_wm.json"
-    config.write_text(json.dumps({
-        "model": square_model_config().model_dump(mode="json"),
-        # 1500 steps: the model follows its actions from about 1000 on (500 left it action-blind).
-        "train": {"steps": 1500, "batch_size": 16, "lr": 3e-3, "warmup_steps": 30, "vae_steps": 150,
-                  "vae_batch_size": 16, "vae_lr": 1e-3, "checkpoint_every": 500, "log_every": 50},
-    }))
+    config.write_text(
+        json.dumps(
+            {
+                "model": square_model_config().model_dump(mode="json"),
+                # 1500 steps: the model follows its actions from about 1000 on (500 left it action-blind).
+                "train": {
+                    "steps": 1500,
+                    "batch_size": 16,
+                    "lr": 3e-3,
+                    "warmup_steps": 30,
+                    "vae_steps": 150,
+                    "vae_batch_size": 16,
+                    "vae_lr": 1e-3,
+                    "checkpoint_every": 500,
+                    "log_every": 50,
+                },
+            }
+        )
+    )
     out = root / "pretrained"
-    rc = wmpo(["wm-train", "--store", str(store), "--robot", str(robot), "--config", str(config), "--out", str(out),
-               "--episodes", f"first:{TRAIN_EPISODES}", "--device", "cpu"])
+    rc = wmpo(
+        [
+            "wm-train",
+            "--store",
+            str(store),
+            "--robot",
+            str(robot),
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+            "--episodes",
+            f"first:{TRAIN_EPISODES}",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     return {"root": root, "robot": robot, "store": store, "model": out}
 
@@ -102,7 +130,9 @@ def test_predictions_follow_the_commanded_action(square_world):
         return np.asarray(frames)
 
     right, left = np.array([1.0, 0.0, 1.0]), np.array([-1.0, 0.0, 1.0])
-    acts = {name: np.broadcast_to(a, (len(starts), steps, 3)) for name, a in (("right", right), ("left", left))}
+    acts = {
+        name: np.broadcast_to(a, (len(starts), steps, 3)) for name, a in (("right", right), ("left", left))
+    }
     pred_r = wm.replay(first, acts["right"], torch.Generator().manual_seed(0))
     pred_l = wm.replay(first, acts["left"], torch.Generator().manual_seed(0))
     pred_r_other_seed = wm.replay(first, acts["right"], torch.Generator().manual_seed(1))
@@ -115,7 +145,9 @@ def test_predictions_follow_the_commanded_action(square_world):
     # seed (an action-blind model scores 0 here: same seed, same frames). Measured 2.45 (1.92 with seed 1).
     by_action = np.abs(pred_r.astype(float) - pred_l).mean()
     by_seed = np.abs(pred_r.astype(float) - pred_r_other_seed).mean()
-    assert by_action > 1.5 and by_action > 1.6 * by_seed, f"pixel MAE by action {by_action:.2f}, by seed {by_seed:.2f}"
+    assert by_action > 1.5 and by_action > 1.6 * by_seed, (
+        f"pixel MAE by action {by_action:.2f}, by seed {by_seed:.2f}"
+    )
     # 3. Each prediction is closer to its own command's true frame than to the other command's.
     for pred, own, other in ((pred_r, true_r, true_l), (pred_l, true_l, true_r)):
         err_own = ((pred.astype(float) - own) ** 2).mean(axis=(2, 3, 4))
@@ -136,20 +168,53 @@ def test_imagined_rollout_follows_the_policy(square_world):
         bias[:, 0, 255] = bias[:, 1, 128] = bias[:, 2, 255] = 10.0  # dx = +1, dy = 0, gripper open
         last.bias.copy_(bias.flatten())
     first = np.stack([render_square(np.array([6.0, 13.0]), 1.0)] * 2)
-    out = imagine(wm, policy, first, "move the square", horizon=8, group_size=2, greedy=True,
-                  generator=torch.Generator().manual_seed(0))
-    assert np.allclose(out.actions[..., 0], 1.0, atol=0.01) and np.allclose(out.actions[..., 1], 0.0, atol=0.01)
+    out = imagine(
+        wm,
+        policy,
+        first,
+        "move the square",
+        horizon=8,
+        group_size=2,
+        greedy=True,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert np.allclose(out.actions[..., 0], 1.0, atol=0.01) and np.allclose(
+        out.actions[..., 1], 0.0, atol=0.01
+    )
     x = redness_centroid(out.frames)[..., 0]
-    assert np.all(x[:, 4] > x[:, 0] + 5) and np.all(x[:, 8] > x[:, 4] + 3), x  # the second chunk starts from imagined frames
+    assert np.all(x[:, 4] > x[:, 0] + 5) and np.all(x[:, 8] > x[:, 4] + 3), (
+        x
+    )  # the second chunk starts from imagined frames
 
 
 def test_align_resumes_exactly_and_wm_eval_reports(square_world, tmp_path):
     store, robot, base = (str(square_world[k]) for k in ("store", "robot", "model"))
-    common = ["align", "--store", store, "--from", base, "--robot", robot, "--episodes",
-              f"first:{TRAIN_EPISODES // 2}", "--device", "cpu", "--vae-steps", "2", "--batch-size", "4", "--checkpoint-every", "2", "--log-every", "1"]
+    common = [
+        "align",
+        "--store",
+        store,
+        "--from",
+        base,
+        "--robot",
+        robot,
+        "--episodes",
+        f"first:{TRAIN_EPISODES // 2}",
+        "--device",
+        "cpu",
+        "--vae-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--checkpoint-every",
+        "2",
+        "--log-every",
+        "1",
+    ]
     assert wmpo([*common, "--out", str(tmp_path / "straight"), "--steps", "6"]) == 0
     assert wmpo([*common, "--out", str(tmp_path / "resumed"), "--steps", "3"]) == 0
-    assert wmpo([*common, "--out", str(tmp_path / "resumed"), "--steps", "6"]) == 2  # refuses a non-empty --out
+    assert (
+        wmpo([*common, "--out", str(tmp_path / "resumed"), "--steps", "6"]) == 2
+    )  # refuses a non-empty --out
     assert wmpo([*common, "--out", str(tmp_path / "resumed"), "--steps", "6", "--resume"]) == 0
     for part in ("transformer", "vae"):
         a = load_file(str(tmp_path / "straight" / part / "diffusion_pytorch_model.safetensors"))
@@ -164,7 +229,12 @@ def test_align_resumes_exactly_and_wm_eval_reports(square_world, tmp_path):
     assert aligned.normalizer.content_hash == WorldModel.load(base).normalizer.content_hash
 
     out = tmp_path / "eval"
-    assert wmpo(["wm-eval", "--store", store, "--wm", base, "--out", str(out), "--videos", "2", "--device", "cpu"]) == 0
+    assert (
+        wmpo(
+            ["wm-eval", "--store", store, "--wm", base, "--out", str(out), "--videos", "2", "--device", "cpu"]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     held_out = EpisodeStore.open(store).episode_ids[TRAIN_EPISODES:]
     assert [e["episode_id"] for e in metrics["per_episode"]] == held_out

@@ -55,9 +55,13 @@ class Distributed:
         if not self.enabled:
             return True
         with torch.no_grad():
-            fingerprint = torch.stack(
-                [torch.stack([p.double().sum(), p.double().square().sum()]) for p in module.parameters()]
-            ).flatten().to(self.device)
+            fingerprint = (
+                torch.stack(
+                    [torch.stack([p.double().sum(), p.double().square().sum()]) for p in module.parameters()]
+                )
+                .flatten()
+                .to(self.device)
+            )
         gathered = [torch.empty_like(fingerprint) for _ in range(self.world_size)]
         dist.all_gather(gathered, fingerprint)
         return all(torch.equal(gathered[0], g) for g in gathered[1:])

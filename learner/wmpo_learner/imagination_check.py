@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm import tqdm
-
 from wmpo_core.episode_store import EpisodeMeta, EpisodeStore, StoreError
+
 from wmpo_learner.reward.threshold import select_threshold
 from wmpo_learner.stats import Confusion, rank_auc, spearman
 from wmpo_learner.world_model.data import read_episode, select_episodes
@@ -60,7 +60,9 @@ def replay_videos(
     generator = torch.Generator().manual_seed(seed)
     imagined_videos, real_videos = [], []
     batches = [episodes[i : i + batch_size] for i in range(0, len(episodes), batch_size)]
-    for batch in tqdm(batches, desc="replay in imagination", unit="batch", disable=not progress, dynamic_ncols=True):
+    for batch in tqdm(
+        batches, desc="replay in imagination", unit="batch", disable=not progress, dynamic_ncols=True
+    ):
         data = [read_episode(store, m, camera, wm.config.resolution) for m in batch]
         n = max(len(actions) for _, actions in data)
         actions = np.stack([np.concatenate([a, np.repeat(a[-1:], n - len(a), axis=0)]) for _, a in data])
@@ -91,7 +93,9 @@ def outcome_agreement(
 ) -> dict[str, Any]:
     """Link 1 of the module docstring on `episodes` (labelled with their real success)."""
     labelled = _labelled(episodes)
-    imagined_videos, real_videos = replay_videos(world_model, store, labelled, sampling_steps, batch_size, seed, progress)
+    imagined_videos, real_videos = replay_videos(
+        world_model, store, labelled, sampling_steps, batch_size, seed, progress
+    )
     real = [bool(m.success) for m in labelled]
     imagined = reward_model.detect_batch(imagined_videos)
     on_real = reward_model.detect_batch(real_videos)
@@ -136,11 +140,17 @@ def calibrate_threshold(
     thresholded on real frames reads the world model's blurrier frames differently; this puts its
     decision where imagined successes and failures separate."""
     labelled = _labelled(episodes)
-    imagined_videos, _ = replay_videos(world_model, store, labelled, sampling_steps, seed=seed, progress=progress)
+    imagined_videos, _ = replay_videos(
+        world_model, store, labelled, sampling_steps, seed=seed, progress=progress
+    )
     scores = [float(d.scores.max()) for d in reward_model.detect_batch(imagined_videos)]
     best, _ = select_threshold(scores, [bool(m.success) for m in labelled])
-    return {"threshold": best.threshold, "previous_threshold": reward_model.threshold, "episodes": len(labelled),
-            "f1": best.f1}
+    return {
+        "threshold": best.threshold,
+        "previous_threshold": reward_model.threshold,
+        "episodes": len(labelled),
+        "f1": best.f1,
+    }
 
 
 def imagined_success(
@@ -160,8 +170,15 @@ def imagined_success(
     was_training = policy.training
     policy.eval()
     rollouts = imagine(
-        world_model, policy, first_frames, list(instructions), horizon=horizon, group_size=1, greedy=True,
-        generator=torch.Generator(device=world_model.device).manual_seed(seed), sampling_steps=sampling_steps,
+        world_model,
+        policy,
+        first_frames,
+        list(instructions),
+        horizon=horizon,
+        group_size=1,
+        greedy=True,
+        generator=torch.Generator(device=world_model.device).manual_seed(seed),
+        sampling_steps=sampling_steps,
     )
     policy.train(was_training)
     return float(np.mean([d.success for d in reward_model.detect_batch(rollouts.frames)]))
@@ -179,9 +196,20 @@ def policy_ranking(
 ) -> dict[str, Any]:
     """Link 2 of the module docstring: `policies` are (name, VLA, measured real success rate)."""
     rows = []
-    for name, policy, real in tqdm(policies, desc="rank policies in imagination", unit="policy", dynamic_ncols=True):
-        rate = imagined_success(world_model, reward_model, policy, first_frames, instructions, horizon, sampling_steps, seed)
-        rows.append({"name": name, "version": getattr(policy, "version", None), "real_success": real, "imagined_success": rate})
+    for name, policy, real in tqdm(
+        policies, desc="rank policies in imagination", unit="policy", dynamic_ncols=True
+    ):
+        rate = imagined_success(
+            world_model, reward_model, policy, first_frames, instructions, horizon, sampling_steps, seed
+        )
+        rows.append(
+            {
+                "name": name,
+                "version": getattr(policy, "version", None),
+                "real_success": real,
+                "imagined_success": rate,
+            }
+        )
     return {
         "versions": len(rows),
         "start_frames": len(first_frames),
@@ -192,28 +220,65 @@ def policy_ranking(
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.description = __doc__.split("\n\n")[0]
-    parser.add_argument("--store", type=Path, required=True, help="episode store holding real rollouts of the policy")
+    parser.add_argument(
+        "--store", type=Path, required=True, help="episode store holding real rollouts of the policy"
+    )
     parser.add_argument("--wm", type=Path, required=True, help="world-model checkpoint")
     parser.add_argument("--reward", type=Path, required=True, help="reward-model checkpoint")
-    parser.add_argument("--robot", default=None, help="robot config name or YAML (default: the world model's)")
-    parser.add_argument("--policy-version", default=None, help="check on the rollouts of this policy version (default: every policy rollout)")
-    parser.add_argument("--include-trained", action="store_true",
-                        help="also use episodes the world model or reward model were trained on (the result is then "
-                        "marked held_out=false); without it, only held-out episodes are used")
-    parser.add_argument("--max-episodes", type=int, default=64, help="use at most this many (newest) episodes (default 64)")
-    parser.add_argument("--rank", action="append", default=[], metavar="POLICY_DIR=EVAL_JSON",
-                        help="a policy checkpoint and its measured real success (`wmpo eval --json` output); give 3 or more")
-    parser.add_argument("--rank-frames", type=int, default=32, help="real start frames for the policy ranking (default 32)")
-    parser.add_argument("--horizon", type=int, default=None, help="imagined steps in the policy ranking (default: the robot's episode limit)")
-    parser.add_argument("--sampling-steps", type=int, default=None, help="world-model sampling steps (default: its config)")
+    parser.add_argument(
+        "--robot", default=None, help="robot config name or YAML (default: the world model's)"
+    )
+    parser.add_argument(
+        "--policy-version",
+        default=None,
+        help="check on the rollouts of this policy version (default: every policy rollout)",
+    )
+    parser.add_argument(
+        "--include-trained",
+        action="store_true",
+        help="also use episodes the world model or reward model were trained on (the result is then "
+        "marked held_out=false); without it, only held-out episodes are used",
+    )
+    parser.add_argument(
+        "--max-episodes", type=int, default=64, help="use at most this many (newest) episodes (default 64)"
+    )
+    parser.add_argument(
+        "--rank",
+        action="append",
+        default=[],
+        metavar="POLICY_DIR=EVAL_JSON",
+        help="a policy checkpoint and its measured real success (`wmpo eval --json` output); give 3 or more",
+    )
+    parser.add_argument(
+        "--rank-frames", type=int, default=32, help="real start frames for the policy ranking (default 32)"
+    )
+    parser.add_argument(
+        "--horizon",
+        type=int,
+        default=None,
+        help="imagined steps in the policy ranking (default: the robot's episode limit)",
+    )
+    parser.add_argument(
+        "--sampling-steps", type=int, default=None, help="world-model sampling steps (default: its config)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="world-model noise seed")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="torch device (default cpu)")
     parser.add_argument("--json", type=Path, default=None, help="write the result here as JSON")
-    parser.add_argument("--calibrate-on", type=Path, default=None, metavar="STORE",
-                        help="first re-threshold the reward model on world-model replays of this store's labelled policy "
-                        "rollouts (of --policy-version; typically the ones the world model was aligned on), then check with it")
-    parser.add_argument("--calibrated-reward", type=Path, default=None, metavar="DIR",
-                        help="with --calibrate-on: write the re-thresholded reward model here (for GRPO)")
+    parser.add_argument(
+        "--calibrate-on",
+        type=Path,
+        default=None,
+        metavar="STORE",
+        help="first re-threshold the reward model on world-model replays of this store's labelled policy "
+        "rollouts (of --policy-version; typically the ones the world model was aligned on), then check with it",
+    )
+    parser.add_argument(
+        "--calibrated-reward",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="with --calibrate-on: write the re-thresholded reward model here (for GRPO)",
+    )
 
 
 def _fail(message: str) -> int:
@@ -224,6 +289,7 @@ def _fail(message: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from wmpo_core.robot_config import RobotConfigError, load_robot_config
     from wmpo_core.vla.checkpoint import load_checkpoint as load_vla
+
     from wmpo_learner.grpo.run import initial_frames
     from wmpo_learner.reward.checkpoint import CheckpointError
     from wmpo_learner.reward.checkpoint import load_checkpoint as load_reward
@@ -240,7 +306,13 @@ def run(args: argparse.Namespace) -> int:
         if not sep:
             return _fail(f"--rank expects POLICY_DIR=EVAL_JSON, got {item!r}")
         try:
-            ranked.append((directory, Path(directory), float(json.loads(Path(eval_json).read_text())["success"]["rate"])))
+            ranked.append(
+                (
+                    directory,
+                    Path(directory),
+                    float(json.loads(Path(eval_json).read_text())["success"]["rate"]),
+                )
+            )
         except (OSError, KeyError, TypeError, ValueError) as exc:
             return _fail(f"--rank {item}: cannot read the measured success rate from {eval_json} ({exc})")
     if ranked and len(ranked) < 3:
@@ -250,40 +322,81 @@ def run(args: argparse.Namespace) -> int:
         rm, rm_meta = load_reward(args.reward, device=args.device)
         robot = load_robot_config(args.robot or wm.robot_config_name)
         store = EpisodeStore.open(args.store)
-        metas = [m for m in select_episodes(store, None, source="policy", policy_version=args.policy_version)
-                 if m.robot_config_name == robot.name and m.success is not None]
+        metas = [
+            m
+            for m in select_episodes(store, None, source="policy", policy_version=args.policy_version)
+            if m.robot_config_name == robot.name and m.success is not None
+        ]
         seen = trained_on(wm, rm_meta)
         held = [m for m in metas if m.episode_id not in seen]
         if not args.include_trained:
             metas = held
         metas = metas[-args.max_episodes :]
         if not metas:
-            return _fail(f"no {'held-out ' if not args.include_trained else ''}labelled policy rollouts in {args.store}"
-                         f"{' of version ' + args.policy_version if args.policy_version else ''} (pass --include-trained to use trained-on ones)")
+            return _fail(
+                f"no {'held-out ' if not args.include_trained else ''}labelled policy rollouts in {args.store}"
+                f"{' of version ' + args.policy_version if args.policy_version else ''} (pass --include-trained to use trained-on ones)"
+            )
         calibration = None
         if args.calibrate_on is not None:
             if args.calibrated_reward is None:
-                return _fail("--calibrate-on needs --calibrated-reward DIR to write the re-thresholded reward model to")
+                return _fail(
+                    "--calibrate-on needs --calibrated-reward DIR to write the re-thresholded reward model to"
+                )
             source = EpisodeStore.open(args.calibrate_on)
-            chosen = [m for m in select_episodes(source, None, source="policy", policy_version=args.policy_version)
-                      if m.robot_config_name == robot.name and m.success is not None]
-            calibration = calibrate_threshold(wm, rm, source, chosen[-args.max_episodes :], args.sampling_steps, args.seed)
+            chosen = [
+                m
+                for m in select_episodes(source, None, source="policy", policy_version=args.policy_version)
+                if m.robot_config_name == robot.name and m.success is not None
+            ]
+            calibration = calibrate_threshold(
+                wm, rm, source, chosen[-args.max_episodes :], args.sampling_steps, args.seed
+            )
             rm.threshold = calibration["threshold"]
             save_reward(rm, args.calibrated_reward, validation=rm_meta.validation, training=rm_meta.training)
-            calibration["store"], calibration["reward_model"] = str(args.calibrate_on), str(args.calibrated_reward)
+            calibration["store"], calibration["reward_model"] = (
+                str(args.calibrate_on),
+                str(args.calibrated_reward),
+            )
         result: dict[str, Any] = {
-            "store": str(args.store), "world_model": str(args.wm), "reward_model": str(args.reward), "calibration": calibration,
-            "outcome_agreement": outcome_agreement(wm, rm, store, metas, held_out=not any(m.episode_id in seen for m in metas),
-                                                   sampling_steps=args.sampling_steps, seed=args.seed),
+            "store": str(args.store),
+            "world_model": str(args.wm),
+            "reward_model": str(args.reward),
+            "calibration": calibration,
+            "outcome_agreement": outcome_agreement(
+                wm,
+                rm,
+                store,
+                metas,
+                held_out=not any(m.episode_id in seen for m in metas),
+                sampling_steps=args.sampling_steps,
+                seed=args.seed,
+            ),
         }
         if ranked:
             frames, texts, _ = initial_frames(args.store, robot, wm.camera, "policy")
             frames, texts = frames[-args.rank_frames :], texts[-args.rank_frames :]
-            policies = [(name, load_vla(path, robot, device=args.device), real) for name, path, real in ranked]
+            policies = [
+                (name, load_vla(path, robot, device=args.device), real) for name, path, real in ranked
+            ]
             result["policy_ranking"] = policy_ranking(
-                wm, rm, policies, frames, texts, args.horizon or robot.max_episode_steps, args.sampling_steps, args.seed
+                wm,
+                rm,
+                policies,
+                frames,
+                texts,
+                args.horizon or robot.max_episode_steps,
+                args.sampling_steps,
+                args.seed,
             )
-    except (StoreError, RobotConfigError, WorldModelLoadError, CheckpointError, FileNotFoundError, ValueError) as exc:
+    except (
+        StoreError,
+        RobotConfigError,
+        WorldModelLoadError,
+        CheckpointError,
+        FileNotFoundError,
+        ValueError,
+    ) as exc:
         return _fail(str(exc))
     print(format_report(result))
     if args.json is not None:
@@ -303,8 +416,10 @@ def format_report(result: dict[str, Any]) -> str:
     lines = []
     if result.get("calibration"):
         c0 = result["calibration"]
-        lines.append(f"Reward threshold re-chosen on world-model replays of {c0['episodes']} labelled rollouts: "
-                     f"{c0['previous_threshold']:.3f} -> {c0['threshold']:.3f} (F1 {c0['f1']:.2f} there).")
+        lines.append(
+            f"Reward threshold re-chosen on world-model replays of {c0['episodes']} labelled rollouts: "
+            f"{c0['previous_threshold']:.3f} -> {c0['threshold']:.3f} (F1 {c0['f1']:.2f} there)."
+        )
     lines += [
         f"Outcome agreement on {o['episodes']} {'held-out' if o['held_out'] else 'trained-on'} real rollouts "
         f"(real success {o['real_success']:.2f}): imagined success {o['imagined_success']:.2f}, "
@@ -314,7 +429,12 @@ def format_report(result: dict[str, Any]) -> str:
     ]
     if "policy_ranking" in result:
         p = result["policy_ranking"]
-        rows = ", ".join(f"{x['name']} real {x['real_success']:.2f} / imagined {x['imagined_success']:.2f}" for x in p["policies"])
-        lines.append(f"Policy ranking over {p['versions']} versions from {p['start_frames']} real start frames: "
-                     f"Spearman {_num(p['spearman'])} ({rows}).")
+        rows = ", ".join(
+            f"{x['name']} real {x['real_success']:.2f} / imagined {x['imagined_success']:.2f}"
+            for x in p["policies"]
+        )
+        lines.append(
+            f"Policy ranking over {p['versions']} versions from {p['start_frames']} real start frames: "
+            f"Spearman {_num(p['spearman'])} ({rows})."
+        )
     return "\n".join(lines)

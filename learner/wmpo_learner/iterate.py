@@ -36,37 +36,103 @@ from typing import Any
 # "paper" follows the WMPO paper's settings and needs GPUs. horizon 0 = the robot's episode limit.
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
-        "align_steps": 300, "align_batch": 8, "align_vae_steps": 50, "reward_steps": 300, "grpo_iterations": 6, "group_size": 8,
-        "groups_per_batch": 4, "minibatch": 16, "lr": 5e-5, "sampling_steps": 4, "max_resample_rounds": 2, "horizon": 0, "eval_episodes": 20,
-        "guard_frames": 16, "min_agreement": 0.7, "promote": "evidence", "calibrate_reward": 0,
+        "align_steps": 300,
+        "align_batch": 8,
+        "align_vae_steps": 50,
+        "reward_steps": 300,
+        "grpo_iterations": 6,
+        "group_size": 8,
+        "groups_per_batch": 4,
+        "minibatch": 16,
+        "lr": 5e-5,
+        "sampling_steps": 4,
+        "max_resample_rounds": 2,
+        "horizon": 0,
+        "eval_episodes": 20,
+        "guard_frames": 16,
+        "min_agreement": 0.7,
+        "promote": "evidence",
+        "calibrate_reward": 0,
     },
     "paper": {
-        "align_steps": 5000, "align_batch": 128, "align_vae_steps": 0, "reward_steps": 3000, "grpo_iterations": 100, "group_size": 8,
-        "groups_per_batch": 64, "minibatch": 128, "lr": 5e-6, "sampling_steps": 30, "max_resample_rounds": 8, "horizon": 0, "eval_episodes": 128,
-        "guard_frames": 64, "min_agreement": 0.8, "promote": "evidence", "calibrate_reward": 0,
+        "align_steps": 5000,
+        "align_batch": 128,
+        "align_vae_steps": 0,
+        "reward_steps": 3000,
+        "grpo_iterations": 100,
+        "group_size": 8,
+        "groups_per_batch": 64,
+        "minibatch": 128,
+        "lr": 5e-6,
+        "sampling_steps": 30,
+        "max_resample_rounds": 8,
+        "horizon": 0,
+        "eval_episodes": 128,
+        "guard_frames": 64,
+        "min_agreement": 0.8,
+        "promote": "evidence",
+        "calibrate_reward": 0,
     },
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.description = __doc__.split("\n\n")[0]
-    parser.add_argument("--store", type=Path, required=True, help="the learner's episode store (demos + every round's rollouts)")
+    parser.add_argument(
+        "--store",
+        type=Path,
+        required=True,
+        help="the learner's episode store (demos + every round's rollouts)",
+    )
     parser.add_argument("--robot", default="so101_sim", help="robot config name or YAML (default: so101_sim)")
-    parser.add_argument("--policy", type=Path, required=True, help="the current policy checkpoint (the one that recorded the rollouts)")
-    parser.add_argument("--wm", type=Path, required=True, help="the current world-model checkpoint (pretrained or last round's)")
-    parser.add_argument("--reward", type=Path, default=None, help="last round's reward model to continue from (default: train a new one)")
-    parser.add_argument("--out", type=Path, required=True, help="round directory: world_model/, reward_model/, policy/, eval.json, round.json")
-    parser.add_argument("--policy-version", default=None, help="align on the rollouts of this version (default: the policy's version)")
-    parser.add_argument("--version", default=None, help="version string of the new policy (default: derived from its weights)")
+    parser.add_argument(
+        "--policy",
+        type=Path,
+        required=True,
+        help="the current policy checkpoint (the one that recorded the rollouts)",
+    )
+    parser.add_argument(
+        "--wm",
+        type=Path,
+        required=True,
+        help="the current world-model checkpoint (pretrained or last round's)",
+    )
+    parser.add_argument(
+        "--reward",
+        type=Path,
+        default=None,
+        help="last round's reward model to continue from (default: train a new one)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="round directory: world_model/, reward_model/, policy/, eval.json, round.json",
+    )
+    parser.add_argument(
+        "--policy-version",
+        default=None,
+        help="align on the rollouts of this version (default: the policy's version)",
+    )
+    parser.add_argument(
+        "--version", default=None, help="version string of the new policy (default: derived from its weights)"
+    )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="stage sizes (default: cpu)")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override one stage size of the preset, e.g. --set grpo_iterations=10 --set eval_episodes=0 "
         f"(keys: {', '.join(PRESETS['cpu'])})",
     )
-    parser.add_argument("--check-store", type=Path, default=None,
-                        help="held-out real rollouts of the policy for the imagination check (default: --store, "
-                        "where the check falls back to episodes the models were trained on, and says so)")
+    parser.add_argument(
+        "--check-store",
+        type=Path,
+        default=None,
+        help="held-out real rollouts of the policy for the imagination check (default: --store, "
+        "where the check falls back to episodes the models were trained on, and says so)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
@@ -145,24 +211,70 @@ def run_round(args: argparse.Namespace) -> dict[str, Any]:
     device = ["--device", args.device]
 
     interrupted = r.world_model.is_dir() and any(r.world_model.iterdir())  # an align stopped midway continues
-    _stage(r, "align", r.world_model / "world_model.json", [
-        "align", "--store", str(args.store), "--from", str(args.wm), "--out", str(r.world_model),
-        "--robot", args.robot, "--policy-version", policy_version, "--steps", str(sizes["align_steps"]),
-        "--batch-size", str(sizes["align_batch"]), "--vae-steps", str(sizes["align_vae_steps"]), "--seed", str(args.seed), *device,
-        *(["--resume"] if interrupted else []),
-    ])
+    _stage(
+        r,
+        "align",
+        r.world_model / "world_model.json",
+        [
+            "align",
+            "--store",
+            str(args.store),
+            "--from",
+            str(args.wm),
+            "--out",
+            str(r.world_model),
+            "--robot",
+            args.robot,
+            "--policy-version",
+            policy_version,
+            "--steps",
+            str(sizes["align_steps"]),
+            "--batch-size",
+            str(sizes["align_batch"]),
+            "--vae-steps",
+            str(sizes["align_vae_steps"]),
+            "--seed",
+            str(args.seed),
+            *device,
+            *(["--resume"] if interrupted else []),
+        ],
+    )
     reward_argv = [
-        "reward", "--store", str(args.store), "--robot", args.robot, "--out", str(r.reward_model),
-        "--steps", str(sizes["reward_steps"]), "--seed", str(args.seed),
+        "reward",
+        "--store",
+        str(args.store),
+        "--robot",
+        args.robot,
+        "--out",
+        str(r.reward_model),
+        "--steps",
+        str(sizes["reward_steps"]),
+        "--seed",
+        str(args.seed),
     ]
     if args.reward is not None:
         reward_argv += ["--from", str(args.reward)]
     _stage(r, "reward", r.reward_model / "reward_model.json", reward_argv)
     check_argv = [
-        "imagination-check", "--store", str(args.check_store or args.store), "--wm", str(r.world_model), "--reward", str(r.reward_model),
-        "--robot", args.robot, "--policy-version", policy_version, "--json", str(r.check_json),
-        "--sampling-steps", str(sizes["sampling_steps"]), "--seed", str(args.seed),
-        "--device", "cuda" if args.device == "cuda" else "cpu",
+        "imagination-check",
+        "--store",
+        str(args.check_store or args.store),
+        "--wm",
+        str(r.world_model),
+        "--reward",
+        str(r.reward_model),
+        "--robot",
+        args.robot,
+        "--policy-version",
+        policy_version,
+        "--json",
+        str(r.check_json),
+        "--sampling-steps",
+        str(sizes["sampling_steps"]),
+        "--seed",
+        str(args.seed),
+        "--device",
+        "cuda" if args.device == "cuda" else "cpu",
     ]
     if args.check_store is None:
         check_argv.append("--include-trained")
@@ -171,26 +283,67 @@ def run_round(args: argparse.Namespace) -> dict[str, Any]:
     _stage(r, "check", r.check_json, check_argv)
     grpo_reward = r.calibrated_reward if sizes["calibrate_reward"] else r.reward_model
     grpo_argv = [
-        "grpo", "--policy", str(args.policy), "--robot", args.robot, "--out", str(r.policy), "--env", "imagination",
-        "--wm", str(r.world_model), "--reward", str(grpo_reward), "--store", str(args.store),
-        "--iterations", str(sizes["grpo_iterations"]), "--group-size", str(sizes["group_size"]),
-        "--groups-per-batch", str(sizes["groups_per_batch"]), "--minibatch", str(sizes["minibatch"]),
-        "--lr", str(sizes["lr"]), "--sampling-steps", str(sizes["sampling_steps"]),
-        "--max-resample-rounds", str(sizes["max_resample_rounds"]), "--guard-frames", str(sizes["guard_frames"]),
-        "--seed", str(args.seed), *device,
+        "grpo",
+        "--policy",
+        str(args.policy),
+        "--robot",
+        args.robot,
+        "--out",
+        str(r.policy),
+        "--env",
+        "imagination",
+        "--wm",
+        str(r.world_model),
+        "--reward",
+        str(grpo_reward),
+        "--store",
+        str(args.store),
+        "--iterations",
+        str(sizes["grpo_iterations"]),
+        "--group-size",
+        str(sizes["group_size"]),
+        "--groups-per-batch",
+        str(sizes["groups_per_batch"]),
+        "--minibatch",
+        str(sizes["minibatch"]),
+        "--lr",
+        str(sizes["lr"]),
+        "--sampling-steps",
+        str(sizes["sampling_steps"]),
+        "--max-resample-rounds",
+        str(sizes["max_resample_rounds"]),
+        "--guard-frames",
+        str(sizes["guard_frames"]),
+        "--seed",
+        str(args.seed),
+        *device,
     ]
     if sizes["horizon"] > 0:
         grpo_argv += ["--horizon", str(sizes["horizon"])]
     if args.version:
         grpo_argv += ["--version", args.version]
     _stage(r, "grpo", r.policy / "manifest.json", grpo_argv)
-    update_provenance(r.policy, aligned_on={"store": str(args.store), "policy_version": policy_version}, round=str(args.out))
+    update_provenance(
+        r.policy, aligned_on={"store": str(args.store), "policy_version": policy_version}, round=str(args.out)
+    )
 
     if isinstance(robot.driver, GymSimDriver) and sizes["eval_episodes"] > 0:
-        _stage(r, "eval", r.eval_json, [
-            "eval", "--policy", str(r.policy), "--robot", args.robot, "--episodes", str(sizes["eval_episodes"]),
-            "--json", str(r.eval_json),
-        ])
+        _stage(
+            r,
+            "eval",
+            r.eval_json,
+            [
+                "eval",
+                "--policy",
+                str(r.policy),
+                "--robot",
+                args.robot,
+                "--episodes",
+                str(sizes["eval_episodes"]),
+                "--json",
+                str(r.eval_json),
+            ],
+        )
     manifest = read_manifest(r.policy)
     check = json.loads(r.check_json.read_text())["outcome_agreement"]
     grpo = json.loads((r.policy / "training" / "grpo_summary.json").read_text())
@@ -225,19 +378,26 @@ def run_round(args: argparse.Namespace) -> dict[str, Any]:
 def promotion(grpo: dict[str, Any], check: dict[str, Any], min_agreement: float) -> tuple[bool, str]:
     """Whether the round's policy may replace its parent, and why (see the module docstring)."""
     if grpo["updates"] == 0:
-        return False, "GRPO made no update (every imagined group was all-success or all-failure): the weights are the parent's"
+        return (
+            False,
+            "GRPO made no update (every imagined group was all-success or all-failure): the weights are the parent's",
+        )
     guard = grpo["guard"]
     if guard is None:
         return False, "no collapse guard ran, so nothing shows the greedy policy improved"
     if guard["best_iteration"] < 0 or guard["best_score"] <= guard["parent_score"]:
-        return False, (f"no iterate beat the parent's greedy imagined success ({guard['parent_score']:.2f}); "
-                       "the guard kept the parent's weights")
+        return False, (
+            f"no iterate beat the parent's greedy imagined success ({guard['parent_score']:.2f}); "
+            "the guard kept the parent's weights"
+        )
     agreement = check["balanced_accuracy"]
     if agreement is None or agreement < min_agreement:
         shown = "undefined (one outcome class missing)" if agreement is None else f"{agreement:.2f}"
         return False, f"imagination not trusted: outcome agreement {shown} < {min_agreement}"
-    return True, (f"greedy imagined success {guard['parent_score']:.2f} -> {guard['best_score']:.2f} (iteration "
-                  f"{guard['best_iteration']}), outcome agreement {agreement:.2f} >= {min_agreement}")
+    return True, (
+        f"greedy imagined success {guard['parent_score']:.2f} -> {guard['best_score']:.2f} (iteration "
+        f"{guard['best_iteration']}), outcome agreement {agreement:.2f} >= {min_agreement}"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -246,5 +406,13 @@ def run(args: argparse.Namespace) -> int:
     except (RuntimeError, ValueError, FileNotFoundError) as exc:
         print(f"wmpo iterate: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps({k: summary[k] for k in ("parent_version", "version", "promoted", "reason", "next_policy", "eval")}, indent=2))
+    print(
+        json.dumps(
+            {
+                k: summary[k]
+                for k in ("parent_version", "version", "promoted", "reason", "next_policy", "eval")
+            },
+            indent=2,
+        )
+    )
     return 0

@@ -44,10 +44,26 @@ from wmpo_learner.stats import one_sided_worse_p_value
 # Sizes for one machine. "cpu": tiny models a 2-core machine runs in minutes (a demonstration of
 # the loop, not of the paper's numbers); "gpu": the realistic VLA and world-model sizes.
 SIZES: dict[str, dict[str, Any]] = {
-    "cpu": {"demos": 120, "rollouts": 16, "vla_recipe": "tiny", "sft_steps": 2000, "wm_preset": "tiny", "wm_steps": 1500,
-            "wm_vae_steps": 300, "iterate_preset": "cpu"},
-    "gpu": {"demos": 100, "rollouts": 128, "vla_recipe": "realistic", "sft_steps": 0, "wm_preset": "xl", "wm_steps": 0,
-            "wm_vae_steps": 0, "iterate_preset": "paper"},
+    "cpu": {
+        "demos": 120,
+        "rollouts": 16,
+        "vla_recipe": "tiny",
+        "sft_steps": 2000,
+        "wm_preset": "tiny",
+        "wm_steps": 1500,
+        "wm_vae_steps": 300,
+        "iterate_preset": "cpu",
+    },
+    "gpu": {
+        "demos": 100,
+        "rollouts": 128,
+        "vla_recipe": "realistic",
+        "sft_steps": 0,
+        "wm_preset": "xl",
+        "wm_steps": 0,
+        "wm_vae_steps": 0,
+        "iterate_preset": "paper",
+    },
 }
 """0 steps = the recipe's or preset's own number. The cpu demos/SFT steps are those of the measured
 base policy in docs/vla.md (22% success on so101_sim_near); with 40 demos and 1500 steps the base
@@ -65,19 +81,48 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.description = __doc__.split("\n\n")[0]
     parser.epilog = "Example: wmpo run --out runs/first --rounds 2"
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--out", type=Path, default=None, help="run folder for stores, checkpoints, logs and report.md (default: runs/<date-time>)")
-    parser.add_argument("--robot", default="so101_sim_near", help="robot config name or YAML (default: so101_sim_near, the CPU-scale SO-101 sim)")
-    parser.add_argument("--rounds", type=int, default=2, help="lifelong rounds after the SFT policy (default: 2)")
-    parser.add_argument("--size", choices=sorted(SIZES), default="cpu", help="model and data sizes (default: cpu)")
-    parser.add_argument("--demos", type=int, default=None, help="teleop demonstrations to seed with (default: by --size)")
-    parser.add_argument("--rollouts", type=int, default=None, help="P: robot episodes per policy version (default: by --size)")
-    parser.add_argument("--teleop-device", default="auto", help="teleop device for the demos: auto (the scripted expert in sim), keyboard, gamepad, so101_leader")
-    parser.add_argument("--learner", default=None, metavar="URL", help="use this running learner service instead of starting one (token: WMPO_LEARNER_TOKEN)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="run folder for stores, checkpoints, logs and report.md (default: runs/<date-time>)",
+    )
+    parser.add_argument(
+        "--robot",
+        default="so101_sim_near",
+        help="robot config name or YAML (default: so101_sim_near, the CPU-scale SO-101 sim)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="lifelong rounds after the SFT policy (default: 2)"
+    )
+    parser.add_argument(
+        "--size", choices=sorted(SIZES), default="cpu", help="model and data sizes (default: cpu)"
+    )
+    parser.add_argument(
+        "--demos", type=int, default=None, help="teleop demonstrations to seed with (default: by --size)"
+    )
+    parser.add_argument(
+        "--rollouts", type=int, default=None, help="P: robot episodes per policy version (default: by --size)"
+    )
+    parser.add_argument(
+        "--teleop-device",
+        default="auto",
+        help="teleop device for the demos: auto (the scripted expert in sim), keyboard, gamepad, so101_leader",
+    )
+    parser.add_argument(
+        "--learner",
+        default=None,
+        metavar="URL",
+        help="use this running learner service instead of starting one (token: WMPO_LEARNER_TOKEN)",
+    )
     add_ros_domain_argument(parser)
     parser.add_argument("--device", default="auto", help="torch device for training: auto, cpu or cuda")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override one size, e.g. --set sft_steps=500; keys: "
         f"{', '.join(SIZES['cpu'])}, and every `wmpo iterate` stage size (passed on to each round)",
     )
@@ -129,10 +174,14 @@ def sizes_for(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
             try:
                 sizes[key] = type(sizes[key])(value)
             except ValueError:
-                raise ValueError(f"--set {key}: expected a {type(sizes[key]).__name__}, got {value!r}") from None
+                raise ValueError(
+                    f"--set {key}: expected a {type(sizes[key]).__name__}, got {value!r}"
+                ) from None
         else:
             iterate_items.append(item)
-    stage_sizes(sizes["iterate_preset"], iterate_items)  # fails now, naming the key, rather than after an hour
+    stage_sizes(
+        sizes["iterate_preset"], iterate_items
+    )  # fails now, naming the key, rather than after an hour
     for key in ("demos", "rollouts"):
         if sizes[key] < 1:
             raise ValueError(f"{key} must be at least 1, got {sizes[key]}")
@@ -153,7 +202,10 @@ class Progress:
             def __enter__(self):
                 progress.done += 1
                 self.start = time.monotonic()
-                print(f"\n=== [{progress.done}/{progress.total}] {name} (run time {progress.elapsed()}) ===", flush=True)
+                print(
+                    f"\n=== [{progress.done}/{progress.total}] {name} (run time {progress.elapsed()}) ===",
+                    flush=True,
+                )
 
             def __exit__(self, exc_type, exc, tb):
                 seconds = time.monotonic() - self.start
@@ -174,7 +226,9 @@ def wmpo(*argv: str) -> None:
 
     code = main([str(a) for a in argv])
     if code != 0:
-        raise RuntimeError(f"`wmpo {' '.join(str(a) for a in argv[:1])}` failed (exit {code}); its output is above")
+        raise RuntimeError(
+            f"`wmpo {' '.join(str(a) for a in argv[:1])}` failed (exit {code}); its output is above"
+        )
 
 
 def publish_and_deploy(client, checkpoint: Path, reason: str) -> str:
@@ -196,28 +250,40 @@ def wait_for_learner_episodes(store_path: Path, count: int, timeout_s: float, **
 
     deadline = time.monotonic() + timeout_s
     while True:
-        ids = [m.episode_id for m in EpisodeStore.open(store_path).select(**select)] if (store_path / "zarr.json").exists() else []
+        ids = (
+            [m.episode_id for m in EpisodeStore.open(store_path).select(**select)]
+            if (store_path / "zarr.json").exists()
+            else []
+        )
         if len(ids) >= count or time.monotonic() > deadline:
             if len(ids) < count:
-                raise RuntimeError(f"only {len(ids)} of {count} episodes ({select}) reached the learner in {timeout_s:.0f} s")
+                raise RuntimeError(
+                    f"only {len(ids)} of {count} episodes ({select}) reached the learner in {timeout_s:.0f} s"
+                )
             return ids
         time.sleep(1.0)
 
 
 def run_loop(args: argparse.Namespace) -> Path:
     from wmpo_core.robot_config import GymSimDriver, load_robot_config
-    from wmpo_learner.report import VersionResult, real_vs_imagined_video, write_report
-    from wmpo_learner.service.local import LocalService
     from wmpo_ros.learner_client import LearnerClient
     from wmpo_ros.session import RobotSession
+
+    from wmpo_learner.report import VersionResult, real_vs_imagined_video, write_report
+    from wmpo_learner.service.local import LocalService
 
     sizes, iterate_sets = sizes_for(args)
     robot = load_robot_config(args.robot)
     sim = isinstance(robot.driver, GymSimDriver)
     paths = RunPaths(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     paths.root.mkdir(parents=True, exist_ok=True)
-    (paths.root / "run.json").write_text(json.dumps({"robot": robot.name, "rounds": args.rounds, "sizes": sizes, "argv": sys.argv}, indent=2) + "\n")
-    print(f"wmpo run: {robot.name}, {args.rounds} round(s), sizes '{args.size}' {sizes}\n  everything goes to {paths.root}")
+    (paths.root / "run.json").write_text(
+        json.dumps({"robot": robot.name, "rounds": args.rounds, "sizes": sizes, "argv": sys.argv}, indent=2)
+        + "\n"
+    )
+    print(
+        f"wmpo run: {robot.name}, {args.rounds} round(s), sizes '{args.size}' {sizes}\n  everything goes to {paths.root}"
+    )
     progress = Progress(total=6 + 2 * args.rounds)
     # "auto": every command picks CUDA when present by itself (not all of them spell it "auto").
     device = [] if args.device == "auto" else ["--device", args.device]
@@ -229,9 +295,17 @@ def run_loop(args: argparse.Namespace) -> Path:
     token_file = None if args.learner else service.token_file
     learner_store = paths.learner / "learner.zarr" if service else None
     try:
-        with LearnerClient.from_env(url, token_file=token_file) as client, RobotSession(
-            robot=args.robot, store=paths.robot_store, learner_url=url, token_file=token_file, seed=args.seed, ros_domain=args.ros_domain
-        ) as robot_side:
+        with (
+            LearnerClient.from_env(url, token_file=token_file) as client,
+            RobotSession(
+                robot=args.robot,
+                store=paths.robot_store,
+                learner_url=url,
+                token_file=token_file,
+                seed=args.seed,
+                ros_domain=args.ros_domain,
+            ) as robot_side,
+        ):
             with progress.stage(f"seed {sizes['demos']} demonstrations by teleop ({args.teleop_device})"):
                 have = robot_side.count_episodes(source={"teleop", "scripted"})
                 if have < sizes["demos"]:
@@ -239,21 +313,53 @@ def run_loop(args: argparse.Namespace) -> Path:
             with progress.stage("stream the demonstrations to the learner"):
                 robot_side.wait_uploaded(timeout_s=600)
                 if learner_store is not None:
-                    wait_for_learner_episodes(learner_store, sizes["demos"], 600, source=["teleop", "scripted"])
+                    wait_for_learner_episodes(
+                        learner_store, sizes["demos"], 600, source=["teleop", "scripted"]
+                    )
             store_arg = str(learner_store) if learner_store is not None else None
             if store_arg is None:
-                raise RuntimeError("--learner: training against a remote learner's store is not supported by `wmpo run`; run the learner jobs there")
+                raise RuntimeError(
+                    "--learner: training against a remote learner's store is not supported by `wmpo run`; run the learner jobs there"
+                )
             with progress.stage("SFT of the VLA on the demonstrations"):
                 if not (paths.sft / "manifest.json").exists():
-                    wmpo("sft", "--store", store_arg, "--robot", args.robot, "--config", sizes["vla_recipe"], "--out", paths.sft,
-                         *(["--steps", sizes["sft_steps"]] if sizes["sft_steps"] else []), "--seed", args.seed, *device)
+                    wmpo(
+                        "sft",
+                        "--store",
+                        store_arg,
+                        "--robot",
+                        args.robot,
+                        "--config",
+                        sizes["vla_recipe"],
+                        "--out",
+                        paths.sft,
+                        *(["--steps", sizes["sft_steps"]] if sizes["sft_steps"] else []),
+                        "--seed",
+                        args.seed,
+                        *device,
+                    )
                 current = paths.sft
                 version = publish_and_deploy(client, current, "SFT on the seed demonstrations")
             with progress.stage("pretrain the world model on the demonstrations"):
                 if not (paths.world_model / "world_model.json").exists():
-                    wmpo("wm-train", "--store", store_arg, "--robot", args.robot, "--config", sizes["wm_preset"], "--out", paths.world_model,
-                         "--source", "any", *(["--steps", sizes["wm_steps"]] if sizes["wm_steps"] else []),
-                         *(["--vae-steps", sizes["wm_vae_steps"]] if sizes["wm_vae_steps"] else []), "--seed", args.seed, *device)
+                    wmpo(
+                        "wm-train",
+                        "--store",
+                        store_arg,
+                        "--robot",
+                        args.robot,
+                        "--config",
+                        sizes["wm_preset"],
+                        "--out",
+                        paths.world_model,
+                        "--source",
+                        "any",
+                        *(["--steps", sizes["wm_steps"]] if sizes["wm_steps"] else []),
+                        *(["--vae-steps", sizes["wm_vae_steps"]] if sizes["wm_vae_steps"] else []),
+                        "--seed",
+                        args.seed,
+                        *device,
+                    )
                 world_model = paths.world_model
             with progress.stage(f"the robot loads {version} and records {sizes['rollouts']} rollouts"):
                 results.append(rollouts(robot_side, learner_store, version, sizes["rollouts"], "SFT"))
@@ -261,8 +367,26 @@ def run_loop(args: argparse.Namespace) -> Path:
             for k in range(1, args.rounds + 1):
                 out = paths.round(k)
                 with progress.stage(f"round {k}: align, reward model, GRPO in imagination (wmpo iterate)"):
-                    argv = ["iterate", "--store", store_arg, "--robot", args.robot, "--policy", current, "--wm", world_model,
-                            "--out", out, "--preset", sizes["iterate_preset"], "--set", "eval_episodes=0", "--seed", args.seed + k, *device]
+                    argv = [
+                        "iterate",
+                        "--store",
+                        store_arg,
+                        "--robot",
+                        args.robot,
+                        "--policy",
+                        current,
+                        "--wm",
+                        world_model,
+                        "--out",
+                        out,
+                        "--preset",
+                        sizes["iterate_preset"],
+                        "--set",
+                        "eval_episodes=0",
+                        "--seed",
+                        args.seed + k,
+                        *device,
+                    ]
                     for item in iterate_sets:
                         argv += ["--set", item]
                     if reward is not None:
@@ -274,30 +398,72 @@ def run_loop(args: argparse.Namespace) -> Path:
                     if summary["promoted"]:
                         current = out / "policy"
                         version = publish_and_deploy(client, current, f"WMPO round {k}")
-                    notes.append(f"round {k}: {'promoted' if summary['promoted'] else 'not promoted'}: {summary['reason']}")
+                    notes.append(
+                        f"round {k}: {'promoted' if summary['promoted'] else 'not promoted'}: {summary['reason']}"
+                    )
                 if summary["promoted"]:
-                    with progress.stage(f"round {k}: the robot hot-swaps to {version} and records {sizes['rollouts']} rollouts"):
-                        results.append(rollouts(robot_side, learner_store, version, sizes["rollouts"], f"round {k}"))
+                    with progress.stage(
+                        f"round {k}: the robot hot-swaps to {version} and records {sizes['rollouts']} rollouts"
+                    ):
+                        results.append(
+                            rollouts(robot_side, learner_store, version, sizes["rollouts"], f"round {k}")
+                        )
                     measured = merged(results, parent_version)
-                    p_worse = one_sided_worse_p_value(results[-1].successes, results[-1].trials, measured.successes, measured.trials)
+                    p_worse = one_sided_worse_p_value(
+                        results[-1].successes, results[-1].trials, measured.successes, measured.trials
+                    )
                     if p_worse < ROLLBACK_P:
-                        current, version = parent, publish_and_deploy(
-                            client, parent, f"rollback: {version} is below {parent_version} (one-sided p = {p_worse:.3f})")
-                        notes.append(f"round {k}: rolled back to {parent_version}: {results[-1].successes}/{results[-1].trials} vs "
-                                     f"{measured.successes}/{measured.trials}, one-sided two-proportion z-test p = {p_worse:.3f} < {ROLLBACK_P}")
+                        current, version = (
+                            parent,
+                            publish_and_deploy(
+                                client,
+                                parent,
+                                f"rollback: {version} is below {parent_version} (one-sided p = {p_worse:.3f})",
+                            ),
+                        )
+                        notes.append(
+                            f"round {k}: rolled back to {parent_version}: {results[-1].successes}/{results[-1].trials} vs "
+                            f"{measured.successes}/{measured.trials}, one-sided two-proportion z-test p = {p_worse:.3f} < {ROLLBACK_P}"
+                        )
                 else:
                     # No new version: the robot keeps its policy and records more of its rollouts for the next round.
-                    with progress.stage(f"round {k}: {version} kept; the robot records {sizes['rollouts']} more rollouts"):
-                        results.append(rollouts(robot_side, learner_store, version, sizes["rollouts"], f"round {k} ({version} kept)",
-                                                already=sum(r.trials for r in results if r.version == version)))
+                    with progress.stage(
+                        f"round {k}: {version} kept; the robot records {sizes['rollouts']} more rollouts"
+                    ):
+                        results.append(
+                            rollouts(
+                                robot_side,
+                                learner_store,
+                                version,
+                                sizes["rollouts"],
+                                f"round {k} ({version} kept)",
+                                already=sum(r.trials for r in results if r.version == version),
+                            )
+                        )
 
         with progress.stage("report"):
             videos = []
             for m in _episodes(learner_store, results[-1].version)[:2]:
-                videos.append(real_vs_imagined_video(world_model, learner_store, m.episode_id, paths.report / "videos" / f"{m.episode_id}.mp4"))
+                videos.append(
+                    real_vs_imagined_video(
+                        world_model,
+                        learner_store,
+                        m.episode_id,
+                        paths.report / "videos" / f"{m.episode_id}.mp4",
+                    )
+                )
             report = write_report(
-                paths.report, f"wmpo run on {robot.name} ({args.size} sizes, P={sizes['rollouts']} per version)", results,
-                {"robot": robot.name, "sim": sim, "sizes": sizes, "stage_seconds": progress.timings, "run_folder": str(paths.root)}, videos,
+                paths.report,
+                f"wmpo run on {robot.name} ({args.size} sizes, P={sizes['rollouts']} per version)",
+                results,
+                {
+                    "robot": robot.name,
+                    "sim": sim,
+                    "sizes": sizes,
+                    "stage_seconds": progress.timings,
+                    "run_folder": str(paths.root),
+                },
+                videos,
                 notes=notes,
             )
     finally:

@@ -35,7 +35,9 @@ def results_table(results: Sequence[VersionResult]) -> str:
     lines = ["| | policy version | success | Wilson 95% CI |", "|---|---|---|---|"]
     for r in results:
         lo, hi = r.success_rate.interval
-        lines.append(f"| {r.label} | `{r.version}` | {r.successes}/{r.trials} ({100 * r.successes / r.trials:.0f}%) | [{100 * lo:.0f}%, {100 * hi:.0f}%] |")
+        lines.append(
+            f"| {r.label} | `{r.version}` | {r.successes}/{r.trials} ({100 * r.successes / r.trials:.0f}%) | [{100 * lo:.0f}%, {100 * hi:.0f}%] |"
+        )
     return "\n".join(lines)
 
 
@@ -50,7 +52,14 @@ def plot_success(results: Sequence[VersionResult], path: Path, title: str) -> Pa
     intervals = np.array([r.success_rate.interval for r in results])
     fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(results) + 1.5), 3.6), dpi=120)
     ax.bar(range(len(results)), 100 * rates, color="#4C72B0", width=0.6)
-    ax.errorbar(range(len(results)), 100 * rates, yerr=100 * np.abs(intervals.T - rates), fmt="none", ecolor="black", capsize=4)
+    ax.errorbar(
+        range(len(results)),
+        100 * rates,
+        yerr=100 * np.abs(intervals.T - rates),
+        fmt="none",
+        ecolor="black",
+        capsize=4,
+    )
     ax.set_xticks(range(len(results)), [f"{r.label}\n(n={r.trials})" for r in results], fontsize=8)
     ax.set_ylim(0, 100)
     ax.set_ylabel("success rate (%)")
@@ -63,15 +72,17 @@ def plot_success(results: Sequence[VersionResult], path: Path, title: str) -> Pa
     return path
 
 
-def real_vs_imagined_video(world_model: Path, store_path: Path, episode_id: str, out: Path, max_steps: int = 40, seed: int = 0) -> Path:
+def real_vs_imagined_video(
+    world_model: Path, store_path: Path, episode_id: str, out: Path, max_steps: int = 40, seed: int = 0
+) -> Path:
     """Side-by-side mp4: the recorded episode (left) and the world model replaying its first frame
     with the same recorded actions, open loop (right). How far they drift apart shows how much the
     policy can trust imagination for this kind of episode."""
     import torch
-
     from wmpo_core.episode_store import EpisodeStore
     from wmpo_core.image_ops import resize_frames
     from wmpo_core.sim_rollout import write_video
+
     from wmpo_learner.world_model import WorldModel
 
     wm = WorldModel.load(world_model)
@@ -82,14 +93,22 @@ def real_vs_imagined_video(world_model: Path, store_path: Path, episode_id: str,
     with torch.no_grad():
         imagined = wm.replay(real[:1], actions[None], torch.Generator().manual_seed(seed))[0]
     real = resize_frames(real[1 : steps + 1], imagined.shape[1])
-    frames = [np.concatenate([r, np.full((r.shape[0], 4, 3), 255, np.uint8), i], axis=1) for r, i in zip(real, imagined)]
+    frames = [
+        np.concatenate([r, np.full((r.shape[0], 4, 3), 255, np.uint8), i], axis=1)
+        for r, i in zip(real, imagined)
+    ]
     out.parent.mkdir(parents=True, exist_ok=True)
     write_video(out, frames, fps=10.0)
     return out
 
 
 def write_report(
-    out_dir: Path, title: str, results: Sequence[VersionResult], details: dict, videos: Sequence[Path], notes: Sequence[str] = ()
+    out_dir: Path,
+    title: str,
+    results: Sequence[VersionResult],
+    details: dict,
+    videos: Sequence[Path],
+    notes: Sequence[str] = (),
 ) -> Path:
     """report.md + report.json + success.png in `out_dir`; `notes`: what each round decided and why."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -98,12 +117,22 @@ def write_report(
     if notes:
         lines += ["What each round decided:", "", *[f"- {n}" for n in notes], ""]
     if videos:
-        lines += ["Real episodes (left) next to the world model's open-loop replay of their actions (right):", ""]
+        lines += [
+            "Real episodes (left) next to the world model's open-loop replay of their actions (right):",
+            "",
+        ]
         lines += [f"- [{v.name}]({v.relative_to(out_dir)})" for v in videos]
         lines.append("")
     lines += ["```json", json.dumps(details, indent=2), "```", ""]
     (out_dir / "report.md").write_text("\n".join(lines))
-    payload = {"title": title, "results": [{**asdict(r), "rate": r.successes / r.trials, "ci95": list(r.success_rate.interval)} for r in results],
-               "notes": list(notes), **details}
+    payload = {
+        "title": title,
+        "results": [
+            {**asdict(r), "rate": r.successes / r.trials, "ci95": list(r.success_rate.interval)}
+            for r in results
+        ],
+        "notes": list(notes),
+        **details,
+    }
     (out_dir / "report.json").write_text(json.dumps(payload, indent=2) + "\n")
     return out_dir / "report.md"

@@ -33,22 +33,54 @@ STATE_FILE = "trainer_state.json"
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--store", type=Path, required=True, help="episode store with the demonstrations")
-    parser.add_argument("--robot", default="so101_sim", help="robot config name or YAML path the policy is for")
-    parser.add_argument("--config", default="tiny", help="VLA recipe: 'tiny', 'realistic' or a JSON file (model + sft settings)")
-    parser.add_argument("--out", type=Path, required=True, help="checkpoint directory to write (the trained policy)")
-    parser.add_argument("--from", dest="init_from", type=Path, default=None,
-                        help="start from this checkpoint (its architecture and action statistics) instead of a new model")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last periodic save")
-    parser.add_argument("--steps", type=int, default=None, help="total optimizer steps (default: the recipe's)")
-    parser.add_argument("--batch-size", type=int, default=None, help="chunks per step (default: the recipe's)")
+    parser.add_argument(
+        "--robot", default="so101_sim", help="robot config name or YAML path the policy is for"
+    )
+    parser.add_argument(
+        "--config",
+        default="tiny",
+        help="VLA recipe: 'tiny', 'realistic' or a JSON file (model + sft settings)",
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="checkpoint directory to write (the trained policy)"
+    )
+    parser.add_argument(
+        "--from",
+        dest="init_from",
+        type=Path,
+        default=None,
+        help="start from this checkpoint (its architecture and action statistics) instead of a new model",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last periodic save"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="total optimizer steps (default: the recipe's)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="chunks per step (default: the recipe's)"
+    )
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
-    parser.add_argument("--save-every", type=int, default=None, help="steps between checkpoints (default: the recipe's)")
-    parser.add_argument("--source", nargs="+", default=["teleop", "scripted"], choices=["teleop", "scripted", "policy"],
-                        help="which episodes to imitate, by source (default: teleop scripted)")
-    parser.add_argument("--max-episodes", type=int, default=None, help="use only the first N matching episodes (oldest first)")
-    parser.add_argument("--include-failures", action="store_true", help="also imitate episodes labelled unsuccessful")
+    parser.add_argument(
+        "--save-every", type=int, default=None, help="steps between checkpoints (default: the recipe's)"
+    )
+    parser.add_argument(
+        "--source",
+        nargs="+",
+        default=["teleop", "scripted"],
+        choices=["teleop", "scripted", "policy"],
+        help="which episodes to imitate, by source (default: teleop scripted)",
+    )
+    parser.add_argument(
+        "--max-episodes", type=int, default=None, help="use only the first N matching episodes (oldest first)"
+    )
+    parser.add_argument(
+        "--include-failures", action="store_true", help="also imitate episodes labelled unsuccessful"
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for initialization, batch sampling and augmentation")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed for initialization, batch sampling and augmentation"
+    )
 
 
 @dataclasses.dataclass
@@ -66,16 +98,26 @@ class Demonstrations:
         return int(self.actions.shape[0])
 
 
-def load_demonstrations(store_path: Path, robot_config, cameras, image_size: int, sources, include_failures: bool,
-                        max_episodes: int | None) -> Demonstrations:
+def load_demonstrations(
+    store_path: Path,
+    robot_config,
+    cameras,
+    image_size: int,
+    sources,
+    include_failures: bool,
+    max_episodes: int | None,
+) -> Demonstrations:
     import numpy as np
     from tqdm import tqdm
     from wmpo_core.episode_store import EpisodeStore
     from wmpo_core.image_ops import resize_frames
 
     store = EpisodeStore.open(store_path, mode="r")
-    metas = [m for m in store.select(source=sources, robot_config_name=robot_config.name)
-             if include_failures or m.success is not False]
+    metas = [
+        m
+        for m in store.select(source=sources, robot_config_name=robot_config.name)
+        if include_failures or m.success is not False
+    ]
     if max_episodes is not None:
         metas = metas[:max_episodes]
     if not metas:
@@ -85,7 +127,9 @@ def load_demonstrations(store_path: Path, robot_config, cameras, image_size: int
         )
     for m in metas:
         if m.action_dim != robot_config.action.dim:
-            raise SystemExit(f"wmpo sft: episode {m.episode_id} has {m.action_dim} action dims, robot has {robot_config.action.dim}")
+            raise SystemExit(
+                f"wmpo sft: episode {m.episode_id} has {m.action_dim} action dims, robot has {robot_config.action.dim}"
+            )
         absent = [c for c in cameras if c not in m.cameras]
         if absent:
             raise SystemExit(f"wmpo sft: episode {m.episode_id} has no camera {absent}")
@@ -128,7 +172,7 @@ def random_shift(frames, pad: int, rng):
     n, h, w, _ = frames.shape
     padded = np.pad(frames, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
     dy, dx = rng.integers(0, 2 * pad + 1, size=(2, n))
-    return np.stack([padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    return np.stack([padded[i, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
 
 
 def lr_at(step: int, peak: float, warmup: int, total: int) -> float:
@@ -183,8 +227,16 @@ def run(args: argparse.Namespace) -> int:
 
     robot = load_robot_config(args.robot)
     recipe = load_recipe(args.config)
-    overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
-                                   ("save_every", args.save_every)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (
+            ("steps", args.steps),
+            ("batch_size", args.batch_size),
+            ("lr", args.lr),
+            ("save_every", args.save_every),
+        )
+        if v is not None
+    }
     settings = dataclasses.replace(recipe.sft, **overrides)
     for name in ("steps", "batch_size", "save_every"):
         if getattr(settings, name) < 1:
@@ -197,7 +249,9 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not (training_dir / STATE_FILE).is_file():
         raise SystemExit(f"wmpo sft: nothing to resume in {out} (no {TRAINING_DIR}/{STATE_FILE})")
     if not args.resume and (training_dir / STATE_FILE).is_file():
-        raise SystemExit(f"wmpo sft: {out} already holds a training run; pass --resume to continue it or choose another --out")
+        raise SystemExit(
+            f"wmpo sft: {out} already holds a training run; pass --resume to continue it or choose another --out"
+        )
     torch.manual_seed(args.seed)
 
     # Model first (its cameras and image size decide how the demonstrations are preloaded).
@@ -206,7 +260,11 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         trainer_state = json.loads((training_dir / STATE_FILE).read_text())
         model = load_checkpoint(out, robot, device=device)
-        start_step, rng_state, history = trainer_state["step"], trainer_state["rng"], trainer_state["loss_history"]
+        start_step, rng_state, history = (
+            trainer_state["step"],
+            trainer_state["rng"],
+            trainer_state["loss_history"],
+        )
         parent_version = model.parent_version
         recipe_name = trainer_state["recipe"]
     elif args.init_from is not None:
@@ -218,10 +276,14 @@ def run(args: argparse.Namespace) -> int:
         recipe_name = recipe.name
     cameras = model.cameras if model is not None else resolve_cameras(recipe.model, robot)
     image_size = model.image_size if model is not None else recipe.model.image_size
-    demos = load_demonstrations(args.store, robot, cameras, image_size, args.source, args.include_failures, args.max_episodes)
+    demos = load_demonstrations(
+        args.store, robot, cameras, image_size, args.source, args.include_failures, args.max_episodes
+    )
     if model is None:
         state_norm = ActionNormalizer.from_actions(demos.states) if recipe.model.use_state else None
-        model = VLA.create(recipe.model, robot, ActionNormalizer.from_actions(demos.actions), state_norm).to(device)
+        model = VLA.create(recipe.model, robot, ActionNormalizer.from_actions(demos.actions), state_norm).to(
+            device
+        )
     model.train()
     tokens_all = model.actions_to_tokens(demos.actions)  # (N, A), with the model's own statistics
 
@@ -231,8 +293,11 @@ def run(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(args.seed)
     if rng_state is not None:
         rng.bit_generator.state = rng_state
-    autocast = (torch.autocast(device.type, dtype=getattr(torch, settings.autocast_dtype))
-                if settings.autocast_dtype else torch.autocast(device.type, enabled=False))
+    autocast = (
+        torch.autocast(device.type, dtype=getattr(torch, settings.autocast_dtype))
+        if settings.autocast_dtype
+        else torch.autocast(device.type, enabled=False)
+    )
 
     data_hash = hashlib.sha256("\n".join(demos.episode_ids).encode()).hexdigest()
     provenance = {
@@ -251,20 +316,31 @@ def run(args: argparse.Namespace) -> int:
     def save(step: int) -> None:
         provenance["sft"]["trained_steps"] = step
         model.eval()
-        save_checkpoint(model, out, robot, version_prefix="sft", parent_version=parent_version, provenance=provenance)
+        save_checkpoint(
+            model, out, robot, version_prefix="sft", parent_version=parent_version, provenance=provenance
+        )
         model.train()
         training_dir.mkdir(parents=True, exist_ok=True)
         save_optimizer(optimizer, training_dir / OPTIMIZER_FILE)
-        state = {"step": step, "rng": rng.bit_generator.state, "loss_history": history, "recipe": recipe_name,
-                 "episode_ids_sha256": "sha256:" + data_hash}
+        state = {
+            "step": step,
+            "rng": rng.bit_generator.state,
+            "loss_history": history,
+            "recipe": recipe_name,
+            "episode_ids_sha256": "sha256:" + data_hash,
+        }
         tmp = training_dir / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(state, indent=1))
         tmp.replace(training_dir / STATE_FILE)
 
     writer = SummaryWriter(str(training_dir / "tensorboard"))
-    print(f"wmpo sft: {len(demos.episode_ids)} episodes, {len(demos)} steps; model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
-          f"params on {device}; steps {start_step}->{settings.steps}, batch {settings.batch_size}")
-    bar = tqdm(range(start_step, settings.steps), initial=start_step, total=settings.steps, desc="sft", unit="step")
+    print(
+        f"wmpo sft: {len(demos.episode_ids)} episodes, {len(demos)} steps; model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
+        f"params on {device}; steps {start_step}->{settings.steps}, batch {settings.batch_size}"
+    )
+    bar = tqdm(
+        range(start_step, settings.steps), initial=start_step, total=settings.steps, desc="sft", unit="step"
+    )
     window: list[float] = []
     t_start = time.time()
     step = start_step
@@ -272,8 +348,11 @@ def run(args: argparse.Namespace) -> int:
         starts = rng.integers(0, len(demos), size=settings.batch_size)
         chunks = chunk_indices(starts, demos.episode_end, model.chunk_size)
         frames = {c: random_shift(demos.pixels[c][starts], settings.augment_shift_px, rng) for c in cameras}
-        inputs = model.encode_inputs(frames, [demos.instructions[i] for i in starts],
-                                     demos.states[starts] if model.state_dim is not None else None)
+        inputs = model.encode_inputs(
+            frames,
+            [demos.instructions[i] for i in starts],
+            demos.states[starts] if model.state_dim is not None else None,
+        )
         targets = torch.as_tensor(tokens_all[chunks], device=device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, settings.lr, settings.warmup_steps, settings.steps)
@@ -301,6 +380,8 @@ def run(args: argparse.Namespace) -> int:
     save(settings.steps)
     writer.close()
     elapsed = time.time() - t_start
-    print(f"wmpo sft: wrote {out} (version {model.version}) after {settings.steps - start_step} steps in {elapsed:.0f} s; "
-          f"final loss {history[-1][1] if history else float('nan'):.3f}")
+    print(
+        f"wmpo sft: wrote {out} (version {model.version}) after {settings.steps - start_step} steps in {elapsed:.0f} s; "
+        f"final loss {history[-1][1] if history else float('nan'):.3f}"
+    )
     return 0

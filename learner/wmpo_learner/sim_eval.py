@@ -16,21 +16,57 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("--policy", required=True,
-                        help="policy checkpoint directory, a registered 'scheme:...' spec, or 'expert' (the scripted expert)")
-    parser.add_argument("--robot", default="so101_sim", help="robot config name or YAML path (must be a simulated arm)")
-    parser.add_argument("--episodes", type=int, default=50, help="number of evaluation episodes (one eval seed each)")
-    parser.add_argument("--seed-offset", type=int, default=0,
-                        help="first eval seed = EVAL_SEED_START + offset (use different offsets for independent evaluations)")
-    parser.add_argument("--videos", type=Path, default=None, help="save an mp4 of every episode into this directory")
-    parser.add_argument("--sample", action="store_true", help="sample actions at --temperature instead of greedy decoding (VLA only)")
-    parser.add_argument("--temperature", type=float, default=1.6, help="sampling temperature with --sample (default 1.6)")
-    parser.add_argument("--refill-threshold", type=int, default=1,
-                        help="request the next chunk when this many actions remain, as the policy node does (default: %(default)s)")
-    parser.add_argument("--device", default=None, help="torch device for a VLA checkpoint (default: cuda if available, else cpu)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the summary (and per-episode results) as JSON here")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="episodes run in this many processes at once (default: one per CPU core; 1 = in this process)")
+    parser.add_argument(
+        "--policy",
+        required=True,
+        help="policy checkpoint directory, a registered 'scheme:...' spec, or 'expert' (the scripted expert)",
+    )
+    parser.add_argument(
+        "--robot", default="so101_sim", help="robot config name or YAML path (must be a simulated arm)"
+    )
+    parser.add_argument(
+        "--episodes", type=int, default=50, help="number of evaluation episodes (one eval seed each)"
+    )
+    parser.add_argument(
+        "--seed-offset",
+        type=int,
+        default=0,
+        help="first eval seed = EVAL_SEED_START + offset (use different offsets for independent evaluations)",
+    )
+    parser.add_argument(
+        "--videos", type=Path, default=None, help="save an mp4 of every episode into this directory"
+    )
+    parser.add_argument(
+        "--sample",
+        action="store_true",
+        help="sample actions at --temperature instead of greedy decoding (VLA only)",
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=1.6, help="sampling temperature with --sample (default 1.6)"
+    )
+    parser.add_argument(
+        "--refill-threshold",
+        type=int,
+        default=1,
+        help="request the next chunk when this many actions remain, as the policy node does (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="torch device for a VLA checkpoint (default: cuda if available, else cpu)",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="also write the summary (and per-episode results) as JSON here",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="episodes run in this many processes at once (default: one per CPU core; 1 = in this process)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,29 +84,50 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("wmpo eval: --workers must be >= 1")
     robot = load_robot_config(args.robot)
     if not isinstance(robot.driver, GymSimDriver):
-        raise SystemExit(f"wmpo eval: robot config '{robot.name}' is not a simulated arm (driver {robot.driver.kind})")
-    make_policy = partial(load_eval_policy, args.policy, args.sample, args.temperature, args.seed_offset, args.device)
+        raise SystemExit(
+            f"wmpo eval: robot config '{robot.name}' is not a simulated arm (driver {robot.driver.kind})"
+        )
+    make_policy = partial(
+        load_eval_policy, args.policy, args.sample, args.temperature, args.seed_offset, args.device
+    )
     policy = make_policy(robot)  # loaded here too: a bad checkpoint fails before any worker starts
     version = "scripted-expert" if policy is None else policy.version
     mode = "expert" if policy is None else (f"sampled T={args.temperature}" if args.sample else "greedy")
     seeds = eval_seeds(args.episodes, args.seed_offset)
     t0 = time.time()
     if args.workers == 1:
-        results = run_episodes(robot, policy, seeds, video_dir=args.videos, desc=f"eval {version}",
-                               refill_threshold=args.refill_threshold)
+        results = run_episodes(
+            robot,
+            policy,
+            seeds,
+            video_dir=args.videos,
+            desc=f"eval {version}",
+            refill_threshold=args.refill_threshold,
+        )
     else:
         del policy
-        results = run_episodes_parallel(robot, make_policy, seeds, min(args.workers, len(seeds)), video_dir=args.videos,
-                                        desc=f"eval {version}", refill_threshold=args.refill_threshold)
+        results = run_episodes_parallel(
+            robot,
+            make_policy,
+            seeds,
+            min(args.workers, len(seeds)),
+            video_dir=args.videos,
+            desc=f"eval {version}",
+            refill_threshold=args.refill_threshold,
+        )
     minutes = (time.time() - t0) / 60
 
     rate = SuccessRate.from_outcomes(r.success for r in results)
     lengths = [r.num_steps for r in results]
     success_lengths = [r.num_steps for r in results if r.success]
-    print(f"policy {version} ({mode}) on {robot.name}: {len(results)} episodes, eval seeds {seeds[0]}..{seeds[-1]}")
+    print(
+        f"policy {version} ({mode}) on {robot.name}: {len(results)} episodes, eval seeds {seeds[0]}..{seeds[-1]}"
+    )
     print(f"  success rate       {rate}")
-    print(f"  mean episode length {np.mean(lengths):.1f} steps"
-          + (f" (successful episodes: {np.mean(success_lengths):.1f})" if success_lengths else ""))
+    print(
+        f"  mean episode length {np.mean(lengths):.1f} steps"
+        + (f" (successful episodes: {np.mean(success_lengths):.1f})" if success_lengths else "")
+    )
     print(f"  {len(results) / max(minutes, 1e-9):.1f} episodes/min with {args.workers} worker(s)")
     if args.videos is not None:
         print(f"  videos in {args.videos}")

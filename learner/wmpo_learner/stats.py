@@ -36,7 +36,10 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tu
     centre = (p + z * z / (2 * trials)) / denom
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
     # Clamp rounding noise at the ends (the exact interval touches 0 or 1 there).
-    return (0.0 if successes == 0 else max(0.0, centre - half), 1.0 if successes == trials else min(1.0, centre + half))
+    return (
+        0.0 if successes == 0 else max(0.0, centre - half),
+        1.0 if successes == trials else min(1.0, centre + half),
+    )
 
 
 def difference_interval(
@@ -90,7 +93,9 @@ class SuccessRate:
         }
 
 
-def one_sided_worse_p_value(successes_new: int, trials_new: int, successes_old: int, trials_old: int) -> float:
+def one_sided_worse_p_value(
+    successes_new: int, trials_new: int, successes_old: int, trials_old: int
+) -> float:
     """p-value of H0 "new >= old" against H1 "new < old" (pooled two-proportion z-test)."""
     if trials_new <= 0 or trials_old <= 0:
         raise ValueError("both samples need at least one trial")
@@ -149,8 +154,10 @@ class Confusion:
     def from_outcomes(cls, predicted: Iterable[bool], actual: Iterable[bool]) -> Confusion:
         pairs = [(bool(p), bool(a)) for p, a in zip(predicted, actual, strict=True)]
         return cls(
-            sum(p and a for p, a in pairs), sum(p and not a for p, a in pairs),
-            sum(not p and not a for p, a in pairs), sum(not p and a for p, a in pairs),
+            sum(p and a for p, a in pairs),
+            sum(p and not a for p, a in pairs),
+            sum(not p and not a for p, a in pairs),
+            sum(not p and a for p, a in pairs),
         )
 
     @property
@@ -163,5 +170,9 @@ class Confusion:
         return 0.5 * (self.true_positive / pos + self.true_negative / neg)
 
     def to_dict(self) -> dict[str, int]:
-        return {"true_positive": self.true_positive, "false_positive": self.false_positive,
-                "true_negative": self.true_negative, "false_negative": self.false_negative}
+        return {
+            "true_positive": self.true_positive,
+            "false_positive": self.false_positive,
+            "true_negative": self.true_negative,
+            "false_negative": self.false_negative,
+        }

@@ -59,7 +59,9 @@ def token_mask(finish_steps: torch.Tensor, num_chunks: int, chunk_size: int, act
     every token counts). Returns (B, num_chunks, chunk_size, action_dim) float.
     """
     steps = torch.arange(num_chunks * chunk_size, device=finish_steps.device).view(1, num_chunks, chunk_size)
-    limit = torch.where(finish_steps < 0, torch.full_like(finish_steps, num_chunks * chunk_size), finish_steps)
+    limit = torch.where(
+        finish_steps < 0, torch.full_like(finish_steps, num_chunks * chunk_size), finish_steps
+    )
     valid = steps <= limit.view(-1, 1, 1)
     return valid.unsqueeze(-1).expand(-1, -1, -1, action_dim).float()
 
@@ -92,7 +94,11 @@ def clipped_policy_loss(
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     per_token = torch.maximum(unclipped, clipped)
-    denom = mask.sum().clamp_min(1.0) if num_valid_tokens is None else torch.as_tensor(num_valid_tokens).clamp_min(1.0)
+    denom = (
+        mask.sum().clamp_min(1.0)
+        if num_valid_tokens is None
+        else torch.as_tensor(num_valid_tokens).clamp_min(1.0)
+    )
     loss = (per_token * mask).sum() / denom
     with torch.no_grad():
         clip_fraction = ((clipped > unclipped).float() * mask).sum() / denom

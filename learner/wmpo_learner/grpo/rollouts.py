@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
 from wmpo_core.robot_config import RobotConfig
 from wmpo_core.safety import SafetyFilter
 from wmpo_core.sim_env import SimArm
@@ -72,7 +71,9 @@ class RolloutBatch:
     def concat(batches: Sequence[RolloutBatch]) -> RolloutBatch:
         if not batches:
             raise ValueError("nothing to concatenate")
-        with_frames = all(b.frames is not None for b in batches) and len({b.frames.shape[1:] for b in batches}) == 1
+        with_frames = (
+            all(b.frames is not None for b in batches) and len({b.frames.shape[1:] for b in batches}) == 1
+        )
         return RolloutBatch(
             observations=np.concatenate([b.observations for b in batches]),
             instructions=[i for b in batches for i in b.instructions],
@@ -112,10 +113,14 @@ class ImaginationSource:
         self._rng = np.random.default_rng(seed)
         self.real_episodes_used = 0
 
-    def collect(self, policy, num_groups: int, group_size: int, temperature: float, generator: torch.Generator) -> RolloutBatch:
+    def collect(
+        self, policy, num_groups: int, group_size: int, temperature: float, generator: torch.Generator
+    ) -> RolloutBatch:
         from wmpo_learner.world_model.imagine import imagine
 
-        pick = self._rng.choice(len(self.first_frames), size=num_groups, replace=len(self.first_frames) < num_groups)
+        pick = self._rng.choice(
+            len(self.first_frames), size=num_groups, replace=len(self.first_frames) < num_groups
+        )
         rollouts = imagine(
             self.world_model,
             policy,
@@ -154,7 +159,13 @@ class BudgetExhausted(RuntimeError):
 class SimSource:
     """Groups of G simulated episodes from one seed each, run in lockstep; reward = env success."""
 
-    def __init__(self, robot_config: RobotConfig, seeds: Sequence[int], budget_episodes: int, instruction: str | None = None):
+    def __init__(
+        self,
+        robot_config: RobotConfig,
+        seeds: Sequence[int],
+        budget_episodes: int,
+        instruction: str | None = None,
+    ):
         if budget_episodes < 1:
             raise ValueError(f"the real-episode budget must be >= 1, got {budget_episodes}")
         self.config = robot_config
@@ -170,7 +181,9 @@ class SimSource:
             arm.close()
         self._arms = []
 
-    def collect(self, policy, num_groups: int, group_size: int, temperature: float, generator: torch.Generator) -> RolloutBatch:
+    def collect(
+        self, policy, num_groups: int, group_size: int, temperature: float, generator: torch.Generator
+    ) -> RolloutBatch:
         batches = []
         for _ in range(num_groups):
             if self.real_episodes_used + group_size > self.budget:
@@ -183,7 +196,9 @@ class SimSource:
             self.real_episodes_used += group_size
         return RolloutBatch.concat(batches)
 
-    def _group(self, policy, seed: int, group_size: int, temperature: float, generator: torch.Generator) -> RolloutBatch:
+    def _group(
+        self, policy, seed: int, group_size: int, temperature: float, generator: torch.Generator
+    ) -> RolloutBatch:
         while len(self._arms) < group_size:
             self._arms.append(SimArm(self.config))
         arms = self._arms[:group_size]
@@ -210,7 +225,9 @@ class SimSource:
             seen[active, c] = frames
             with torch.no_grad():
                 chunk_tokens, chunk_log_probs = policy.sample(
-                    policy.encode_inputs(frames, [self.instruction] * len(active)), temperature=temperature, generator=generator
+                    policy.encode_inputs(frames, [self.instruction] * len(active)),
+                    temperature=temperature,
+                    generator=generator,
                 )
             actions = np.asarray(policy.tokens_to_actions(chunk_tokens.cpu()))
             tokens[active, c] = chunk_tokens.cpu()

@@ -14,16 +14,20 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.robot_config import RobotConfig
 from wmpo_core.sim_rollout import train_seeds
+
 from wmpo_learner.grpo.algorithm import GRPOConfig
 from wmpo_learner.imagination_check import imagined_success
 
 
 def initial_frames(
-    store_path: Path, robot_config: RobotConfig, camera: str, source: str = "policy", episode_ids: list[str] | None = None
+    store_path: Path,
+    robot_config: RobotConfig,
+    camera: str,
+    source: str = "policy",
+    episode_ids: list[str] | None = None,
 ) -> tuple[np.ndarray, list[str], list[str]]:
     """First frames and instructions of real episodes: (frames (N, H, W, 3), instructions, episode ids).
 
@@ -33,13 +37,19 @@ def initial_frames(
     from wmpo_core.sim_rollout import EVAL_SEED_START
 
     store = EpisodeStore.open(store_path)
-    metas = [store.meta(i) for i in episode_ids] if episode_ids is not None else store.select(robot_config_name=robot_config.name)
+    metas = (
+        [store.meta(i) for i in episode_ids]
+        if episode_ids is not None
+        else store.select(robot_config_name=robot_config.name)
+    )
     if episode_ids is None and source == "policy":
         metas = [m for m in metas if m.source == "policy"] or metas
     metas = [m for m in metas if m.env_seed is None or m.env_seed < EVAL_SEED_START]
     metas = [m for m in metas if m.robot_config_hash == robot_config.content_hash]
     if not metas:
-        raise ValueError(f"{store_path}: no training-range episodes of robot config '{robot_config.name}' to start imagination from")
+        raise ValueError(
+            f"{store_path}: no training-range episodes of robot config '{robot_config.name}' to start imagination from"
+        )
     frames = np.stack([store.episode(m.episode_id).frames(camera, 0, 1)[0] for m in metas])
     return frames, [m.task for m in metas], [m.episode_id for m in metas]
 
@@ -71,8 +81,8 @@ def run_grpo(
     In imagination, `guard_frames` > 0 real start frames drive the collapse guard (trainer.py):
     the greedy policy's imagined success from them decides which iterate is kept."""
     from torch.utils.tensorboard import SummaryWriter
-
     from wmpo_core.vla.checkpoint import load_checkpoint, save_checkpoint
+
     from wmpo_learner.distributed import setup, teardown
     from wmpo_learner.grpo.rollouts import ImaginationSource, SimSource
     from wmpo_learner.grpo.trainer import log_to_tensorboard, train
@@ -82,24 +92,43 @@ def run_grpo(
     generator = torch.Generator(device=world.device).manual_seed(seed + 1000 * world.rank)
     vla = load_checkpoint(policy, robot_config, device=world.device)
     parent = vla.version
-    provenance: dict[str, Any] = {"method": f"grpo-{env}", "parent_checkpoint": str(policy), "grpo": dataclasses.asdict(config), "seed": seed}
+    provenance: dict[str, Any] = {
+        "method": f"grpo-{env}",
+        "parent_checkpoint": str(policy),
+        "grpo": dataclasses.asdict(config),
+        "seed": seed,
+    }
     guard = None
     if env == "imagination":
         from wmpo_learner.reward.checkpoint import load_checkpoint as load_reward
         from wmpo_learner.world_model.model import WorldModel
 
-        missing = [flag for flag, value in (("--wm", world_model), ("--reward", reward_model), ("--store", store)) if value is None]
+        missing = [
+            flag
+            for flag, value in (("--wm", world_model), ("--reward", reward_model), ("--store", store))
+            if value is None
+        ]
         if missing:
             raise ValueError(f"imagination needs {', '.join(missing)}")
         wm = WorldModel.load(world_model, device=world.device).eval()
         if wm.robot_config_hash != robot_config.content_hash:
-            raise ValueError(f"world model {world_model} was trained for robot config '{wm.robot_config_name}', not this '{robot_config.name}'")
+            raise ValueError(
+                f"world model {world_model} was trained for robot config '{wm.robot_config_name}', not this '{robot_config.name}'"
+            )
         if tuple(vla.cameras) != (wm.camera,):
-            raise ValueError(f"the policy sees cameras {list(vla.cameras)}, the world model imagines camera '{wm.camera}'")
+            raise ValueError(
+                f"the policy sees cameras {list(vla.cameras)}, the world model imagines camera '{wm.camera}'"
+            )
         rm, rm_meta = load_reward(reward_model, device=str(world.device))
         frames, texts, ids = initial_frames(store, robot_config, wm.camera, initial_source, episode_ids)
         source = ImaginationSource(
-            wm, rm, frames, texts, horizon or robot_config.max_episode_steps, sampling_steps, seed=seed + world.rank
+            wm,
+            rm,
+            frames,
+            texts,
+            horizon or robot_config.max_episode_steps,
+            sampling_steps,
+            seed=seed + world.rank,
         )
         if guard_frames > 0:
             pick = np.random.default_rng(seed).permutation(len(frames))[:guard_frames]
@@ -107,7 +136,10 @@ def run_grpo(
             guard_horizon = horizon or robot_config.max_episode_steps
 
             def guard(model) -> float:
-                return imagined_success(wm, rm, model, guard_frames_, guard_texts, guard_horizon, sampling_steps, seed=seed + 7)
+                return imagined_success(
+                    wm, rm, model, guard_frames_, guard_texts, guard_horizon, sampling_steps, seed=seed + 7
+                )
+
         provenance.update(
             world_model=str(world_model),
             world_model_provenance=wm.provenance,
@@ -128,27 +160,53 @@ def run_grpo(
     writer = SummaryWriter(str(out / "logs")) if world.is_main else None
     try:
         history, guarded = train(
-            vla, source, config, generator, microbatch=microbatch, world=world,
+            vla,
+            source,
+            config,
+            generator,
+            microbatch=microbatch,
+            world=world,
             on_iteration=log_to_tensorboard(writer) if writer is not None else None,
-            progress=progress and world.is_main, guard=guard,
+            progress=progress and world.is_main,
+            guard=guard,
         )
     finally:
         if writer is not None:
             writer.close()
         if hasattr(source, "close"):
             source.close()
-    summary: dict[str, Any] = {"out": str(out), "parent_version": parent, "iterations": len(history),
-                               "updates": sum(h.groups_kept > 0 for h in history),
-                               "guard": dataclasses.asdict(guarded) if guarded is not None else None}
+    summary: dict[str, Any] = {
+        "out": str(out),
+        "parent_version": parent,
+        "iterations": len(history),
+        "updates": sum(h.groups_kept > 0 for h in history),
+        "guard": dataclasses.asdict(guarded) if guarded is not None else None,
+    }
     if world.is_main:
         provenance["real_episodes_used"] = getattr(source, "real_episodes_used", 0)
         provenance["guard"] = summary["guard"]
-        manifest = save_checkpoint(vla, out, robot_config, version=version, version_prefix="grpo", parent_version=parent, provenance=provenance)
+        manifest = save_checkpoint(
+            vla,
+            out,
+            robot_config,
+            version=version,
+            version_prefix="grpo",
+            parent_version=parent,
+            provenance=provenance,
+        )
         (out / "training").mkdir(exist_ok=True)
         history_dicts = [dataclasses.asdict(h) for h in history]
         (out / "training" / "grpo_history.json").write_text(json.dumps(history_dicts, indent=2))
-        (out / "training" / "grpo_summary.json").write_text(json.dumps(
-            {"updates": summary["updates"], "iterations": len(history), "guard": summary["guard"]}, indent=2))
-        summary.update(version=manifest["version"], real_episodes_used=provenance["real_episodes_used"], history=history_dicts[-3:])
+        (out / "training" / "grpo_summary.json").write_text(
+            json.dumps(
+                {"updates": summary["updates"], "iterations": len(history), "guard": summary["guard"]},
+                indent=2,
+            )
+        )
+        summary.update(
+            version=manifest["version"],
+            real_episodes_used=provenance["real_episodes_used"],
+            history=history_dicts[-3:],
+        )
     teardown(world)
     return summary

@@ -28,7 +28,13 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from wmpo_learner.grpo.algorithm import GRPOConfig, clipped_policy_loss, group_advantages, informative_groups, token_mask
+from wmpo_learner.grpo.algorithm import (
+    GRPOConfig,
+    clipped_policy_loss,
+    group_advantages,
+    informative_groups,
+    token_mask,
+)
 from wmpo_learner.grpo.rollouts import BudgetExhausted, RolloutBatch
 
 
@@ -95,7 +101,9 @@ class TokenScorer(torch.nn.Module):
         return self.vla.log_probs_and_entropy(inputs, tokens, temperature)
 
 
-def update(scorer, optimizer, batch: RolloutBatch, config: GRPOConfig, microbatch: int, world=None) -> dict[str, float]:
+def update(
+    scorer, optimizer, batch: RolloutBatch, config: GRPOConfig, microbatch: int, world=None
+) -> dict[str, float]:
     """`config.epochs` passes of clipped-surrogate steps over `batch`; returns averaged statistics."""
     vla = (scorer.module if isinstance(scorer, DistributedDataParallel) else scorer).vla
     advantages = group_advantages(batch.group_rewards(), config.advantage_eps).view(-1)
@@ -122,7 +130,9 @@ def update(scorer, optimizer, batch: RolloutBatch, config: GRPOConfig, microbatc
                 frames = batch.observations[idx].reshape(-1, *batch.observations.shape[2:])
                 texts = [batch.instructions[i] for i in idx for _ in range(num_chunks)]
                 inputs = vla.encode_inputs(frames, texts)
-                log_probs, entropy = scorer(inputs, batch.tokens[micro].reshape(-1, k, dim), config.temperature)
+                log_probs, entropy = scorer(
+                    inputs, batch.tokens[micro].reshape(-1, k, dim), config.temperature
+                )
                 log_probs = log_probs.view(len(micro), num_chunks, k, dim)
                 entropy = entropy.view(len(micro), num_chunks, k, dim)
                 out = clipped_policy_loss(
@@ -138,7 +148,9 @@ def update(scorer, optimizer, batch: RolloutBatch, config: GRPOConfig, microbatc
                 sums["loss"] += out.loss.item()
                 sums["clip_fraction"] += out.clip_fraction.item()
                 sums["approx_kl"] += out.approx_kl.item()
-                sums["entropy"] += (entropy.detach() * mask[micro].to(entropy.device)).sum().item() / valid.item()
+                sums["entropy"] += (
+                    entropy.detach() * mask[micro].to(entropy.device)
+                ).sum().item() / valid.item()
             grad_norm = torch.nn.utils.clip_grad_norm_(scorer.parameters(), config.max_grad_norm)
             optimizer.step()
             for key, value in sums.items():
@@ -172,7 +184,9 @@ def train(
 
     scorer = TokenScorer(vla)
     if world is not None and world.enabled:
-        scorer = DistributedDataParallel(scorer, device_ids=[world.device.index] if world.device.type == "cuda" else None)
+        scorer = DistributedDataParallel(
+            scorer, device_ids=[world.device.index] if world.device.type == "cuda" else None
+        )
     optimizer = torch.optim.AdamW(scorer.parameters(), lr=config.lr, weight_decay=0.0)
     ranks = world.world_size if world is not None and world.enabled else 1
     groups_here = max(1, config.groups_per_batch // ranks)
@@ -188,7 +202,9 @@ def train(
             shared = int(world.min(torch.tensor(batch.num_groups if batch is not None else 0)))
             batch = batch.select_groups(torch.arange(batch.num_groups) < shared) if shared else None
         if batch is None and not rewards.numel():
-            bar.write(f"grpo: no more trajectories (real-episode budget spent after {len(history)} iterations)")
+            bar.write(
+                f"grpo: no more trajectories (real-episode budget spent after {len(history)} iterations)"
+            )
             break
         stats = (
             update(scorer, optimizer, batch, config, microbatch, world)
@@ -208,12 +224,20 @@ def train(
         if guard is not None and batch is not None:
             log.greedy_score = guard(vla)
             if log.greedy_score > best[0]:
-                best = (log.greedy_score, iteration, {k: v.detach().clone() for k, v in vla.state_dict().items()})
+                best = (
+                    log.greedy_score,
+                    iteration,
+                    {k: v.detach().clone() for k, v in vla.state_dict().items()},
+                )
         elif guard is not None:  # no update this iteration: the weights, and so the score, are unchanged
             log.greedy_score = history[-1].greedy_score if history else parent_score
         history.append(log)
-        bar.set_postfix(success=f"{log.success_rate:.2f}", kept=f"{log.kept_group_fraction:.2f}", clip=f"{log.clip_fraction:.3f}",
-                        **({"greedy": f"{log.greedy_score:.2f}"} if log.greedy_score is not None else {}))
+        bar.set_postfix(
+            success=f"{log.success_rate:.2f}",
+            kept=f"{log.kept_group_fraction:.2f}",
+            clip=f"{log.clip_fraction:.3f}",
+            **({"greedy": f"{log.greedy_score:.2f}"} if log.greedy_score is not None else {}),
+        )
         if on_iteration is not None:
             on_iteration(log)
     if best is None:

@@ -87,9 +87,9 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     import torch
-
     from wmpo_core.episode_store import EpisodeStore, StoreError
     from wmpo_core.robot_config import RobotConfigError, load_robot_config
+
     from wmpo_learner.reward.checkpoint import CheckpointError, is_checkpoint, load_checkpoint
     from wmpo_learner.reward.dataset import labelled_episodes
     from wmpo_learner.reward.model import RewardModel

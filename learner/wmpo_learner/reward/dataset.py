@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 from tqdm.auto import tqdm
-
 from wmpo_core.episode_store import EpisodeMeta, EpisodeStore
 from wmpo_core.image_ops import resize_frames
+
 from wmpo_learner.reward.preprocessing import PreprocessSpec, preprocess
 from wmpo_learner.reward.windows import window_ends, window_frame_indices
 

@@ -14,7 +14,6 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-
 from wmpo_core.image_ops import resize_frames
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

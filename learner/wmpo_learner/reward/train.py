@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.image_ops import resize_frames
 from wmpo_core.robot_config import RobotConfig
+
 from wmpo_learner.reward.checkpoint import RewardModelMetadata, TrainingRecord, Validation, save_checkpoint
 from wmpo_learner.reward.dataset import (
     BalancedBatchSampler,

@@ -103,7 +103,15 @@ class LearnerService:
     """What the app serves. Opened before the server starts, so a locked store or a bad robot
     config is a one-line error instead of a traceback from inside the server."""
 
-    def __init__(self, config: ServiceConfig, robot_config: RobotConfig, store: EpisodeStore, registry: PolicyRegistry, runs: RunBook, spool: Spool):
+    def __init__(
+        self,
+        config: ServiceConfig,
+        robot_config: RobotConfig,
+        store: EpisodeStore,
+        registry: PolicyRegistry,
+        runs: RunBook,
+        spool: Spool,
+    ):
         self.config = config
         self.robot_config = robot_config
         self.episodes = EpisodeIngestor(store, robot_config)
@@ -214,7 +222,11 @@ def create_app(service: LearnerService) -> FastAPI:
 
     @app.exception_handler(ClientDisconnect)
     async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
-        log.warning("%s %s: client disconnected before the upload finished; nothing stored", request.method, request.url.path)
+        log.warning(
+            "%s %s: client disconnected before the upload finished; nothing stored",
+            request.method,
+            request.url.path,
+        )
         return JSONResponse({"detail": "client disconnected"}, status_code=400)
 
     # Endpoints that touch the store, the registry's files or the run book are plain `def`:
@@ -252,7 +264,14 @@ class _SecuredRoutes:
         self._auth = Depends(auth)
         self._route_class = auth.route_class()
 
-    def _route(self, method: str, path: str, *, responses: dict[int | str, dict[str, Any]] | None = None, **kwargs: Any):
+    def _route(
+        self,
+        method: str,
+        path: str,
+        *,
+        responses: dict[int | str, dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ):
         """Every secured route checks the token first (before its body is read) and documents the
         400 FastAPI answers for a body it cannot decode (e.g. not UTF-8)."""
 
@@ -354,9 +373,13 @@ def _episode_routes(api: _SecuredRoutes, service: LearnerService) -> None:
         if outcome == "already_stored":
             response.status_code = 200
         log.info("episode %s: %s (%d steps, %d bytes)", episode_id, outcome, meta.num_steps, received.size)
-        return EpisodeUploadResult(episode_id=episode_id, status=outcome, num_steps=meta.num_steps, archive_bytes=received.size)
+        return EpisodeUploadResult(
+            episode_id=episode_id, status=outcome, num_steps=meta.num_steps, archive_bytes=received.size
+        )
 
-    @api.put("/episodes/{episode_id}/label", response_model=EpisodeMeta, responses=_errors(404), tags=["episodes"])
+    @api.put(
+        "/episodes/{episode_id}/label", response_model=EpisodeMeta, responses=_errors(404), tags=["episodes"]
+    )
     def label_episode(episode_id: EpisodeId, body: EpisodeLabel) -> EpisodeMeta:
         """Set (or clear) an uploaded episode's success label."""
         if service.episodes.meta(episode_id) is None:
@@ -387,7 +410,9 @@ def _policy_routes(api: _SecuredRoutes, service: LearnerService) -> None:
         tags=["policies"],
     )
     async def publish_version(
-        version: Version, request: Request, sha256: Annotated[str, Header(alias=SHA256_HEADER, pattern=SHA256_PATTERN)]
+        version: Version,
+        request: Request,
+        sha256: Annotated[str, Header(alias=SHA256_HEADER, pattern=SHA256_PATTERN)],
     ) -> PolicyVersion:
         """Publish a checkpoint directory (as a tar named `<version>/`) as a new, immutable version.
 
@@ -401,7 +426,9 @@ def _policy_routes(api: _SecuredRoutes, service: LearnerService) -> None:
                 received = await receive_body(
                     request, workdir / "archive.tar", sha256, cfg.upload_idle_timeout_s, cfg.upload_deadline_s
                 )
-                unpacked = await anyio.to_thread.run_sync(extract_dir_archive, received.path, workdir / "unpacked", version)
+                unpacked = await anyio.to_thread.run_sync(
+                    extract_dir_archive, received.path, workdir / "unpacked", version
+                )
                 record = await anyio.to_thread.run_sync(service.registry.publish, unpacked, version)
             finally:
                 await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
@@ -417,7 +444,9 @@ def _policy_routes(api: _SecuredRoutes, service: LearnerService) -> None:
     async def download_file(version: Version, path: str) -> FileResponse:
         """One file of a version. Verify it against the sha256 in the listing (the client does)."""
         file, entry = service.registry.file_path(version, path)
-        return FileResponse(file, media_type="application/octet-stream", headers={SHA256_HEADER: entry.sha256})
+        return FileResponse(
+            file, media_type="application/octet-stream", headers={SHA256_HEADER: entry.sha256}
+        )
 
 
 def _deployment_routes(api: _SecuredRoutes, service: LearnerService) -> None:
@@ -427,11 +456,17 @@ def _deployment_routes(api: _SecuredRoutes, service: LearnerService) -> None:
     async def get_deployment(
         after: Annotated[
             str | None,
-            Query(max_length=128, description="The version the caller runs ('' for none): wait while it is still the deployed one."),
+            Query(
+                max_length=128,
+                description="The version the caller runs ('' for none): wait while it is still the deployed one.",
+            ),
         ] = None,
         timeout_s: Annotated[
             float,
-            Query(ge=0, description=f"How long to wait for a change (long-poll); at most --max-long-poll-s ({cfg.max_long_poll_s:g} s here)."),
+            Query(
+                ge=0,
+                description=f"How long to wait for a change (long-poll); at most --max-long-poll-s ({cfg.max_long_poll_s:g} s here).",
+            ),
         ] = 0.0,
     ) -> Deployment:
         """The version robots should run. With `after`, a long-poll: answers as soon as the deployed
@@ -518,42 +553,107 @@ def is_loopback(host: str) -> bool:
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     defaults = ServiceConfig(Path(), Path(), Path(), Path(), "", None)
-    parser.add_argument("--store", type=Path, default=Path("data/learner.zarr"),
-                        help="the learner's episode store; the service is its only writer (default: %(default)s)")
-    parser.add_argument("--registry", type=Path, default=Path("data/registry"),
-                        help="policy registry directory (default: %(default)s)")
-    parser.add_argument("--runs", type=Path, default=Path("data/runs"),
-                        help="where training-run status and metrics are kept (default: %(default)s)")
-    parser.add_argument("--spool", type=Path, default=None,
-                        help="scratch directory for uploads in flight, emptied at start (default: <store>.spool)")
-    parser.add_argument("--robot", default="so101_sim",
-                        help="robot config name or YAML path; uploaded episodes must match it (default: %(default)s)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, loopback only)")
+    parser.add_argument(
+        "--store",
+        type=Path,
+        default=Path("data/learner.zarr"),
+        help="the learner's episode store; the service is its only writer (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--registry",
+        type=Path,
+        default=Path("data/registry"),
+        help="policy registry directory (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        default=Path("data/runs"),
+        help="where training-run status and metrics are kept (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--spool",
+        type=Path,
+        default=None,
+        help="scratch directory for uploads in flight, emptied at start (default: <store>.spool)",
+    )
+    parser.add_argument(
+        "--robot",
+        default="so101_sim",
+        help="robot config name or YAML path; uploaded episodes must match it (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s, loopback only)"
+    )
     parser.add_argument("--port", type=int, default=8765, help="port (default: %(default)s)")
-    parser.add_argument("--token-file", type=Path, default=None,
-                        help=f"file holding the bearer token (default: the {TOKEN_ENV} environment variable)")
-    parser.add_argument("--insecure-no-auth", action="store_true",
-                        help="run without a token; accepted only when listening on loopback")
-    parser.add_argument("--ssl-certfile", type=Path, default=None, help="TLS certificate (PEM); needed off loopback")
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help=f"file holding the bearer token (default: the {TOKEN_ENV} environment variable)",
+    )
+    parser.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="run without a token; accepted only when listening on loopback",
+    )
+    parser.add_argument(
+        "--ssl-certfile", type=Path, default=None, help="TLS certificate (PEM); needed off loopback"
+    )
     parser.add_argument("--ssl-keyfile", type=Path, default=None, help="TLS private key (PEM)")
-    parser.add_argument("--allow-insecure-remote", action="store_true",
-                        help="listen off loopback without TLS (only behind a TLS proxy or on a private link)")
-    parser.add_argument("--max-episode-bytes", type=parse_size, default=defaults.max_episode_bytes,
-                        help="largest episode upload, e.g. 4G (default: 4G); larger ones get 413")
-    parser.add_argument("--max-policy-bytes", type=parse_size, default=defaults.max_policy_bytes,
-                        help="largest policy upload (default: 64G)")
-    parser.add_argument("--max-json-bytes", type=parse_size, default=defaults.max_json_bytes,
-                        help="largest JSON request body (default: 1M)")
-    parser.add_argument("--max-concurrent-uploads", type=int, default=defaults.max_concurrent_uploads,
-                        help="uploads received at once; more get 503 + Retry-After (default: %(default)s)")
-    parser.add_argument("--upload-idle-timeout-s", type=float, default=defaults.upload_idle_timeout_s,
-                        help="drop an upload that sends nothing for this long (default: %(default)s)")
-    parser.add_argument("--upload-deadline-s", type=float, default=defaults.upload_deadline_s,
-                        help="drop an upload not finished within this time (default: %(default)s)")
-    parser.add_argument("--max-long-poll-s", type=float, default=defaults.max_long_poll_s,
-                        help="longest wait a client may ask of GET /v1/deployment (default: %(default)s)")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                        help="server log verbosity (default: %(default)s)")
+    parser.add_argument(
+        "--allow-insecure-remote",
+        action="store_true",
+        help="listen off loopback without TLS (only behind a TLS proxy or on a private link)",
+    )
+    parser.add_argument(
+        "--max-episode-bytes",
+        type=parse_size,
+        default=defaults.max_episode_bytes,
+        help="largest episode upload, e.g. 4G (default: 4G); larger ones get 413",
+    )
+    parser.add_argument(
+        "--max-policy-bytes",
+        type=parse_size,
+        default=defaults.max_policy_bytes,
+        help="largest policy upload (default: 64G)",
+    )
+    parser.add_argument(
+        "--max-json-bytes",
+        type=parse_size,
+        default=defaults.max_json_bytes,
+        help="largest JSON request body (default: 1M)",
+    )
+    parser.add_argument(
+        "--max-concurrent-uploads",
+        type=int,
+        default=defaults.max_concurrent_uploads,
+        help="uploads received at once; more get 503 + Retry-After (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--upload-idle-timeout-s",
+        type=float,
+        default=defaults.upload_idle_timeout_s,
+        help="drop an upload that sends nothing for this long (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--upload-deadline-s",
+        type=float,
+        default=defaults.upload_deadline_s,
+        help="drop an upload not finished within this time (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-long-poll-s",
+        type=float,
+        default=defaults.max_long_poll_s,
+        help="longest wait a client may ask of GET /v1/deployment (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="server log verbosity (default: %(default)s)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServiceConfig:
@@ -565,9 +665,13 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
     loopback = is_loopback(args.host)
     if args.insecure_no_auth:
         if token is not None:
-            raise ServiceConfigError(f"--insecure-no-auth given, but a token is configured ({TOKEN_ENV} or --token-file); pick one")
+            raise ServiceConfigError(
+                f"--insecure-no-auth given, but a token is configured ({TOKEN_ENV} or --token-file); pick one"
+            )
         if not loopback:
-            raise ServiceConfigError(f"--insecure-no-auth is accepted only on a loopback address, not on '{args.host}'")
+            raise ServiceConfigError(
+                f"--insecure-no-auth is accepted only on a loopback address, not on '{args.host}'"
+            )
     elif token is None:
         raise ServiceConfigError(
             f"no token: set {TOKEN_ENV} or pass --token-file (or --insecure-no-auth for a local test on loopback)"
@@ -602,17 +706,31 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         config = config_from_args(args)
         service = LearnerService.open(config)
-    except (ServiceConfigError, RobotConfigError, StoreError, RegistryError, RunError, SpoolLockedError) as exc:
+    except (
+        ServiceConfigError,
+        RobotConfigError,
+        StoreError,
+        RegistryError,
+        RunError,
+        SpoolLockedError,
+    ) as exc:
         print(f"wmpo serve: {exc}", file=sys.stderr)
         return 2
     scheme = "https" if args.ssl_certfile else "http"
     log.info(
         "learner service for robot '%s' on %s://%s:%d (store %s, registry %s, auth %s)",
-        service.robot_config.name, scheme, args.host, args.port, config.store, config.registry,
+        service.robot_config.name,
+        scheme,
+        args.host,
+        args.port,
+        config.store,
+        config.registry,
         "bearer token" if config.token else "DISABLED",
     )
     server = uvicorn.Server(

@@ -16,7 +16,9 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 
-_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <token>`; see docs/learner_service.md")
+_bearer = HTTPBearer(
+    auto_error=False, description="`Authorization: Bearer <token>`; see docs/learner_service.md"
+)
 
 
 class BearerAuth:
@@ -36,14 +38,20 @@ class BearerAuth:
             return
         scheme, credentials = get_authorization_scheme_param(authorization)
         # hmac.compare_digest: the time taken does not reveal how much of the token was right.
-        if scheme.lower() != "bearer" or not credentials or not hmac.compare_digest(credentials.encode(), self._token):
+        if (
+            scheme.lower() != "bearer"
+            or not credentials
+            or not hmac.compare_digest(credentials.encode(), self._token)
+        ):
             raise HTTPException(
                 status_code=status.HTTP_401_UNAUTHORIZED,
                 detail="missing or wrong bearer token",
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
-    async def __call__(self, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]) -> None:
+    async def __call__(
+        self, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
+    ) -> None:
         self.check(f"{credentials.scheme} {credentials.credentials}" if credentials is not None else None)
 
     def route_class(self) -> type[APIRoute]:

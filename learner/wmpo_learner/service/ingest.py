@@ -41,7 +41,9 @@ class EpisodeIngestor:
         with self._mutex:
             return len(self.store)
 
-    def ingest_archive(self, archive: Path, episode_id: str, workdir: Path) -> tuple[Literal["stored", "already_stored"], EpisodeMeta]:
+    def ingest_archive(
+        self, archive: Path, episode_id: str, workdir: Path
+    ) -> tuple[Literal["stored", "already_stored"], EpisodeMeta]:
         """Unpack, validate and commit one episode. Blocking: run it in a worker thread.
 
         Raises ArchiveError (unsafe or broken archive) or EpisodeRejectedError; on any error the
@@ -54,13 +56,18 @@ class EpisodeIngestor:
         archive.unlink()  # the unpacked copy is all we need; halves the disk an upload takes
         claimed = _read_episode_id(episode_dir)
         if claimed != episode_id:
-            raise EpisodeRejectedError(f"archive for episode '{episode_id}' holds metadata of episode '{claimed}'")
+            raise EpisodeRejectedError(
+                f"archive for episode '{episode_id}' holds metadata of episode '{claimed}'"
+            )
         with self._mutex:
             if episode_id in self.store:  # a concurrent upload of the same episode won
                 return "already_stored", self.store.meta(episode_id)
             try:
                 meta = self.store.ingest_episode_dir(episode_dir, self.robot_config)
-            except (ValueError, StoreFormatError) as exc:  # EpisodeValidationError: schema, shapes, robot config
+            except (
+                ValueError,
+                StoreFormatError,
+            ) as exc:  # EpisodeValidationError: schema, shapes, robot config
                 raise EpisodeRejectedError(str(exc)) from None
         return "stored", meta
 
@@ -75,6 +82,10 @@ def _read_episode_id(episode_dir: Path) -> str:
         raw = json.loads((episode_dir / "zarr.json").read_text())
         return EpisodeMeta.model_validate(raw["attributes"][EPISODE_ATTR]).episode_id
     except FileNotFoundError:
-        raise EpisodeRejectedError(f"archive '{episode_dir.name}/' is not an episode (no zarr.json)") from None
+        raise EpisodeRejectedError(
+            f"archive '{episode_dir.name}/' is not an episode (no zarr.json)"
+        ) from None
     except (ValueError, KeyError, TypeError, ValidationError) as exc:
-        raise EpisodeRejectedError(f"archive '{episode_dir.name}/': invalid episode metadata ({exc})") from None
+        raise EpisodeRejectedError(
+            f"archive '{episode_dir.name}/': invalid episode metadata ({exc})"
+        ) from None

@@ -33,7 +33,6 @@ from types import TracebackType
 from typing import IO
 
 import httpx
-
 from wmpo_core.pid_lock import LockHeld, hold_lock
 
 PR_SET_PDEATHSIG = 1
@@ -133,7 +132,11 @@ class LocalService:
         return self.root / "service.log"
 
     def _log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:]) if self.log_path.exists() else ""
+        return (
+            "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            if self.log_path.exists()
+            else ""
+        )
 
     @property
     def lock_path(self) -> Path:
@@ -144,12 +147,18 @@ class LocalService:
         try:
             self._lock = hold_lock(self.lock_path)
         except LockHeld as exc:
-            raise RuntimeError(f"another job (pid {exc.holder}) runs the learner service of {self.root}; is a second `wmpo run` using this --out?") from None
+            raise RuntimeError(
+                f"another job (pid {exc.holder}) runs the learner service of {self.root}; is a second `wmpo run` using this --out?"
+            ) from None
 
     def _end_leftovers(self) -> None:
         """With the root's lock held, a service still serving its store belongs to a dead job."""
         for pid in serving_processes(self.store):
-            print(f"ending a learner service left running by an earlier job on {self.root} (pid {pid})", file=sys.stderr, flush=True)
+            print(
+                f"ending a learner service left running by an earlier job on {self.root} (pid {pid})",
+                file=sys.stderr,
+                flush=True,
+            )
             end_process(pid)
 
     def start(self) -> LocalService:
@@ -167,7 +176,9 @@ class LocalService:
                 "--token-file", str(self.token_file), "--log-level", "warning",
             ]  # fmt: skip
             with open(self.log_path, "ab") as log:
-                self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ), process_group=0)
+                self._proc = subprocess.Popen(
+                    cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ), process_group=0
+                )
         except BaseException:
             self.stop()
             raise
@@ -176,7 +187,9 @@ class LocalService:
             if self._proc.poll() is not None:
                 code = self._proc.returncode
                 self.stop()
-                raise RuntimeError(f"the learner service exited with code {code}; its log ({self.log_path}):\n{self._log_tail()}")
+                raise RuntimeError(
+                    f"the learner service exited with code {code}; its log ({self.log_path}):\n{self._log_tail()}"
+                )
             try:
                 if httpx.get(f"{self.url}/v1/health", timeout=1.0).status_code == 200:
                     return self
@@ -184,7 +197,9 @@ class LocalService:
                 pass
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"the learner service did not answer within {self.startup_timeout_s:.0f} s; its log:\n{self._log_tail()}")
+        raise RuntimeError(
+            f"the learner service did not answer within {self.startup_timeout_s:.0f} s; its log:\n{self._log_tail()}"
+        )
 
     @property
     def pid(self) -> int | None:
@@ -206,7 +221,9 @@ class LocalService:
     def __enter__(self) -> LocalService:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
 
@@ -214,7 +231,10 @@ def _child_main(argv: list[str]) -> int:
     """`python -m wmpo_learner.service.local OWNER_PID <wmpo arguments>`: the wmpo command, bound
     to the life of the job OWNER_PID (the parent that started it)."""
     if not argv or not argv[0].isdigit():
-        print("usage: python -m wmpo_learner.service.local OWNER_PID <wmpo command and arguments>", file=sys.stderr)
+        print(
+            "usage: python -m wmpo_learner.service.local OWNER_PID <wmpo command and arguments>",
+            file=sys.stderr,
+        )
         return 2
     die_with_parent(int(argv[0]))
     from wmpo_core.cli import main

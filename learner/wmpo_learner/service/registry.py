@@ -115,7 +115,9 @@ class PolicyRegistry:
         except (OSError, ValueError, KeyError, TypeError):
             raise RegistryError(f"{root}: not a policy registry (no valid registry.json)") from None
         if info.get("format_version") != FORMAT_VERSION:
-            raise RegistryError(f"{root}: registry format {info.get('format_version')!r}, this stack reads {FORMAT_VERSION}")
+            raise RegistryError(
+                f"{root}: registry format {info.get('format_version')!r}, this stack reads {FORMAT_VERSION}"
+            )
         if not writable:
             return cls(root, lock_fd=None)
         lock_fd = os.open(root / ".writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -180,7 +182,9 @@ class PolicyRegistry:
                 size = path.stat().st_size
                 sha = file_sha256(path) if size == entry.size else None
             except OSError as exc:
-                raise RegistryIntegrityError(f"policy version '{version}': file '{entry.path}' unreadable ({exc})") from None
+                raise RegistryIntegrityError(
+                    f"policy version '{version}': file '{entry.path}' unreadable ({exc})"
+                ) from None
             if sha != entry.sha256:
                 raise RegistryIntegrityError(
                     f"policy version '{version}': file '{entry.path}' no longer matches the sha256 recorded at "
@@ -228,12 +232,16 @@ class PolicyRegistry:
         manifest = self._read_manifest(src)
         try:
             final = child_path(self.root / "versions", version, "policy version")
-            staged = child_path(self.root / ".staging", f"{version}.{secrets.token_hex(4)}", "staging directory")
+            staged = child_path(
+                self.root / ".staging", f"{version}.{secrets.token_hex(4)}", "staging directory"
+            )
         except UnsafeNameError as exc:
             raise InvalidCheckpointError(str(exc)) from None
         with self._mutex:
             if version in self._versions or final.exists():
-                raise VersionExistsError(f"policy version '{version}' already exists; versions are immutable, publish a new one")
+                raise VersionExistsError(
+                    f"policy version '{version}' already exists; versions are immutable, publish a new one"
+                )
             try:
                 files = self._copy_tree(src, staged / "files")
                 if not files:
@@ -285,9 +293,13 @@ class PolicyRegistry:
                     target.mkdir()
                 elif stat.S_ISREG(mode):
                     size, sha = _copy_hashed(path, target)
-                    files.append(FileEntry(path=PurePosixPath(rel_dir / name).as_posix(), size=size, sha256=sha))
+                    files.append(
+                        FileEntry(path=PurePosixPath(rel_dir / name).as_posix(), size=size, sha256=sha)
+                    )
                 else:
-                    raise InvalidCheckpointError(f"{path}: not a regular file or directory (links are not published)")
+                    raise InvalidCheckpointError(
+                        f"{path}: not a regular file or directory (links are not published)"
+                    )
             fsync_dir(dst / rel_dir)
         return files
 
@@ -298,7 +310,15 @@ class PolicyRegistry:
             self.get(version)
             self.verify(version)
             stack = self._stack()
-            self._append_event(DeployEvent(action="deploy", version=version, previous=stack[-1] if stack else None, at=time.time(), reason=reason))
+            self._append_event(
+                DeployEvent(
+                    action="deploy",
+                    version=version,
+                    previous=stack[-1] if stack else None,
+                    at=time.time(),
+                    reason=reason,
+                )
+            )
             return self.deployment()
 
     def rollback(self, reason: str = "") -> Deployment:
@@ -308,13 +328,20 @@ class PolicyRegistry:
             stack = self._stack()
             if len(stack) < 2:
                 raise NothingToRollBackError(
-                    "nothing to roll back to: " + (f"'{stack[0]}' is the first deployed version" if stack else "nothing is deployed")
+                    "nothing to roll back to: "
+                    + (f"'{stack[0]}' is the first deployed version" if stack else "nothing is deployed")
                 )
             self.verify(stack[-2])
-            self._append_event(DeployEvent(action="rollback", version=stack[-2], previous=stack[-1], at=time.time(), reason=reason))
+            self._append_event(
+                DeployEvent(
+                    action="rollback", version=stack[-2], previous=stack[-1], at=time.time(), reason=reason
+                )
+            )
             return self.deployment()
 
     def _append_event(self, event: DeployEvent) -> None:
         events = [*self._events, event]
-        atomic_write_json(self.root / "deployments.json", {"events": [e.model_dump(mode="json") for e in events]})
+        atomic_write_json(
+            self.root / "deployments.json", {"events": [e.model_dump(mode="json") for e in events]}
+        )
         self._events = events

@@ -85,7 +85,9 @@ class RunBook:
 
     def create(self, request: RunCreate) -> RunSummary:
         now = time.time()
-        run_id = request.run_id or f"{request.kind}_{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}_{secrets.token_hex(3)}"
+        run_id = (
+            request.run_id or f"{request.kind}_{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}_{secrets.token_hex(3)}"
+        )
         with self._mutex:
             if run_id in self._runs:
                 raise RunExistsError(f"run '{run_id}' already exists; report to it with PATCH")
@@ -112,12 +114,18 @@ class RunBook:
         with self._mutex:
             current = self._get(run_id)
             if current.state in TERMINAL_RUN_STATES:
-                raise RunFinishedError(f"run '{run_id}' is {current.state}; a finished run takes no more updates")
+                raise RunFinishedError(
+                    f"run '{run_id}' is {current.state}; a finished run takes no more updates"
+                )
             changes = request.model_dump(exclude_unset=True, exclude={"metrics", "step"})
             changes = {k: v for k, v in changes.items() if v is not None}
-            summary = current.model_copy(update={**changes, "metrics": {**current.metrics, **request.metrics}, "updated_at": now})
+            summary = current.model_copy(
+                update={**changes, "metrics": {**current.metrics, **request.metrics}, "updated_at": now}
+            )
             if request.metrics:
-                self._append_point(run_id, MetricPoint(time=now, step=request.step, values=dict(request.metrics)))
+                self._append_point(
+                    run_id, MetricPoint(time=now, step=request.step, values=dict(request.metrics))
+                )
             self._save(summary)
             return summary
 
@@ -127,9 +135,15 @@ class RunBook:
             history = list(self._history[run_id])[-history_limit:] if history_limit > 0 else []
             return Run(**summary.model_dump(), history=history)
 
-    def list(self, state: RunState | None = None, kind: str | None = None, limit: int = 100) -> list[RunSummary]:
+    def list(
+        self, state: RunState | None = None, kind: str | None = None, limit: int = 100
+    ) -> list[RunSummary]:
         with self._mutex:
-            runs = [r for r in self._runs.values() if (state is None or r.state == state) and (kind is None or r.kind == kind)]
+            runs = [
+                r
+                for r in self._runs.values()
+                if (state is None or r.state == state) and (kind is None or r.kind == kind)
+            ]
         return sorted(runs, key=lambda r: r.updated_at, reverse=True)[:limit]
 
     def _get(self, run_id: str) -> RunSummary:

@@ -41,7 +41,9 @@ class Spool:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(lock_fd)
-            raise SpoolLockedError(f"{self.root}: another learner service uses this spool directory") from None
+            raise SpoolLockedError(
+                f"{self.root}: another learner service uses this spool directory"
+            ) from None
         self._lock_fd: int | None = lock_fd
         for leftover in self.root.iterdir():  # parts of uploads a killed service was receiving
             if leftover.name != ".lock":
@@ -74,7 +76,10 @@ def check_upload_headers(request: Request, spool: Spool, max_bytes: int) -> None
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit():
         if int(declared) > max_bytes:
-            raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"upload of {declared} bytes exceeds the limit of {max_bytes} bytes")
+            raise HTTPException(
+                status.HTTP_413_CONTENT_TOO_LARGE,
+                f"upload of {declared} bytes exceeds the limit of {max_bytes} bytes",
+            )
         free = shutil.disk_usage(spool.root).free
         if free < COPIES_ON_DISK * int(declared) + DISK_RESERVE_BYTES:
             raise HTTPException(

@@ -50,7 +50,9 @@ class TransformerSpec(_Strict):
     @model_validator(mode="after")
     def _heads_divide(self) -> TransformerSpec:
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}")
+            raise ValueError(
+                f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}"
+            )
         return self
 
 
@@ -165,10 +167,14 @@ def load_preset(name_or_path: str) -> tuple[WorldModelConfig, TrainConfig]:
         return model.model_copy(deep=True), train.model_copy(deep=True)
     path = Path(name_or_path)
     if not path.is_file():
-        raise ValueError(f"world-model config '{name_or_path}' is neither a preset ({', '.join(PRESETS)}) nor a JSON file")
+        raise ValueError(
+            f"world-model config '{name_or_path}' is neither a preset ({', '.join(PRESETS)}) nor a JSON file"
+        )
     try:
         data = json.loads(path.read_text())
-        return WorldModelConfig.model_validate(data["model"]), TrainConfig.model_validate(data.get("train", {}))
+        return WorldModelConfig.model_validate(data["model"]), TrainConfig.model_validate(
+            data.get("train", {})
+        )
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a world-model config ({exc})") from None
 

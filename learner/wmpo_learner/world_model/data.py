@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
 from wmpo_core.episode_store import EpisodeMeta, EpisodeStore
 from wmpo_core.image_ops import resize_frames
 from wmpo_core.normalization import ActionNormalizer
@@ -51,7 +50,9 @@ def select_episodes(
     by_id = {m.episode_id: m for m in metas}
     missing = [w for w in wanted if w not in by_id]
     if missing:
-        raise ValueError(f"episode selection: {missing} not in {store.root} (or excluded by the other filters)")
+        raise ValueError(
+            f"episode selection: {missing} not in {store.root} (or excluded by the other filters)"
+        )
     return [by_id[w] for w in wanted]
 
 
@@ -60,7 +61,9 @@ def window_starts(num_steps: int, context: int, predicted: int) -> range:
     return range(1 - context, num_steps - context - predicted + 1)
 
 
-def read_episode(store: EpisodeStore, meta: EpisodeMeta, camera: str, resolution: int) -> tuple[np.ndarray, np.ndarray]:
+def read_episode(
+    store: EpisodeStore, meta: EpisodeMeta, camera: str, resolution: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(frames (T, R, R, 3) uint8 at the model's resolution, actions (T, A) float64 robot units)."""
     reader = store.episode(meta.episode_id)
     return resize_frames(reader.frames(camera), resolution), reader.action().astype(np.float64)
@@ -106,7 +109,11 @@ class LatentWindowSampler:
     def __init__(self, episodes: Sequence[LatentEpisode], context: int, predicted: int):
         self.episodes = list(episodes)
         self.context, self.predicted = context, predicted
-        self._index = [(e, s) for e, ep in enumerate(self.episodes) for s in window_starts(len(ep.latents), context, predicted)]
+        self._index = [
+            (e, s)
+            for e, ep in enumerate(self.episodes)
+            for s in window_starts(len(ep.latents), context, predicted)
+        ]
         if not self._index:
             raise ValueError(
                 f"no training windows: every episode is shorter than {predicted + 1} steps "

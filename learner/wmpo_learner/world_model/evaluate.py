@@ -29,21 +29,40 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--store", required=True, help="episode store holding the held-out episodes")
     parser.add_argument("--wm", required=True, type=Path, help="world-model checkpoint directory")
     parser.add_argument(
-        "--episodes", default="held-out",
+        "--episodes",
+        default="held-out",
         help="held-out (every episode of the model's robot it was not trained on), first:N, last:N, "
         "or comma-separated episode ids",
     )
     parser.add_argument(
-        "--source", default="any", choices=["policy", "teleop", "scripted", "any"], help="episode source filter"
+        "--source",
+        default="any",
+        choices=["policy", "teleop", "scripted", "any"],
+        help="episode source filter",
     )
-    parser.add_argument("--max-episodes", type=int, default=16, help="evaluate at most this many of the selected episodes")
-    parser.add_argument("--horizon", type=int, default=None, help="imagined steps per episode (default: the whole episode)")
-    parser.add_argument("--sampling-steps", type=int, default=None, help="flow-matching steps per window (default: the model's)")
+    parser.add_argument(
+        "--max-episodes", type=int, default=16, help="evaluate at most this many of the selected episodes"
+    )
+    parser.add_argument(
+        "--horizon", type=int, default=None, help="imagined steps per episode (default: the whole episode)"
+    )
+    parser.add_argument(
+        "--sampling-steps",
+        type=int,
+        default=None,
+        help="flow-matching steps per window (default: the model's)",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="episodes imagined together")
-    parser.add_argument("--videos", type=int, default=4, help="how many episodes to write as side-by-side mp4")
+    parser.add_argument(
+        "--videos", type=int, default=4, help="how many episodes to write as side-by-side mp4"
+    )
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="device to imagine on")
-    parser.add_argument("--out", required=True, type=Path, help="directory for metrics.json, report.md and videos/")
+    parser.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="device to imagine on"
+    )
+    parser.add_argument(
+        "--out", required=True, type=Path, help="directory for metrics.json, report.md and videos/"
+    )
 
 
 def mirrored(world_model: Any, actions: np.ndarray) -> np.ndarray:
@@ -62,7 +81,9 @@ def write_video(path: Path, panels: list[np.ndarray], fps: float, scale: int = 4
         stream.width, stream.height = video.shape[2], video.shape[1]
         stream.pix_fmt = "yuv420p"
         for frame in video:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+            container.mux(
+                stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24"))
+            )
         container.mux(stream.encode())
 
 
@@ -87,8 +108,9 @@ def evaluate_world_model(
     from .metrics import psnr, ssim
 
     wm = world_model
-    per_step: dict[str, list[list[float]]] = {k: [] for k in (
-        "psnr", "ssim", "psnr_vae", "psnr_hold", "psnr_mirrored", "mae_action", "mae_seed")}
+    per_step: dict[str, list[list[float]]] = {
+        k: [] for k in ("psnr", "ssim", "psnr_vae", "psnr_hold", "psnr_mirrored", "mae_action", "mae_seed")
+    }
     per_episode = []
     video_count = 0
     batches = [episodes[i : i + batch_size] for i in range(0, len(episodes), batch_size)]
@@ -99,7 +121,9 @@ def evaluate_world_model(
             raise ValueError("every evaluated episode needs at least 2 steps")
         n = max(lengths)
         firsts = np.stack([f[0] for f, _ in data])
-        actions = np.stack([np.concatenate([a[:n], np.repeat(a[-1:], max(0, n - len(a)), axis=0)])[:n] for _, a in data])
+        actions = np.stack(
+            [np.concatenate([a[:n], np.repeat(a[-1:], max(0, n - len(a)), axis=0)])[:n] for _, a in data]
+        )
 
         def replay(acts: np.ndarray, noise_seed: int) -> np.ndarray:
             return wm.replay(firsts, acts, torch.Generator().manual_seed(noise_seed), sampling_steps)
@@ -124,10 +148,18 @@ def evaluate_world_model(
             }
             for key, values in rows.items():
                 per_step[key].append([float(v) for v in values])
-            per_episode.append({"episode_id": meta.episode_id, "success": meta.success, "steps": h,
-                                **{k: float(np.mean(v)) for k, v in rows.items()}})
+            per_episode.append(
+                {
+                    "episode_id": meta.episode_id,
+                    "success": meta.success,
+                    "steps": h,
+                    **{k: float(np.mean(v)) for k, v in rows.items()},
+                }
+            )
             if video_count < videos:
-                write_video(out / "videos" / f"{meta.episode_id}.mp4", [real, img, img_mirror], meta.control_rate_hz)
+                write_video(
+                    out / "videos" / f"{meta.episode_id}.mp4", [real, img, img_mirror], meta.control_rate_hz
+                )
                 video_count += 1
 
     def by_horizon(key: str) -> list[float]:
@@ -139,14 +171,22 @@ def evaluate_world_model(
 
     p = wm.config.predicted_frames
     mae_action, mae_seed = overall("mae_action"), overall("mae_seed")
-    closer = np.mean([a > b for ra, rb in zip(per_step["psnr"], per_step["psnr_mirrored"], strict=True)
-                      for a, b in zip(ra, rb, strict=True)])
+    closer = np.mean(
+        [
+            a > b
+            for ra, rb in zip(per_step["psnr"], per_step["psnr_mirrored"], strict=True)
+            for a, b in zip(ra, rb, strict=True)
+        ]
+    )
     summary = {
         "episodes": len(per_episode),
         "frames": int(sum(len(r) for r in per_step["psnr"])),
-        "psnr": overall("psnr"), "ssim": overall("ssim"),
-        f"psnr_first_{p}": overall("psnr", p), f"ssim_first_{p}": overall("ssim", p),
-        "psnr_vae_reconstruction": overall("psnr_vae"), "psnr_hold_first_frame": overall("psnr_hold"),
+        "psnr": overall("psnr"),
+        "ssim": overall("ssim"),
+        f"psnr_first_{p}": overall("psnr", p),
+        f"ssim_first_{p}": overall("ssim", p),
+        "psnr_vae_reconstruction": overall("psnr_vae"),
+        "psnr_hold_first_frame": overall("psnr_hold"),
         "psnr_mirrored_actions": overall("psnr_mirrored"),
         "action_sensitivity": {
             "mae_mirrored_vs_real_actions": mae_action,
@@ -207,7 +247,6 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     import torch
-
     from wmpo_core.episode_store import EpisodeStore, StoreError
 
     from .data import select_episodes
@@ -224,20 +263,37 @@ def run(args: argparse.Namespace) -> int:
         trained_on = {e for h in wm.provenance.get("history", []) for e in h.get("episodes", [])}
         spec = None if args.episodes == "held-out" else args.episodes
         source = None if args.source == "any" else args.source
-        episodes = [m for m in select_episodes(store, spec, source=source) if m.robot_config_name == wm.robot_config_name]
+        episodes = [
+            m
+            for m in select_episodes(store, spec, source=source)
+            if m.robot_config_name == wm.robot_config_name
+        ]
         if args.episodes == "held-out":
             episodes = [m for m in episodes if m.episode_id not in trained_on]
     except (StoreError, WorldModelLoadError, ValueError) as exc:
         return fail(str(exc))
     overlap = [m.episode_id for m in episodes if m.episode_id in trained_on]
     if overlap:
-        print(f"wmpo wm-eval: warning: {len(overlap)} selected episodes were used to train this model", file=sys.stderr)
+        print(
+            f"wmpo wm-eval: warning: {len(overlap)} selected episodes were used to train this model",
+            file=sys.stderr,
+        )
     episodes = [m for m in episodes if m.num_steps >= 2][: args.max_episodes]
     if not episodes:
-        return fail(f"no held-out episodes of robot '{wm.robot_config_name}' in {args.store} match the selection")
+        return fail(
+            f"no held-out episodes of robot '{wm.robot_config_name}' in {args.store} match the selection"
+        )
     result = evaluate_world_model(
-        wm, store, episodes, args.out, horizon=args.horizon, sampling_steps=args.sampling_steps,
-        batch_size=args.batch_size, videos=args.videos, seed=args.seed, label=str(args.wm),
+        wm,
+        store,
+        episodes,
+        args.out,
+        horizon=args.horizon,
+        sampling_steps=args.sampling_steps,
+        batch_size=args.batch_size,
+        videos=args.videos,
+        seed=args.seed,
+        label=str(args.wm),
     )
     print(format_report(result, wm.config.predicted_frames))
     print(f"metrics: {args.out / 'metrics.json'}, videos: {args.out / 'videos'}")

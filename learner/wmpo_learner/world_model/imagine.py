@@ -32,11 +32,17 @@ class ChunkSamplingPolicy(Protocol):
     action_dim: int
     image_size: int
 
-    def encode_inputs(self, frames: np.ndarray, instructions: Sequence[str], state: np.ndarray | None = None) -> dict[str, Any]:
+    def encode_inputs(
+        self, frames: np.ndarray, instructions: Sequence[str], state: np.ndarray | None = None
+    ) -> dict[str, Any]:
         """(B, H, W, 3) uint8 frames at any resolution + one instruction per frame -> model inputs."""
 
     def sample(
-        self, inputs: dict[str, Any], temperature: float = 1.6, greedy: bool = False, generator: torch.Generator | None = None
+        self,
+        inputs: dict[str, Any],
+        temperature: float = 1.6,
+        greedy: bool = False,
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> tokens (B, K, A) long, log-probs (B, K, A) under softmax(logits / temperature)."""
 
@@ -97,11 +103,15 @@ def imagine(
     sampling and the world model's noise (a seeded run is reproducible)."""
     first_frames = np.asarray(first_frames)
     if first_frames.ndim != 4 or first_frames.shape[-1] != 3 or first_frames.dtype != np.uint8:
-        raise ValueError(f"first_frames must be (N, H, W, 3) uint8, got {first_frames.shape} {first_frames.dtype}")
+        raise ValueError(
+            f"first_frames must be (N, H, W, 3) uint8, got {first_frames.shape} {first_frames.dtype}"
+        )
     if horizon < 1 or group_size < 1:
         raise ValueError(f"horizon and group_size must be >= 1, got {horizon} and {group_size}")
     if policy.action_dim != world_model.normalizer.dim:
-        raise ValueError(f"policy acts in {policy.action_dim} dims, the world model takes {world_model.normalizer.dim}")
+        raise ValueError(
+            f"policy acts in {policy.action_dim} dims, the world model takes {world_model.normalizer.dim}"
+        )
     num = len(first_frames)
     texts = [instructions] * num if isinstance(instructions, str) else list(instructions)
     if len(texts) != num:
@@ -120,14 +130,19 @@ def imagine(
     for c in tqdm(range(num_chunks), desc="imagine", disable=not progress, dynamic_ncols=True):
         observation = frames[:, c * k]
         chunk_tokens, chunk_log_probs = policy.sample(
-            policy.encode_inputs(observation, texts), temperature=temperature, greedy=greedy, generator=generator
+            policy.encode_inputs(observation, texts),
+            temperature=temperature,
+            greedy=greedy,
+            generator=generator,
         )
         chunk_actions = policy.tokens_to_actions(chunk_tokens)
         if isinstance(chunk_actions, torch.Tensor):
             chunk_actions = chunk_actions.detach().cpu().numpy()
         chunk_actions = np.asarray(chunk_actions, dtype=np.float64)
         if chunk_actions.shape != (batch, k, world_model.normalizer.dim):
-            raise ValueError(f"policy returned actions {chunk_actions.shape}, expected {(batch, k, world_model.normalizer.dim)}")
+            raise ValueError(
+                f"policy returned actions {chunk_actions.shape}, expected {(batch, k, world_model.normalizer.dim)}"
+            )
         latents, context = world_model.rollout_latents(
             context, world_model.normalize_actions(chunk_actions), generator, sampling_steps
         )

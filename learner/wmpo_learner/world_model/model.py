@@ -24,7 +24,6 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 from diffusers.training_utils import compute_density_for_timestep_sampling
 from torch import nn
-
 from wmpo_core.image_ops import resize_frames
 from wmpo_core.normalization import ActionNormalizer
 
@@ -54,11 +53,15 @@ def latent_geometry(vae: AutoencoderKL, resolution: int) -> tuple[int, int]:
     """(latent channels, latent side) the VAE produces for `resolution`-pixel frames."""
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     if resolution % factor:
-        raise ValueError(f"resolution {resolution} is not divisible by the VAE's downsampling factor {factor}")
+        raise ValueError(
+            f"resolution {resolution} is not divisible by the VAE's downsampling factor {factor}"
+        )
     return vae.config.latent_channels, resolution // factor
 
 
-def build_transformer(config: WorldModelConfig, vae: AutoencoderKL, action_dim: int) -> ActionConditionedVideoTransformer:
+def build_transformer(
+    config: WorldModelConfig, vae: AutoencoderKL, action_dim: int
+) -> ActionConditionedVideoTransformer:
     channels, side = latent_geometry(vae, config.resolution)
     return ActionConditionedVideoTransformer(
         in_channels=channels, sample_size=side, action_dim=action_dim, **config.transformer.model_dump()
@@ -81,7 +84,9 @@ class WorldModel(nn.Module):
     ):
         super().__init__()
         if transformer.config.action_dim != normalizer.dim:
-            raise ValueError(f"transformer takes {transformer.config.action_dim}-D actions, normalizer has {normalizer.dim}")
+            raise ValueError(
+                f"transformer takes {transformer.config.action_dim}-D actions, normalizer has {normalizer.dim}"
+            )
         self.config = config
         self.vae = vae
         self.transformer = transformer
@@ -96,10 +101,23 @@ class WorldModel(nn.Module):
 
     @classmethod
     def from_config(
-        cls, config: WorldModelConfig, normalizer: ActionNormalizer, camera: str, robot_config_name: str, robot_config_hash: str
+        cls,
+        config: WorldModelConfig,
+        normalizer: ActionNormalizer,
+        camera: str,
+        robot_config_name: str,
+        robot_config_hash: str,
     ) -> WorldModel:
         vae = build_vae(config)
-        return cls(config, vae, build_transformer(config, vae, normalizer.dim), normalizer, camera, robot_config_name, robot_config_hash)
+        return cls(
+            config,
+            vae,
+            build_transformer(config, vae, normalizer.dim),
+            normalizer,
+            camera,
+            robot_config_name,
+            robot_config_hash,
+        )
 
     def save(self, directory: str | Path) -> Path:
         """Write a self-contained checkpoint (diffusers safetensors folders + JSON)."""
@@ -121,7 +139,9 @@ class WorldModel(nn.Module):
         }
         tmp = directory / (CHECKPOINT_FILE + ".tmp")
         tmp.write_text(json.dumps(meta, indent=2))
-        tmp.replace(directory / CHECKPOINT_FILE)  # the marker appears last: a readable file means a complete checkpoint
+        tmp.replace(
+            directory / CHECKPOINT_FILE
+        )  # the marker appears last: a readable file means a complete checkpoint
         return directory
 
     @classmethod
@@ -148,9 +168,17 @@ class WorldModel(nn.Module):
                 raise WorldModelLoadError(f"{directory}: checkpoint is missing its '{part}/' folder")
         # low_cpu_mem_usage=False: the default needs `accelerate`, which the stack does not require.
         vae = AutoencoderKL.from_pretrained(directory / "vae", low_cpu_mem_usage=False)
-        transformer = ActionConditionedVideoTransformer.from_pretrained(directory / "transformer", low_cpu_mem_usage=False)
+        transformer = ActionConditionedVideoTransformer.from_pretrained(
+            directory / "transformer", low_cpu_mem_usage=False
+        )
         model = cls(
-            config, vae, transformer, normalizer, meta["camera"], meta["robot_config_name"], meta["robot_config_hash"],
+            config,
+            vae,
+            transformer,
+            normalizer,
+            meta["camera"],
+            meta["robot_config_name"],
+            meta["robot_config_hash"],
             meta.get("provenance"),
         )
         return model.to(device).eval()
@@ -178,13 +206,26 @@ class WorldModel(nn.Module):
     @staticmethod
     def to_uint8(pixels: torch.Tensor) -> np.ndarray:
         """float (N, 3, R, R) in [-1, 1] -> uint8 (N, R, R, 3)."""
-        return ((pixels.float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return (
+            ((pixels.float().clamp(-1, 1) + 1.0) * 127.5)
+            .round()
+            .to(torch.uint8)
+            .permute(0, 2, 3, 1)
+            .cpu()
+            .numpy()
+        )
 
     def _latent_affine(self) -> tuple[float, float]:
         shift = self.vae.config.shift_factor
         return float(self.vae.config.scaling_factor), float(shift) if shift is not None else 0.0
 
-    def encode(self, pixels: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None, chunk: int = 64) -> torch.Tensor:
+    def encode(
+        self,
+        pixels: torch.Tensor,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+        chunk: int = 64,
+    ) -> torch.Tensor:
         """(N, 3, R, R) pixels in [-1, 1] -> (N, C, h, w) scaled latents (posterior mean unless `sample`)."""
         scale, shift = self._latent_affine()
         out = []
@@ -196,7 +237,9 @@ class WorldModel(nn.Module):
     def decode(self, latents: torch.Tensor, chunk: int = 64) -> torch.Tensor:
         """(N, C, h, w) scaled latents -> (N, 3, R, R) pixels in [-1, 1]."""
         scale, shift = self._latent_affine()
-        out = [self.vae.decode((part / scale + shift).to(self.vae.dtype)).sample for part in latents.split(chunk)]
+        out = [
+            self.vae.decode((part / scale + shift).to(self.vae.dtype)).sample for part in latents.split(chunk)
+        ]
         return torch.cat(out).float()
 
     def normalize_actions(self, actions: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -205,7 +248,9 @@ class WorldModel(nn.Module):
             actions = actions.detach().cpu().numpy()
         actions = np.asarray(actions, dtype=np.float64)
         if actions.shape[-1] != self.normalizer.dim:
-            raise ValueError(f"actions have {actions.shape[-1]} dims, this world model takes {self.normalizer.dim}")
+            raise ValueError(
+                f"actions have {actions.shape[-1]} dims, this world model takes {self.normalizer.dim}"
+            )
         return torch.as_tensor(self.normalizer.normalize(actions), dtype=torch.float32, device=self.device)
 
     # ------------------------------------------------------------------ training objective
@@ -240,7 +285,12 @@ class WorldModel(nn.Module):
         predicted = self.window_masks(batch, latents.device)
         rng_device = generator.device if generator is not None else latents.device
         u = compute_density_for_timestep_sampling(
-            "logit_normal", batch, logit_mean=logit_mean, logit_std=logit_std, device=rng_device, generator=generator
+            "logit_normal",
+            batch,
+            logit_mean=logit_mean,
+            logit_std=logit_std,
+            device=rng_device,
+            generator=generator,
         ).to(latents.device)
         shift = self.config.timestep_shift
         sigma = shift * u / (1.0 + (shift - 1.0) * u)  # the shift the sampler applies to its own steps
@@ -282,8 +332,12 @@ class WorldModel(nn.Module):
         device = context.device
         self.scheduler.set_timesteps(sampling_steps or cfg.sampling_steps, device=device)
         shape = (batch, cfg.predicted_frames, *context.shape[2:])
-        x = torch.randn(shape, generator=generator, device=generator.device if generator is not None else device).to(device)
-        all_actions = torch.cat([actions.new_zeros(batch, cfg.context_frames, actions.shape[-1]), actions], dim=1)
+        x = torch.randn(
+            shape, generator=generator, device=generator.device if generator is not None else device
+        ).to(device)
+        all_actions = torch.cat(
+            [actions.new_zeros(batch, cfg.context_frames, actions.shape[-1]), actions], dim=1
+        )
         mask = self.window_masks(batch, device)
         context_t = torch.full((batch, cfg.context_frames), cfg.context_noise_timestep, device=device)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")

@@ -20,8 +20,16 @@ TRAIN_FLAGS = {
     "--lr": ("lr", float, "transformer peak learning rate (AdamW)"),
     "--warmup-steps": ("warmup_steps", int, "linear learning-rate warm-up steps"),
     "--grad-clip": ("grad_clip", float, "gradient-norm clip"),
-    "--ema-decay": ("ema_decay", float, "EMA decay of the transformer weights (the saved weights are the EMA)"),
-    "--vae-steps": ("vae_steps", int, "VAE optimiser steps before the transformer stage (0 = keep the VAE as is)"),
+    "--ema-decay": (
+        "ema_decay",
+        float,
+        "EMA decay of the transformer weights (the saved weights are the EMA)",
+    ),
+    "--vae-steps": (
+        "vae_steps",
+        int,
+        "VAE optimiser steps before the transformer stage (0 = keep the VAE as is)",
+    ),
     "--vae-batch-size": ("vae_batch_size", int, "frames per VAE step per process"),
     "--vae-lr": ("vae_lr", float, "VAE learning rate"),
     "--checkpoint-every": ("checkpoint_every", int, "steps between checkpoints (per stage)"),
@@ -33,12 +41,25 @@ TRAIN_FLAGS = {
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--store", required=True, help="episode store to train on")
-    parser.add_argument("--out", required=True, type=Path, help="run directory; the finished world model is written here")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="run directory; the finished world model is written here"
+    )
     if command == "align":
-        parser.add_argument("--from", dest="init_from", metavar="CHECKPOINT", required=True, type=Path, help="world-model checkpoint to fine-tune")
-        parser.add_argument("--policy-version", help="only episodes recorded by this policy version (default: any)")
         parser.add_argument(
-            "--source", default="policy", choices=["policy", "teleop", "scripted", "any"],
+            "--from",
+            dest="init_from",
+            metavar="CHECKPOINT",
+            required=True,
+            type=Path,
+            help="world-model checkpoint to fine-tune",
+        )
+        parser.add_argument(
+            "--policy-version", help="only episodes recorded by this policy version (default: any)"
+        )
+        parser.add_argument(
+            "--source",
+            default="policy",
+            choices=["policy", "teleop", "scripted", "any"],
             help="episode source to align on (default: policy rollouts)",
         )
         parser.add_argument("--robot", help="robot config name or path (default: the checkpoint's)")
@@ -47,14 +68,20 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument("--robot", default="so101_sim", help="robot config name or path")
         parser.add_argument("--camera", help="camera to model (default: the robot's first camera)")
         parser.add_argument(
-            "--source", default="any", choices=["policy", "teleop", "scripted", "any"], help="episode source filter"
+            "--source",
+            default="any",
+            choices=["policy", "teleop", "scripted", "any"],
+            help="episode source filter",
         )
     parser.add_argument(
-        "--episodes", default="all",
+        "--episodes",
+        default="all",
         help="episode selection after the filters: all, first:N, last:N, or comma-separated episode ids",
     )
     parser.add_argument(
-        "--success", default="any", choices=["any", "true", "false"],
+        "--success",
+        default="any",
+        choices=["any", "true", "false"],
         help="filter by success label (alignment keeps failures: the default is any)",
     )
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
@@ -71,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from wmpo_core.robot_config import RobotConfigError, load_robot_config
 
     from wmpo_learner import distributed
+
     from .config import align_train_config, load_preset
     from .data import select_episodes
     from .model import WorldModel, WorldModelLoadError
@@ -84,7 +112,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.resume and out.exists() and any(out.iterdir()):
         return fail(f"{out} is not empty; pass --resume to continue that run or choose another --out")
     if args.resume and latest_checkpoint(out) is None:
-        print(f"wmpo {args.command}: no checkpoint in {out}/checkpoints yet; starting from the beginning", file=sys.stderr)
+        print(
+            f"wmpo {args.command}: no checkpoint in {out}/checkpoints yet; starting from the beginning",
+            file=sys.stderr,
+        )
     try:
         store = EpisodeStore.open(args.store)
         if args.command == "align":
@@ -101,14 +132,23 @@ def run(args: argparse.Namespace) -> int:
             calibrate = model_config.vae.pretrained is None
         if camera not in robot.camera_names:
             return fail(f"robot '{robot.name}' has no camera '{camera}' (cameras: {robot.camera_names})")
-        overrides = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in TRAIN_FLAGS.items()}
-        train = train.model_validate({**train.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
+        overrides = {
+            field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in TRAIN_FLAGS.items()
+        }
+        train = train.model_validate(
+            {**train.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
+        )
         success = {"any": None, "true": True, "false": False}[args.success]
         source = None if args.source == "any" else args.source
         episodes = [
             m
-            for m in select_episodes(store, args.episodes, source=source, success=success,
-                                     policy_version=getattr(args, "policy_version", None))
+            for m in select_episodes(
+                store,
+                args.episodes,
+                source=source,
+                success=success,
+                policy_version=getattr(args, "policy_version", None),
+            )
             if m.robot_config_name == robot.name
         ]
     except (StoreError, RobotConfigError, WorldModelLoadError, ValueError) as exc:
@@ -116,8 +156,16 @@ def run(args: argparse.Namespace) -> int:
     if not episodes:
         return fail(f"no episodes of robot '{robot.name}' in {args.store} match the selection")
     plan = TrainingPlan(
-        command=args.command, store=Path(args.store), out=out, robot=robot, camera=camera, episodes=episodes,
-        model_config=model_config, train=train, init_from=getattr(args, "init_from", None), resume=args.resume,
+        command=args.command,
+        store=Path(args.store),
+        out=out,
+        robot=robot,
+        camera=camera,
+        episodes=episodes,
+        model_config=model_config,
+        train=train,
+        init_from=getattr(args, "init_from", None),
+        resume=args.resume,
         calibrate_latents=calibrate,
     )
     ctx = distributed.setup(args.device)

@@ -31,9 +31,9 @@ from diffusers.training_utils import EMAModel
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
-
 from wmpo_core.episode_store import EpisodeMeta, EpisodeStore
 from wmpo_core.robot_config import RobotConfig
+
 from wmpo_learner.distributed import Distributed
 
 from .config import TrainConfig, WorldModelConfig
@@ -101,7 +101,9 @@ def latest_checkpoint(out: Path) -> Path | None:
 class WorldModelTrainer:
     def __init__(self, plan: TrainingPlan, ctx: Distributed):
         if ctx.world_size > len(plan.episodes):
-            raise ValueError(f"{ctx.world_size} processes but only {len(plan.episodes)} episodes: each process needs at least one")
+            raise ValueError(
+                f"{ctx.world_size} processes but only {len(plan.episodes)} episodes: each process needs at least one"
+            )
         self.plan = plan
         self.ctx = ctx
         self.cfg = plan.train
@@ -129,7 +131,9 @@ class WorldModelTrainer:
             wm = WorldModel.load(plan.init_from, self.ctx.device)
         else:
             normalizer = fit_normalizer(self.store, plan.episodes)
-            wm = WorldModel.from_config(plan.model_config, normalizer, plan.camera, plan.robot.name, plan.robot.content_hash)
+            wm = WorldModel.from_config(
+                plan.model_config, normalizer, plan.camera, plan.robot.name, plan.robot.content_hash
+            )
         if wm.camera != plan.camera or wm.normalizer.dim != plan.robot.action.dim:
             raise ValueError(
                 f"world model sees camera '{wm.camera}' with {wm.normalizer.dim}-D actions; the episodes have camera "
@@ -178,15 +182,23 @@ class WorldModelTrainer:
             vae.train().requires_grad_(True)
             objective: nn.Module = _VAEObjective(vae)
             if ctx.enabled:
-                objective = DistributedDataParallel(objective, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+                objective = DistributedDataParallel(
+                    objective, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None
+                )
             optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
             if self.resumed_from is not None and self.stage_step > 0:
                 load_training_state(self.resumed_from / "training_state", optimizer)
             frames = FrameSampler(self.store, self.shard, wm.camera, wm.config.resolution)
-            bar = tqdm(range(self.stage_step, cfg.vae_steps), desc="vae", disable=not ctx.is_main, dynamic_ncols=True)
+            bar = tqdm(
+                range(self.stage_step, cfg.vae_steps), desc="vae", disable=not ctx.is_main, dynamic_ncols=True
+            )
             for step in bar:
                 # Every step draws from its own seed: a resumed run sees exactly the data of an uninterrupted one.
-                pixels = wm.to_pixels(frames.sample(cfg.vae_batch_size, np.random.default_rng(_seed(cfg.seed, ctx.rank, step, 1))))
+                pixels = wm.to_pixels(
+                    frames.sample(
+                        cfg.vae_batch_size, np.random.default_rng(_seed(cfg.seed, ctx.rank, step, 1))
+                    )
+                )
                 with self.autocast:
                     mse, kl = objective(pixels)
                 loss = mse + cfg.vae_kl_weight * kl
@@ -208,7 +220,9 @@ class WorldModelTrainer:
         if self.plan.calibrate_latents and cfg.vae_steps > 0:
             self._calibrate_latents()
         self.stage, self.stage_step = "dit", 0
-        if cfg.vae_steps > 0:  # "VAE finished, transformer not started": a resume from here skips the VAE stage
+        if (
+            cfg.vae_steps > 0
+        ):  # "VAE finished, transformer not started": a resume from here skips the VAE stage
             self._checkpoint(vae, optimizer=None, ema=None)
 
     @torch.no_grad()
@@ -216,12 +230,16 @@ class WorldModelTrainer:
         """Standardise latents: shift_factor = mean, scaling_factor = 1 / std (averaged over processes)."""
         wm = self.world_model
         sampler = FrameSampler(self.store, self.shard, wm.camera, wm.config.resolution)
-        pixels = wm.to_pixels(sampler.sample(frames_per_process, np.random.default_rng(_seed(self.cfg.seed, self.ctx.rank, 7))))
+        pixels = wm.to_pixels(
+            sampler.sample(frames_per_process, np.random.default_rng(_seed(self.cfg.seed, self.ctx.rank, 7)))
+        )
         raw = torch.cat([wm.vae.encode(p).latent_dist.mode().float() for p in pixels.split(64)])
         moments = self.ctx.mean(torch.stack([raw.mean(), raw.square().mean()]))
         mean, std = float(moments[0]), float((moments[1] - moments[0] ** 2).clamp_min(1e-12).sqrt())
         wm.vae.register_to_config(shift_factor=mean, scaling_factor=1.0 / std)
-        self._log(f"latent statistics: mean {mean:.4f}, std {std:.4f} -> shift_factor {mean:.4f}, scaling_factor {1 / std:.4f}")
+        self._log(
+            f"latent statistics: mean {mean:.4f}, std {std:.4f} -> shift_factor {mean:.4f}, scaling_factor {1 / std:.4f}"
+        )
 
     # ------------------------------------------------------------------ stage 2: transformer
 
@@ -233,16 +251,24 @@ class WorldModelTrainer:
             frames, actions = read_episode(self.store, meta, wm.camera, wm.config.resolution)
             with self.autocast:
                 latents = wm.encode(wm.to_pixels(frames))
-            out.append(LatentEpisode(meta.episode_id, latents.to("cpu", torch.float16), wm.normalize_actions(actions).cpu()))
+            out.append(
+                LatentEpisode(
+                    meta.episode_id, latents.to("cpu", torch.float16), wm.normalize_actions(actions).cpu()
+                )
+            )
         return out
 
     def _train_transformer(self) -> None:
         cfg, ctx, wm = self.cfg, self.ctx, self.world_model
         transformer = wm.transformer
         wm.vae.eval().requires_grad_(False)
-        windows = LatentWindowSampler(self._encode_episodes(), wm.config.context_frames, wm.config.predicted_frames)
-        self._log(f"transformer: {sum(p.numel() for p in transformer.parameters()) / 1e6:.2f} M parameters, "
-                  f"{len(windows)} training windows on process 0")
+        windows = LatentWindowSampler(
+            self._encode_episodes(), wm.config.context_frames, wm.config.predicted_frames
+        )
+        self._log(
+            f"transformer: {sum(p.numel() for p in transformer.parameters()) / 1e6:.2f} M parameters, "
+            f"{len(windows)} training windows on process 0"
+        )
         transformer.train().requires_grad_(True)
         if cfg.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
@@ -250,22 +276,34 @@ class WorldModelTrainer:
         optimizer = torch.optim.AdamW(transformer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         if self.resumed_from is not None and self.stage_step > 0:
             state, raw = load_training_state(self.resumed_from / "training_state", optimizer)
-            transformer.load_state_dict(raw)  # the loaded model holds the EMA weights; EMA was built from them
+            transformer.load_state_dict(
+                raw
+            )  # the loaded model holds the EMA weights; EMA was built from them
             ema.optimization_step = state["ema_step"]
         denoiser: nn.Module = transformer
         if ctx.enabled:
-            denoiser = DistributedDataParallel(transformer, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
-        bar = tqdm(range(self.stage_step, cfg.steps), desc="transformer", disable=not ctx.is_main, dynamic_ncols=True)
+            denoiser = DistributedDataParallel(
+                transformer, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None
+            )
+        bar = tqdm(
+            range(self.stage_step, cfg.steps), desc="transformer", disable=not ctx.is_main, dynamic_ncols=True
+        )
         for step in bar:
             lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            latents, actions = windows.sample(cfg.batch_size, torch.Generator().manual_seed(_seed(cfg.seed, ctx.rank, step, 2)))
+            latents, actions = windows.sample(
+                cfg.batch_size, torch.Generator().manual_seed(_seed(cfg.seed, ctx.rank, step, 2))
+            )
             noise_rng = torch.Generator(ctx.device).manual_seed(_seed(cfg.seed, ctx.rank, step, 3))
             with self.autocast:
                 loss = wm.training_loss(
-                    latents.to(ctx.device), actions.to(ctx.device), denoiser=denoiser, generator=noise_rng,
-                    logit_mean=cfg.logit_mean, logit_std=cfg.logit_std,
+                    latents.to(ctx.device),
+                    actions.to(ctx.device),
+                    denoiser=denoiser,
+                    generator=noise_rng,
+                    logit_mean=cfg.logit_mean,
+                    logit_std=cfg.logit_std,
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -281,7 +319,9 @@ class WorldModelTrainer:
                 self._scalar("dit/lr", lr, self.stage_step)
                 self._scalar("dit/grad_norm", float(grad_norm), self.stage_step)
             if self.stage_step % cfg.checkpoint_every == 0 or self.stage_step == cfg.steps:
-                self._checkpoint(transformer, optimizer, ema)  # the last one lets `--resume --steps <more>` go on
+                self._checkpoint(
+                    transformer, optimizer, ema
+                )  # the last one lets `--resume --steps <more>` go on
         bar.close()
         if not ctx.replicas_in_sync(transformer):
             raise RuntimeError("DDP replicas diverged: processes hold different transformer weights")
@@ -317,9 +357,13 @@ class WorldModelTrainer:
         )
         wm.provenance = {**wm.provenance, "history": history}
 
-    def _checkpoint(self, module: nn.Module, optimizer: torch.optim.Optimizer | None, ema: EMAModel | None) -> None:
+    def _checkpoint(
+        self, module: nn.Module, optimizer: torch.optim.Optimizer | None, ema: EMAModel | None
+    ) -> None:
         if not self.ctx.replicas_in_sync(module):
-            raise RuntimeError(f"DDP replicas diverged in stage '{self.stage}': processes hold different weights")
+            raise RuntimeError(
+                f"DDP replicas diverged in stage '{self.stage}': processes hold different weights"
+            )
         if self.ctx.is_main:
             root = self.plan.out / CHECKPOINTS_DIR
             final = root / f"{self.stage}-{self.stage_step:07d}"
@@ -336,7 +380,11 @@ class WorldModelTrainer:
             finally:
                 if ema is not None:
                     ema.restore(module.parameters())
-            state = {"stage": self.stage, "stage_step": self.stage_step, "ema_step": ema.optimization_step if ema else 0}
+            state = {
+                "stage": self.stage,
+                "stage_step": self.stage_step,
+                "ema_step": ema.optimization_step if ema else 0,
+            }
             save_training_state(tmp / "training_state", optimizer, raw, state)
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)

@@ -19,7 +19,10 @@ MODEL_TENSORS = "raw_weights.safetensors"
 
 
 def save_training_state(
-    directory: Path, optimizer: torch.optim.Optimizer | None, raw_weights: dict[str, torch.Tensor] | None, state: dict[str, Any]
+    directory: Path,
+    optimizer: torch.optim.Optimizer | None,
+    raw_weights: dict[str, torch.Tensor] | None,
+    state: dict[str, Any],
 ) -> None:
     """Optimizer state, the un-averaged (non-EMA) weights being optimised, and JSON-able counters."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -34,7 +37,9 @@ def save_training_state(
                 scalars.setdefault(str(index), {})[name] = value
     save_file(tensors, str(directory / OPTIMIZER_TENSORS))
     if raw_weights is not None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in raw_weights.items()}, str(directory / MODEL_TENSORS))
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in raw_weights.items()}, str(directory / MODEL_TENSORS)
+        )
     payload = {"state": state, "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars}}
     (directory / STATE_JSON).write_text(json.dumps(payload, indent=2))
 

@@ -48,7 +48,9 @@ class ModulatedBlock(nn.Module):
         super().__init__()
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(query_dim=dim, heads=num_heads, dim_head=dim // num_heads, bias=True, qk_norm=qk_norm, eps=1e-6)
+        self.attn = Attention(
+            query_dim=dim, heads=num_heads, dim_head=dim // num_heads, bias=True, qk_norm=qk_norm, eps=1e-6
+        )
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.ff = FeedForward(dim, inner_dim=int(dim * mlp_ratio), activation_fn="gelu-approximate")
         nn.init.zeros_(self.modulation[1].weight)  # adaLN-Zero: the block starts as the identity
@@ -58,7 +60,9 @@ class ModulatedBlock(nn.Module):
         """x: (B, A, L, D), B·A sequences of L tokens, attention along L; cond: (B, A or 1, L or 1, D).
 
         The modulation is computed once per frame and broadcast over the frame's tokens."""
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(cond).chunk(6, dim=-1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(cond).chunk(
+            6, dim=-1
+        )
         b, a, length, dim = x.shape
         h = self.norm1(x) * (1 + scale_msa) + shift_msa
         x = x + gate_msa * self.attn(h.reshape(b * a, length, dim)).reshape(b, a, length, dim)
@@ -93,15 +97,25 @@ class ActionConditionedVideoTransformer(ModelMixin, ConfigMixin):
         if sample_size % patch_size:
             raise ValueError(f"latent size {sample_size} is not divisible by patch_size {patch_size}")
         self.patch_embed = PatchEmbed(
-            height=sample_size, width=sample_size, patch_size=patch_size, in_channels=in_channels, embed_dim=hidden_size,
+            height=sample_size,
+            width=sample_size,
+            patch_size=patch_size,
+            in_channels=in_channels,
+            embed_dim=hidden_size,
             pos_embed_type="sincos",
         )
         self.time_proj = Timesteps(timestep_channels, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embed = TimestepEmbedding(timestep_channels, hidden_size)
-        self.action_embed = nn.Sequential(nn.Linear(action_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+        self.action_embed = nn.Sequential(
+            nn.Linear(action_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
+        )
         self.no_action_embedding = nn.Parameter(torch.randn(hidden_size) * 0.02)
-        self.spatial_blocks = nn.ModuleList(ModulatedBlock(hidden_size, num_heads, mlp_ratio, qk_norm) for _ in range(depth))
-        self.temporal_blocks = nn.ModuleList(ModulatedBlock(hidden_size, num_heads, mlp_ratio, qk_norm) for _ in range(depth))
+        self.spatial_blocks = nn.ModuleList(
+            ModulatedBlock(hidden_size, num_heads, mlp_ratio, qk_norm) for _ in range(depth)
+        )
+        self.temporal_blocks = nn.ModuleList(
+            ModulatedBlock(hidden_size, num_heads, mlp_ratio, qk_norm) for _ in range(depth)
+        )
         self.norm_out = AdaLayerNormContinuous(hidden_size, hidden_size, elementwise_affine=False, eps=1e-6)
         self.proj_out = nn.Linear(hidden_size, patch_size * patch_size * in_channels)
         self.gradient_checkpointing = False
@@ -115,7 +129,9 @@ class ActionConditionedVideoTransformer(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
 
-    def frame_conditioning(self, timesteps: torch.Tensor, actions: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
+    def frame_conditioning(
+        self, timesteps: torch.Tensor, actions: torch.Tensor, action_mask: torch.Tensor
+    ) -> torch.Tensor:
         """(B, T) timesteps, (B, T, A) actions, (B, T) mask -> (B*T, hidden) per-frame conditioning."""
         t_emb = self.time_embed(self.time_proj(timesteps.reshape(-1)).to(self.dtype))
         a_emb = self.action_embed(actions.reshape(-1, actions.shape[-1]).to(self.dtype))
@@ -126,24 +142,34 @@ class ActionConditionedVideoTransformer(ModelMixin, ConfigMixin):
         self, latents: torch.Tensor, timesteps: torch.Tensor, actions: torch.Tensor, action_mask: torch.Tensor
     ) -> torch.Tensor:
         batch, frames, channels, height, width = latents.shape
-        if actions.shape[:2] != (batch, frames) or timesteps.shape != (batch, frames) or action_mask.shape != (batch, frames):
+        if (
+            actions.shape[:2] != (batch, frames)
+            or timesteps.shape != (batch, frames)
+            or action_mask.shape != (batch, frames)
+        ):
             raise ValueError(
                 f"per-frame inputs must be (B={batch}, T={frames}, ...): timesteps {tuple(timesteps.shape)}, "
                 f"actions {tuple(actions.shape)}, action_mask {tuple(action_mask.shape)}"
             )
         p = self.config.patch_size
-        x = self.patch_embed(latents.reshape(batch * frames, channels, height, width).to(self.dtype))  # (B*T, N, D)
+        x = self.patch_embed(
+            latents.reshape(batch * frames, channels, height, width).to(self.dtype)
+        )  # (B*T, N, D)
         patches, dim = x.shape[1], x.shape[2]
         x = x.reshape(batch, frames, patches, dim)
         cond = self.frame_conditioning(timesteps, actions, action_mask).reshape(batch, frames, dim)
-        frame_pos = get_1d_sincos_pos_embed_from_grid(dim, torch.arange(frames, device=x.device), output_type="pt")
+        frame_pos = get_1d_sincos_pos_embed_from_grid(
+            dim, torch.arange(frames, device=x.device), output_type="pt"
+        )
         for i, (spatial, temporal) in enumerate(zip(self.spatial_blocks, self.temporal_blocks, strict=True)):
             x = self._run(spatial, x, cond[:, :, None])  # (B, T, N, D): attention over the patches of a frame
             x = x.transpose(1, 2)  # (B, N, T, D): attention over the frames at a patch position
             if i == 0:
                 x = x + frame_pos.to(x.dtype)
             x = self._run(temporal, x, cond[:, None]).transpose(1, 2)
-        x = self.proj_out(self.norm_out(x.reshape(batch * frames, patches, dim), cond.reshape(batch * frames, dim)))
+        x = self.proj_out(
+            self.norm_out(x.reshape(batch * frames, patches, dim), cond.reshape(batch * frames, dim))
+        )
         h, w = height // p, width // p
         x = x.reshape(batch, frames, h, w, p, p, channels)
         return x.permute(0, 1, 6, 2, 4, 3, 5).reshape(batch, frames, channels, height, width)

@@ -18,17 +18,29 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "robot": ("wmpo_ros.bringup", "bring up an arm (sim or real) behind the standard topics"),
     "teleop": ("wmpo_ros.bringup", "bring up the arm and teleoperate it to record demonstrations"),
     "deploy": ("wmpo_ros.bringup", "bring up the arm and run a policy on it, recording episodes"),
-    "outbox": ("wmpo_ros.outbox_cli", "a store's upload queue: push it to the learner with no robot running, or show it"),
-    "policy": ("wmpo_ros.policy_cli", "the robot's running policy: show its versions, roll back to the previous one"),
+    "outbox": (
+        "wmpo_ros.outbox_cli",
+        "a store's upload queue: push it to the learner with no robot running, or show it",
+    ),
+    "policy": (
+        "wmpo_ros.policy_cli",
+        "the robot's running policy: show its versions, roll back to the previous one",
+    ),
     "store": ("wmpo_core.store_cli", "inspect, verify, import and export episode stores"),
     "sft": ("wmpo_learner.sft", "behaviour cloning of the VLA on demonstrations"),
     "eval": ("wmpo_learner.sim_eval", "evaluate a policy checkpoint in the simulator"),
     "wm-train": ("wmpo_learner.world_model.train", "pretrain the video world model on stored episodes"),
-    "align": ("wmpo_learner.world_model.train", "Policy Behavior Alignment: fine-tune the world model on rollouts"),
+    "align": (
+        "wmpo_learner.world_model.train",
+        "Policy Behavior Alignment: fine-tune the world model on rollouts",
+    ),
     "wm-eval": ("wmpo_learner.world_model.evaluate", "world-model quality on held-out episodes"),
     "reward": ("wmpo_learner.reward.cli", "train and threshold the success reward model"),
     "grpo": ("wmpo_learner.grpo.cli", "GRPO of the policy in imagination (or in the simulator)"),
-    "imagination-check": ("wmpo_learner.imagination_check", "can GRPO trust imagination? outcome agreement and policy ranking on real rollouts"),
+    "imagination-check": (
+        "wmpo_learner.imagination_check",
+        "can GRPO trust imagination? outcome agreement and policy ranking on real rollouts",
+    ),
     "iterate": ("wmpo_learner.iterate", "one lifelong round: align, reward, GRPO, evaluate, new version"),
     "serve": ("wmpo_learner.service.app", "the learner service: episode ingestion and policy registry"),
 }

@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import fcntl
-import json
-import os
 import itertools
+import json
 import math
+import os
 import secrets
 import shutil
 import tempfile
@@ -176,7 +176,9 @@ class EpisodeReader:
                     self._group = zarr.open_group(LocalStore(self.path, read_only=True), mode="r")
                 arr = self._group[name]
             except Exception as exc:  # zarr raises many types; the caller needs to know which episode
-                raise EpisodeCorruptError(f"episode {self.episode_id}: cannot open array '{name}' ({exc})") from exc
+                raise EpisodeCorruptError(
+                    f"episode {self.episode_id}: cannot open array '{name}' ({exc})"
+                ) from exc
             if not isinstance(arr, zarr.Array) or arr.shape[0] != self.meta.num_steps:
                 raise EpisodeCorruptError(
                     f"episode {self.episode_id}: array '{name}' has shape {getattr(arr, 'shape', None)}, "
@@ -194,15 +196,21 @@ class EpisodeReader:
         try:
             return np.asarray(arr[index])
         except Exception as exc:
-            raise EpisodeCorruptError(f"episode {self.episode_id}: cannot read '{name}'[{index}] ({exc})") from exc
+            raise EpisodeCorruptError(
+                f"episode {self.episode_id}: cannot read '{name}'[{index}] ({exc})"
+            ) from exc
 
     def frames(self, camera: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Frames [start, stop) of one camera, (n, H, W, C) uint8. Reads only those chunks."""
         if camera not in self.meta.cameras:
-            raise KeyError(f"episode {self.episode_id} has no camera '{camera}' (cameras: {list(self.meta.cameras)})")
+            raise KeyError(
+                f"episode {self.episode_id} has no camera '{camera}' (cameras: {list(self.meta.cameras)})"
+            )
         stop = self.meta.num_steps if stop is None else stop
         if not 0 <= start <= stop <= self.meta.num_steps:
-            raise IndexError(f"episode {self.episode_id}: frames [{start}, {stop}) outside [0, {self.meta.num_steps})")
+            raise IndexError(
+                f"episode {self.episode_id}: frames [{start}, {stop}) outside [0, {self.meta.num_steps})"
+            )
         return self._read(f"images/{camera}", slice(start, stop))
 
     def frames_at(self, camera: str, indices: Iterable[int]) -> np.ndarray:
@@ -214,7 +222,11 @@ class EpisodeReader:
         if unique.size and unique[-1] - unique[0] + 1 == unique.size:
             block = self.frames(camera, int(unique[0]), int(unique[-1]) + 1)
         else:
-            block = np.stack([self.frames(camera, int(i), int(i) + 1)[0] for i in unique]) if unique.size else None
+            block = (
+                np.stack([self.frames(camera, int(i), int(i) + 1)[0] for i in unique])
+                if unique.size
+                else None
+            )
         if block is None:
             h, w, c = self.meta.cameras[camera]
             return np.zeros((0, h, w, c), dtype=np.uint8)
@@ -288,13 +300,19 @@ class EpisodeWriter:
         if self._closed:
             raise StoreError(f"episode {self.meta.episode_id} is already committed or discarded")
         if set(images) != set(self.meta.cameras):
-            raise EpisodeValidationError(f"step needs frames for cameras {sorted(self.meta.cameras)}, got {sorted(images)}")
+            raise EpisodeValidationError(
+                f"step needs frames for cameras {sorted(self.meta.cameras)}, got {sorted(images)}"
+            )
         state = np.asarray(state, dtype=np.float32).reshape(-1)
         action = np.asarray(action, dtype=np.float32).reshape(-1)
         if state.shape != (self.meta.state_dim,):
-            raise EpisodeValidationError(f"state has {state.shape[0]} values, episode declares {self.meta.state_dim}")
+            raise EpisodeValidationError(
+                f"state has {state.shape[0]} values, episode declares {self.meta.state_dim}"
+            )
         if action.shape != (self.meta.action_dim,):
-            raise EpisodeValidationError(f"action has {action.shape[0]} values, episode declares {self.meta.action_dim}")
+            raise EpisodeValidationError(
+                f"action has {action.shape[0]} values, episode declares {self.meta.action_dim}"
+            )
         if not (np.all(np.isfinite(state)) and np.all(np.isfinite(action)) and np.isfinite(time)):
             raise EpisodeValidationError("state, action and time must be finite")
         for cam, frame in images.items():
@@ -383,7 +401,9 @@ class EpisodeStore:
     # ------------------------------------------------------------------ opening
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], mode: Literal["r", "a"] = "r", durable: bool = True) -> EpisodeStore:
+    def open(
+        cls, path: str | os.PathLike[str], mode: Literal["r", "a"] = "r", durable: bool = True
+    ) -> EpisodeStore:
         """Open a store. Mode "a" creates it if needed and takes the single-writer lock.
 
         `durable` fsyncs every episode before publishing it, so a committed episode also
@@ -419,7 +439,10 @@ class EpisodeStore:
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.creating-", dir=root.parent))
         try:
             group = zarr.open_group(LocalStore(tmp), mode="w")
-            group.attrs[STORE_ATTR] = {"format_version": FORMAT_VERSION, "created": _dt.datetime.now(_dt.UTC).isoformat()}
+            group.attrs[STORE_ATTR] = {
+                "format_version": FORMAT_VERSION,
+                "created": _dt.datetime.now(_dt.UTC).isoformat(),
+            }
             zarr.open_group(LocalStore(tmp / EPISODES_DIR), mode="w")
             tmp.chmod(0o755)  # mkdtemp makes it private; a store is shared with its readers
             _fsync_tree(tmp)
@@ -445,12 +468,16 @@ class EpisodeStore:
         try:
             meta = _read_json(root / "zarr.json")
         except FileNotFoundError:
-            raise StoreFormatError(f"{root}: not an episode store (no zarr.json; not a Zarr v3 store)") from None
+            raise StoreFormatError(
+                f"{root}: not an episode store (no zarr.json; not a Zarr v3 store)"
+            ) from None
         if not isinstance(meta, dict) or meta.get("zarr_format") != 3 or meta.get("node_type") != "group":
             raise StoreFormatError(f"{root}: zarr.json is not a Zarr v3 group")
         marker = (meta.get("attributes") or {}).get(STORE_ATTR)
         if not isinstance(marker, dict):
-            raise StoreFormatError(f"{root}: a Zarr group but not an episode store (no '{STORE_ATTR}' attribute)")
+            raise StoreFormatError(
+                f"{root}: a Zarr group but not an episode store (no '{STORE_ATTR}' attribute)"
+            )
         version = marker.get("format_version")
         if version != FORMAT_VERSION:
             raise StoreFormatError(
@@ -525,11 +552,17 @@ class EpisodeStore:
             raw = _read_json(meta_path)
             meta = EpisodeMeta.model_validate(raw["attributes"][EPISODE_ATTR])
         except (StoreFormatError, KeyError, TypeError) as exc:
-            raise EpisodeCorruptError(f"episode {episode_id}: metadata missing or unreadable ({exc})") from None
+            raise EpisodeCorruptError(
+                f"episode {episode_id}: metadata missing or unreadable ({exc})"
+            ) from None
         except ValidationError as exc:
-            raise EpisodeCorruptError(f"episode {episode_id}: invalid metadata: {exc.errors()[0]['loc']} {exc.errors()[0]['msg']}") from None
+            raise EpisodeCorruptError(
+                f"episode {episode_id}: invalid metadata: {exc.errors()[0]['loc']} {exc.errors()[0]['msg']}"
+            ) from None
         if meta.episode_id != episode_id:
-            raise EpisodeCorruptError(f"episode directory {episode_id} holds metadata of episode {meta.episode_id}")
+            raise EpisodeCorruptError(
+                f"episode directory {episode_id} holds metadata of episode {meta.episode_id}"
+            )
         return meta
 
     @property
@@ -599,7 +632,9 @@ class EpisodeStore:
         """Start recording an episode laid out as `robot_config` describes."""
         self._require_writer()
         if self._active is not None and not self._active._closed:
-            raise StoreError(f"episode {self._active.meta.episode_id} is still being recorded; commit or discard it first")
+            raise StoreError(
+                f"episode {self._active.meta.episode_id} is still being recorded; commit or discard it first"
+            )
         episode_id = check_id(episode_id or new_episode_id(), "episode id")
         if episode_id in self._metas or (self.root / EPISODES_DIR / episode_id).exists():
             raise StoreError(f"{self.root}: episode '{episode_id}' already exists")
@@ -698,7 +733,9 @@ def missing_chunks(episode_dir: Path, name: str, arr: zarr.Array) -> list[str]:
 
 
 def _missing_message(episode_id: str, name: str, arr: zarr.Array, missing: list[str]) -> str:
-    total = math.prod(math.ceil(size / chunk) for size, chunk in zip(arr.shape, arr.shards or arr.chunks, strict=True))
+    total = math.prod(
+        math.ceil(size / chunk) for size, chunk in zip(arr.shape, arr.shards or arr.chunks, strict=True)
+    )
     return (
         f"episode {episode_id}: array '{name}' is missing {len(missing)} of its {total} chunk files "
         f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); refusing to read it as zeros"
@@ -737,4 +774,6 @@ def validate_episode_dir(path: Path, meta: EpisodeMeta) -> None:
     except EpisodeValidationError:
         raise
     except Exception as exc:
-        raise EpisodeValidationError(f"episode {meta.episode_id}: unreadable data ({type(exc).__name__}: {exc})") from None
+        raise EpisodeValidationError(
+            f"episode {meta.episode_id}: unreadable data ({type(exc).__name__}: {exc})"
+        ) from None

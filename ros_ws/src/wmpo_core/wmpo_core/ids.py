@@ -43,5 +43,7 @@ def child_path(root: str | os.PathLike[str], name: str, what: str) -> Path:
     base = Path(root).resolve()
     target = (base / name).resolve()
     if not name or "/" in name or "\0" in name or target.parent != base:
-        raise UnsafeNameError(f"{what} {name!r} would resolve to {target}, outside {base}; refusing to touch it")
+        raise UnsafeNameError(
+            f"{what} {name!r} would resolve to {target}, outside {base}; refusing to touch it"
+        )
     return Path(root) / name

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from wmpo_core.episode_store import EpisodeMeta, EpisodeStore, Source
-from wmpo_core.robot_config import LeRobotDriver, RobotConfig
 from wmpo_core.lerobot_units import vector_from_lerobot, vector_to_lerobot
+from wmpo_core.robot_config import LeRobotDriver, RobotConfig
 
 if TYPE_CHECKING:
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -54,7 +54,11 @@ def lerobot_features(config: RobotConfig) -> dict[str, dict]:
         _image_key(cam.name): {"dtype": "video", "shape": cam.shape, "names": ["height", "width", "channels"]}
         for cam in config.cameras
     }
-    features["observation.state"] = {"dtype": "float32", "shape": (len(config.joints),), "names": config.joint_names}
+    features["observation.state"] = {
+        "dtype": "float32",
+        "shape": (len(config.joints),),
+        "names": config.joint_names,
+    }
     features["action"] = {"dtype": "float32", "shape": (config.action.dim,), "names": config.action.names}
     features[CAPTURE_TIME_KEY] = {"dtype": "float32", "shape": (1,), "names": None}
     return features
@@ -76,12 +80,18 @@ def export_lerobot(
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
     from tqdm import tqdm
 
-    ids = list(episode_ids) if episode_ids is not None else [m.episode_id for m in store.select(robot_config_name=config.name)]
+    ids = (
+        list(episode_ids)
+        if episode_ids is not None
+        else [m.episode_id for m in store.select(robot_config_name=config.name)]
+    )
     if not ids:
         raise LeRobotDatasetError(f"{store.root}: no episodes of robot config '{config.name}' to export")
     fps = int(round(config.control_rate_hz))
     if abs(fps - config.control_rate_hz) > 1e-6:
-        raise LeRobotDatasetError(f"LeRobotDataset needs an integer fps; robot config '{config.name}' runs at {config.control_rate_hz} Hz")
+        raise LeRobotDatasetError(
+            f"LeRobotDataset needs an integer fps; robot config '{config.name}' runs at {config.control_rate_hz} Hz"
+        )
     for episode_id in ids:
         meta = store.meta(episode_id)
         if meta.robot_config_hash != config.content_hash:
@@ -93,7 +103,12 @@ def export_lerobot(
     if root.exists():
         raise LeRobotDatasetError(f"{root} already exists; LeRobot datasets are written into a new directory")
     dataset = LeRobotDataset.create(
-        repo_id=repo_id, fps=fps, features=lerobot_features(config), root=root, robot_type=config.robot_type, use_videos=True,
+        repo_id=repo_id,
+        fps=fps,
+        features=lerobot_features(config),
+        root=root,
+        robot_type=config.robot_type,
+        use_videos=True,
         video_backend=VIDEO_BACKEND,
     )
     with _scheduling_kept(), _finalized(dataset):
@@ -239,7 +254,12 @@ def check_lerobot_dataset(root: Path, repo_id: str, config: RobotConfig) -> Chec
         root, "observation.state", features["observation.state"], config, config.joint_names, True
     )
     action_columns = _columns_by_name(
-        root, "action", features["action"], config, config.action.names, config.action.space == "joint_position"
+        root,
+        "action",
+        features["action"],
+        config,
+        config.action.names,
+        config.action.space == "joint_position",
     )
     for key in needed:
         if tuple(features[key]["shape"]) != tuple(expected[key]["shape"]):
@@ -271,7 +291,9 @@ def import_checked(
 
     dataset, root, config = checked.dataset, checked.root, checked.config
     imported: list[EpisodeMeta] = []
-    for index in tqdm(range(dataset.meta.total_episodes), desc="import", unit="episode", disable=not progress):
+    for index in tqdm(
+        range(dataset.meta.total_episodes), desc="import", unit="episode", disable=not progress
+    ):
         try:
             rows = list(_episode_rows(dataset, index))
         except Exception as exc:  # decoding errors come from several libraries (pyav, pyarrow, torch)
@@ -288,7 +310,9 @@ def import_checked(
             source=source,
             task=sorted(tasks)[0],
             extra={
-                "imported_from": str(root), "lerobot_repo_id": checked.repo_id, "lerobot_episode_index": index,
+                "imported_from": str(root),
+                "lerobot_repo_id": checked.repo_id,
+                "lerobot_episode_index": index,
             },
         )
         try:
@@ -300,10 +324,13 @@ def import_checked(
                     if config.action.space == "joint_position":
                         action = vector_from_lerobot(action, config)
                 offset = (
-                    float(np.asarray(r[CAPTURE_TIME_KEY]).reshape(-1)[0]) if CAPTURE_TIME_KEY in r else float(r["timestamp"])
+                    float(np.asarray(r[CAPTURE_TIME_KEY]).reshape(-1)[0])
+                    if CAPTURE_TIME_KEY in r
+                    else float(r["timestamp"])
                 )
                 images = {
-                    cam: np.asarray(r[_image_key(cam)]).transpose(1, 2, 0).copy() for cam in config.camera_names
+                    cam: np.asarray(r[_image_key(cam)]).transpose(1, 2, 0).copy()
+                    for cam in config.camera_names
                 }
                 writer.append(images=images, state=state, action=action, time=start + offset)
             imported.append(writer.commit(success=success, success_labeled_by=success_labeled_by))

@@ -18,8 +18,13 @@ from wmpo_core.robot_config import JointSpec, LeRobotDriver, RobotConfig
 
 # (config unit, LeRobot unit) pairs that convert without calibration data.
 _SUPPORTED = {
-    ("rad", "rad"), ("rad", "deg"), ("deg", "deg"), ("deg", "rad"), ("m", "m"),
-    ("normalized", "range_0_100"), ("normalized", "range_m100_100"),
+    ("rad", "rad"),
+    ("rad", "deg"),
+    ("deg", "deg"),
+    ("deg", "rad"),
+    ("m", "m"),
+    ("normalized", "range_0_100"),
+    ("normalized", "range_m100_100"),
 }
 
 
@@ -31,7 +36,9 @@ def check_convertible(config: RobotConfig) -> LeRobotDriver:
     """Raise if any joint's config unit cannot be converted to its LeRobot unit."""
     driver = config.driver
     if not isinstance(driver, LeRobotDriver):
-        raise UnitConversionError(f"robot config '{config.name}' has no lerobot driver section (driver.kind={driver.kind})")
+        raise UnitConversionError(
+            f"robot config '{config.name}' has no lerobot driver section (driver.kind={driver.kind})"
+        )
     for joint in config.joints:
         pair = (joint.unit, driver.joint_units[joint.name])
         if pair not in _SUPPORTED:
@@ -69,7 +76,9 @@ def to_lerobot(values: np.ndarray, config: RobotConfig) -> dict[str, float]:
     driver = check_convertible(config)
     values = np.asarray(values, dtype=np.float64).reshape(-1)
     if values.shape != (len(config.joints),):
-        raise ValueError(f"expected {len(config.joints)} joint values in order {config.joint_names}, got {values.shape[0]}")
+        raise ValueError(
+            f"expected {len(config.joints)} joint values in order {config.joint_names}, got {values.shape[0]}"
+        )
     return {
         driver.joint_keys[j.name]: _to_lerobot(float(v), j, driver.joint_units[j.name])
         for j, v in zip(config.joints, values, strict=True)
@@ -81,9 +90,14 @@ def from_lerobot(values: Mapping[str, float], config: RobotConfig) -> np.ndarray
     driver = check_convertible(config)
     missing = [driver.joint_keys[j.name] for j in config.joints if driver.joint_keys[j.name] not in values]
     if missing:
-        raise KeyError(f"LeRobot values lack {missing} (robot config '{config.name}' maps joints {driver.joint_keys})")
+        raise KeyError(
+            f"LeRobot values lack {missing} (robot config '{config.name}' maps joints {driver.joint_keys})"
+        )
     return np.array(
-        [_from_lerobot(float(values[driver.joint_keys[j.name]]), j, driver.joint_units[j.name]) for j in config.joints],
+        [
+            _from_lerobot(float(values[driver.joint_keys[j.name]]), j, driver.joint_units[j.name])
+            for j in config.joints
+        ],
         dtype=np.float64,
     )
 
@@ -100,5 +114,9 @@ def vector_from_lerobot(values: np.ndarray, config: RobotConfig) -> np.ndarray:
     driver = check_convertible(config)
     values = np.asarray(values, dtype=np.float64).reshape(-1)
     if values.shape != (len(config.joints),):
-        raise ValueError(f"expected {len(config.joints)} values in order {config.joint_names}, got {values.shape[0]}")
-    return from_lerobot({driver.joint_keys[j.name]: float(v) for j, v in zip(config.joints, values, strict=True)}, config)
+        raise ValueError(
+            f"expected {len(config.joints)} values in order {config.joint_names}, got {values.shape[0]}"
+        )
+    return from_lerobot(
+        {driver.joint_keys[j.name]: float(v) for j, v in zip(config.joints, values, strict=True)}, config
+    )

@@ -36,7 +36,11 @@ def simplify_mesh_faces(model, cell_m: float) -> tuple[int, int]:
         _, first, cell_of = np.unique(cells, axis=0, return_index=True, return_inverse=True)
         representative = first[cell_of.reshape(-1)]  # vertex -> the first vertex of its cell
         clustered = representative[faces]
-        distinct = (clustered[:, 0] != clustered[:, 1]) & (clustered[:, 1] != clustered[:, 2]) & (clustered[:, 0] != clustered[:, 2])
+        distinct = (
+            (clustered[:, 0] != clustered[:, 1])
+            & (clustered[:, 1] != clustered[:, 2])
+            & (clustered[:, 0] != clustered[:, 2])
+        )
         _, unique_rows = np.unique(np.sort(clustered[distinct], axis=1), axis=0, return_index=True)
         keep = np.flatnonzero(distinct)[np.sort(unique_rows)]
         model.mesh_face[face_adr : face_adr + len(keep)] = clustered[keep]

@@ -21,8 +21,14 @@ class ActionNormalizer:
         self.q01 = np.asarray(list(q01), dtype=np.float64)
         self.q99 = np.asarray(list(q99), dtype=np.float64)
         if self.q01.shape != self.q99.shape or self.q01.ndim != 1:
-            raise ValueError(f"q01 and q99 must be 1-D of equal length, got {self.q01.shape} and {self.q99.shape}")
-        if not np.all(np.isfinite(self.q01)) or not np.all(np.isfinite(self.q99)) or np.any(self.q99 < self.q01):
+            raise ValueError(
+                f"q01 and q99 must be 1-D of equal length, got {self.q01.shape} and {self.q99.shape}"
+            )
+        if (
+            not np.all(np.isfinite(self.q01))
+            or not np.all(np.isfinite(self.q99))
+            or np.any(self.q99 < self.q01)
+        ):
             raise ValueError("normalization statistics must be finite with q99 >= q01")
 
     @classmethod

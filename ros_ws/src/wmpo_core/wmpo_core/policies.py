@@ -34,7 +34,14 @@ class ReplayPolicy:
     """Replays recorded actions; the action for an observation is the one recorded at the same
     time offset from the episode start (so a replay stays aligned even if ticks are skipped)."""
 
-    def __init__(self, store_path: str, episode_ids: list[str], actions: list[np.ndarray], config: RobotConfig, chunk_size: int = 10):
+    def __init__(
+        self,
+        store_path: str,
+        episode_ids: list[str],
+        actions: list[np.ndarray],
+        config: RobotConfig,
+        chunk_size: int = 10,
+    ):
         self._episode_ids = episode_ids
         self._actions = actions
         self._period = config.control_period_s
@@ -45,7 +52,11 @@ class ReplayPolicy:
         self._t0: float | None = None
         self._calls = 0
         self._started = False
-        self.version = f"replay:{episode_ids[0]}" if len(episode_ids) == 1 else f"replay:{Path(store_path).name}[{len(episode_ids)}]"
+        self.version = (
+            f"replay:{episode_ids[0]}"
+            if len(episode_ids) == 1
+            else f"replay:{Path(store_path).name}[{len(episode_ids)}]"
+        )
 
     @property
     def episode_id(self) -> str:
@@ -85,7 +96,9 @@ def load_replay(rest: str, config: RobotConfig) -> ReplayPolicy:
     if not Path(rest).is_dir() and ":" in rest:
         store_path, episode_id = rest.rsplit(":", 1)
     if not store_path:
-        raise PolicyLoadError("replay: needs a store path, e.g. replay:data/demos or replay:data/demos:<episode_id>")
+        raise PolicyLoadError(
+            "replay: needs a store path, e.g. replay:data/demos or replay:data/demos:<episode_id>"
+        )
     try:
         store = EpisodeStore.open(store_path, mode="r")
     except StoreError as exc:
@@ -104,7 +117,9 @@ def load_replay(rest: str, config: RobotConfig) -> ReplayPolicy:
                 f"replay: episode {eid} has {meta.action_dim}-dim actions, robot config '{config.name}' needs {config.action.dim}"
             )
         if meta.robot_config_name != config.name:
-            raise PolicyLoadError(f"replay: episode {eid} was recorded on '{meta.robot_config_name}', not '{config.name}'")
+            raise PolicyLoadError(
+                f"replay: episode {eid} was recorded on '{meta.robot_config_name}', not '{config.name}'"
+            )
         actions.append(store.episode(eid).action().astype(np.float64))
     return ReplayPolicy(store_path, ids, actions, config)
 
@@ -119,7 +134,9 @@ class HoldPolicy:
         self._absolute = _absolute_dims(config)
         unknown = set(values) - set(config.action.names)
         if unknown:
-            raise PolicyLoadError(f"hold: unknown action dims {sorted(unknown)}; dims are {config.action.names}")
+            raise PolicyLoadError(
+                f"hold: unknown action dims {sorted(unknown)}; dims are {config.action.names}"
+            )
         self._fixed = values
         joint_index = {name: i for i, name in enumerate(config.joint_names)}
         self._from_state: dict[int, int] = {}
@@ -127,7 +144,9 @@ class HoldPolicy:
             if dim.kind != "absolute" or dim.name in values:
                 continue
             if config.action.space != "joint_position":
-                raise PolicyLoadError(f"hold: absolute dim '{dim.name}' needs a value, e.g. hold:{dim.name}={(dim.low + dim.high) / 2:g}")
+                raise PolicyLoadError(
+                    f"hold: absolute dim '{dim.name}' needs a value, e.g. hold:{dim.name}={(dim.low + dim.high) / 2:g}"
+                )
             self._from_state[i] = joint_index[dim.name]
         self.version = "hold:" + ",".join(f"{k}={v:g}" for k, v in sorted(values.items()))
 
@@ -167,11 +186,14 @@ def load_scripted(rest: str, config: RobotConfig) -> Policy:
         raise PolicyLoadError(f"scripted: cannot import {module_name}:{class_name} ({exc})") from None
     policy = cls(config)
     if not isinstance(policy, Policy):
-        raise PolicyLoadError(f"scripted: {module_name}:{class_name} does not implement the Policy protocol (version, chunk_size, reset, predict_chunk)")
+        raise PolicyLoadError(
+            f"scripted: {module_name}:{class_name} does not implement the Policy protocol (version, chunk_size, reset, predict_chunk)"
+        )
     return policy
 
 
 # ---------------------------------------------------------------------------------------- LeRobot
+
 
 def _lerobot_checkpoint_dir(path: Path) -> Path | None:
     """The directory holding a LeRobot policy (a checkpoint dir or its `pretrained_model/`)."""
@@ -225,14 +247,22 @@ class LeRobotPolicy:
         self._policy = get_policy_class(policy_config.type).from_pretrained(path, config=policy_config)
         self._policy.eval()
         self._pre, self._post = make_pre_post_processors(
-            policy_config, pretrained_path=str(path), preprocessor_overrides={"device_processor": {"device": device}}
+            policy_config,
+            pretrained_path=str(path),
+            preprocessor_overrides={"device_processor": {"device": device}},
         )
         for step in getattr(self._pre, "steps", ()):
             if type(step).__name__ == "RelativeActionsProcessorStep" and getattr(step, "enabled", False):
-                raise PolicyLoadError(f"{path}: policies with relative actions need chunk-level inference, which this backend does not do")
+                raise PolicyLoadError(
+                    f"{path}: policies with relative actions need chunk-level inference, which this backend does not do"
+                )
         # LeRobot arms record joint positions in LeRobot units; convert both ways on those arms.
-        self._convert_units = isinstance(config.driver, LeRobotDriver) and config.action.space == "joint_position"
-        self.version = f"lerobot:{policy_config.type}:{path.name}@sha256:{_file_digest(path / 'model.safetensors')[:16]}"
+        self._convert_units = (
+            isinstance(config.driver, LeRobotDriver) and config.action.space == "joint_position"
+        )
+        self.version = (
+            f"lerobot:{policy_config.type}:{path.name}@sha256:{_file_digest(path / 'model.safetensors')[:16]}"
+        )
 
     def _check_features(self, policy_config: Any, path: Path) -> None:
         cfg = self._config
@@ -241,20 +271,30 @@ class LeRobotPolicy:
             if key.startswith("observation.images."):
                 camera = key.removeprefix("observation.images.")
                 if camera not in cfg.camera_names:
-                    raise PolicyLoadError(f"{path}: the policy reads camera '{camera}', robot config '{cfg.name}' has {cfg.camera_names}")
+                    raise PolicyLoadError(
+                        f"{path}: the policy reads camera '{camera}', robot config '{cfg.name}' has {cfg.camera_names}"
+                    )
                 channels, height, width = feature.shape
                 if channels != cfg.camera(camera).channels:
-                    raise PolicyLoadError(f"{path}: camera '{camera}' has {cfg.camera(camera).channels} channels, the policy expects {channels}")
+                    raise PolicyLoadError(
+                        f"{path}: camera '{camera}' has {cfg.camera(camera).channels} channels, the policy expects {channels}"
+                    )
                 self._image_sizes[camera] = (height, width)
             elif key == "observation.state":
                 if tuple(feature.shape) != (len(cfg.joints),):
-                    raise PolicyLoadError(f"{path}: the policy's state has shape {tuple(feature.shape)}, robot config '{cfg.name}' has {len(cfg.joints)} joints")
+                    raise PolicyLoadError(
+                        f"{path}: the policy's state has shape {tuple(feature.shape)}, robot config '{cfg.name}' has {len(cfg.joints)} joints"
+                    )
             elif key.startswith("observation.") and key != "observation.environment_state":
-                raise PolicyLoadError(f"{path}: the policy reads '{key}', which robot config '{cfg.name}' does not provide")
+                raise PolicyLoadError(
+                    f"{path}: the policy reads '{key}', which robot config '{cfg.name}' does not provide"
+                )
         action = policy_config.output_features.get("action")
         if action is None or tuple(action.shape) != (cfg.action.dim,):
             shape = None if action is None else tuple(action.shape)
-            raise PolicyLoadError(f"{path}: the policy's action has shape {shape}, robot config '{cfg.name}' needs ({cfg.action.dim},)")
+            raise PolicyLoadError(
+                f"{path}: the policy's action has shape {shape}, robot config '{cfg.name}' needs ({cfg.action.dim},)"
+            )
 
     def reset(self) -> None:
         self._policy.reset()
@@ -267,12 +307,20 @@ class LeRobotPolicy:
         from wmpo_core.image_ops import resize_frames
         from wmpo_core.lerobot_units import vector_from_lerobot, vector_to_lerobot
 
-        state = vector_to_lerobot(obs.state, self._config) if self._convert_units else np.asarray(obs.state, dtype=np.float64)
+        state = (
+            vector_to_lerobot(obs.state, self._config)
+            if self._convert_units
+            else np.asarray(obs.state, dtype=np.float64)
+        )
         batch: dict[str, Any] = {"observation.state": state.astype(np.float32)}
         for camera, size in self._image_sizes.items():
-            batch[f"observation.images.{camera}"] = np.ascontiguousarray(resize_frames(obs.images[camera], size))
+            batch[f"observation.images.{camera}"] = np.ascontiguousarray(
+                resize_frames(obs.images[camera], size)
+            )
         with self._torch.inference_mode():
-            batch = prepare_observation_for_inference(batch, self._device, obs.instruction, self._config.robot_type)
+            batch = prepare_observation_for_inference(
+                batch, self._device, obs.instruction, self._config.robot_type
+            )
             action = self._post(self._policy.select_action(self._pre(batch)))
         action = action.reshape(-1).float().cpu().numpy().astype(np.float64)
         if self._convert_units:
@@ -283,7 +331,9 @@ class LeRobotPolicy:
 def load_lerobot(path: str, config: RobotConfig) -> LeRobotPolicy:
     checkpoint = _lerobot_checkpoint_dir(Path(path))
     if checkpoint is None:
-        raise PolicyLoadError(f"{path}: not a LeRobot policy checkpoint (needs config.json with a policy 'type' and model.safetensors)")
+        raise PolicyLoadError(
+            f"{path}: not a LeRobot policy checkpoint (needs config.json with a policy 'type' and model.safetensors)"
+        )
     if config.action.space == "joint_position" and isinstance(config.driver, LeRobotDriver):
         from wmpo_core.lerobot_units import UnitConversionError, check_convertible
 

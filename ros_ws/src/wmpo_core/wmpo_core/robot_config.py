@@ -76,7 +76,9 @@ class ActionSpec(_Strict):
         if self.space == "joint_position" and set(kinds) != {"absolute"}:
             raise ValueError("a joint_position action space has only 'absolute' dims")
         if self.space == "ee_delta_gripper" and (kinds[-1] != "absolute" or "delta" not in kinds[:-1]):
-            raise ValueError("an ee_delta_gripper action space is end-effector 'delta' dims then one 'absolute' gripper dim")
+            raise ValueError(
+                "an ee_delta_gripper action space is end-effector 'delta' dims then one 'absolute' gripper dim"
+            )
         return self
 
     @property
@@ -204,14 +206,22 @@ class RobotConfig(_Strict):
         d = self.driver
         if isinstance(d, GymSimDriver):
             if set(d.image_keys) != set(cam_names):
-                raise ValueError(f"driver.image_keys must name exactly the cameras {cam_names}, got {sorted(d.image_keys)}")
+                raise ValueError(
+                    f"driver.image_keys must name exactly the cameras {cam_names}, got {sorted(d.image_keys)}"
+                )
             if d.state_indices is not None and len(d.state_indices) != len(joint_names):
-                raise ValueError(f"driver.state_indices has {len(d.state_indices)} entries for {len(joint_names)} joints")
+                raise ValueError(
+                    f"driver.state_indices has {len(d.state_indices)} entries for {len(joint_names)} joints"
+                )
         elif isinstance(d, LeRobotDriver):
             if set(d.joint_keys) != set(joint_names) or set(d.joint_units) != set(joint_names):
-                raise ValueError(f"driver.joint_keys and driver.joint_units must name exactly the joints {joint_names}")
+                raise ValueError(
+                    f"driver.joint_keys and driver.joint_units must name exactly the joints {joint_names}"
+                )
             if set(d.cameras) != set(cam_names):
-                raise ValueError(f"driver.cameras must name exactly the cameras {cam_names}, got {sorted(d.cameras)}")
+                raise ValueError(
+                    f"driver.cameras must name exactly the cameras {cam_names}, got {sorted(d.cameras)}"
+                )
         elif isinstance(d, Ros2ControlDriver):
             if self.action.space != "joint_position":
                 raise ValueError("a ros2_control arm takes a joint_position action space")
@@ -267,7 +277,9 @@ def _format_errors(source: str, exc: ValidationError) -> str:
             elif part not in ("gym_sim", "lerobot", "ros2_control") or not loc.endswith("driver"):
                 loc += ("." if loc else "") + str(part)
         got = err.get("input")
-        got_text = "" if err["type"] in ("missing", "value_error") or isinstance(got, dict) else f" (got {got!r})"
+        got_text = (
+            "" if err["type"] in ("missing", "value_error") or isinstance(got, dict) else f" (got {got!r})"
+        )
         lines.append(f"  - {loc or '<top level>'}: {err['msg']}{got_text}")
     return "\n".join(lines)
 
@@ -327,5 +339,7 @@ def load_robot_config(name_or_path: str | os.PathLike[str]) -> RobotConfig:
         raise RobotConfigError(f"{path}: not valid YAML: {exc}") from None
     config = parse_robot_config(data, source=str(path))
     if config.name != path.stem:
-        raise RobotConfigError(f"{path}: field 'name' is '{config.name}' but must match the file name '{path.stem}'")
+        raise RobotConfigError(
+            f"{path}: field 'name' is '{config.name}' but must match the file name '{path.stem}'"
+        )
     return config

@@ -57,7 +57,11 @@ class SafetyFilter:
     def reset(self, reference: np.ndarray | None = None) -> None:
         """Forget the previous command. `reference` (e.g. the measured joint positions of a
         joint_position arm) becomes the point the first command is rate-limited against."""
-        self.last_command = None if reference is None else np.clip(self._checked(reference, "reference"), self._low, self._high)
+        self.last_command = (
+            None
+            if reference is None
+            else np.clip(self._checked(reference, "reference"), self._low, self._high)
+        )
 
     def hold(self) -> np.ndarray | None:
         """The hold command: absolute dims keep the previous command, delta dims 0."""
@@ -71,7 +75,9 @@ class SafetyFilter:
         """Make `proposal` safe. Returns (command or None when there is nothing safe to send, events)."""
         proposal = np.asarray(proposal, dtype=np.float64)
         if proposal.shape != (self.spec.dim,):
-            raise ValueError(f"action has shape {proposal.shape}, the action space has {self.spec.dim} dims {self.spec.names}")
+            raise ValueError(
+                f"action has shape {proposal.shape}, the action space has {self.spec.dim} dims {self.spec.names}"
+            )
         if not np.all(np.isfinite(proposal)):
             return self.hold(), SafetyEvents(dropped_non_finite=True)
         command = np.clip(proposal, self._low, self._high)
@@ -85,7 +91,9 @@ class SafetyFilter:
             rate = np.clip(command, lo, hi)
             limited |= self._absolute & (rate != command)
             command = np.where(self._absolute, rate, command)
-            command = np.clip(command, self._low, self._high)  # a previous command outside the limits is never followed out
+            command = np.clip(
+                command, self._low, self._high
+            )  # a previous command outside the limits is never followed out
         self.last_command = command
         names = self.spec.names
         events = SafetyEvents(

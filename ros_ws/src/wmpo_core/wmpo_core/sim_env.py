@@ -57,7 +57,9 @@ class SimArm:
 
     def __init__(self, config: RobotConfig):
         if not isinstance(config.driver, GymSimDriver):
-            raise ValueError(f"robot config '{config.name}' does not describe a simulated arm (driver.kind={config.driver.kind})")
+            raise ValueError(
+                f"robot config '{config.name}' does not describe a simulated arm (driver.kind={config.driver.kind})"
+            )
         self.config = config
         self.driver: GymSimDriver = config.driver
         if ":" in self.driver.env_id:
@@ -73,7 +75,12 @@ class SimArm:
             )
         base = self.env.unwrapped
         if isinstance(getattr(base, "model", None), mujoco.MjModel):
-            apply_render_settings(base.model, self.driver.mujoco_shadows, self.driver.mujoco_multisample, self.driver.mujoco_mesh_cell_m)
+            apply_render_settings(
+                base.model,
+                self.driver.mujoco_shadows,
+                self.driver.mujoco_multisample,
+                self.driver.mujoco_mesh_cell_m,
+            )
         self.expert = _import_object(self.driver.scripted_expert)() if self.driver.scripted_expert else None
         self._last: SimObservation | None = None
 
@@ -125,5 +132,6 @@ class SimArm:
                 f"'{self.driver.state_key}' gives {state.shape[0]} values: set driver.state_indices"
             )
         success = bool(info.get(self.driver.success_key, False))
-        return SimObservation(images=images, state=state, success=success, terminated=terminated, truncated=truncated)
-
+        return SimObservation(
+            images=images, state=state, success=success, terminated=terminated, truncated=truncated
+        )

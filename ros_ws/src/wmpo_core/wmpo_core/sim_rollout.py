@@ -45,7 +45,9 @@ DEFAULT_REFILL_THRESHOLD = 1
 def train_seeds(count: int, offset: int = 0) -> list[int]:
     """`count` consecutive training seeds starting at `offset` inside the training range."""
     if count < 0 or offset < 0 or TRAIN_SEED_START + offset + count > EVAL_SEED_START:
-        raise ValueError(f"training seeds must stay in [{TRAIN_SEED_START}, {EVAL_SEED_START}); got offset {offset}, count {count}")
+        raise ValueError(
+            f"training seeds must stay in [{TRAIN_SEED_START}, {EVAL_SEED_START}); got offset {offset}, count {count}"
+        )
     return list(range(TRAIN_SEED_START + offset, TRAIN_SEED_START + offset + count))
 
 
@@ -103,9 +105,13 @@ def rollout(
         else:
             if len(chunk) <= refill_threshold:
                 stamp = t0 + steps * config.control_period_s
-                predicted = np.asarray(policy.predict_chunk(Observation(obs.images, obs.state, instruction, stamp)))
+                predicted = np.asarray(
+                    policy.predict_chunk(Observation(obs.images, obs.state, instruction, stamp))
+                )
                 if predicted.ndim != 2 or predicted.shape[1] != config.action.dim or len(predicted) == 0:
-                    raise ValueError(f"policy returned actions of shape {predicted.shape}, expected (K, {config.action.dim})")
+                    raise ValueError(
+                        f"policy returned actions of shape {predicted.shape}, expected (K, {config.action.dim})"
+                    )
                 chunk = list(predicted)
             action = chunk.pop(0)
         action, events = safety.filter(action)
@@ -152,7 +158,9 @@ def run_episodes(
     arm = SimArm(robot_config)
     results: list[EpisodeResult] = []
     try:
-        bar = tqdm(seeds, desc=desc or ("expert" if policy is None else "policy"), unit="ep", disable=not progress)
+        bar = tqdm(
+            seeds, desc=desc or ("expert" if policy is None else "policy"), unit="ep", disable=not progress
+        )
         for seed in bar:
             writer = None
             if store is not None:
@@ -192,7 +200,9 @@ _worker: dict = {}
 """Per-process state of `run_episodes_parallel`'s workers: the arm, the policy, the options."""
 
 
-def _start_worker(robot_config: RobotConfig, make_policy: Callable[[RobotConfig], Policy | None], options: dict) -> None:
+def _start_worker(
+    robot_config: RobotConfig, make_policy: Callable[[RobotConfig], Policy | None], options: dict
+) -> None:
     os.environ.setdefault("LP_NUM_THREADS", "1")  # one core per worker for Mesa's rasteriser too
     import torch  # the policy's; one intra-op thread per worker, the workers are the parallelism
 
@@ -202,9 +212,14 @@ def _start_worker(robot_config: RobotConfig, make_policy: Callable[[RobotConfig]
 
 def _worker_episode(seed: int) -> EpisodeResult:
     video_dir = _worker["video_dir"]
-    result = rollout(_worker["arm"], _worker["policy"], seed, _worker["instruction"],
-                     video_path=video_dir / f"seed{seed}.mp4" if video_dir is not None else None,
-                     refill_threshold=_worker["refill_threshold"])
+    result = rollout(
+        _worker["arm"],
+        _worker["policy"],
+        seed,
+        _worker["instruction"],
+        video_path=video_dir / f"seed{seed}.mp4" if video_dir is not None else None,
+        refill_threshold=_worker["refill_threshold"],
+    )
     if result.video is not None:
         named = result.video.with_name(f"seed{seed}_{'success' if result.success else 'failure'}.mp4")
         result.video.replace(named)
@@ -238,13 +253,20 @@ def run_episodes_parallel(
         raise ValueError(f"workers must be >= 1, got {workers}")
     if video_dir is not None:
         video_dir.mkdir(parents=True, exist_ok=True)
-    options = {"video_dir": video_dir, "instruction": instruction or robot_config.tasks[0], "refill_threshold": refill_threshold}
+    options = {
+        "video_dir": video_dir,
+        "instruction": instruction or robot_config.tasks[0],
+        "refill_threshold": refill_threshold,
+    }
     context = multiprocessing.get_context("spawn")  # no forked copies of GL contexts or torch thread pools
     results: dict[int, EpisodeResult] = {}
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                             initargs=(robot_config, make_policy, options)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_start_worker, initargs=(robot_config, make_policy, options)
+    ) as pool:
         futures = {pool.submit(_worker_episode, seed): seed for seed in seeds}
-        bar = tqdm(as_completed(futures), total=len(seeds), desc=desc or "episodes", unit="ep", disable=not progress)
+        bar = tqdm(
+            as_completed(futures), total=len(seeds), desc=desc or "episodes", unit="ep", disable=not progress
+        )
         for future in bar:
             results[futures[future]] = future.result()
             bar.set_postfix(success=f"{sum(r.success for r in results.values())}/{len(results)}")
@@ -278,24 +300,46 @@ def main(argv: list[str] | None = None) -> int:
         description="Record simulated episodes (scripted expert demonstrations by default) into an episode store, without ROS.",
     )
     parser.add_argument("--robot", default="so101_sim", help="robot config name or YAML path (a gym_sim arm)")
-    parser.add_argument("--store", type=Path, required=True, help="episode store to append to (created if missing)")
+    parser.add_argument(
+        "--store", type=Path, required=True, help="episode store to append to (created if missing)"
+    )
     parser.add_argument("--episodes", type=int, default=50, help="number of episodes")
-    parser.add_argument("--policy", default="expert", help="'expert' (the scripted expert, source=scripted) or a policy checkpoint (source=policy)")
-    parser.add_argument("--seed-offset", type=int, default=0, help="first seed = TRAIN_SEED_START + offset (training range)")
-    parser.add_argument("--videos", type=Path, default=None, help="also save an mp4 per episode into this directory")
-    parser.add_argument("--refill-threshold", type=int, default=DEFAULT_REFILL_THRESHOLD,
-                        help="policy only: request the next chunk when this many actions remain (default: %(default)s)")
+    parser.add_argument(
+        "--policy",
+        default="expert",
+        help="'expert' (the scripted expert, source=scripted) or a policy checkpoint (source=policy)",
+    )
+    parser.add_argument(
+        "--seed-offset", type=int, default=0, help="first seed = TRAIN_SEED_START + offset (training range)"
+    )
+    parser.add_argument(
+        "--videos", type=Path, default=None, help="also save an mp4 per episode into this directory"
+    )
+    parser.add_argument(
+        "--refill-threshold",
+        type=int,
+        default=DEFAULT_REFILL_THRESHOLD,
+        help="policy only: request the next chunk when this many actions remain (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error("--episodes must be >= 1")
     config = load_robot_config(args.robot)
     policy = None if args.policy == "expert" else load_policy(args.policy, config)
     with EpisodeStore.open(args.store, mode="a") as store:
-        results = run_episodes(config, policy, train_seeds(args.episodes, args.seed_offset), store=store,
-                               video_dir=args.videos, refill_threshold=args.refill_threshold)
+        results = run_episodes(
+            config,
+            policy,
+            train_seeds(args.episodes, args.seed_offset),
+            store=store,
+            video_dir=args.videos,
+            refill_threshold=args.refill_threshold,
+        )
     successes = sum(r.success for r in results)
-    print(f"recorded {len(results)} episodes into {args.store}: {successes} successful, "
-          f"mean length {np.mean([r.num_steps for r in results]):.1f} steps")
+    print(
+        f"recorded {len(results)} episodes into {args.store}: {successes} successful, "
+        f"mean length {np.mean([r.num_steps for r in results]):.1f} steps"
+    )
     return 0
 
 

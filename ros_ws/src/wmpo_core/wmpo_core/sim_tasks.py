@@ -47,7 +47,9 @@ class BlockRegionWrapper(gym.Wrapper):
         super().__init__(env)
         x_min, x_max, y_min, y_max = region
         if not (x_min < x_max and y_min < y_max):
-            raise ValueError(f"block_region must be [x_min, x_max, y_min, y_max] with min < max, got {list(region)}")
+            raise ValueError(
+                f"block_region must be [x_min, x_max, y_min, y_max] with min < max, got {list(region)}"
+            )
         self._region = (x_min, min(x_max, REACHABLE_X_MAX), y_min, y_max)
         self._max_tries = max_tries
 
@@ -62,17 +64,25 @@ class BlockRegionWrapper(gym.Wrapper):
             if self._inside():
                 return obs, info
             obs, info = self.env.reset(options=options)  # continues the seeded RNG stream
-        raise RuntimeError(f"no block start inside block_region {list(self._region)} in {self._max_tries} resets")
+        raise RuntimeError(
+            f"no block start inside block_region {list(self._region)} in {self._max_tries} resets"
+        )
 
 
-def look_at(model: mujoco.MjModel, camera: str, pos: Sequence[float], target: Sequence[float], fovy: float) -> None:
+def look_at(
+    model: mujoco.MjModel, camera: str, pos: Sequence[float], target: Sequence[float], fovy: float
+) -> None:
     """Place a fixed camera of `model` at `pos` (m, world), looking at `target`, world z up."""
     cam = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
     if cam < 0:
         raise ValueError(f"the model has no camera named '{camera}'")
     if model.cam_bodyid[cam] != 0:
-        raise ValueError(f"camera '{camera}' is attached to a moving body; only world cameras can be re-aimed")
-    back = np.asarray(pos, dtype=np.float64) - np.asarray(target, dtype=np.float64)  # MuJoCo cameras look along -z
+        raise ValueError(
+            f"camera '{camera}' is attached to a moving body; only world cameras can be re-aimed"
+        )
+    back = np.asarray(pos, dtype=np.float64) - np.asarray(
+        target, dtype=np.float64
+    )  # MuJoCo cameras look along -z
     z = back / np.linalg.norm(back)
     x = np.cross([0.0, 0.0, 1.0], z)
     if np.linalg.norm(x) < 1e-6:
@@ -83,7 +93,9 @@ def look_at(model: mujoco.MjModel, camera: str, pos: Sequence[float], target: Se
     model.cam_pos[cam], model.cam_quat[cam], model.cam_fovy[cam] = pos, quat, fovy
 
 
-def make_lift_env(image_width: int = 128, image_height: int = 128, camera: str = "front", **kwargs: Any) -> gym.Env:
+def make_lift_env(
+    image_width: int = 128, image_height: int = 128, camera: str = "front", **kwargs: Any
+) -> gym.Env:
     """SO101PickCube-v0 with the top-down IK and jaw pads that make a real grasp possible.
 
     `block_region=[x_min, x_max, y_min, y_max]` (m) narrows where the block starts.
@@ -105,7 +117,9 @@ def make_lift_env(image_width: int = 128, image_height: int = 128, camera: str =
     if pose is not None:
         unknown = set(pose) - {"pos", "target", "fovy"}
         if unknown or not {"pos", "target"} <= set(pose):
-            raise ValueError(f"camera_pose needs 'pos' and 'target' (and optionally 'fovy'), got {sorted(pose)}")
+            raise ValueError(
+                f"camera_pose needs 'pos' and 'target' (and optionally 'fovy'), got {sorted(pose)}"
+            )
         look_at(env.model, camera, pose["pos"], pose["target"], float(pose.get("fovy", 45.0)))
     return BlockRegionWrapper(env, region=tuple(region))
 
@@ -145,7 +159,9 @@ class LiftExpert:
                 target = np.array([block[0], block[1], self._table_z + pick_place.GRASP_HEIGHT])
                 limit = pick_place.CAREFUL_SPEED
             else:  # lift: straight up from wherever the grasp point is
-                target = np.array([grasp[0], grasp[1], self._table_z + pick_place.GRASP_HEIGHT + LIFT_TARGET_HEIGHT])
+                target = np.array(
+                    [grasp[0], grasp[1], self._table_z + pick_place.GRASP_HEIGHT + LIFT_TARGET_HEIGHT]
+                )
                 limit = pick_place.CAREFUL_SPEED
             error = target - grasp
             reached = np.linalg.norm(error) < pick_place.GOAL_TOLERANCE

@@ -11,14 +11,20 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     sub = parser.add_subparsers(dest="store_command", metavar="<action>", required=True)
 
-    info = sub.add_parser("info", help="summary of a store: episodes by source, success, robot, policy version")
+    info = sub.add_parser(
+        "info", help="summary of a store: episodes by source, success, robot, policy version"
+    )
     info.add_argument("store", type=Path, help="path of the episode store (a .zarr directory)")
     info.add_argument("--episodes", action="store_true", help="also list every episode")
 
-    verify = sub.add_parser("verify", help="decode every array of every episode; exit 1 if anything is unreadable")
+    verify = sub.add_parser(
+        "verify", help="decode every array of every episode; exit 1 if anything is unreadable"
+    )
     verify.add_argument("store", type=Path)
 
-    label = sub.add_parser("label", help="set or clear the success label of an episode (needs the writer lock)")
+    label = sub.add_parser(
+        "label", help="set or clear the success label of an episode (needs the writer lock)"
+    )
     label.add_argument("store", type=Path)
     label.add_argument("episode_id")
     label.add_argument("success", choices=["true", "false", "unknown"])
@@ -27,9 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     export = sub.add_parser("export-lerobot", help="write episodes as a LeRobotDataset v3 directory")
     export.add_argument("store", type=Path)
     export.add_argument("out", type=Path, help="new directory for the LeRobot dataset")
-    export.add_argument("--robot", required=True, help="robot config name or YAML the episodes were recorded with")
-    export.add_argument("--repo-id", default=None, help="LeRobot repo id to write into the metadata (default: local/<robot>)")
-    export.add_argument("--source", choices=["teleop", "policy", "scripted"], help="only episodes from this source")
+    export.add_argument(
+        "--robot", required=True, help="robot config name or YAML the episodes were recorded with"
+    )
+    export.add_argument(
+        "--repo-id", default=None, help="LeRobot repo id to write into the metadata (default: local/<robot>)"
+    )
+    export.add_argument(
+        "--source", choices=["teleop", "policy", "scripted"], help="only episodes from this source"
+    )
 
     imp = sub.add_parser(
         "import-lerobot",
@@ -39,12 +51,20 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         "or fps differ from the robot config is refused and nothing is written.",
     )
     imp.add_argument("dataset", type=Path, help="LeRobot dataset root (with meta/info.json)")
-    imp.add_argument("store", type=Path, help="episode store to append to (created if missing; a store this import created is removed if it fails)")
+    imp.add_argument(
+        "store",
+        type=Path,
+        help="episode store to append to (created if missing; a store this import created is removed if it fails)",
+    )
     imp.add_argument("--robot", required=True, help="robot config name or YAML describing the dataset's arm")
-    imp.add_argument("--repo-id", default=None, help="the dataset's repo id (default: local/<dataset dir name>)")
+    imp.add_argument(
+        "--repo-id", default=None, help="the dataset's repo id (default: local/<dataset dir name>)"
+    )
     imp.add_argument("--source", choices=["teleop", "policy", "scripted"], default="teleop")
     imp.add_argument(
-        "--success", choices=["true", "false", "unknown"], default="unknown",
+        "--success",
+        choices=["true", "false", "unknown"],
+        default="unknown",
         help="success label for every imported episode (e.g. true for curated demonstrations)",
     )
 
@@ -75,12 +95,19 @@ def run(args: argparse.Namespace) -> int:
             if args.store_command == "export-lerobot":
                 store = EpisodeStore.open(args.store)
                 ids = [m.episode_id for m in store.select(source=args.source, robot_config_name=config.name)]
-                root = export_lerobot(store, config, args.out, args.repo_id or f"local/{config.name}", episode_ids=ids)
+                root = export_lerobot(
+                    store, config, args.out, args.repo_id or f"local/{config.name}", episode_ids=ids
+                )
                 print(f"wrote {len(ids)} episodes to {root}")
                 return 0
             metas = import_lerobot_to_path(
-                args.dataset, args.repo_id or f"local/{args.dataset.name}", args.store, config, source=args.source,
-                success=_label(args.success), success_labeled_by="human" if args.success != "unknown" else None,
+                args.dataset,
+                args.repo_id or f"local/{args.dataset.name}",
+                args.store,
+                config,
+                source=args.source,
+                success=_label(args.success),
+                success_labeled_by="human" if args.success != "unknown" else None,
             )
             print(f"imported {len(metas)} episodes into {args.store}")
             return 0
@@ -107,8 +134,10 @@ def _info(store, list_episodes: bool) -> int:
         print(f"  UNREADABLE episodes: {len(store.corrupt)} (run `wmpo store verify`)")
     if list_episodes:
         for m in metas:
-            print(f"  {m.episode_id}  {m.start_time_iso}  {m.source:8s} steps={m.num_steps:4d} "
-                  f"success={m.success} policy={m.policy_version or '-'}  {m.task}")
+            print(
+                f"  {m.episode_id}  {m.start_time_iso}  {m.source:8s} steps={m.num_steps:4d} "
+                f"success={m.success} policy={m.policy_version or '-'}  {m.task}"
+            )
     return 0
 
 

@@ -37,8 +37,17 @@ UPLOAD_DRAIN_S = 120.0
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("--robot", default="so101_sim", help="robot config name (robot_configs/<name>.yaml) or YAML path (default: so101_sim)")
-    parser.add_argument("--seed", type=int, default=SIM_ARM["seed"].default, help="simulation only: seed of the first episode; episode k uses seed+k (default: %(default)s)")
+    parser.add_argument(
+        "--robot",
+        default="so101_sim",
+        help="robot config name (robot_configs/<name>.yaml) or YAML path (default: so101_sim)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=SIM_ARM["seed"].default,
+        help="simulation only: seed of the first episode; episode k uses seed+k (default: %(default)s)",
+    )
     parser.add_argument(
         "--real-time-factor",
         type=float,
@@ -48,10 +57,25 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     add_ros_domain_argument(parser)
     if command == "robot":
         return
-    parser.add_argument("--episodes", type=int, default=10, help="number of episodes to record (default: %(default)s)")
-    parser.add_argument("--store", default=DEFAULT_STORES[command], help="episode store directory, created if missing (default: %(default)s)")
-    parser.add_argument("--task", default=None, help="task instruction stamped into episodes and given to the policy (default: the config's first task)")
-    parser.add_argument("--max-steps", type=int, default=RECORDER["max_steps"].default, help="steps per episode; 0 = the config's time limit (default: %(default)s)")
+    parser.add_argument(
+        "--episodes", type=int, default=10, help="number of episodes to record (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--store",
+        default=DEFAULT_STORES[command],
+        help="episode store directory, created if missing (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--task",
+        default=None,
+        help="task instruction stamped into episodes and given to the policy (default: the config's first task)",
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=RECORDER["max_steps"].default,
+        help="steps per episode; 0 = the config's time limit (default: %(default)s)",
+    )
     if command == "teleop":
         parser.add_argument(
             "--device",
@@ -60,7 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
             help="teleop device; auto = the scripted expert in a simulation that has one, else keyboard (default: %(default)s)",
         )
         parser.add_argument("--device-port", default="", help="serial port of a leader arm (so101_leader)")
-        parser.add_argument("--device-id", default="", help="LeRobot id of a leader arm (its calibration file)")
+        parser.add_argument(
+            "--device-id", default="", help="LeRobot id of a leader arm (its calibration file)"
+        )
     else:
         parser.add_argument(
             "--policy",
@@ -74,7 +100,12 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
             help="check the policy without moving the arm: actions are computed, logged and published on <ns>/policy/dry_run_action, "
             "never sent to the arm; each episode runs for the time limit and nothing is recorded or uploaded",
         )
-        parser.add_argument("--refill-threshold", type=int, default=POLICY["refill_threshold"].default, help="request a new chunk when this many actions remain (default: %(default)s)")
+        parser.add_argument(
+            "--refill-threshold",
+            type=int,
+            default=POLICY["refill_threshold"].default,
+            help="request a new chunk when this many actions remain (default: %(default)s)",
+        )
         parser.add_argument(
             "--learner",
             default="",
@@ -82,8 +113,16 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
             help="learner service URL: upload every recorded episode to it and follow its deployed policy version "
             "(token from --learner-token-file or WMPO_LEARNER_TOKEN)",
         )
-        parser.add_argument("--learner-token-file", default="", help="file holding the learner's bearer token (default: WMPO_LEARNER_TOKEN)")
-        parser.add_argument("--learner-ca", default="", help="CA certificate bundle of an https learner with a private CA (default: system CAs)")
+        parser.add_argument(
+            "--learner-token-file",
+            default="",
+            help="file holding the learner's bearer token (default: WMPO_LEARNER_TOKEN)",
+        )
+        parser.add_argument(
+            "--learner-ca",
+            default="",
+            help="CA certificate bundle of an https learner with a private CA (default: system CAs)",
+        )
         parser.add_argument(
             "--swap-at",
             default=POLICY["swap_at"].default,
@@ -170,7 +209,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"wmpo {args.command}: --episodes must be at least 1", file=sys.stderr)
         return 2
     if args.command == "deploy" and not (args.policy or args.learner):
-        print("wmpo deploy: give --policy, or --learner to run the learner's deployed version", file=sys.stderr)
+        print(
+            "wmpo deploy: give --policy, or --learner to run the learner's deployed version", file=sys.stderr
+        )
         return 2
     from wmpo_ros.dds import use_large_frames_profile
     from wmpo_ros.session import RobotSession
@@ -182,11 +223,19 @@ def run(args: argparse.Namespace) -> int:
             return _robot(config, parameter_values(args), args.ros_domain)
         with RobotSession(**session_arguments(args)) as robot:
             if args.command == "teleop":
-                metas = robot.teleop(args.episodes, device=args.device, device_port=args.device_port, device_id=args.device_id)
+                metas = robot.teleop(
+                    args.episodes, device=args.device, device_port=args.device_port, device_id=args.device_id
+                )
             else:
                 if not args.policy:
-                    print(f"waiting for the learner's deployed policy (status on {robot.names.sync_status}) ...", file=sys.stderr)
-                    print(f"running {robot.wait_for_version(timeout_s=SYNC['stage_timeout_s'].default)}", file=sys.stderr)
+                    print(
+                        f"waiting for the learner's deployed policy (status on {robot.names.sync_status}) ...",
+                        file=sys.stderr,
+                    )
+                    print(
+                        f"running {robot.wait_for_version(timeout_s=SYNC['stage_timeout_s'].default)}",
+                        file=sys.stderr,
+                    )
                 metas = robot.run_episodes(args.episodes)
             if robot.dry_run:
                 print(
@@ -196,11 +245,17 @@ def run(args: argparse.Namespace) -> int:
                 )
                 return 0
             successes = sum(bool(m.get("success")) for m in metas)
-            print(f"recorded {len(metas)} episodes into {os.path.abspath(args.store)}: {successes} successful", file=sys.stderr)
+            print(
+                f"recorded {len(metas)} episodes into {os.path.abspath(args.store)}: {successes} successful",
+                file=sys.stderr,
+            )
             if args.command == "deploy" and args.learner:
                 try:
                     robot.wait_uploaded(timeout_s=UPLOAD_DRAIN_S)
-                    print(f"uploaded {len(metas)}/{len(metas)} episodes to the learner at {args.learner}", file=sys.stderr)
+                    print(
+                        f"uploaded {len(metas)}/{len(metas)} episodes to the learner at {args.learner}",
+                        file=sys.stderr,
+                    )
                 except RuntimeError as exc:
                     print(f"wmpo deploy: not every episode reached the learner yet: {exc}", file=sys.stderr)
                     return 1
@@ -208,6 +263,10 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (RuntimeError, ValueError, OSError) as exc:  # bad config, policy, device, store: say what, not a traceback
+    except (
+        RuntimeError,
+        ValueError,
+        OSError,
+    ) as exc:  # bad config, policy, device, store: say what, not a traceback
         print(f"wmpo {args.command}: {exc}", file=sys.stderr)
         return 1

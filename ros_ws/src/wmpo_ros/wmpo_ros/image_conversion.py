@@ -34,7 +34,9 @@ def image_to_msg(frame: np.ndarray, stamp: Time, frame_id: str, encoding: str = 
     if frame.ndim == 2:
         frame = frame[..., None]
     if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != CHANNELS[encoding]:
-        raise ImageEncodingError(f"a {encoding} image needs (H, W, {CHANNELS[encoding]}) uint8, got {frame.shape} {frame.dtype}")
+        raise ImageEncodingError(
+            f"a {encoding} image needs (H, W, {CHANNELS[encoding]}) uint8, got {frame.shape} {frame.dtype}"
+        )
     if encoding == "bgr8":
         frame = frame[..., ::-1]
     msg = Image()
@@ -55,13 +57,19 @@ def msg_to_image(msg: Image) -> np.ndarray:
     """
     channels = DECODED_CHANNELS.get(msg.encoding)
     if channels is None:
-        raise ImageEncodingError(f"unsupported encoding '{msg.encoding}' (supported: {sorted(DECODED_CHANNELS)})")
+        raise ImageEncodingError(
+            f"unsupported encoding '{msg.encoding}' (supported: {sorted(DECODED_CHANNELS)})"
+        )
     row = msg.width * channels
     if msg.step < row:
-        raise ImageEncodingError(f"step {msg.step} is shorter than a {msg.width}-pixel {msg.encoding} row ({row} bytes)")
+        raise ImageEncodingError(
+            f"step {msg.step} is shorter than a {msg.width}-pixel {msg.encoding} row ({row} bytes)"
+        )
     buffer = np.frombuffer(msg.data, dtype=np.uint8)
     if buffer.size < msg.step * msg.height:
-        raise ImageEncodingError(f"image data has {buffer.size} bytes, {msg.height} rows of step {msg.step} need {msg.step * msg.height}")
+        raise ImageEncodingError(
+            f"image data has {buffer.size} bytes, {msg.height} rows of step {msg.step} need {msg.step * msg.height}"
+        )
     rows = buffer[: msg.step * msg.height].reshape(msg.height, msg.step)[:, :row]
     frame = rows.reshape(msg.height, msg.width, channels)
     if msg.encoding in _TO_RGB:

@@ -49,7 +49,9 @@ def parse_domain(text: str) -> int | Literal["auto", "env"]:
     try:
         value = int(text)
     except ValueError:
-        raise ValueError(f"--ros-domain must be 'auto', 'env' or a domain id 0..{MAX_DOMAIN_ID}, got '{text}'") from None
+        raise ValueError(
+            f"--ros-domain must be 'auto', 'env' or a domain id 0..{MAX_DOMAIN_ID}, got '{text}'"
+        ) from None
     if not 0 <= value <= MAX_DOMAIN_ID:
         raise ValueError(f"--ros-domain must be a domain id 0..{MAX_DOMAIN_ID}, got {value}")
     return value
@@ -77,7 +79,9 @@ class GraphIsolation:
         if self.domain_id is None:
             domain = os.environ.get(DOMAIN_ENV, "0")
             return f"ROS 2 graph: domain {domain} and discovery {self.discovery or 'default'} from the environment (not isolated)"
-        reach = f"{DOMAIN_ENV}={self.domain_id}" + (f" {RANGE_ENV}={self.discovery}" if self.discovery else "")
+        reach = f"{DOMAIN_ENV}={self.domain_id}" + (
+            f" {RANGE_ENV}={self.discovery}" if self.discovery else ""
+        )
         return f"ROS 2 graph: domain {self.domain_id} ({self.how}), discovery {self.discovery or 'default'}; reach it with {reach}"
 
     def release(self) -> None:
@@ -135,8 +139,12 @@ def isolate_graph(requested: DomainRequest, sim: bool) -> GraphIsolation:
 
     Sets ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST in this process when the graph is isolated and
     the user has not set it (rcl reads it at rclpy.init)."""
-    if requested not in (None, "auto", "env") and not (isinstance(requested, int) and 0 <= requested <= MAX_DOMAIN_ID):
-        raise ValueError(f"ros_domain must be None, 'auto', 'env' or a domain id 0..{MAX_DOMAIN_ID}, got {requested!r}")
+    if requested not in (None, "auto", "env") and not (
+        isinstance(requested, int) and 0 <= requested <= MAX_DOMAIN_ID
+    ):
+        raise ValueError(
+            f"ros_domain must be None, 'auto', 'env' or a domain id 0..{MAX_DOMAIN_ID}, got {requested!r}"
+        )
     if requested == "env" or (requested is None and not sim):
         return GraphIsolation(None, "the environment", os.environ.get(RANGE_ENV, ""))
     os.environ.setdefault(RANGE_ENV, "LOCALHOST")

@@ -115,11 +115,15 @@ class LearnerClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
         self._timeout = timeout
-        self._http = httpx.Client(base_url=self.base_url + API_PREFIX, headers=headers, timeout=timeout, verify=verify)
+        self._http = httpx.Client(
+            base_url=self.base_url + API_PREFIX, headers=headers, timeout=timeout, verify=verify
+        )
         self._spool_dir = spool_dir
 
     @classmethod
-    def from_env(cls, base_url: str, token_file: str | os.PathLike[str] | None = None, **kwargs: Any) -> LearnerClient:
+    def from_env(
+        cls, base_url: str, token_file: str | os.PathLike[str] | None = None, **kwargs: Any
+    ) -> LearnerClient:
         """Token from `token_file`, else from WMPO_LEARNER_TOKEN (the same rules as the service)."""
         return cls(base_url, load_token(token_file), **kwargs)
 
@@ -134,13 +138,19 @@ class LearnerClient:
 
     # -------------------------------------------------------------------------------- plumbing
 
-    def _request(self, method: str, path: str, what: str, *, expected: tuple[int, ...] = (200,), **kwargs: Any) -> httpx.Response:
+    def _request(
+        self, method: str, path: str, what: str, *, expected: tuple[int, ...] = (200,), **kwargs: Any
+    ) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TimeoutException as exc:
-            raise LearnerUnavailable(f"{what}: learner at {self.base_url} timed out ({type(exc).__name__})") from exc
+            raise LearnerUnavailable(
+                f"{what}: learner at {self.base_url} timed out ({type(exc).__name__})"
+            ) from exc
         except httpx.TransportError as exc:
-            raise LearnerUnavailable(f"{what}: learner at {self.base_url} unreachable ({type(exc).__name__}: {exc})") from exc
+            raise LearnerUnavailable(
+                f"{what}: learner at {self.base_url} unreachable ({type(exc).__name__}: {exc})"
+            ) from exc
         return self._check(response, what, expected)
 
     def _check(self, response: httpx.Response, what: str, expected: tuple[int, ...]) -> httpx.Response:
@@ -161,7 +171,9 @@ class LearnerClient:
                 f"{what}: unexpected answer from the learner ({exc.error_count()} schema errors; first: {where}: {first['msg']})"
             ) from exc
 
-    def _json(self, model: type[M], method: str, path: str, what: str, body: BaseModel | None = None, **kwargs: Any) -> M:
+    def _json(
+        self, model: type[M], method: str, path: str, what: str, body: BaseModel | None = None, **kwargs: Any
+    ) -> M:
         if body is not None:
             kwargs["content"] = body.model_dump_json(exclude_unset=True)
             kwargs["headers"] = {"Content-Type": "application/json"}
@@ -181,8 +193,17 @@ class LearnerClient:
                 what,
                 expected=(200, 201),
                 content=_read_until(archive, deadline, what),
-                headers={SHA256_HEADER: info.sha256, "Content-Type": ARCHIVE_MEDIA_TYPE, "Content-Length": str(info.size)},
-                timeout=httpx.Timeout(connect=self._timeout.connect, write=self._timeout.write, pool=self._timeout.pool, read=deadline_s),
+                headers={
+                    SHA256_HEADER: info.sha256,
+                    "Content-Type": ARCHIVE_MEDIA_TYPE,
+                    "Content-Length": str(info.size),
+                },
+                timeout=httpx.Timeout(
+                    connect=self._timeout.connect,
+                    write=self._timeout.write,
+                    pool=self._timeout.pool,
+                    read=deadline_s,
+                ),
             )
 
     # -------------------------------------------------------------------------------- service
@@ -210,9 +231,13 @@ class LearnerClient:
             raise
 
     def list_episodes(self, offset: int = 0, limit: int = 1000) -> EpisodeList:
-        return self._json(EpisodeList, "GET", "/episodes", "list episodes", params={"offset": offset, "limit": limit})
+        return self._json(
+            EpisodeList, "GET", "/episodes", "list episodes", params={"offset": offset, "limit": limit}
+        )
 
-    def upload_episode(self, episode_dir: str | os.PathLike[str], episode_id: str, *, deadline_s: float = 600.0) -> EpisodeUploadResult:
+    def upload_episode(
+        self, episode_dir: str | os.PathLike[str], episode_id: str, *, deadline_s: float = 600.0
+    ) -> EpisodeUploadResult:
         """Upload one committed episode directory (e.g. `EpisodeStore.episode_path(id)`).
 
         Idempotent: an episode the learner already has is not sent again.
@@ -220,7 +245,9 @@ class LearnerClient:
         what = f"upload episode {episode_id}"
         known = self.episode(episode_id)
         if known is not None:
-            return EpisodeUploadResult(episode_id=episode_id, status="already_stored", num_steps=known.num_steps, archive_bytes=0)
+            return EpisodeUploadResult(
+                episode_id=episode_id, status="already_stored", num_steps=known.num_steps, archive_bytes=0
+            )
         src = Path(episode_dir)
         if not (src / "zarr.json").is_file():
             raise FileNotFoundError(f"{src}: not a committed episode directory (no zarr.json)")
@@ -229,7 +256,9 @@ class LearnerClient:
 
     def label_episode(self, episode_id: str, success: bool | None, labeled_by: str) -> EpisodeMeta:
         body = EpisodeLabel(success=success, labeled_by=labeled_by)
-        return self._json(EpisodeMeta, "PUT", f"/episodes/{_q(episode_id)}/label", f"label episode {episode_id}", body)
+        return self._json(
+            EpisodeMeta, "PUT", f"/episodes/{_q(episode_id)}/label", f"label episode {episode_id}", body
+        )
 
     # -------------------------------------------------------------------------------- policies
 
@@ -239,7 +268,9 @@ class LearnerClient:
     def get_version(self, version: str) -> PolicyVersion:
         return self._json(PolicyVersion, "GET", f"/policies/{_q(version)}", f"policy version {version}")
 
-    def publish_version(self, checkpoint_dir: str | os.PathLike[str], version: str, *, deadline_s: float = 3600.0) -> PolicyVersion:
+    def publish_version(
+        self, checkpoint_dir: str | os.PathLike[str], version: str, *, deadline_s: float = 3600.0
+    ) -> PolicyVersion:
         """Publish a checkpoint directory as `version` (immutable; an existing version is a 409)."""
         what = f"publish policy {version}"
         try:
@@ -252,7 +283,9 @@ class LearnerClient:
         response = self._upload(f"/policies/{_q(version)}", Path(checkpoint_dir), version, what, deadline_s)
         return self._model(PolicyVersion, response, what)
 
-    def download_version(self, version: str, dest_root: str | os.PathLike[str], *, deadline_s: float = 3600.0) -> Path:
+    def download_version(
+        self, version: str, dest_root: str | os.PathLike[str], *, deadline_s: float = 3600.0
+    ) -> Path:
         """Download `version` to `dest_root/<version>`, every file verified; returns that path.
 
         Atomic: a complete, verified directory appears at once, or nothing (IntegrityError on any
@@ -263,7 +296,9 @@ class LearnerClient:
         check_id(version, "policy version")
         record = self.get_version(version)
         if record.version != version:
-            raise IntegrityError(f"asked the learner for version '{version}', it listed '{record.version}'; refusing this version")
+            raise IntegrityError(
+                f"asked the learner for version '{version}', it listed '{record.version}'; refusing this version"
+            )
         dest_root = Path(dest_root)
         dest_root.mkdir(parents=True, exist_ok=True)
         final = child_path(dest_root, version, "policy version")
@@ -295,7 +330,9 @@ class LearnerClient:
                 self._check(response, what, (200,))
                 header = response.headers.get(SHA256_HEADER)
                 if header is not None and header != entry.sha256:
-                    raise IntegrityError(f"{what}: the server's {SHA256_HEADER} {header} disagrees with the listing {entry.sha256}")
+                    raise IntegrityError(
+                        f"{what}: the server's {SHA256_HEADER} {header} disagrees with the listing {entry.sha256}"
+                    )
                 with open(target, "wb") as f:
                     for chunk in response.iter_bytes(CHUNK_BYTES):
                         if time.monotonic() > deadline:
@@ -331,16 +368,29 @@ class LearnerClient:
                 "/deployment",
                 "wait for deployment",
                 params={"after": after or "", "timeout_s": round(poll, 3)},
-                timeout=httpx.Timeout(connect=self._timeout.connect, write=self._timeout.write, pool=self._timeout.pool, read=poll + 10.0),
+                timeout=httpx.Timeout(
+                    connect=self._timeout.connect,
+                    write=self._timeout.write,
+                    pool=self._timeout.pool,
+                    read=poll + 10.0,
+                ),
             )
             if deployment.changed or time.monotonic() >= deadline:
                 return deployment
 
     def deploy(self, version: str, reason: str = "") -> Deployment:
-        return self._json(Deployment, "PUT", "/deployment", f"deploy {version}", DeployRequest(version=version, reason=reason))
+        return self._json(
+            Deployment,
+            "PUT",
+            "/deployment",
+            f"deploy {version}",
+            DeployRequest(version=version, reason=reason),
+        )
 
     def rollback(self, reason: str = "") -> Deployment:
-        return self._json(Deployment, "POST", "/deployment/rollback", "rollback", RollbackRequest(reason=reason))
+        return self._json(
+            Deployment, "POST", "/deployment/rollback", "rollback", RollbackRequest(reason=reason)
+        )
 
     def deployment_history(self) -> DeploymentHistory:
         return self._json(DeploymentHistory, "GET", "/deployment/history", "deployment history")
@@ -360,8 +410,14 @@ class LearnerClient:
         metrics: Mapping[str, float | None] | None = None,
     ) -> RunSummary:
         body = RunCreate(
-            run_id=run_id, kind=kind, stage=stage, progress=progress, state=state, message=message,
-            params=dict(params or {}), metrics=finite_or_none(dict(metrics or {})),
+            run_id=run_id,
+            kind=kind,
+            stage=stage,
+            progress=progress,
+            state=state,
+            message=message,
+            params=dict(params or {}),
+            metrics=finite_or_none(dict(metrics or {})),
         )
         return self._json(RunSummary, "POST", "/runs", f"create {kind} run", body)
 
@@ -378,13 +434,19 @@ class LearnerClient:
     ) -> RunSummary:
         """Report progress; only the arguments given are changed. Non-finite metrics become null."""
         given = {"stage": stage, "progress": progress, "state": state, "message": message, "step": step}
-        body = RunUpdate(**{k: v for k, v in given.items() if v is not None}, metrics=finite_or_none(dict(metrics or {})))
+        body = RunUpdate(
+            **{k: v for k, v in given.items() if v is not None}, metrics=finite_or_none(dict(metrics or {}))
+        )
         return self._json(RunSummary, "PATCH", f"/runs/{_q(run_id)}", f"update run {run_id}", body)
 
     def get_run(self, run_id: str, history_limit: int = 1000) -> Run:
-        return self._json(Run, "GET", f"/runs/{_q(run_id)}", f"run {run_id}", params={"history_limit": history_limit})
+        return self._json(
+            Run, "GET", f"/runs/{_q(run_id)}", f"run {run_id}", params={"history_limit": history_limit}
+        )
 
-    def list_runs(self, state: RunState | None = None, kind: str | None = None, limit: int = 100) -> list[RunSummary]:
+    def list_runs(
+        self, state: RunState | None = None, kind: str | None = None, limit: int = 100
+    ) -> list[RunSummary]:
         params = {k: v for k, v in {"state": state, "kind": kind, "limit": limit}.items() if v is not None}
         return self._json(RunList, "GET", "/runs", "list runs", params=params).runs
 
@@ -410,7 +472,9 @@ def _safe_relpath(path: str) -> Path:
     """A listed path as a local relative path; a listing that points outside is an attack."""
     pure = PurePosixPath(path)
     if not path or pure.is_absolute() or any(part in ("", ".", "..") for part in pure.parts) or "\\" in path:
-        raise IntegrityError(f"the version listing contains an unsafe file path '{path}'; refusing this version")
+        raise IntegrityError(
+            f"the version listing contains an unsafe file path '{path}'; refusing this version"
+        )
     return Path(*pure.parts)
 
 

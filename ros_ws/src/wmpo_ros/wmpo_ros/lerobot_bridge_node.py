@@ -49,9 +49,13 @@ def lerobot_robot_config(config: RobotConfig):
                     pass
     driver = config.driver
     if not isinstance(driver, LeRobotDriver):
-        raise ValueError(f"robot config '{config.name}' has no lerobot driver section (driver.kind={driver.kind})")
+        raise ValueError(
+            f"robot config '{config.name}' has no lerobot driver section (driver.kind={driver.kind})"
+        )
     if driver.robot_type not in LeRobotRobotConfig.get_known_choices():
-        raise ValueError(f"LeRobot has no robot type '{driver.robot_type}' (known: {sorted(LeRobotRobotConfig.get_known_choices())})")
+        raise ValueError(
+            f"LeRobot has no robot type '{driver.robot_type}' (known: {sorted(LeRobotRobotConfig.get_known_choices())})"
+        )
     cameras = {}
     for name, spec in driver.cameras.items():
         spec = dict(spec)
@@ -70,16 +74,23 @@ class LeRobotBridgeNode(Node):
         self.config = load_robot_config(p["robot"])
         check_convertible(self.config)
         if self.config.action.space != "joint_position":
-            raise ValueError(f"a LeRobot arm takes joint positions; robot config '{self.config.name}' has {self.config.action.space}")
+            raise ValueError(
+                f"a LeRobot arm takes joint positions; robot config '{self.config.name}' has {self.config.action.space}"
+            )
         from lerobot.robots.utils import make_robot_from_config
 
         self._robot = make_robot_from_config(lerobot_robot_config(self.config))
         self._robot.connect(calibrate=bool(p["calibrate"]))
         self._codec = CommandCodec(self.config)
-        self._image_pubs = {c.name: self.create_publisher(Image, c.topic, camera_publisher_qos(c)) for c in self.config.cameras}
+        self._image_pubs = {
+            c.name: self.create_publisher(Image, c.topic, camera_publisher_qos(c))
+            for c in self.config.cameras
+        }
         self._state_pub = self.create_publisher(JointState, self.config.topics.joint_states, STATE_QOS)
         self._commands: queue.Queue[np.ndarray] = queue.Queue(maxsize=1)
-        self.create_subscription(self._codec.msg_type, self.config.topics.command, self._on_command, STATE_QOS)
+        self.create_subscription(
+            self._codec.msg_type, self.config.topics.command, self._on_command, STATE_QOS
+        )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lerobot_bus", daemon=True)
         self._thread.start()
@@ -111,12 +122,20 @@ class LeRobotBridgeNode(Node):
                 pass
             stamp = self.get_clock().now().to_msg()
             observation = self._robot.get_observation()
-            self._state_pub.publish(joint_state_msg(self.config, from_lerobot(observation, self.config), stamp))
+            self._state_pub.publish(
+                joint_state_msg(self.config, from_lerobot(observation, self.config), stamp)
+            )
             for cam in self.config.cameras:
-                self._image_pubs[cam.name].publish(image_to_msg(observation[cam.name], stamp, f"{cam.name}_camera_optical_frame", cam.encoding))
+                self._image_pubs[cam.name].publish(
+                    image_to_msg(
+                        observation[cam.name], stamp, f"{cam.name}_camera_optical_frame", cam.encoding
+                    )
+                )
             next_tick += period
             if next_tick < time.monotonic() - period:
-                self.get_logger().warning("control tick overran by more than a period", throttle_duration_sec=5.0)
+                self.get_logger().warning(
+                    "control tick overran by more than a period", throttle_duration_sec=5.0
+                )
                 next_tick = time.monotonic()
 
     def destroy_node(self) -> None:

@@ -28,7 +28,10 @@ from wmpo_core.robot_config import CameraSpec, RobotConfig, Ros2ControlDriver
 STATE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 """Joint states, commands, success: reliable, a few messages deep."""
 LATCHED_QOS = QoSProfile(
-    depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST
+    depth=1,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+    history=HistoryPolicy.KEEP_LAST,
 )
 """Slow-changing values a late subscriber must still get (instruction, policy version, seed)."""
 
@@ -45,7 +48,9 @@ def camera_subscription_qos(node: Node, camera: CameraSpec) -> QoSProfile:
     a best-effort subscription matches both, so it is the choice whenever in doubt.
     """
     publishers = node.get_publishers_info_by_topic(camera.topic)
-    reliable = bool(publishers) and all(p.qos_profile.reliability == ReliabilityPolicy.RELIABLE for p in publishers)
+    reliable = bool(publishers) and all(
+        p.qos_profile.reliability == ReliabilityPolicy.RELIABLE for p in publishers
+    )
     if not publishers:
         reliable = camera.qos == "reliable"
     reliability = ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
@@ -91,17 +96,29 @@ class CommandCodec:
 
     def __init__(self, config: RobotConfig):
         self.config = config
-        self.msg_type = JointTrajectory if config.topics.command_type == "JointTrajectory" else Float64MultiArray
+        self.msg_type = (
+            JointTrajectory if config.topics.command_type == "JointTrajectory" else Float64MultiArray
+        )
         driver = config.driver
-        self._point_time_s = driver.trajectory_point_time_s if isinstance(driver, Ros2ControlDriver) else config.control_period_s
+        self._point_time_s = (
+            driver.trajectory_point_time_s
+            if isinstance(driver, Ros2ControlDriver)
+            else config.control_period_s
+        )
 
     def encode(self, action: np.ndarray, hold: bool = False) -> Float64MultiArray | JointTrajectory:
         values = [float(v) for v in np.asarray(action, dtype=np.float64).reshape(-1)]
         if len(values) != self.config.action.dim:
-            raise ValueError(f"action has {len(values)} values, the action space has {self.config.action.dim}")
+            raise ValueError(
+                f"action has {len(values)} values, the action space has {self.config.action.dim}"
+            )
         if self.msg_type is Float64MultiArray:
             msg = Float64MultiArray()
-            msg.layout.dim = [MultiArrayDimension(label=HOLD_MARK if hold else "action", size=len(values), stride=len(values))]
+            msg.layout.dim = [
+                MultiArrayDimension(
+                    label=HOLD_MARK if hold else "action", size=len(values), stride=len(values)
+                )
+            ]
             msg.data = values
             return msg
         # Header stamp left zero: the controller starts the trajectory on receipt.

@@ -139,7 +139,9 @@ class Outbox:
         if state is None:
             rows = self._execute("SELECT * FROM outbox ORDER BY enqueued_at, episode_id").fetchall()
         else:
-            rows = self._execute("SELECT * FROM outbox WHERE state = ? ORDER BY enqueued_at, episode_id", (state,)).fetchall()
+            rows = self._execute(
+                "SELECT * FROM outbox WHERE state = ? ORDER BY enqueued_at, episode_id", (state,)
+            ).fetchall()
         return [_entry(r) for r in rows]
 
     def due(self, now: float | None = None, limit: int = 100) -> list[str]:
@@ -190,11 +192,17 @@ class Outbox:
     def make_all_due(self, now: float | None = None) -> None:
         """Retry every pending episode now (e.g. when the process starts or the link comes back)."""
         now = time.time() if now is None else now
-        self._execute("UPDATE outbox SET next_attempt_at = ? WHERE state = 'pending' AND next_attempt_at > ?", (now, now))
+        self._execute(
+            "UPDATE outbox SET next_attempt_at = ? WHERE state = 'pending' AND next_attempt_at > ?",
+            (now, now),
+        )
 
     def defer_pending(self, until: float) -> None:
         """No pending episode is tried before `until` (the learner is down: wait together)."""
-        self._execute("UPDATE outbox SET next_attempt_at = ? WHERE state = 'pending' AND next_attempt_at < ?", (until, until))
+        self._execute(
+            "UPDATE outbox SET next_attempt_at = ? WHERE state = 'pending' AND next_attempt_at < ?",
+            (until, until),
+        )
 
     def stats(self, now: float | None = None) -> OutboxStats:
         now = time.time() if now is None else now
@@ -247,7 +255,9 @@ def store_uploader(client: LearnerClient, store: EpisodeStore, deadline_s: float
         try:
             path = store.episode_path(episode_id)
         except KeyError:
-            raise PermanentUploadError(f"episode '{episode_id}' is not in the local store {store.root}") from None
+            raise PermanentUploadError(
+                f"episode '{episode_id}' is not in the local store {store.root}"
+            ) from None
         return client.upload_episode(path, episode_id, deadline_s=deadline_s).status
 
     return upload
@@ -309,7 +319,9 @@ class OutboxWorker:
                 result = self._upload(episode_id)
             except Exception as exc:  # classified below; nothing may kill the worker
                 now = self._clock()
-                if isinstance(exc, PermanentUploadError) or (isinstance(exc, LearnerError) and not exc.retryable):
+                if isinstance(exc, PermanentUploadError) or (
+                    isinstance(exc, LearnerError) and not exc.retryable
+                ):
                     self.outbox.park(episode_id, str(exc), now)
                     parked += 1
                     entry = self.outbox.entry(episode_id)
@@ -326,13 +338,20 @@ class OutboxWorker:
                     retry_at = now + self.backoff.delay(self._unavailable_streak, self._rng)
                     attempts = self.outbox.mark_failed(episode_id, str(exc), retry_at, now)
                     self.outbox.defer_pending(retry_at)
-                    log.warning("outbox: learner not taking uploads (%s); %d episode(s) wait %.1f s (attempt %d)",
-                                exc, self.outbox.stats(now).pending, retry_at - now, attempts)
+                    log.warning(
+                        "outbox: learner not taking uploads (%s); %d episode(s) wait %.1f s (attempt %d)",
+                        exc,
+                        self.outbox.stats(now).pending,
+                        retry_at - now,
+                        attempts,
+                    )
                     break
                 entry = self.outbox.entry(episode_id)
                 retry_at = now + self.backoff.delay((entry.attempts if entry else 0) + 1, self._rng)
                 self.outbox.mark_failed(episode_id, f"{type(exc).__name__}: {exc}", retry_at, now)
-                log.warning("outbox: upload of %s failed (%s); retry in %.1f s", episode_id, exc, retry_at - now)
+                log.warning(
+                    "outbox: upload of %s failed (%s); retry in %.1f s", episode_id, exc, retry_at - now
+                )
                 continue
             self._unavailable_streak = 0
             self._learner_down = False

@@ -30,14 +30,38 @@ least, since someone is watching; one that does not answer at all is probed ever
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.description = __doc__.split("\n\n")[1].replace("\n", " ")
-    parser.add_argument("action", choices=["push", "status"], help="push: upload the queue to the learner now; status: show the queue")
+    parser.add_argument(
+        "action",
+        choices=["push", "status"],
+        help="push: upload the queue to the learner now; status: show the queue",
+    )
     parser.add_argument("--store", required=True, type=Path, help="the robot's episode store")
-    parser.add_argument("--outbox", type=Path, default=None, help="the outbox database (default: <store>.outbox.sqlite, where the sync node keeps it)")
+    parser.add_argument(
+        "--outbox",
+        type=Path,
+        default=None,
+        help="the outbox database (default: <store>.outbox.sqlite, where the sync node keeps it)",
+    )
     parser.add_argument("--learner", default="", metavar="URL", help="push: learner service URL")
-    parser.add_argument("--learner-token-file", default="", help="push: file holding the learner's bearer token (default: WMPO_LEARNER_TOKEN)")
-    parser.add_argument("--learner-ca", default="", help="push: CA bundle of an https learner with a private CA")
-    parser.add_argument("--timeout-s", type=float, default=600.0, help="push: give up after this long; what is left stays queued (default: %(default)s)")
-    parser.add_argument("--requeue-parked", action="store_true", help="push: retry episodes the learner refused before (after fixing the cause)")
+    parser.add_argument(
+        "--learner-token-file",
+        default="",
+        help="push: file holding the learner's bearer token (default: WMPO_LEARNER_TOKEN)",
+    )
+    parser.add_argument(
+        "--learner-ca", default="", help="push: CA bundle of an https learner with a private CA"
+    )
+    parser.add_argument(
+        "--timeout-s",
+        type=float,
+        default=600.0,
+        help="push: give up after this long; what is left stays queued (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--requeue-parked",
+        action="store_true",
+        help="push: retry episodes the learner refused before (after fixing the cause)",
+    )
 
 
 def _outbox_path(args: argparse.Namespace) -> Path:
@@ -54,11 +78,15 @@ def _status(args: argparse.Namespace) -> int:
     with Outbox(path) as outbox:
         stats = outbox.stats()
         oldest = "" if stats.oldest_pending_s is None else f", oldest pending {stats.oldest_pending_s:.0f} s"
-        print(f"{path}: {stats.pending} pending, {stats.sent} sent, {stats.parked} refused by the learner{oldest}")
+        print(
+            f"{path}: {stats.pending} pending, {stats.sent} sent, {stats.parked} refused by the learner{oldest}"
+        )
         for entry in outbox.entries("parked"):
             print(f"  refused {entry.episode_id}: {entry.last_error}")
         for entry in outbox.entries("pending"):
-            print(f"  pending {entry.episode_id}: {entry.attempts} attempt(s){f', last error: {entry.last_error}' if entry.last_error else ''}")
+            print(
+                f"  pending {entry.episode_id}: {entry.attempts} attempt(s){f', last error: {entry.last_error}' if entry.last_error else ''}"
+            )
     return 0
 
 
@@ -72,8 +100,14 @@ def _push(args: argparse.Namespace) -> int:
     if not args.learner:
         print("wmpo outbox push: give the learner's URL with --learner", file=sys.stderr)
         return 2
-    if urllib.parse.urlsplit(args.learner).scheme not in ("http", "https") or not urllib.parse.urlsplit(args.learner).hostname:
-        print(f"wmpo outbox push: --learner must be an http:// or https:// URL with a host, got '{args.learner}'", file=sys.stderr)
+    if (
+        urllib.parse.urlsplit(args.learner).scheme not in ("http", "https")
+        or not urllib.parse.urlsplit(args.learner).hostname
+    ):
+        print(
+            f"wmpo outbox push: --learner must be an http:// or https:// URL with a host, got '{args.learner}'",
+            file=sys.stderr,
+        )
         return 2
     if args.timeout_s <= 0:
         print(f"wmpo outbox push: --timeout-s must be > 0, got {args.timeout_s}", file=sys.stderr)
@@ -84,14 +118,27 @@ def _push(args: argparse.Namespace) -> int:
     with (
         EpisodeStore.open(args.store) as store,
         Outbox(_outbox_path(args)) as outbox,
-        LearnerClient.from_env(args.learner, args.learner_token_file or None, verify=args.learner_ca or True) as client,
+        LearnerClient.from_env(
+            args.learner, args.learner_token_file or None, verify=args.learner_ca or True
+        ) as client,
     ):
-        logging.getLogger("wmpo.outbox").setLevel(logging.ERROR)  # the bar shows the waits; refusals still print
-        worker = OutboxWorker(outbox, store_uploader(client, store), backoff=Backoff(max_s=DRAIN_BACKOFF_MAX_S), probe=client.answers)
+        logging.getLogger("wmpo.outbox").setLevel(
+            logging.ERROR
+        )  # the bar shows the waits; refusals still print
+        worker = OutboxWorker(
+            outbox,
+            store_uploader(client, store),
+            backoff=Backoff(max_s=DRAIN_BACKOFF_MAX_S),
+            probe=client.answers,
+        )
         worker.start()  # first: refuses (OutboxBusy) while a robot's sync node uploads this outbox
         try:
             new = [eid for eid in store.episode_ids if outbox.enqueue(eid)]
-            requeued = [e.episode_id for e in outbox.entries("parked") if args.requeue_parked and outbox.requeue(e.episode_id)]
+            requeued = [
+                e.episode_id
+                for e in outbox.entries("parked")
+                if args.requeue_parked and outbox.requeue(e.episode_id)
+            ]
             pending = {e.episode_id for e in outbox.entries("pending")}
             worker.wake()
             print(
@@ -104,7 +151,11 @@ def _push(args: argparse.Namespace) -> int:
             with tqdm(total=len(pending), desc="outbox push", unit="episode", mininterval=1.0) as bar:
                 while True:
                     left = [e for e in outbox.entries("pending") if e.episode_id in pending]
-                    waiting = "learner not taking uploads; retrying as soon as it answers" if any(e.last_error for e in left) else ""
+                    waiting = (
+                        "learner not taking uploads; retrying as soon as it answers"
+                        if any(e.last_error for e in left)
+                        else ""
+                    )
                     if waiting != note:
                         note = waiting
                         bar.set_postfix_str(note, refresh=False)
@@ -127,7 +178,10 @@ def _push(args: argparse.Namespace) -> int:
         for e in refused:
             print(f"  refused {e.episode_id}: {e.last_error}", file=sys.stderr)
         if remaining:
-            print(f"  still pending (they stay queued; run this again later): last error: {remaining[0].last_error}", file=sys.stderr)
+            print(
+                f"  still pending (they stay queued; run this again later): last error: {remaining[0].last_error}",
+                file=sys.stderr,
+            )
         return 0 if not remaining and not refused else 1
 
 

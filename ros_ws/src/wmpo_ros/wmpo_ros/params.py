@@ -80,14 +80,18 @@ class NodeParams:
         return {p.name: node.get_parameter(p.name).value for p in self.params}
 
 
-ROBOT = Param("robot", "so101_sim", "Robot config name (robot_configs/<name>.yaml) or path to a robot config YAML.")
+ROBOT = Param(
+    "robot", "so101_sim", "Robot config name (robot_configs/<name>.yaml) or path to a robot config YAML."
+)
 
 SIM_ARM = NodeParams(
     "sim_arm",
     "sim_arm",
     (
         ROBOT,
-        Param("seed", 0, "Seed of the first episode; episode k uses seed + k. Setting it restarts the sequence."),
+        Param(
+            "seed", 0, "Seed of the first episode; episode k uses seed + k. Setting it restarts the sequence."
+        ),
         Param(
             "real_time_factor",
             1.0,
@@ -113,7 +117,9 @@ LEROBOT_BRIDGE = NodeParams(
     "lerobot_bridge",
     (
         Param("robot", "so101_real", ROBOT.description),
-        Param("calibrate", False, "Run LeRobot's interactive calibration when the arm reports no calibration."),
+        Param(
+            "calibrate", False, "Run LeRobot's interactive calibration when the arm reports no calibration."
+        ),
     ),
 )
 
@@ -122,12 +128,28 @@ POLICY = NodeParams(
     "policy_node",
     (
         ROBOT,
-        Param("policy", "", "Checkpoint directory or scheme spec (replay:, hold:, scripted:). Setting it at run time loads "
-              "and verifies the new policy in the background (outcome on <ns>/policy/loads) and stages it for swap_at."),
+        Param(
+            "policy",
+            "",
+            "Checkpoint directory or scheme spec (replay:, hold:, scripted:). Setting it at run time loads "
+            "and verifies the new policy in the background (outcome on <ns>/policy/loads) and stages it for swap_at.",
+        ),
         Param("refill_threshold", 1, "Request the next chunk when this many actions or fewer remain queued."),
-        Param("watchdog_periods", 2.0, "Hold when the newest camera frame or joint state is this many control periods old."),
-        Param("dry_run", False, "Compute and log actions, publish them on the dry-run topic, never on the command topic."),
-        Param("autostart", True, "Start the first episode as soon as the node has a policy (else wait for the enable service)."),
+        Param(
+            "watchdog_periods",
+            2.0,
+            "Hold when the newest camera frame or joint state is this many control periods old.",
+        ),
+        Param(
+            "dry_run",
+            False,
+            "Compute and log actions, publish them on the dry-run topic, never on the command topic.",
+        ),
+        Param(
+            "autostart",
+            True,
+            "Start the first episode as soon as the node has a policy (else wait for the enable service).",
+        ),
         Param(
             "swap_at",
             "episode",
@@ -144,10 +166,20 @@ RECORDER = NodeParams(
     (
         ROBOT,
         Param("store", "data/episodes", "Episode store directory (created if missing)."),
-        Param("source", "teleop", "Who commands the arm: teleop, policy or scripted (stamped into each episode); may change between episodes."),
-        Param("max_steps", 0, "End an episode after this many steps; 0 = the robot config's episode time limit."),
+        Param(
+            "source",
+            "teleop",
+            "Who commands the arm: teleop, policy or scripted (stamped into each episode); may change between episodes.",
+        ),
+        Param(
+            "max_steps", 0, "End an episode after this many steps; 0 = the robot config's episode time limit."
+        ),
         Param("end_on_success", True, "End an episode at the first step the simulator reports success."),
-        Param("settle_s", 1.0, "Wall seconds to wait for a step's frames before recording it with the newest ones."),
+        Param(
+            "settle_s",
+            1.0,
+            "Wall seconds to wait for a step's frames before recording it with the newest ones.",
+        ),
         Param("autostart", False, "Start recording an episode as soon as the node runs."),
     ),
 )
@@ -157,11 +189,17 @@ TELEOP = NodeParams(
     "teleop",
     (
         ROBOT,
-        Param("device", "auto", "scripted (the sim's expert), keyboard, gamepad, so101_leader; auto = scripted in a sim "
-              "with a scripted expert, else keyboard."),
+        Param(
+            "device",
+            "auto",
+            "scripted (the sim's expert), keyboard, gamepad, so101_leader; auto = scripted in a sim "
+            "with a scripted expert, else keyboard.",
+        ),
         Param("device_port", "", "Serial port of a leader arm (so101_leader)."),
         Param("device_id", "", "LeRobot id of a leader arm (names its calibration file)."),
-        Param("autostart", True, "Relay the device as soon as the node runs (else wait for the enable service)."),
+        Param(
+            "autostart", True, "Relay the device as soon as the node runs (else wait for the enable service)."
+        ),
     ),
 )
 
@@ -172,22 +210,62 @@ SYNC = NodeParams(
     "sync_node",
     (
         ROBOT,
-        Param("learner_url", "", "Learner service URL (http://host:port, or https:// off loopback); required."),
-        Param("token_file", "", "File holding the learner's bearer token; empty = the WMPO_LEARNER_TOKEN environment variable."),
-        Param("ca_file", "", "CA certificate bundle for an https learner with a private CA; empty = the system CAs."),
-        Param("store", RECORDER["store"].default, "The robot's episode store (the recorder's 'store'): its committed episodes are uploaded."),
+        Param(
+            "learner_url", "", "Learner service URL (http://host:port, or https:// off loopback); required."
+        ),
+        Param(
+            "token_file",
+            "",
+            "File holding the learner's bearer token; empty = the WMPO_LEARNER_TOKEN environment variable.",
+        ),
+        Param(
+            "ca_file",
+            "",
+            "CA certificate bundle for an https learner with a private CA; empty = the system CAs.",
+        ),
+        Param(
+            "store",
+            RECORDER["store"].default,
+            "The robot's episode store (the recorder's 'store'): its committed episodes are uploaded.",
+        ),
         Param("outbox", "", "Upload queue (SQLite); empty = <store>.outbox.sqlite next to the store."),
-        Param("policy_cache", "", "Directory deployed versions are downloaded to and verified in; empty = <store>.policies."),
+        Param(
+            "policy_cache",
+            "",
+            "Directory deployed versions are downloaded to and verified in; empty = <store>.policies.",
+        ),
         Param("upload", True, "Upload every committed episode to the learner through the durable outbox."),
-        Param("update_policy", True, "Follow the learner's deployed version: download, verify and stage it in the policy node."),
-        Param("long_poll_s", 30.0, "Length of one long-poll for a new deployment (the learner caps it at its --max-long-poll-s)."),
-        Param("stage_timeout_s", 300.0, "Longest wait for the policy node to load and verify a downloaded version."),
-        Param("retry_max_s", 300.0, "Longest wait between retries while the learner is unreachable (backoff from 1 s, doubling)."),
-        Param("keep_versions", 3, "Downloaded versions kept in the policy cache (the newest ones); older ones are deleted."),
+        Param(
+            "update_policy",
+            True,
+            "Follow the learner's deployed version: download, verify and stage it in the policy node.",
+        ),
+        Param(
+            "long_poll_s",
+            30.0,
+            "Length of one long-poll for a new deployment (the learner caps it at its --max-long-poll-s).",
+        ),
+        Param(
+            "stage_timeout_s",
+            300.0,
+            "Longest wait for the policy node to load and verify a downloaded version.",
+        ),
+        Param(
+            "retry_max_s",
+            300.0,
+            "Longest wait between retries while the learner is unreachable (backoff from 1 s, doubling).",
+        ),
+        Param(
+            "keep_versions",
+            3,
+            "Downloaded versions kept in the policy cache (the newest ones); older ones are deleted.",
+        ),
     ),
 )
 
-NODES: dict[str, NodeParams] = {n.executable: n for n in (SIM_ARM, LEROBOT_BRIDGE, POLICY, RECORDER, TELEOP, RECORD_KEYS, SYNC)}
+NODES: dict[str, NodeParams] = {
+    n.executable: n for n in (SIM_ARM, LEROBOT_BRIDGE, POLICY, RECORDER, TELEOP, RECORD_KEYS, SYNC)
+}
 """executable -> its parameters."""
 
 BUILTIN_PARAMETERS = ("use_sim_time",)

@@ -31,9 +31,20 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         help="status: show the running policy; rollback: go back to the previous one; "
         "verify: run the robot's pre-swap check on a checkpoint",
     )
-    parser.add_argument("checkpoint", nargs="?", help="verify: the checkpoint directory (or policy spec) to check")
-    parser.add_argument("--robot", default="so101_sim", help="robot config name or YAML path; names the topics (default: %(default)s)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the robot's nodes to answer (default: %(default)s)")
+    parser.add_argument(
+        "checkpoint", nargs="?", help="verify: the checkpoint directory (or policy spec) to check"
+    )
+    parser.add_argument(
+        "--robot",
+        default="so101_sim",
+        help="robot config name or YAML path; names the topics (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the robot's nodes to answer (default: %(default)s)",
+    )
 
 
 def _spin_until(executor, predicate: Callable[[], bool], timeout_s: float) -> bool:
@@ -60,9 +71,14 @@ def _status(executor, node, names, timeout_s: float) -> int:
                 found["policy"] = {"state": status.message, **{kv.key: kv.value for kv in status.values}}
 
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
-    node.create_subscription(String, names.sync_status, lambda m: found.__setitem__("sync", json.loads(m.data)), LATCHED_QOS)
+    node.create_subscription(
+        String, names.sync_status, lambda m: found.__setitem__("sync", json.loads(m.data)), LATCHED_QOS
+    )
     if not _spin_until(executor, lambda: "policy" in found, timeout_s):
-        print(f"wmpo policy: no {POLICY.node_name} answered within {timeout_s:.0f} s (is the robot up, same ROS_DOMAIN_ID?)", file=sys.stderr)
+        print(
+            f"wmpo policy: no {POLICY.node_name} answered within {timeout_s:.0f} s (is the robot up, same ROS_DOMAIN_ID?)",
+            file=sys.stderr,
+        )
         return 1
     if node.count_publishers(names.sync_status):  # its latched status arrives right after discovery
         _spin_until(executor, lambda: "sync" in found, 2.0)
@@ -74,12 +90,16 @@ def _status(executor, node, names, timeout_s: float) -> int:
     if sync is None:
         print(f"{SYNC.node_name}: not running")
         return 0
-    print(f"{SYNC.node_name}: {sync['state']} (learner {sync['learner_url']}, reachable: {sync['learner_reachable']})")
+    print(
+        f"{SYNC.node_name}: {sync['state']} (learner {sync['learner_url']}, reachable: {sync['learner_reachable']})"
+    )
     print(f"  deployed_version: {sync['deployed_version'] or '-'}")
     if sync["last_rejection"]:
         print(f"  last rejected: {sync['last_rejection']['version']}: {sync['last_rejection']['reason']}")
     if sync["outbox"]:
-        print(f"  uploads: {sync['outbox']['pending']} pending, {sync['outbox']['sent']} sent, {sync['outbox']['parked']} refused")
+        print(
+            f"  uploads: {sync['outbox']['pending']} pending, {sync['outbox']['sent']} sent, {sync['outbox']['parked']} refused"
+        )
     return 0
 
 
@@ -88,11 +108,16 @@ def _rollback(executor, node, names, timeout_s: float) -> int:
 
     client = node.create_client(Trigger, names.policy_rollback)
     if not client.wait_for_service(timeout_sec=timeout_s):
-        print(f"wmpo policy: {names.policy_rollback} is not available (is the policy node up, same ROS_DOMAIN_ID?)", file=sys.stderr)
+        print(
+            f"wmpo policy: {names.policy_rollback} is not available (is the policy node up, same ROS_DOMAIN_ID?)",
+            file=sys.stderr,
+        )
         return 1
     future = client.call_async(Trigger.Request())
     if not _spin_until(executor, future.done, timeout_s):
-        print(f"wmpo policy: {names.policy_rollback} did not answer within {timeout_s:.0f} s", file=sys.stderr)
+        print(
+            f"wmpo policy: {names.policy_rollback} did not answer within {timeout_s:.0f} s", file=sys.stderr
+        )
         return 1
     response = future.result()
     print(response.message, file=sys.stdout if response.success else sys.stderr)
@@ -118,7 +143,9 @@ def _verify(spec: str | None, robot: str) -> int:
     except Exception as exc:  # any failure is a refusal, reported on one line like the node logs it
         print(f"wmpo policy verify: REFUSED: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
-    print(f"wmpo policy verify: OK: {spec} is version {loaded.version}; the policy node on '{config.name}' would stage it")
+    print(
+        f"wmpo policy verify: OK: {spec} is version {loaded.version}; the policy node on '{config.name}' would stage it"
+    )
     return 0
 
 

@@ -75,7 +75,9 @@ def verify_policy(policy: Policy, config: RobotConfig, spec: str = "") -> None:
         raise PolicyLoadError(f"{name}: predict_chunk returned non-finite actions on a probe observation")
 
 
-def load_verified(spec: str, config: RobotConfig, loader: Callable[[str, RobotConfig], Policy] = load_policy) -> LoadedPolicy:
+def load_verified(
+    spec: str, config: RobotConfig, loader: Callable[[str, RobotConfig], Policy] = load_policy
+) -> LoadedPolicy:
     """Load `spec` into a new instance and verify it: exactly the check a robot runs before a hot-swap."""
     if not spec:
         raise PolicyLoadError("no policy given (empty spec)")

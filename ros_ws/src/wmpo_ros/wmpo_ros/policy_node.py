@@ -148,26 +148,69 @@ class PolicyNode(Node):
         """Version whose actions the arm gets now (announced on <ns>/policy/version)."""
         self._sim_time = bool(self.get_parameter("use_sim_time").value)
         self.watchdog_state = "no_input"
-        self.counters = {"ticks": 0, "commands": 0, "holds": 0, "late_ticks": 0, "dropped_non_finite": 0, "clamped": 0, "rate_limited": 0}
+        self.counters = {
+            "ticks": 0,
+            "commands": 0,
+            "holds": 0,
+            "late_ticks": 0,
+            "dropped_non_finite": 0,
+            "clamped": 0,
+            "rate_limited": 0,
+        }
         self.timings: deque[InferenceTiming] = deque(maxlen=1000)
         self._requests: queue.Queue[_Request | None] = queue.Queue()
         self._loads: queue.Queue[str | None] = queue.Queue()
 
         sensors = MutuallyExclusiveCallbackGroup()
         for cam in self.config.cameras:
-            self.create_subscription(Image, cam.topic, lambda msg, c=cam.name: self._on_image(c, msg), camera_subscription_qos(self, cam), callback_group=sensors)
-        self.create_subscription(JointState, self.config.topics.joint_states, self._on_joint_state, STATE_QOS, callback_group=sensors)
-        self.create_subscription(String, self.config.topics.instruction, self._on_instruction, LATCHED_QOS, callback_group=sensors)
-        self._command_pub = None if self.dry_run else self.create_publisher(self._codec.msg_type, self.config.topics.command, STATE_QOS)
-        self._dry_run_pub = self.create_publisher(Float64MultiArray, self.names.policy_dry_run_action, STATE_QOS)
+            self.create_subscription(
+                Image,
+                cam.topic,
+                lambda msg, c=cam.name: self._on_image(c, msg),
+                camera_subscription_qos(self, cam),
+                callback_group=sensors,
+            )
+        self.create_subscription(
+            JointState,
+            self.config.topics.joint_states,
+            self._on_joint_state,
+            STATE_QOS,
+            callback_group=sensors,
+        )
+        self.create_subscription(
+            String, self.config.topics.instruction, self._on_instruction, LATCHED_QOS, callback_group=sensors
+        )
+        self._command_pub = (
+            None
+            if self.dry_run
+            else self.create_publisher(self._codec.msg_type, self.config.topics.command, STATE_QOS)
+        )
+        self._dry_run_pub = self.create_publisher(
+            Float64MultiArray, self.names.policy_dry_run_action, STATE_QOS
+        )
         self._version_pub = self.create_publisher(String, self.names.policy_version, LATCHED_QOS)
         self._staged_pub = self.create_publisher(String, self.names.policy_staged, LATCHED_QOS)
         self._loads_pub = self.create_publisher(String, self.names.policy_loads, 10)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_service(SetBool, self.names.policy_enable, self._on_enable, callback_group=MutuallyExclusiveCallbackGroup())
-        self.create_service(Trigger, self.names.policy_rollback, self._on_rollback, callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_service(
+            SetBool,
+            self.names.policy_enable,
+            self._on_enable,
+            callback_group=MutuallyExclusiveCallbackGroup(),
+        )
+        self.create_service(
+            Trigger,
+            self.names.policy_rollback,
+            self._on_rollback,
+            callback_group=MutuallyExclusiveCallbackGroup(),
+        )
         self.create_timer(self._period, self._tick, callback_group=MutuallyExclusiveCallbackGroup())
-        self.create_timer(1.0, self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME), callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_timer(
+            1.0,
+            self._publish_diagnostics,
+            clock=Clock(clock_type=ClockType.STEADY_TIME),
+            callback_group=MutuallyExclusiveCallbackGroup(),
+        )
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._worker = threading.Thread(target=self._inference_loop, name="policy_inference", daemon=True)
@@ -190,7 +233,10 @@ class PolicyNode(Node):
             self.get_logger().error(f"camera '{camera}': {exc}", throttle_duration_sec=5.0)
             return
         if frame.shape != self.config.camera(camera).shape:
-            self.get_logger().error(f"camera '{camera}' sends {frame.shape}, config says {self.config.camera(camera).shape}", throttle_duration_sec=5.0)
+            self.get_logger().error(
+                f"camera '{camera}' sends {frame.shape}, config says {self.config.camera(camera).shape}",
+                throttle_duration_sec=5.0,
+            )
             return
         with self._lock:
             self._frames[camera] = (stamp_to_seconds(msg.header.stamp), frame, time.perf_counter())
@@ -234,7 +280,9 @@ class PolicyNode(Node):
             self._announce(active.version)
         self._tick()  # serve the episode's first tick now rather than up to a period later
         if self.dry_run:
-            self.get_logger().info(f"dry run: episode started with policy {active.version}; actions go to {self.names.policy_dry_run_action}, never to the arm")
+            self.get_logger().info(
+                f"dry run: episode started with policy {active.version}; actions go to {self.names.policy_dry_run_action}, never to the arm"
+            )
             return f"dry-run episode started with policy {active.version} (actions on {self.names.policy_dry_run_action})"
         return f"episode started with policy {active.version}"
 
@@ -248,7 +296,9 @@ class PolicyNode(Node):
         """Stage the previously active policy again (kept loaded in memory). Also the service."""
         previous = self.holder.rollback()
         self._staged_pub.publish(String(data=previous.version))
-        self.get_logger().info(f"rollback: staged {previous.version} again; active from the next {self.swap_at}")
+        self.get_logger().info(
+            f"rollback: staged {previous.version} again; active from the next {self.swap_at}"
+        )
         return f"staged {previous.version}; active from the next {self.swap_at}"
 
     def _on_rollback(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
@@ -271,19 +321,27 @@ class PolicyNode(Node):
             if param.name == "policy":
                 spec = str(param.value)
                 if not spec:
-                    return SetParametersResult(successful=False, reason="policy not loaded: no policy given (empty spec)")
+                    return SetParametersResult(
+                        successful=False, reason="policy not loaded: no policy given (empty spec)"
+                    )
                 if ":" not in spec and not Path(spec).exists():
                     return SetParametersResult(
-                        successful=False, reason=f"policy not loaded: '{spec}' is neither an existing checkpoint directory nor a scheme spec"
+                        successful=False,
+                        reason=f"policy not loaded: '{spec}' is neither an existing checkpoint directory nor a scheme spec",
                     )
                 self._loads.put(spec)
-                return SetParametersResult(successful=True, reason=f"loading {spec}; the outcome goes out on {self.names.policy_loads}")
+                return SetParametersResult(
+                    successful=True,
+                    reason=f"loading {spec}; the outcome goes out on {self.names.policy_loads}",
+                )
             if param.name == "dry_run":
                 refused = self._set_dry_run(bool(param.value))
                 if refused:
                     return SetParametersResult(successful=False, reason=refused)
             elif param.name in POLICY.names:
-                return SetParametersResult(successful=False, reason=f"'{param.name}' is read at start-up only")
+                return SetParametersResult(
+                    successful=False, reason=f"'{param.name}' is read at start-up only"
+                )
         return SetParametersResult(successful=True)
 
     def _set_dry_run(self, on: bool) -> str | None:
@@ -298,8 +356,12 @@ class PolicyNode(Node):
                 self.destroy_publisher(self._command_pub)
                 self._command_pub = None
             else:
-                self._command_pub = self.create_publisher(self._codec.msg_type, self.config.topics.command, STATE_QOS)
-        self.get_logger().info(f"dry run {'on: nothing will reach the arm' if on else 'off: the next episode commands the arm'}")
+                self._command_pub = self.create_publisher(
+                    self._codec.msg_type, self.config.topics.command, STATE_QOS
+                )
+        self.get_logger().info(
+            f"dry run {'on: nothing will reach the arm' if on else 'off: the next episode commands the arm'}"
+        )
         return None
 
     def _load_loop(self) -> None:
@@ -310,14 +372,22 @@ class PolicyNode(Node):
             except Exception as exc:  # any failure refuses the candidate; it must never take the node down
                 running = self.holder.active.version if self.holder.active else "no policy"
                 self.get_logger().warning(f"policy '{spec}' not loaded, still running {running}: {exc}")
-                self._loads_pub.publish(String(data=json.dumps({"spec": spec, "ok": False, "version": None, "reason": str(exc)})))
+                self._loads_pub.publish(
+                    String(data=json.dumps({"spec": spec, "ok": False, "version": None, "reason": str(exc)}))
+                )
                 continue
             self.holder.stage(candidate)
             self._staged_pub.publish(String(data=candidate.version))
             self.get_logger().info(f"staged policy {candidate.version}; active from the next {self.swap_at}")
-            self._loads_pub.publish(String(data=json.dumps({"spec": spec, "ok": True, "version": candidate.version, "reason": ""})))
+            self._loads_pub.publish(
+                String(
+                    data=json.dumps({"spec": spec, "ok": True, "version": candidate.version, "reason": ""})
+                )
+            )
             if self._autostart and self.holder.active is None:
-                self.enable(True)  # started without a policy (e.g. waiting for the learner's): run the first one
+                self.enable(
+                    True
+                )  # started without a policy (e.g. waiting for the learner's): run the first one
 
     # ------------------------------------------------------------------ control loop
 
@@ -388,7 +458,12 @@ class PolicyNode(Node):
     def _request_if_inputs_arrived(self) -> None:
         if self._enabled and self._awaiting is not None and self._inputs_at(self._awaiting):
             self._serve(self._awaiting, may_wait=False)
-        if self._enabled and self._request_due is not None and not self._inflight and self._inputs_at(self._request_due):
+        if (
+            self._enabled
+            and self._request_due is not None
+            and not self._inflight
+            and self._inputs_at(self._request_due)
+        ):
             tick_time, self._request_due = self._request_due, None
             self._request(tick_time)
 
@@ -414,7 +489,9 @@ class PolicyNode(Node):
             stamp=max(f[0] for f in frames.values()),
             extra={"tick_time": tick_time},
         )
-        timing = InferenceTiming(frame_arrival=max(f[2] for f in frames.values()), requested=time.perf_counter())
+        timing = InferenceTiming(
+            frame_arrival=max(f[2] for f in frames.values()), requested=time.perf_counter()
+        )
         self._inflight = True
         self._requests.put(_Request(self._token, tick_time, observation, loaded, timing))
 
@@ -429,9 +506,13 @@ class PolicyNode(Node):
             try:
                 chunk = np.asarray(request.loaded.policy.predict_chunk(request.observation), dtype=np.float64)
                 if chunk.ndim != 2 or chunk.shape[1] != self.config.action.dim or chunk.shape[0] < 1:
-                    raise ValueError(f"predict_chunk returned shape {chunk.shape}, expected (K, {self.config.action.dim})")
+                    raise ValueError(
+                        f"predict_chunk returned shape {chunk.shape}, expected (K, {self.config.action.dim})"
+                    )
             except Exception as exc:  # a failing policy must not kill the node: hold instead
-                self.get_logger().error(f"inference failed ({request.loaded.version}): {exc}", throttle_duration_sec=5.0)
+                self.get_logger().error(
+                    f"inference failed ({request.loaded.version}): {exc}", throttle_duration_sec=5.0
+                )
                 chunk = np.full((1, self.config.action.dim), np.nan)
             request.timing.model_end = time.perf_counter()
             self._on_chunk(request, chunk)
@@ -496,7 +577,10 @@ class PolicyNode(Node):
             elif self.watchdog_state == "stale" and self._enabled:
                 level, message = DiagnosticStatus.ERROR, "inputs stale: holding"
             else:
-                level, message = DiagnosticStatus.OK, ("dry run" if self.dry_run else "running") if self._enabled else "idle"
+                level, message = (
+                    DiagnosticStatus.OK,
+                    ("dry run" if self.dry_run else "running") if self._enabled else "idle",
+                )
         return DiagnosticStatus(
             level=level,
             name=f"wmpo/{self.get_name()}",

@@ -1,13 +1,13 @@
 """Keyboard helper for recording: terminal keys -> the recorder's (and commander's) services.
 
-    ros2 run wmpo_ros record_keys --ros-args -p robot:=so101_real
+ros2 run wmpo_ros record_keys --ros-args -p robot:=so101_real
 
-    s  start an episode: start recording, then enable the policy / teleop device
-    e  end it: disable the policy / teleop device, stop recording (commit)
-    d  discard the episode being recorded
-    y  label the current (or last committed) episode a success
-    n  label it a failure
-    q  quit
+s  start an episode: start recording, then enable the policy / teleop device
+e  end it: disable the policy / teleop device, stop recording (commit)
+d  discard the episode being recorded
+y  label the current (or last committed) episode a success
+n  label it a failure
+q  quit
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ class RecordKeys(Node):
             "discard": self.create_client(Trigger, names.recorder_discard),
             "label": self.create_client(SetBool, names.recorder_label_success),
         }
-        self._commanders = [self.create_client(SetBool, s) for s in (names.policy_enable, names.teleop_enable)]
+        self._commanders = [
+            self.create_client(SetBool, s) for s in (names.policy_enable, names.teleop_enable)
+        ]
 
     def _call(self, client, request, timeout: float = 60.0) -> tuple[bool, str]:
         """Call a service; the node must be spinning on an executor (main() spins it on a thread)."""

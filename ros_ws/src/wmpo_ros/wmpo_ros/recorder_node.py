@@ -160,24 +160,48 @@ class RecorderNode(Node):
             qos = camera_subscription_qos(self, cam)
             qos.depth = max(qos.depth, math.ceil(RECORDER_QUEUE_S * self.config.control_rate_hz))
             self.create_subscription(
-                Image, cam.topic, lambda m, info, c=cam.name: self._on_image(c, m, info), qos, callback_group=MutuallyExclusiveCallbackGroup()
+                Image,
+                cam.topic,
+                lambda m, info, c=cam.name: self._on_image(c, m, info),
+                qos,
+                callback_group=MutuallyExclusiveCallbackGroup(),
             )
         inputs = MutuallyExclusiveCallbackGroup()
         deep = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-        self.create_subscription(JointState, self.config.topics.joint_states, self._on_joint_state, deep, callback_group=inputs)
-        self.create_subscription(self._codec.msg_type, self.config.topics.command, self._on_command, deep, callback_group=inputs)
+        self.create_subscription(
+            JointState, self.config.topics.joint_states, self._on_joint_state, deep, callback_group=inputs
+        )
+        self.create_subscription(
+            self._codec.msg_type, self.config.topics.command, self._on_command, deep, callback_group=inputs
+        )
         self.create_subscription(Bool, self.names.success, self._on_success, deep, callback_group=inputs)
-        self.create_subscription(Int64, self.names.env_seed, self._on_seed, LATCHED_QOS, callback_group=inputs)
-        self.create_subscription(String, self.names.policy_version, self._on_version, LATCHED_QOS, callback_group=inputs)
-        self.create_subscription(String, self.config.topics.instruction, self._on_instruction, LATCHED_QOS, callback_group=inputs)
-        self.create_subscription(Float64MultiArray, self.names.policy_dry_run_action, self._on_dry_run_action, 10, callback_group=inputs)
-        self.create_timer(0.05, self._drain, clock=Clock(clock_type=ClockType.STEADY_TIME), callback_group=inputs)
+        self.create_subscription(
+            Int64, self.names.env_seed, self._on_seed, LATCHED_QOS, callback_group=inputs
+        )
+        self.create_subscription(
+            String, self.names.policy_version, self._on_version, LATCHED_QOS, callback_group=inputs
+        )
+        self.create_subscription(
+            String, self.config.topics.instruction, self._on_instruction, LATCHED_QOS, callback_group=inputs
+        )
+        self.create_subscription(
+            Float64MultiArray,
+            self.names.policy_dry_run_action,
+            self._on_dry_run_action,
+            10,
+            callback_group=inputs,
+        )
+        self.create_timer(
+            0.05, self._drain, clock=Clock(clock_type=ClockType.STEADY_TIME), callback_group=inputs
+        )
         self._episodes_pub = self.create_publisher(String, self.names.recorder_episodes, 10)
         services = MutuallyExclusiveCallbackGroup()
         self.create_service(Trigger, self.names.recorder_start, self._on_start, callback_group=services)
         self.create_service(Trigger, self.names.recorder_stop, self._on_stop, callback_group=services)
         self.create_service(Trigger, self.names.recorder_discard, self._on_discard, callback_group=services)
-        self.create_service(SetBool, self.names.recorder_label_success, self._on_label, callback_group=services)
+        self.create_service(
+            SetBool, self.names.recorder_label_success, self._on_label, callback_group=services
+        )
         self.add_on_set_parameters_callback(self._on_set_parameters)
         if p["autostart"]:
             self.start()
@@ -187,13 +211,19 @@ class RecorderNode(Node):
         for param in params:
             if param.name == "source":
                 if param.value not in SOURCES:
-                    return SetParametersResult(successful=False, reason=f"source must be one of {SOURCES}, got '{param.value}'")
+                    return SetParametersResult(
+                        successful=False, reason=f"source must be one of {SOURCES}, got '{param.value}'"
+                    )
                 with self._lock:
                     if self._episode is not None:
-                        return SetParametersResult(successful=False, reason="cannot change the source while recording an episode")
+                        return SetParametersResult(
+                            successful=False, reason="cannot change the source while recording an episode"
+                        )
                     self.source = str(param.value)
             elif param.name in RECORDER.names:
-                return SetParametersResult(successful=False, reason=f"'{param.name}' is read at start-up only")
+                return SetParametersResult(
+                    successful=False, reason=f"'{param.name}' is read at start-up only"
+                )
         return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------------ inputs
@@ -205,7 +235,10 @@ class RecorderNode(Node):
             self.get_logger().error(f"camera '{camera}': {exc}", throttle_duration_sec=5.0)
             return
         if frame.shape != self.config.camera(camera).shape:
-            self.get_logger().error(f"camera '{camera}' sends {frame.shape}, config says {self.config.camera(camera).shape}", throttle_duration_sec=5.0)
+            self.get_logger().error(
+                f"camera '{camera}' sends {frame.shape}, config says {self.config.camera(camera).shape}",
+                throttle_duration_sec=5.0,
+            )
             return
         with self._lock:
             self._sync.add_frame(camera, info["source_timestamp"], stamp_to_seconds(msg.header.stamp), frame)
@@ -233,12 +266,16 @@ class RecorderNode(Node):
             if self._episode is None or info["source_timestamp"] < self._episode.started_ns:
                 return  # not recording, or a command of the control loop that was in flight when recording started
             if not np.all(np.isfinite(action)):
-                self.get_logger().error("a non-finite command reached the command topic; not recorded", throttle_duration_sec=5.0)
+                self.get_logger().error(
+                    "a non-finite command reached the command topic; not recorded", throttle_duration_sec=5.0
+                )
                 return
             # Step time: in simulation the tick the command answers (the newest capture stamp it is
             # paired with); on a real arm the wall time the command was published.
             t = None if self._sim_time else info["source_timestamp"] * 1e-9
-            self._sync.add_command(info["source_timestamp"], action, time.monotonic(), time=t, hold=self._codec.is_hold(msg))
+            self._sync.add_command(
+                info["source_timestamp"], action, time.monotonic(), time=t, hold=self._codec.is_hold(msg)
+            )
         self._drain()
 
     def _on_dry_run_action(self, msg: Float64MultiArray) -> None:
@@ -354,7 +391,9 @@ class RecorderNode(Node):
             cadence.effective_hz = (episode.steps - 1) / max(episode.last[0] - episode.first[0], 1e-9)
             cadence.wall_hz = (episode.steps - 1) / max(episode.last[1] - episode.first[1], 1e-9)
         for cam in self.config.camera_names:
-            cadence.skipped_frames[cam] = max(0, cadence.frames_received[cam] - len(episode.recorded_frames[cam]))
+            cadence.skipped_frames[cam] = max(
+                0, cadence.frames_received[cam] - len(episode.recorded_frames[cam])
+            )
         cadence.unpaired_commands = unpaired
         done = threading.Event()
         extra = {"cadence": cadence.__dict__, "ended_by": reason}
@@ -364,8 +403,14 @@ class RecorderNode(Node):
             extra["policy_versions"] = episode.versions
         # The version the episode ran under (the policy node announces it when the episode starts;
         # the announcement may reach us after the first command).
-        version = (episode.versions[0] if episode.versions else self._policy_version) if self.source == "policy" else None
-        self._writes.put(("commit", (episode, success, labeled_by, {"extra": extra, "policy_version": version}, done)))
+        version = (
+            (episode.versions[0] if episode.versions else self._policy_version)
+            if self.source == "policy"
+            else None
+        )
+        self._writes.put(
+            ("commit", (episode, success, labeled_by, {"extra": extra, "policy_version": version}, done))
+        )
         return done
 
     def _drain(self, final: bool = False) -> None:
@@ -402,7 +447,12 @@ class RecorderNode(Node):
         if episode.first is None:
             episode.first = (step.time, wall)
             version = self._policy_version if self.source == "policy" else None
-            meta = {"task": self._instruction, "policy_version": version, "env_seed": self._env_seed, "source": self.source}
+            meta = {
+                "task": self._instruction,
+                "policy_version": version,
+                "env_seed": self._env_seed,
+                "source": self.source,
+            }
             self._writes.put(("begin", (episode.index, meta)))
         episode.last = (step.time, wall)
         if self._policy_version and (not episode.versions or episode.versions[-1] != self._policy_version):
@@ -424,7 +474,9 @@ class RecorderNode(Node):
         try:
             meta = self.stop()
             response.success = True
-            response.message = json.dumps(meta) if meta else "stopped; the episode had no steps and was not committed"
+            response.message = (
+                json.dumps(meta) if meta else "stopped; the episode had no steps and was not committed"
+            )
         except StoreError as exc:
             response.success, response.message = False, str(exc)
         return response
@@ -458,12 +510,18 @@ class RecorderNode(Node):
                 if kind == "begin":
                     writer_index, meta = payload
                     writer = self.store.begin_episode(
-                        self.config, source=meta["source"], task=meta["task"], policy_version=meta["policy_version"], env_seed=meta["env_seed"]
+                        self.config,
+                        source=meta["source"],
+                        task=meta["task"],
+                        policy_version=meta["policy_version"],
+                        env_seed=meta["env_seed"],
                     )
                 elif kind == "append":
                     index, step = payload
                     if writer is not None and index == writer_index:
-                        writer.append(step.images, step.state, step.action, step.time, step.image_times, step.state_time)
+                        writer.append(
+                            step.images, step.state, step.action, step.time, step.image_times, step.state_time
+                        )
                 elif kind == "discard":
                     if writer is not None and payload == writer_index:
                         writer.discard()
@@ -474,7 +532,10 @@ class RecorderNode(Node):
                     try:
                         if writer is not None and episode.index == writer_index:
                             writer.meta = writer.meta.model_copy(
-                                update={"extra": {**writer.meta.extra, **extra}, "policy_version": update["policy_version"]}
+                                update={
+                                    "extra": {**writer.meta.extra, **extra},
+                                    "policy_version": update["policy_version"],
+                                }
                             )
                             meta = writer.commit(success=success, success_labeled_by=labeled_by)
                             writer = None
@@ -485,9 +546,13 @@ class RecorderNode(Node):
                                 f"{CadenceReport(**extra['cadence']).line()}"
                             )
                         elif episode.steps == 0:
-                            self.get_logger().warning(f"episode #{episode.index} ended ({extra['ended_by']}) with no steps; nothing committed")
+                            self.get_logger().warning(
+                                f"episode #{episode.index} ended ({extra['ended_by']}) with no steps; nothing committed"
+                            )
                         else:
-                            self.get_logger().error(f"episode #{episode.index} not committed: an earlier write failed (see above)")
+                            self.get_logger().error(
+                                f"episode #{episode.index} not committed: an earlier write failed (see above)"
+                            )
                     finally:
                         done.set()
                 elif kind == "label":
@@ -511,7 +576,9 @@ class RecorderNode(Node):
         with self._lock:
             episode, self._episode = self._episode, None
         if episode is not None and episode.steps:
-            self.get_logger().warning(f"shutting down while recording: discarding unfinished episode #{episode.index} ({episode.steps} steps)")
+            self.get_logger().warning(
+                f"shutting down while recording: discarding unfinished episode #{episode.index} ({episode.steps} steps)"
+            )
         if episode is not None:
             self._writes.put(("discard", episode.index))
         self._writes.put(("stop", None))

@@ -65,7 +65,15 @@ CLOCK_STALL_S = 30.0
 that waits for some other commander's commands; a real arm's wall clock never stops)."""
 STEP_STALL_S = 5.0
 """Wall seconds per step before an episode counts as stalled (rendering + inference on a loaded CPU)."""
-SHUTDOWN_ORDER = ("wmpo_episode_runner", "policy_node", "teleop", "sync_node", "recorder", "sim_arm", "lerobot_bridge")
+SHUTDOWN_ORDER = (
+    "wmpo_episode_runner",
+    "policy_node",
+    "teleop",
+    "sync_node",
+    "recorder",
+    "sim_arm",
+    "lerobot_bridge",
+)
 """Commanders first (the arm stops being told anything), the recorder (commits) and the driver last."""
 
 
@@ -110,8 +118,15 @@ class RunningGraph:
     So `remove()` pauses the executor (a new one takes over with the remaining nodes) and
     `shutdown()` stops it before destroying anything."""
 
-    def __init__(self, bringup: str, config, values: dict[str, Any], context, threads: int = 6,
-                 node_kwargs: dict[str, dict[str, Any]] | None = None):
+    def __init__(
+        self,
+        bringup: str,
+        config,
+        values: dict[str, Any],
+        context,
+        threads: int = 6,
+        node_kwargs: dict[str, dict[str, Any]] | None = None,
+    ):
         from wmpo_ros.graph import bringup_graph
 
         self.context = context
@@ -152,7 +167,9 @@ class RunningGraph:
         from wmpo_ros.node_utils import parameter_overrides
 
         node = node_class(spec.executable)(
-            parameter_overrides=parameter_overrides(spec.parameters), context=self.context, **self._node_kwargs.get(spec.executable, {})
+            parameter_overrides=parameter_overrides(spec.parameters),
+            context=self.context,
+            **self._node_kwargs.get(spec.executable, {}),
         )
         self.add(spec.executable, node)
         return node
@@ -198,13 +215,17 @@ class EpisodeRunner:
         self._reader = None
         """The robot's store, read-only: announcements of episodes not in it are another graph's."""
         # On the graph's clock (sim time in simulation): a dry-run episode's time limit is in ROS time.
-        self.node = Node("wmpo_episode_runner", context=context, parameter_overrides=[Parameter("use_sim_time", value=sim)])
+        self.node = Node(
+            "wmpo_episode_runner", context=context, parameter_overrides=[Parameter("use_sim_time", value=sim)]
+        )
         self._episodes: list[dict[str, Any]] = []
         self._proposals = 0
         self._version: str | None = None
         self._cond = threading.Condition()
         self.node.create_subscription(String, self.names.recorder_episodes, self._on_episode, 10)
-        self.node.create_subscription(Float64MultiArray, self.names.policy_dry_run_action, self._on_proposal, 10)
+        self.node.create_subscription(
+            Float64MultiArray, self.names.policy_dry_run_action, self._on_proposal, 10
+        )
         self.node.create_subscription(String, self.names.policy_version, self._on_version, LATCHED_QOS)
         self._reset = self.node.create_client(Trigger, self.names.sim_reset) if sim else None
         self._start = self.node.create_client(Trigger, self.names.recorder_start)
@@ -282,7 +303,9 @@ class EpisodeRunner:
         self.enable(commander, True)
         with self._cond:
             if not self._cond.wait_for(lambda: len(self._episodes) > seen, timeout=stall_timeout_s):
-                raise RuntimeError(f"no episode committed within {stall_timeout_s:.0f} s; is the arm publishing?")
+                raise RuntimeError(
+                    f"no episode committed within {stall_timeout_s:.0f} s; is the arm publishing?"
+                )
             episode = self._episodes[seen]
         self.enable(commander, False)
         return episode
@@ -303,7 +326,9 @@ class EpisodeRunner:
     def discard_unrequested(self, what: str) -> None:
         """Discard an episode the recorder records although this runner did not start it."""
         self._call(self._discard, self._Trigger.Request(), timeout=30.0)
-        self.node.get_logger().warning(f"{what}: an episode this runner did not start (another graph on this ROS network?); discarded it")
+        self.node.get_logger().warning(
+            f"{what}: an episode this runner did not start (another graph on this ROS network?); discarded it"
+        )
 
     def run_dry_episode(self, max_steps: int) -> dict[str, Any]:
         """One dry-run episode of the policy node (module docstring): not recorded, it lasts the
@@ -313,7 +338,9 @@ class EpisodeRunner:
         self._wait_for_clock(1)  # sim time reads 0 until the first /clock
         with self._cond:
             proposed_before = self._proposals
-        end_ns = self.node.get_clock().now().nanoseconds + max_steps * round(self.config.control_period_s * 1e9)
+        end_ns = self.node.get_clock().now().nanoseconds + max_steps * round(
+            self.config.control_period_s * 1e9
+        )
         self.enable("policy_node", True)
         self._wait_for_clock(end_ns)
         self.enable("policy_node", False)
@@ -463,7 +490,13 @@ class RobotSession:
         self._context = rclpy.Context()
         try:
             rclpy.init(args=[], context=self._context, domain_id=self.isolation.domain_id)
-            self._graph = RunningGraph(self.bringup, self.config, self.values, self._context, node_kwargs={"sync_node": {"token": self._token}})
+            self._graph = RunningGraph(
+                self.bringup,
+                self.config,
+                self.values,
+                self._context,
+                node_kwargs={"sync_node": {"token": self._token}},
+            )
             self._runner = EpisodeRunner(self.config, self.sim, self.task, self._context, self.store)
             self._graph.add("wmpo_episode_runner", self._runner.node)
         except BaseException:
@@ -540,10 +573,18 @@ class RobotSession:
             status = self.sync_status
             rejection = status.last_rejection if status is not None else None
             if rejection is not None and (version is None or rejection.version == version):
-                raise RuntimeError(f"policy version '{rejection.version}' was rejected by this robot: {rejection.reason}")
+                raise RuntimeError(
+                    f"policy version '{rejection.version}' was rejected by this robot: {rejection.reason}"
+                )
             if time.monotonic() > deadline:
-                where = f"; sync node: {status.state} {status.message}".rstrip() if status is not None else " (no learner configured)"
-                raise RuntimeError(f"policy version {version or '(any)'} not loaded within {timeout_s:.0f} s{where}")
+                where = (
+                    f"; sync node: {status.state} {status.message}".rstrip()
+                    if status is not None
+                    else " (no learner configured)"
+                )
+                raise RuntimeError(
+                    f"policy version {version or '(any)'} not loaded within {timeout_s:.0f} s{where}"
+                )
             time.sleep(0.1)
 
     # ------------------------------------------------------------------ episodes
@@ -556,7 +597,9 @@ class RobotSession:
         if self._node("policy_node") is None:
             raise RuntimeError("this session runs no policy node (bringup='teleop')")
         if self.policy_version is None and self.staged_version is None:
-            raise RuntimeError("no policy loaded: give `policy=` or wait_for_version() for the learner's deployed one")
+            raise RuntimeError(
+                "no policy loaded: give `policy=` or wait_for_version() for the learner's deployed one"
+            )
         if self.dry_run:
             # A teleop node left by teleop() is a commander: the lockstep sim would wait for its
             # commands and time would stand still. teleop() brings it back when needed.
@@ -565,10 +608,19 @@ class RobotSession:
                 f"dry run: the policy's actions go to {self.names.policy_dry_run_action}, never to the arm; each episode "
                 f"runs for the time limit ({self.max_steps} steps) and is not recorded"
             )
-            return self._episodes("policy_node", "policy", count, f"dry run {self.config.name}", progress, dry_run=True)
+            return self._episodes(
+                "policy_node", "policy", count, f"dry run {self.config.name}", progress, dry_run=True
+            )
         return self._episodes("policy_node", "policy", count, f"rollouts {self.config.name}", progress)
 
-    def teleop(self, count: int, device: str = "auto", device_port: str = "", device_id: str = "", progress: bool = True) -> list[dict[str, Any]]:
+    def teleop(
+        self,
+        count: int,
+        device: str = "auto",
+        device_port: str = "",
+        device_id: str = "",
+        progress: bool = True,
+    ) -> list[dict[str, Any]]:
         """Record `count` teleoperated episodes (demonstrations) with `device` ("auto" = the
         scripted expert in a simulation that has one, else the keyboard); returns their metadata."""
         from wmpo_ros.graph import bringup_graph, recorder_source
@@ -587,9 +639,17 @@ class RobotSession:
             values = {**self.values, "device": device, "device_port": device_port, "device_id": device_id}
             (spec,) = [s for s in bringup_graph("teleop", self.config, values) if s.executable == "teleop"]
             self._graph.start_node(spec)
-        return self._episodes("teleop", recorder_source("teleop", self.config, device), count, f"teleop {self.config.name}", progress)
+        return self._episodes(
+            "teleop",
+            recorder_source("teleop", self.config, device),
+            count,
+            f"teleop {self.config.name}",
+            progress,
+        )
 
-    def _episodes(self, commander: str, source: str, count: int, what: str, progress: bool, dry_run: bool = False) -> list[dict[str, Any]]:
+    def _episodes(
+        self, commander: str, source: str, count: int, what: str, progress: bool, dry_run: bool = False
+    ) -> list[dict[str, Any]]:
         from rclpy.parameter import Parameter
         from tqdm import tqdm
 
@@ -613,7 +673,11 @@ class RobotSession:
                     self.recorded.append(meta)
                 metas.append(meta)
                 successes += bool(meta.get("success"))
-                counts = {"proposed": meta["num_steps"]} if dry_run else {"success": f"{successes}/{len(metas)}", "steps": meta["num_steps"]}
+                counts = (
+                    {"proposed": meta["num_steps"]}
+                    if dry_run
+                    else {"success": f"{successes}/{len(metas)}", "steps": meta["num_steps"]}
+                )
                 bar.set_postfix(**counts, policy=meta.get("policy_version"))
                 bar.update(1)
         return metas
@@ -643,9 +707,14 @@ class RobotSession:
         while True:
             entries = {eid: sync.outbox.entry(eid) for eid in ids}
             stats = sync.outbox.stats()
-            refused = {eid: e.last_error for eid, e in entries.items() if e is not None and e.state == "parked"}
+            refused = {
+                eid: e.last_error for eid, e in entries.items() if e is not None and e.state == "parked"
+            }
             if refused:
-                raise RuntimeError(f"the learner refused {len(refused)} episode(s): " + "; ".join(f"{k}: {v}" for k, v in refused.items()))
+                raise RuntimeError(
+                    f"the learner refused {len(refused)} episode(s): "
+                    + "; ".join(f"{k}: {v}" for k, v in refused.items())
+                )
             if stats.pending == 0 and all(e is not None and e.state == "sent" for e in entries.values()):
                 return stats.sent
             if time.monotonic() > deadline:

@@ -68,7 +68,9 @@ class SimArmNode(Node):
         p = SIM_ARM.declare(self)
         self.config = load_robot_config(p["robot"])
         if not isinstance(self.config.driver, GymSimDriver):
-            raise ValueError(f"robot config '{self.config.name}' is not simulated (driver.kind={self.config.driver.kind})")
+            raise ValueError(
+                f"robot config '{self.config.name}' is not simulated (driver.kind={self.config.driver.kind})"
+            )
         if p["real_time_factor"] < 0 or (p["real_time_factor"] == 0 and not p["lockstep"]):
             raise ValueError("real_time_factor must be > 0, or 0 (unpaced) with lockstep:=true")
         self._rtf = float(p["real_time_factor"])
@@ -83,11 +85,18 @@ class SimArmNode(Node):
         self._codec = CommandCodec(self.config)
         self._has_expert = self.config.driver.scripted_expert is not None
 
-        self._image_pubs = {c.name: self.create_publisher(Image, c.topic, camera_publisher_qos(c)) for c in self.config.cameras}
+        self._image_pubs = {
+            c.name: self.create_publisher(Image, c.topic, camera_publisher_qos(c))
+            for c in self.config.cameras
+        }
         self._state_pub = self.create_publisher(JointState, self.config.topics.joint_states, STATE_QOS)
         self._success_pub = self.create_publisher(Bool, self.names.success, STATE_QOS)
         self._seed_pub = self.create_publisher(Int64, self.names.env_seed, LATCHED_QOS)
-        self._expert_pub = self.create_publisher(JointState, self.names.expert_action, STATE_QOS) if self._has_expert else None
+        self._expert_pub = (
+            self.create_publisher(JointState, self.names.expert_action, STATE_QOS)
+            if self._has_expert
+            else None
+        )
         self._clock_pub = self.create_publisher(Clock, "/clock", CLOCK_QOS)
 
         self._cond = threading.Condition()
@@ -99,8 +108,12 @@ class SimArmNode(Node):
         self.steps = 0
         self.republished = 0
         """Lockstep: times the current observation was re-published while waiting for a command."""
-        self.create_subscription(self._codec.msg_type, self.config.topics.command, self._on_command, STATE_QOS)
-        self.create_service(Trigger, self.names.sim_reset, self._on_reset, callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_subscription(
+            self._codec.msg_type, self.config.topics.command, self._on_command, STATE_QOS
+        )
+        self.create_service(
+            Trigger, self.names.sim_reset, self._on_reset, callback_group=MutuallyExclusiveCallbackGroup()
+        )
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._ready = threading.Event()
@@ -143,7 +156,9 @@ class SimArmNode(Node):
                 with self._cond:
                     self._seed_base, self._episode, self._scene_touched = int(param.value), 0, False
             elif param.name in SIM_ARM.names:
-                return SetParametersResult(successful=False, reason=f"'{param.name}' is read at start-up only")
+                return SetParametersResult(
+                    successful=False, reason=f"'{param.name}' is read at start-up only"
+                )
         return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------------ simulation thread
@@ -155,7 +170,9 @@ class SimArmNode(Node):
 
         try:
             self._arm = SimArm(self.config)
-            self._hold = SafetyFilter(self.config.action)  # used for its hold rule only: the arm executes what it is told
+            self._hold = SafetyFilter(
+                self.config.action
+            )  # used for its hold rule only: the arm executes what it is told
             self._reset_scene()
         except BaseException as exc:  # reported by the constructor
             self._failure = exc
@@ -266,11 +283,15 @@ class SimArmNode(Node):
     def _publish(self, obs) -> None:
         stamp = nanoseconds_to_stamp(self._sim_ns)
         for cam in self.config.cameras:
-            self._image_pubs[cam.name].publish(image_to_msg(obs.images[cam.name], stamp, f"{cam.name}_camera_optical_frame", cam.encoding))
+            self._image_pubs[cam.name].publish(
+                image_to_msg(obs.images[cam.name], stamp, f"{cam.name}_camera_optical_frame", cam.encoding)
+            )
         self._state_pub.publish(joint_state_msg(self.config, obs.state, stamp))
         self._success_pub.publish(Bool(data=bool(obs.success)))
         if self._expert_pub is not None and self._expert is not None:
-            suggestion = JointState(name=list(self.config.action.names), position=[float(v) for v in self._expert])
+            suggestion = JointState(
+                name=list(self.config.action.names), position=[float(v) for v in self._expert]
+            )
             suggestion.header.stamp = stamp  # the observation it answers
             self._expert_pub.publish(suggestion)
         self._clock_pub.publish(Clock(clock=stamp))

@@ -104,7 +104,9 @@ class StepSynchronizer:
         self._success_signal = True
         self._success.add(sent_ns, 0.0, bool(success))
 
-    def add_command(self, sent_ns: int, action: np.ndarray, wall: float, time: float | None = None, hold: bool = False) -> None:
+    def add_command(
+        self, sent_ns: int, action: np.ndarray, wall: float, time: float | None = None, hold: bool = False
+    ) -> None:
         self._pending.append(_Pending(sent_ns, time, np.asarray(action, dtype=np.float64), wall, hold))
 
     def new_episode(self) -> None:
@@ -145,7 +147,11 @@ class StepSynchronizer:
         state = self._state.before(cmd.sent_ns)
         if state is None:
             return None
-        success_seen = any(value for sent, (_, value) in zip(self._success.sent, self._success.items, strict=True) if sent < cmd.sent_ns)
+        success_seen = any(
+            value
+            for sent, (_, value) in zip(self._success.sent, self._success.items, strict=True)
+            if sent < cmd.sent_ns
+        )
         step_time = cmd.time if cmd.time is not None else max(state[0], *image_times.values())
         return SyncedStep(
             time=step_time,

@@ -60,7 +60,15 @@ from wmpo_ros.learner_client import IntegrityError, LearnerClient, LearnerError,
 from wmpo_ros.messages import LATCHED_QOS
 from wmpo_ros.names import graph_names
 from wmpo_ros.node_utils import run_node
-from wmpo_ros.outbox import Backoff, Outbox, OutboxEntry, OutboxWorker, PermanentUploadError, UploadFn, store_uploader
+from wmpo_ros.outbox import (
+    Backoff,
+    Outbox,
+    OutboxEntry,
+    OutboxWorker,
+    PermanentUploadError,
+    UploadFn,
+    store_uploader,
+)
 from wmpo_ros.params import POLICY, SYNC
 
 MANIFEST = "manifest.json"
@@ -102,7 +110,9 @@ def check_manifest(path: Path, version: str, config: RobotConfig) -> None:
     robot = manifest.get("robot")
     if isinstance(robot, dict):
         if robot.get("name") != config.name:
-            raise VersionRejected(f"trained for robot config '{robot.get('name')}', this robot is '{config.name}'")
+            raise VersionRejected(
+                f"trained for robot config '{robot.get('name')}', this robot is '{config.name}'"
+            )
         if robot.get("content_hash") != config.content_hash:
             raise VersionRejected(
                 f"trained for a different version of robot config '{config.name}' "
@@ -145,7 +155,12 @@ class SyncNode(Node):
         p = SYNC.declare(self)
         if not p["learner_url"]:
             raise ValueError("sync_node needs the learner's URL: set the 'learner_url' parameter")
-        if p["long_poll_s"] <= 0 or p["stage_timeout_s"] <= 0 or p["retry_max_s"] <= 0 or p["keep_versions"] < 2:
+        if (
+            p["long_poll_s"] <= 0
+            or p["stage_timeout_s"] <= 0
+            or p["retry_max_s"] <= 0
+            or p["keep_versions"] < 2
+        ):
             raise ValueError("long_poll_s, stage_timeout_s and retry_max_s must be > 0, keep_versions >= 2")
         self.config = load_robot_config(p["robot"])
         self.names = graph_names(self.config)
@@ -166,7 +181,9 @@ class SyncNode(Node):
         self._stopping = threading.Event()
         self._load_wait: tuple[str, threading.Event, dict[str, Any]] | None = None
         """(spec asked of the policy node, set when its outcome arrives, the outcome)."""
-        self.status = SyncStatus(learner_url=self.client.base_url, state="waiting" if p["update_policy"] else "uploads only")
+        self.status = SyncStatus(
+            learner_url=self.client.base_url, state="waiting" if p["update_policy"] else "uploads only"
+        )
         self._published: str | None = None
         self._status_pub = self.create_publisher(String, self.names.sync_status, LATCHED_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -178,21 +195,44 @@ class SyncNode(Node):
         self._uploader: UploadFn | None = None
         if p["upload"]:
             self.outbox = Outbox(p["outbox"] or f"{self.store_path}.outbox.sqlite")
-            self._uploads = OutboxWorker(self.outbox, self._upload, backoff=self._backoff, on_parked=self._on_parked, probe=self.client.answers)
-            self.create_subscription(String, self.names.recorder_episodes, self._on_committed, 100, callback_group=inputs)
+            self._uploads = OutboxWorker(
+                self.outbox,
+                self._upload,
+                backoff=self._backoff,
+                on_parked=self._on_parked,
+                probe=self.client.answers,
+            )
+            self.create_subscription(
+                String, self.names.recorder_episodes, self._on_committed, 100, callback_group=inputs
+            )
             self._enqueue_local_store()
             self._uploads.start()
 
         self._policy_params: AsyncParameterClient | None = None
         self._updates: threading.Thread | None = None
         if p["update_policy"]:
-            self.create_subscription(String, self.names.policy_version, self._on_active, LATCHED_QOS, callback_group=inputs)
-            self.create_subscription(String, self.names.policy_staged, self._on_staged, LATCHED_QOS, callback_group=inputs)
-            self.create_subscription(String, self.names.policy_loads, self._on_load, 10, callback_group=inputs)
-            self._policy_params = AsyncParameterClient(self, POLICY.node_name, callback_group=MutuallyExclusiveCallbackGroup())
-            self._updates = threading.Thread(target=self._follow_deployments, name="wmpo-sync-policy", daemon=True)
+            self.create_subscription(
+                String, self.names.policy_version, self._on_active, LATCHED_QOS, callback_group=inputs
+            )
+            self.create_subscription(
+                String, self.names.policy_staged, self._on_staged, LATCHED_QOS, callback_group=inputs
+            )
+            self.create_subscription(
+                String, self.names.policy_loads, self._on_load, 10, callback_group=inputs
+            )
+            self._policy_params = AsyncParameterClient(
+                self, POLICY.node_name, callback_group=MutuallyExclusiveCallbackGroup()
+            )
+            self._updates = threading.Thread(
+                target=self._follow_deployments, name="wmpo-sync-policy", daemon=True
+            )
             self._updates.start()
-        self.create_timer(1.0, self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME), callback_group=inputs)
+        self.create_timer(
+            1.0,
+            self._publish_diagnostics,
+            clock=Clock(clock_type=ClockType.STEADY_TIME),
+            callback_group=inputs,
+        )
         self._update()
 
     # ------------------------------------------------------------------ status
@@ -204,7 +244,9 @@ class SyncNode(Node):
             self.status = replace(self.status, **changes)
             if self.outbox is not None:
                 stats = self.outbox.stats()
-                self.status = replace(self.status, outbox={"pending": stats.pending, "sent": stats.sent, "parked": stats.parked})
+                self.status = replace(
+                    self.status, outbox={"pending": stats.pending, "sent": stats.sent, "parked": stats.parked}
+                )
             text = json.dumps(asdict(self.status), sort_keys=True)
             if text == self._published:
                 return
@@ -229,13 +271,19 @@ class SyncNode(Node):
             oldest = self.outbox.stats().oldest_pending_s
             values["outbox_oldest_pending_s"] = "" if oldest is None else f"{oldest:.1f}"
         if s.state == "rejected":
-            level, message = DiagnosticStatus.ERROR, f"deployed version {s.deployed_version} rejected; running {s.active_version}"
+            level, message = (
+                DiagnosticStatus.ERROR,
+                f"deployed version {s.deployed_version} rejected; running {s.active_version}",
+            )
         elif s.learner_reachable is False or s.outbox.get("parked"):
             level, message = DiagnosticStatus.WARN, s.message or "learner unreachable"
         else:
             level, message = DiagnosticStatus.OK, s.state
         return DiagnosticStatus(
-            level=level, name=f"wmpo/{self.get_name()}", message=message, hardware_id=self.config.name,
+            level=level,
+            name=f"wmpo/{self.get_name()}",
+            message=message,
+            hardware_id=self.config.name,
             values=[KeyValue(key=k, value=v) for k, v in values.items()],
         )
 
@@ -255,13 +303,17 @@ class SyncNode(Node):
         with EpisodeStore.open(self.store_path) as store:
             new = [eid for eid in store.episode_ids if self.outbox.enqueue(eid)]
         if new:
-            self.get_logger().info(f"queued {len(new)} episode(s) from {self.store_path} that the learner may not have yet")
+            self.get_logger().info(
+                f"queued {len(new)} episode(s) from {self.store_path} that the learner may not have yet"
+            )
 
     def _on_committed(self, msg: String) -> None:
         try:
             episode_id = str(json.loads(msg.data)["episode_id"])
         except (ValueError, KeyError, TypeError) as exc:
-            self.get_logger().error(f"unreadable episode announcement on {self.names.recorder_episodes}: {exc}")
+            self.get_logger().error(
+                f"unreadable episode announcement on {self.names.recorder_episodes}: {exc}"
+            )
             return
         if not self._in_own_store(episode_id):
             self.get_logger().warning(
@@ -293,14 +345,18 @@ class SyncNode(Node):
         if self._uploader is None:  # the recorder creates the store; it may not exist when we start
             store = self._local_store()
             if store is None:
-                raise PermanentUploadError(f"episode '{episode_id}': there is no local store at {self.store_path}")
+                raise PermanentUploadError(
+                    f"episode '{episode_id}': there is no local store at {self.store_path}"
+                )
             self._uploader = store_uploader(self.client, store)
         result = self._uploader(episode_id)
         self.get_logger().info(f"episode {episode_id} uploaded ({result})")
         return result
 
     def _on_parked(self, entry: OutboxEntry) -> None:
-        self.get_logger().error(f"episode {entry.episode_id} will not be uploaded (the learner refused it): {entry.last_error}")
+        self.get_logger().error(
+            f"episode {entry.episode_id} will not be uploaded (the learner refused it): {entry.last_error}"
+        )
 
     # ------------------------------------------------------------------ policies down
 
@@ -329,7 +385,9 @@ class SyncNode(Node):
                 return
             self._update(state="waiting", message=f"waiting for the policy node ({POLICY.node_name})")
         deadline = time.monotonic() + 2.0
-        while self.status.active_version is None and time.monotonic() < deadline and not self._stopping.is_set():
+        while (
+            self.status.active_version is None and time.monotonic() < deadline and not self._stopping.is_set()
+        ):
             time.sleep(0.05)
         self._update(message="")
 
@@ -355,10 +413,18 @@ class SyncNode(Node):
                 failures += 1
                 delay = self._backoff.delay(failures, self._rng)
                 unreachable = isinstance(exc, LearnerError) and exc.retryable
-                self._update(state="retrying", message=f"{exc}; retrying in {delay:.0f} s", **({"learner_reachable": False} if unreachable else {}))
-                self.get_logger().warning(f"policy update: {exc}; retrying in {delay:.1f} s", throttle_duration_sec=30.0)
+                self._update(
+                    state="retrying",
+                    message=f"{exc}; retrying in {delay:.0f} s",
+                    **({"learner_reachable": False} if unreachable else {}),
+                )
+                self.get_logger().warning(
+                    f"policy update: {exc}; retrying in {delay:.1f} s", throttle_duration_sec=30.0
+                )
                 if unreachable and not self.client.answers():
-                    self._wait_for_learner(delay)  # back as soon as it answers, not at the end of a long backoff
+                    self._wait_for_learner(
+                        delay
+                    )  # back as soon as it answers, not at the end of a long backoff
                 else:
                     self._stopping.wait(delay)
             except Exception as exc:  # a bug here must not end the updates silently
@@ -371,7 +437,9 @@ class SyncNode(Node):
         """Wait until the learner answers its health probe again, at most `longest_s`."""
         deadline = time.monotonic() + longest_s
         while not self._stopping.is_set() and time.monotonic() < deadline:
-            self._stopping.wait(min(PROBE_INTERVAL_S * (0.5 + self._rng.random() / 2), max(0.0, deadline - time.monotonic())))
+            self._stopping.wait(
+                min(PROBE_INTERVAL_S * (0.5 + self._rng.random() / 2), max(0.0, deadline - time.monotonic()))
+            )
             if self.client.answers():
                 return
 
@@ -428,7 +496,9 @@ class SyncNode(Node):
             if not result.successful:
                 raise VersionRejected(result.reason)
             if not loaded.wait(self._stage_timeout_s):
-                raise RetryLater(f"the policy node did not finish loading within {self._stage_timeout_s:.0f} s")
+                raise RetryLater(
+                    f"the policy node did not finish loading within {self._stage_timeout_s:.0f} s"
+                )
             if self._stopping.is_set():
                 raise RetryLater("the sync node is shutting down")
         finally:
@@ -439,7 +509,9 @@ class SyncNode(Node):
 
     def _reject(self, version: str, reason: str) -> None:
         running = self.status.active_version or "no policy"
-        self.get_logger().error(f"rejected policy version '{version}' from the learner: {reason} (still running {running})")
+        self.get_logger().error(
+            f"rejected policy version '{version}' from the learner: {reason} (still running {running})"
+        )
         try:  # the version came from the network: delete only inside the cache
             shutil.rmtree(child_path(self.cache, version, "rejected policy version"), ignore_errors=True)
         except UnsafeNameError as exc:
@@ -447,7 +519,10 @@ class SyncNode(Node):
         self._update(state="rejected", last_rejection=Rejection(version, reason, time.time()))
 
     def _prune_cache(self, keep: str) -> None:
-        versions = sorted((d for d in self.cache.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.stat().st_mtime)
+        versions = sorted(
+            (d for d in self.cache.iterdir() if d.is_dir() and not d.name.startswith(".")),
+            key=lambda d: d.stat().st_mtime,
+        )
         protected = {keep, self.status.active_version}
         for old in versions[: max(0, len(versions) - self._keep_versions)]:
             if old.name not in protected:

@@ -66,7 +66,9 @@ class KeyboardMapping:
         self._gripper_open = dims[-1].high
         self.gripper = dims[-1].high
 
-    def action(self, keys: list[str], state: np.ndarray | None, last_command: np.ndarray | None) -> np.ndarray | None:
+    def action(
+        self, keys: list[str], state: np.ndarray | None, last_command: np.ndarray | None
+    ) -> np.ndarray | None:
         dims = self.config.action.dims
         if self.config.action.space == "ee_delta_gripper":
             action = np.zeros(len(dims))
@@ -139,12 +141,19 @@ class KeyboardDevice(TeleopDevice):
 GAMEPAD_CLOSE, GAMEPAD_STAY, GAMEPAD_OPEN = 0, 1, 2
 
 
-def gamepad_action(values: Mapping[str, float], config: RobotConfig, last_command: np.ndarray | None) -> np.ndarray:
+def gamepad_action(
+    values: Mapping[str, float], config: RobotConfig, last_command: np.ndarray | None
+) -> np.ndarray:
     """LeRobot gamepad reading (delta_x/y/z in [-1, 1], gripper close/stay/open) -> action."""
     if config.action.space != "ee_delta_gripper":
-        raise TeleopDeviceError(f"the gamepad commands end-effector motion; robot config '{config.name}' takes {config.action.space}")
+        raise TeleopDeviceError(
+            f"the gamepad commands end-effector motion; robot config '{config.name}' takes {config.action.space}"
+        )
     dims = config.action.dims
-    deltas = [float(values.get(k, 0.0)) * d.max_step_change for k, d in zip(("delta_x", "delta_y", "delta_z"), dims[:3], strict=False)]
+    deltas = [
+        float(values.get(k, 0.0)) * d.max_step_change
+        for k, d in zip(("delta_x", "delta_y", "delta_z"), dims[:3], strict=False)
+    ]
     code = int(values.get("gripper", GAMEPAD_STAY))
     if code == GAMEPAD_OPEN:
         gripper = dims[-1].high
@@ -168,7 +177,9 @@ class GamepadDevice(TeleopDevice):
         from lerobot.teleoperators.gamepad.configuration_gamepad import GamepadTeleopConfig
         from lerobot.teleoperators.gamepad.teleop_gamepad import GamepadTeleop
 
-        self._gamepad = GamepadTeleop(GamepadTeleopConfig(use_gripper=True, hidapi_fallback=not _pygame_available))
+        self._gamepad = GamepadTeleop(
+            GamepadTeleopConfig(use_gripper=True, hidapi_fallback=not _pygame_available)
+        )
         self._gamepad.connect()
 
     def action(self, state: np.ndarray | None, last_command: np.ndarray | None) -> np.ndarray | None:
@@ -181,17 +192,22 @@ class GamepadDevice(TeleopDevice):
 
 # ----------------------------------------------------------------------------------- leader arm
 
+
 def leader_action(values: Mapping[str, float], config: RobotConfig) -> np.ndarray:
     """LeRobot leader-arm reading ('shoulder_pan.pos': degrees, ...) -> joint-position action."""
     if config.action.space != "joint_position":
-        raise TeleopDeviceError(f"a leader arm commands joint positions; robot config '{config.name}' takes {config.action.space}")
+        raise TeleopDeviceError(
+            f"a leader arm commands joint positions; robot config '{config.name}' takes {config.action.space}"
+        )
     return from_lerobot(values, config)
 
 
 class LeaderArmDevice(TeleopDevice):
     def __init__(self, config: RobotConfig, port: str, device_id: str):
         if config.action.space != "joint_position":
-            raise TeleopDeviceError(f"a leader arm commands joint positions; robot config '{config.name}' takes {config.action.space}")
+            raise TeleopDeviceError(
+                f"a leader arm commands joint positions; robot config '{config.name}' takes {config.action.space}"
+            )
         check_convertible(config)  # the leader speaks the follower's LeRobot units
         if not port:
             raise TeleopDeviceError("so101_leader needs device_port (e.g. /dev/ttyACM1)")
@@ -219,7 +235,9 @@ def resolve_device(device: str, config: RobotConfig) -> str:
     if device not in DEVICES:
         raise TeleopDeviceError(f"unknown teleop device '{device}' (choose from auto, {', '.join(DEVICES)})")
     if device == "scripted" and not getattr(config.driver, "scripted_expert", None):
-        raise TeleopDeviceError(f"device 'scripted' relays the simulator's expert; robot config '{config.name}' has none")
+        raise TeleopDeviceError(
+            f"device 'scripted' relays the simulator's expert; robot config '{config.name}' has none"
+        )
     return device
 
 

@@ -46,14 +46,27 @@ class TeleopNode(Node):
 
         self._command_pub = self.create_publisher(self._codec.msg_type, self.config.topics.command, STATE_QOS)
         inputs = MutuallyExclusiveCallbackGroup()
-        self.create_subscription(JointState, self.config.topics.joint_states, self._on_joint_state, STATE_QOS, callback_group=inputs)
+        self.create_subscription(
+            JointState,
+            self.config.topics.joint_states,
+            self._on_joint_state,
+            STATE_QOS,
+            callback_group=inputs,
+        )
         if self.device == "scripted":
-            self.create_subscription(JointState, self.names.expert_action, self._on_expert, STATE_QOS, callback_group=inputs)
+            self.create_subscription(
+                JointState, self.names.expert_action, self._on_expert, STATE_QOS, callback_group=inputs
+            )
         else:
             self._device = make_device(self.device, self.config, p["device_port"], p["device_id"])
             self._device.connect()
             self.create_timer(self.config.control_period_s, self._tick, callback_group=inputs)
-        self.create_service(SetBool, self.names.teleop_enable, self._on_enable, callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_service(
+            SetBool,
+            self.names.teleop_enable,
+            self._on_enable,
+            callback_group=MutuallyExclusiveCallbackGroup(),
+        )
         self.get_logger().info(f"teleop device: {self.device}")
         if p["autostart"]:
             self.enable(True)
@@ -111,7 +124,9 @@ class TeleopNode(Node):
             return False
         command, events = self._safety.filter(proposal)
         if events.dropped_non_finite:
-            self.get_logger().warning("teleop device produced a non-finite action; holding", throttle_duration_sec=5.0)
+            self.get_logger().warning(
+                "teleop device produced a non-finite action; holding", throttle_duration_sec=5.0
+            )
         if command is None:
             return False
         self._command_pub.publish(self._codec.encode(command, hold=events.dropped_non_finite))

@@ -78,7 +78,9 @@ def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def check_weights(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: str) -> None:
+def check_weights(
+    tensors: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: str
+) -> None:
     """Refuse weights that do not fit the model: missing or unexpected keys, other shapes, other
     dtypes (load_state_dict would cast int8 or float16 silently), NaN or infinite values."""
     missing_keys = sorted(set(expected) - set(tensors))
@@ -89,10 +91,16 @@ def check_weights(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, to
         for k in common
         if tensors[k].shape != expected[k].shape
     ]
-    bad_dtypes = [f"{k}: stored as {tensors[k].dtype}, model has {expected[k].dtype}" for k in common if tensors[k].dtype != expected[k].dtype]
+    bad_dtypes = [
+        f"{k}: stored as {tensors[k].dtype}, model has {expected[k].dtype}"
+        for k in common
+        if tensors[k].dtype != expected[k].dtype
+    ]
     non_finite = [
-        k for k in common
-        if (tensors[k].is_floating_point() or tensors[k].is_complex()) and not bool(torch.isfinite(tensors[k]).all())
+        k
+        for k in common
+        if (tensors[k].is_floating_point() or tensors[k].is_complex())
+        and not bool(torch.isfinite(tensors[k]).all())
     ]
     parts = []
     if missing_keys:
@@ -106,7 +114,9 @@ def check_weights(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, to
     if non_finite:
         parts.append(f"{len(non_finite)} tensors hold NaN or infinite values (e.g. {non_finite[:3]})")
     if parts:
-        raise CheckpointError(f"{source}: weights do not fit the model its config describes: " + "; ".join(parts))
+        raise CheckpointError(
+            f"{source}: weights do not fit the model its config describes: " + "; ".join(parts)
+        )
 
 
 def check_entries(root: Path) -> None:
@@ -125,12 +135,16 @@ def check_entries(root: Path) -> None:
             except FileNotFoundError:
                 continue  # a missing entry is reported as such by the caller
             if stat.S_ISLNK(mode):
-                raise CheckpointError(f"{path}: is a symlink (to {os.readlink(path)}); a checkpoint must hold its own files")
+                raise CheckpointError(
+                    f"{path}: is a symlink (to {os.readlink(path)}); a checkpoint must hold its own files"
+                )
             if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)) or not path.resolve().is_relative_to(base):
                 raise CheckpointError(f"{path}: not a regular file inside the checkpoint directory")
 
 
-def _rebuild(config: VLAConfig, backbone_config: Any, tokenizer: Any, normalization: Mapping[str, Any]) -> VLA:
+def _rebuild(
+    config: VLAConfig, backbone_config: Any, tokenizer: Any, normalization: Mapping[str, Any]
+) -> VLA:
     """The model these configs describe, with fresh weights, as the loader builds it (on the
     current default device: under `torch.device("meta")` only shapes and dtypes, no memory)."""
     from transformers import AutoModel
@@ -141,7 +155,11 @@ def _rebuild(config: VLAConfig, backbone_config: Any, tokenizer: Any, normalizat
 
 
 def _config_files(root: Path) -> list[Path]:
-    files = [root / CONFIG, *sorted((root / BACKBONE_DIR).rglob("*")), *sorted((root / TOKENIZER_DIR).rglob("*"))]
+    files = [
+        root / CONFIG,
+        *sorted((root / BACKBONE_DIR).rglob("*")),
+        *sorted((root / TOKENIZER_DIR).rglob("*")),
+    ]
     return [f for f in files if f.is_file()]
 
 
@@ -320,7 +338,10 @@ def load_checkpoint(
         raise CheckpointError(f"{root}/{WEIGHTS}: unreadable safetensors file ({exc})") from None
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{root}/{WEIGHTS}: metadata does not identify a '{FORMAT}' checkpoint")
-    for key, expected in (("version", manifest.get("version")), ("parent_version", manifest.get("parent_version") or "")):
+    for key, expected in (
+        ("version", manifest.get("version")),
+        ("parent_version", manifest.get("parent_version") or ""),
+    ):
         if metadata.get(key) != expected:
             raise CheckpointError(
                 f"{root}: {WEIGHTS} metadata says {key}={metadata.get(key)!r} but {MANIFEST} says {expected!r}"
@@ -343,13 +364,20 @@ def load_checkpoint(
             "the policy would decode actions with statistics it was not trained with"
         )
     if config_sha256(root) != metadata.get("config_sha256"):
-        raise CheckpointError(f"{root}: {CONFIG}, {BACKBONE_DIR}/ or {TOKENIZER_DIR}/ differ from what was saved with the weights")
+        raise CheckpointError(
+            f"{root}: {CONFIG}, {BACKBONE_DIR}/ or {TOKENIZER_DIR}/ differ from what was saved with the weights"
+        )
 
     from transformers import AutoConfig, AutoTokenizer
 
     try:
         config = VLAConfig.from_dict(json.loads((root / CONFIG).read_text()))
-        model = _rebuild(config, AutoConfig.from_pretrained(root / BACKBONE_DIR), AutoTokenizer.from_pretrained(root / TOKENIZER_DIR), normalization)
+        model = _rebuild(
+            config,
+            AutoConfig.from_pretrained(root / BACKBONE_DIR),
+            AutoTokenizer.from_pretrained(root / TOKENIZER_DIR),
+            normalization,
+        )
     except (VLAConfigError, ValueError, KeyError, OSError) as exc:
         raise CheckpointError(f"{root}: cannot rebuild the model from its config ({exc})") from None
     if robot_config is not None:
@@ -381,11 +409,14 @@ def _check_robot(layout: Mapping[str, Any], robot_config: RobotConfig, model: VL
         )
     for camera in model.cameras:
         if camera not in robot_config.camera_names:
-            problems.append(f"camera '{camera}' used by the policy is not in the robot config ({robot_config.camera_names})")
+            problems.append(
+                f"camera '{camera}' used by the policy is not in the robot config ({robot_config.camera_names})"
+            )
         elif robot_config.camera(camera).channels != 3:
             problems.append(f"camera '{camera}' is not RGB in the robot config")
     if model.state_normalizer is not None and (
-        layout.get("joint_names") != robot_config.joint_names or model.state_normalizer.dim != len(robot_config.joints)
+        layout.get("joint_names") != robot_config.joint_names
+        or model.state_normalizer.dim != len(robot_config.joints)
     ):
         problems.append(f"joints: checkpoint {layout.get('joint_names')}, robot {robot_config.joint_names}")
     if problems:

@@ -37,9 +37,13 @@ class BackboneSpec:
 
     def __post_init__(self) -> None:
         if self.kind == "pretrained" and not self.name_or_path:
-            raise VLAConfigError("backbone.kind 'pretrained' needs backbone.name_or_path (hub id or local directory)")
+            raise VLAConfigError(
+                "backbone.kind 'pretrained' needs backbone.name_or_path (hub id or local directory)"
+            )
         if self.kind == "from_config" and not isinstance(self.config, dict):
-            raise VLAConfigError("backbone.kind 'from_config' needs backbone.config (a transformers config mapping)")
+            raise VLAConfigError(
+                "backbone.kind 'from_config' needs backbone.config (a transformers config mapping)"
+            )
         if self.kind not in ("pretrained", "from_config"):
             raise VLAConfigError(f"backbone.kind must be 'pretrained' or 'from_config', got {self.kind!r}")
 
@@ -75,11 +79,15 @@ class VLAConfig:
         if self.image_size < 8:
             raise VLAConfigError(f"image_size must be >= 8, got {self.image_size}")
         if self.prompt_template.count(IMAGE_PLACEHOLDER) != 1:
-            raise VLAConfigError(f"prompt_template must contain '{IMAGE_PLACEHOLDER}' exactly once: {self.prompt_template!r}")
+            raise VLAConfigError(
+                f"prompt_template must contain '{IMAGE_PLACEHOLDER}' exactly once: {self.prompt_template!r}"
+            )
         if "{instruction}" not in self.prompt_template.split(IMAGE_PLACEHOLDER)[1]:
             raise VLAConfigError("prompt_template needs '{instruction}' after the image placeholder")
         if self.cameras is not None and len(self.cameras) == 0:
-            raise VLAConfigError("cameras must name at least one camera (or be null for the robot's first camera)")
+            raise VLAConfigError(
+                "cameras must name at least one camera (or be null for the robot's first camera)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,7 +160,9 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     if not path.suffix and not path.exists():
         path = CONFIG_DIR / f"{name_or_path}.json"
         if not path.is_file():
-            raise VLAConfigError(f"no VLA recipe named '{name_or_path}'; available: {available_recipes()} or a JSON file path")
+            raise VLAConfigError(
+                f"no VLA recipe named '{name_or_path}'; available: {available_recipes()} or a JSON file path"
+            )
     if not path.is_file():
         raise VLAConfigError(f"{path}: VLA recipe file not found")
     try:
@@ -160,11 +170,17 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     except ValueError as exc:
         raise VLAConfigError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict) or "model" not in data:
-        raise VLAConfigError(f"{path}: a recipe is a JSON object with a 'model' section (and optionally 'sft')")
+        raise VLAConfigError(
+            f"{path}: a recipe is a JSON object with a 'model' section (and optionally 'sft')"
+        )
     unknown = sorted(set(data) - {"model", "sft", "description"})
     if unknown:
         raise VLAConfigError(f"{path}: unknown recipe sections {unknown}")
     try:
-        return Recipe(name=path.stem, model=VLAConfig.from_dict(data["model"]), sft=SFTSettings.from_dict(data.get("sft", {})))
+        return Recipe(
+            name=path.stem,
+            model=VLAConfig.from_dict(data["model"]),
+            sft=SFTSettings.from_dict(data.get("sft", {})),
+        )
     except VLAConfigError as exc:
         raise VLAConfigError(f"{path}: {exc}") from None

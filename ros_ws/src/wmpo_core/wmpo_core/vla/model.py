@@ -60,7 +60,9 @@ def build_backbone(spec: BackboneSpec, tokenizer_corpus: Sequence[str]) -> tuple
     data = dict(spec.config or {})
     model_type = data.pop("model_type", None)
     if model_type not in SUPPORTED_BACKBONES:
-        raise VLAConfigError(f"backbone.config.model_type must be one of {SUPPORTED_BACKBONES}, got {model_type!r}")
+        raise VLAConfigError(
+            f"backbone.config.model_type must be one of {SUPPORTED_BACKBONES}, got {model_type!r}"
+        )
     text = dict(data.pop("text_config", {}))
     text.update(
         vocab_size=len(tokenizer),
@@ -107,7 +109,9 @@ class VLA(nn.Module):
             )
         vision_size = backbone.config.vision_config.image_size
         if vision_size != config.image_size:
-            raise VLAConfigError(f"config.image_size is {config.image_size} but the backbone's vision encoder takes {vision_size} px")
+            raise VLAConfigError(
+                f"config.image_size is {config.image_size} but the backbone's vision encoder takes {vision_size} px"
+            )
         if config.use_state and state_normalizer is None:
             raise VLAConfigError("config.use_state needs state normalization statistics")
         self.config = config
@@ -128,9 +132,14 @@ class VLA(nn.Module):
         head_hidden = config.head_hidden_size or hidden
         self.action_queries = nn.Parameter(torch.randn(self.chunk_size * self.action_dim, hidden) * 0.02)
         self.action_head = nn.Sequential(
-            nn.LayerNorm(hidden), nn.Linear(hidden, head_hidden), nn.GELU(), nn.Linear(head_hidden, self.num_bins)
+            nn.LayerNorm(hidden),
+            nn.Linear(hidden, head_hidden),
+            nn.GELU(),
+            nn.Linear(head_hidden, self.num_bins),
         )
-        self.state_proj = nn.Linear(state_normalizer.dim, hidden) if self.state_normalizer is not None else None
+        self.state_proj = (
+            nn.Linear(state_normalizer.dim, hidden) if self.state_normalizer is not None else None
+        )
 
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
@@ -141,7 +150,9 @@ class VLA(nn.Module):
         if tokenizer.bos_token_id is not None and (not prefix or prefix[0] != tokenizer.bos_token_id):
             prefix = [tokenizer.bos_token_id, *prefix]
         self.register_buffer("_prefix_ids", torch.tensor(prefix, dtype=torch.long), persistent=False)
-        self.register_buffer("_pixel_mean", torch.tensor(config.image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "_pixel_mean", torch.tensor(config.image_mean).view(1, 3, 1, 1), persistent=False
+        )
         self.register_buffer("_pixel_std", torch.tensor(config.image_std).view(1, 3, 1, 1), persistent=False)
         self._suffix_cache: dict[str, list[int]] = {}
 
@@ -161,8 +172,12 @@ class VLA(nn.Module):
             raise VLAConfigError(
                 f"action statistics have {action_normalizer.dim} dims, robot '{robot_config.name}' has {robot_config.action.dim}"
             )
-        if config.use_state and (state_normalizer is None or state_normalizer.dim != len(robot_config.joints)):
-            raise VLAConfigError(f"use_state needs state statistics for the {len(robot_config.joints)} joints")
+        if config.use_state and (
+            state_normalizer is None or state_normalizer.dim != len(robot_config.joints)
+        ):
+            raise VLAConfigError(
+                f"use_state needs state statistics for the {len(robot_config.joints)} joints"
+            )
         corpus = [config.prompt_template.replace(IMAGE_PLACEHOLDER, " "), *robot_config.tasks]
         backbone, tokenizer = build_backbone(config.backbone, corpus)
         return cls(config, backbone, tokenizer, action_normalizer, state_normalizer)
@@ -194,11 +209,15 @@ class VLA(nn.Module):
         """
         if not isinstance(frames, Mapping):
             if len(self.cameras) != 1:
-                raise ValueError(f"this model sees cameras {list(self.cameras)}: pass a mapping camera -> frames")
+                raise ValueError(
+                    f"this model sees cameras {list(self.cameras)}: pass a mapping camera -> frames"
+                )
             frames = {self.cameras[0]: frames}
         missing = [c for c in self.cameras if c not in frames]
         if missing:
-            raise ValueError(f"frames for cameras {missing} are missing (model sees {list(self.cameras)}, got {list(frames)})")
+            raise ValueError(
+                f"frames for cameras {missing} are missing (model sees {list(self.cameras)}, got {list(frames)})"
+            )
         pixels = torch.stack([self._prepare_frames(frames[c], c) for c in self.cameras], dim=1)
         batch = pixels.shape[0]
         if isinstance(instructions, str):
@@ -217,7 +236,9 @@ class VLA(nn.Module):
                 raise ValueError("this model uses the joint state (config.use_state): pass state (B, J)")
             state_np = state.detach().cpu().numpy() if isinstance(state, torch.Tensor) else np.asarray(state)
             if state_np.shape != (batch, self.state_normalizer.dim):
-                raise ValueError(f"state must be ({batch}, {self.state_normalizer.dim}), got {state_np.shape}")
+                raise ValueError(
+                    f"state must be ({batch}, {self.state_normalizer.dim}), got {state_np.shape}"
+                )
             normalized = self.state_normalizer.normalize(state_np)
             inputs["state"] = torch.as_tensor(normalized, dtype=torch.float32, device=self.device)
         return inputs
@@ -226,13 +247,17 @@ class VLA(nn.Module):
         size = self.image_size
         if isinstance(frames, torch.Tensor):
             if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-                raise ValueError(f"camera '{camera}': expected (B, H, W, 3) uint8 frames, got {tuple(frames.shape)} {frames.dtype}")
+                raise ValueError(
+                    f"camera '{camera}': expected (B, H, W, 3) uint8 frames, got {tuple(frames.shape)} {frames.dtype}"
+                )
             if tuple(frames.shape[1:3]) == (size, size):
                 return frames.to(self.device)
             frames = frames.cpu().numpy()
         frames = np.asarray(frames)
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(f"camera '{camera}': expected (B, H, W, 3) uint8 RGB frames, got {frames.shape} {frames.dtype}")
+            raise ValueError(
+                f"camera '{camera}': expected (B, H, W, 3) uint8 RGB frames, got {frames.shape} {frames.dtype}"
+            )
         return torch.from_numpy(np.ascontiguousarray(resize_frames(frames, size))).to(self.device)
 
     def _suffix_tokens(self, instruction: str) -> list[int]:
@@ -273,7 +298,9 @@ class VLA(nn.Module):
         ones = inputs["suffix_mask"].new_ones
         mask = torch.cat([ones((batch, fixed_len)), inputs["suffix_mask"], ones((batch, num_queries))], dim=1)
         positions = (mask.cumsum(dim=1) - 1).clamp_min(0)
-        hidden = self.backbone.text_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+        hidden = self.backbone.text_model(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions
+        ).last_hidden_state
         logits = self.action_head(hidden[:, -num_queries:].float())
         return logits.view(batch, self.chunk_size, self.action_dim, self.num_bins)
 
@@ -293,7 +320,9 @@ class VLA(nn.Module):
         _check_temperature(temperature)
         logits = self.action_logits(inputs)
         if not bool(torch.isfinite(logits).all()):  # the argmax of NaN logits is a finite bin-0 action
-            raise ValueError(f"policy {self.version}: non-finite action logits (NaN or infinity); refusing to decode them")
+            raise ValueError(
+                f"policy {self.version}: non-finite action logits (NaN or infinity); refusing to decode them"
+            )
         log_p = torch.log_softmax(logits / temperature, dim=-1)
         if greedy:
             tokens = logits.argmax(dim=-1)
@@ -302,7 +331,9 @@ class VLA(nn.Module):
             tokens = torch.multinomial(flat, 1, generator=generator).view(logits.shape[:-1])
         return tokens, log_p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
-    def log_probs(self, inputs: EncodedInputs, tokens: torch.Tensor, temperature: float = 1.6) -> torch.Tensor:
+    def log_probs(
+        self, inputs: EncodedInputs, tokens: torch.Tensor, temperature: float = 1.6
+    ) -> torch.Tensor:
         """Exact, differentiable log pi(token) = log_softmax(logits / T)[token], shape (B, K, A)."""
         return self.log_probs_and_entropy(inputs, tokens, temperature)[0]
 
@@ -341,7 +372,9 @@ def resolve_cameras(config: VLAConfig, robot_config: RobotConfig) -> tuple[str, 
         except KeyError as exc:
             raise VLAConfigError(str(exc.args[0])) from None
         if spec.channels != 3:
-            raise VLAConfigError(f"camera '{name}' of robot '{robot_config.name}' is {spec.encoding}; the VLA takes RGB cameras")
+            raise VLAConfigError(
+                f"camera '{name}' of robot '{robot_config.name}' is {spec.encoding}; the VLA takes RGB cameras"
+            )
     return tuple(cameras)
 
 
