@@ -481,7 +481,8 @@ class EpisodeStore:
         version = marker.get("format_version")
         if version != FORMAT_VERSION:
             raise StoreFormatError(
-                f"{root}: episode store format version {version!r}; this version of the stack reads {FORMAT_VERSION}"
+                f"{root}: episode store format version {version!r}; "
+                f"this version of the stack reads {FORMAT_VERSION}"
             )
         if not (root / EPISODES_DIR).is_dir():
             raise StoreFormatError(f"{root}: episode store without an '{EPISODES_DIR}/' directory")
@@ -655,7 +656,7 @@ class EpisodeStore:
             extra=extra or {},
         )
         # About one second of frames per shard: one file per camera-second, cheap random reads.
-        fps = frames_per_shard or max(1, min(64, int(round(robot_config.control_rate_hz))))
+        fps = frames_per_shard or max(1, min(64, round(robot_config.control_rate_hz)))
         self._active = EpisodeWriter(self, meta, fps)
         return self._active
 
@@ -679,6 +680,22 @@ class EpisodeStore:
         group.attrs[EPISODE_ATTR] = meta.model_dump(mode="json")
         self.refresh()
         return self.meta(episode_id)
+
+    def delete_episode(self, episode_id: str) -> None:
+        """Remove a committed episode (an unreadable one too). One atomic rename takes it out of
+        `episodes/` into `.staging/`, so readers see it whole or not at all; it is deleted from there,
+        and a writer killed in between leaves it to the next writer's clean-up of `.staging/`."""
+        self._require_writer()
+        if episode_id not in self._metas and episode_id not in self.corrupt:
+            self.meta(episode_id)  # raises KeyError naming the store and the id
+        source = child_path(self.root / EPISODES_DIR, episode_id, "episode id")
+        trash = Path(tempfile.mkdtemp(prefix="deleting-", dir=self.root / STAGING_DIR))
+        os.rename(source, trash / episode_id)
+        if self.durable:
+            _fsync_dir(self.root / EPISODES_DIR)
+        shutil.rmtree(trash)
+        self.corrupt.pop(episode_id, None)
+        self.refresh()
 
     def ingest_episode_dir(self, source_dir: Path, robot_config: RobotConfig | None = None) -> EpisodeMeta:
         """Copy a committed episode directory from another store (e.g. an upload) into this one.
@@ -760,7 +777,8 @@ def validate_episode_dir(path: Path, meta: EpisodeMeta) -> None:
             arr = group[name]
             if not isinstance(arr, zarr.Array) or tuple(arr.shape) != shape or str(arr.dtype) != dtype:
                 raise EpisodeValidationError(
-                    f"episode {meta.episode_id}: '{name}' is {getattr(arr, 'shape', '?')} {getattr(arr, 'dtype', '?')}, "
+                    f"episode {meta.episode_id}: '{name}' is "
+                    f"{getattr(arr, 'shape', '?')} {getattr(arr, 'dtype', '?')}, "
                     f"expected {shape} {dtype}"
                 )
             missing = missing_chunks(path, name, arr)

@@ -30,6 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     label.add_argument("success", choices=["true", "false", "unknown"])
     label.add_argument("--by", default="human", help="who decided (default: human)")
 
+    delete = sub.add_parser(
+        "delete",
+        help="remove episodes from a store for good (needs the writer lock); every id is checked "
+        "before any is removed",
+    )
+    delete.add_argument("store", type=Path)
+    delete.add_argument("episode_ids", nargs="+", metavar="episode_id", help="episodes to remove")
+
     export = sub.add_parser("export-lerobot", help="write episodes as a LeRobotDataset v3 directory")
     export.add_argument("store", type=Path)
     export.add_argument("out", type=Path, help="new directory for the LeRobot dataset")
@@ -46,15 +54,16 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     imp = sub.add_parser(
         "import-lerobot",
         help="append the episodes of a local LeRobotDataset v3 to a store",
-        description="Append the episodes of a local LeRobotDataset v3 to a store. State and action values are "
-        "matched to the robot config's joints by LeRobot's feature names; a dataset whose names, shapes, cameras "
-        "or fps differ from the robot config is refused and nothing is written.",
+        description="Append the episodes of a local LeRobotDataset v3 to a store. State and action values "
+        "are matched to the robot config's joints by LeRobot's feature names; a dataset whose names, "
+        "shapes, cameras or fps differ from the robot config is refused and nothing is written.",
     )
     imp.add_argument("dataset", type=Path, help="LeRobot dataset root (with meta/info.json)")
     imp.add_argument(
         "store",
         type=Path,
-        help="episode store to append to (created if missing; a store this import created is removed if it fails)",
+        help="episode store to append to (created if missing; a store this import created is removed "
+        "if it fails)",
     )
     imp.add_argument("--robot", required=True, help="robot config name or YAML describing the dataset's arm")
     imp.add_argument(
@@ -88,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
                 meta = store.set_success(args.episode_id, _label(args.success), labeled_by=args.by)
             print(f"{meta.episode_id}: success={meta.success} (labelled by {meta.success_labeled_by})")
             return 0
+        if args.store_command == "delete":
+            return _delete(args.store, args.episode_ids)
         from wmpo_core.lerobot_dataset import LeRobotDatasetError, export_lerobot, import_lerobot_to_path
 
         config = load_robot_config(args.robot)
@@ -117,6 +128,20 @@ def run(args: argparse.Namespace) -> int:
     except (StoreError, RobotConfigError, KeyError) as exc:
         print(f"wmpo store: {exc}", file=sys.stderr)
         return 1
+
+
+def _delete(path: Path, episode_ids: list[str]) -> int:
+    from wmpo_core.episode_store import EpisodeStore, StoreError
+
+    EpisodeStore.open(path).close()  # an existing store only: deleting never creates one
+    with EpisodeStore.open(path, mode="a") as store:
+        unknown = [i for i in episode_ids if i not in store and i not in store.corrupt]
+        if unknown:
+            raise StoreError(f"{path}: no episode {', '.join(repr(i) for i in unknown)}; nothing deleted")
+        for episode_id in dict.fromkeys(episode_ids):
+            store.delete_episode(episode_id)
+        print(f"deleted {len(set(episode_ids))} episode(s) from {path}; {len(store)} left")
+    return 0
 
 
 def _info(store, list_episodes: bool) -> int:
