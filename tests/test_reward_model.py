@@ -5,7 +5,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import VideoMAEConfig, VideoMAEForVideoClassification
+from safetensors.torch import load_file, save_file
+from transformers import (
+    VideoMAEConfig,
+    VideoMAEForPreTraining,
+    VideoMAEForVideoClassification,
+    VideoMAEImageProcessor,
+)
+from wmpo_core.durable import file_sha256
 from wmpo_learner.reward.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
 from wmpo_learner.reward.model import RewardModel, success_loss, success_probability
 from wmpo_learner.reward.preprocessing import PreprocessSpec, preprocess
@@ -58,7 +65,7 @@ def test_inconsistent_configs_are_refused():
         num_frames=N,
         num_labels=2,
     )
-    with pytest.raises(ValueError, match="num_labels=2.*problem_type=None"):
+    with pytest.raises(ValueError, match=r"num_labels=2.*problem_type=None"):
         RewardModel(VideoMAEForVideoClassification(two_logits), spec)
     with pytest.raises(ValueError, match="image_size=32 but preprocessing uses 64"):
         RewardModel(small_model().classifier, spec.model_copy(update={"image_size": 64}))
@@ -190,12 +197,12 @@ def test_tampered_checkpoints_are_refused(tmp_path):
     corrupted = bytearray(original)
     corrupted[-5] ^= 0xFF
     weights.write_bytes(bytes(corrupted))
-    with pytest.raises(CheckpointError, match="model.safetensors: sha256 .* does not match"):
+    with pytest.raises(CheckpointError, match=r"model.safetensors: sha256 .* does not match"):
         load_checkpoint(ckpt)
     weights.write_bytes(original)
     config = ckpt / "config.json"
     config.write_text(config.read_text().replace('"hidden_size": 32', '"hidden_size": 64'))
-    with pytest.raises(CheckpointError, match="config.json: sha256"):
+    with pytest.raises(CheckpointError, match=r"config.json: sha256"):
         load_checkpoint(ckpt)
     (ckpt / "reward_model.json").unlink()
     with pytest.raises(CheckpointError, match="not a reward model checkpoint"):
@@ -204,8 +211,6 @@ def test_tampered_checkpoints_are_refused(tmp_path):
 
 def test_weights_missing_a_tensor_are_refused_even_with_matching_hashes(tmp_path):
     """A weights file that does not fit the config never loads with random stand-ins."""
-    from safetensors.torch import load_file, save_file
-    from wmpo_learner.reward import checkpoint as ckpt_module
 
     ckpt = tmp_path / "ckpt"
     save_checkpoint(small_model(), ckpt)
@@ -213,9 +218,9 @@ def test_weights_missing_a_tensor_are_refused_even_with_matching_hashes(tmp_path
     state.pop("classifier.weight")
     save_file(state, ckpt / "model.safetensors")
     meta = json.loads((ckpt / "reward_model.json").read_text())
-    meta["sha256"]["model.safetensors"] = ckpt_module._sha256(ckpt / "model.safetensors")
+    meta["sha256"]["model.safetensors"] = file_sha256(ckpt / "model.safetensors")
     (ckpt / "reward_model.json").write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match="classifier.weight"):
+    with pytest.raises(CheckpointError, match=r"classifier.weight"):
         load_checkpoint(ckpt)
     (ckpt / "reward_model.json").write_text('{"format_version": 1, "threshold": 2}')
     with pytest.raises(CheckpointError, match="invalid metadata"):
@@ -224,7 +229,6 @@ def test_weights_missing_a_tensor_are_refused_even_with_matching_hashes(tmp_path
 
 def test_from_pretrained_loads_a_local_videomae_with_a_fresh_single_logit_head(tmp_path):
     """The real-use path (e.g. MCG-NJU/videomae-base), from a local directory: no hub here."""
-    from transformers import VideoMAEForPreTraining, VideoMAEImageProcessor
 
     torch.manual_seed(3)
     config = VideoMAEConfig(

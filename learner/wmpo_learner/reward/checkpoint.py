@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_file, save_file
 from transformers import VideoMAEConfig, VideoMAEForVideoClassification
+from wmpo_core.durable import atomic_write_json, file_sha256
 
 from wmpo_learner.reward.model import RewardModel
 from wmpo_learner.reward.preprocessing import PreprocessSpec
@@ -86,14 +86,6 @@ class RewardModelMetadata(BaseModel):
     created: str
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def save_checkpoint(
     model: RewardModel,
     directory: str | os.PathLike[str],
@@ -112,12 +104,10 @@ def save_checkpoint(
         threshold=model.threshold,
         validation=validation,
         training=training,
-        sha256={name: _sha256(directory / name) for name in (CONFIG_FILE, WEIGHTS_FILE)},
+        sha256={name: file_sha256(directory / name) for name in (CONFIG_FILE, WEIGHTS_FILE)},
         created=_dt.datetime.now(_dt.UTC).isoformat(),
     )
-    tmp = directory / (METADATA_FILE + ".partial")
-    tmp.write_text(json.dumps(meta.model_dump(mode="json"), indent=2) + "\n")
-    os.replace(tmp, directory / METADATA_FILE)
+    atomic_write_json(directory / METADATA_FILE, meta.model_dump(mode="json"))
     return meta
 
 
@@ -157,7 +147,7 @@ def load_checkpoint(
         if not path.is_file():
             raise CheckpointError(f"{directory}: {name} is missing")
         expected = meta.sha256.get(name)
-        actual = _sha256(path)
+        actual = file_sha256(path)
         if expected != actual:
             raise CheckpointError(
                 f"{path}: sha256 {actual} does not match the recorded {expected}; refusing to load"

@@ -30,8 +30,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydantic import ValidationError
+from wmpo_core.durable import atomic_write_json, file_sha256, fsync_dir
 from wmpo_core.ids import UnsafeNameError, child_path, is_valid_id
-from wmpo_core.protocol.archive import CHUNK_BYTES, file_sha256
+from wmpo_core.protocol.archive import CHUNK_BYTES
 from wmpo_core.protocol.models import (
     NAME_PATTERN,
     DeployEvent,
@@ -40,8 +41,6 @@ from wmpo_core.protocol.models import (
     FileEntry,
     PolicyVersion,
 )
-
-from wmpo_learner.service.durable import atomic_write_json, fsync_dir
 
 MARKER = "wmpo_policy_registry"
 FORMAT_VERSION = 1
@@ -187,7 +186,8 @@ class PolicyRegistry:
                 ) from None
             if sha != entry.sha256:
                 raise RegistryIntegrityError(
-                    f"policy version '{version}': file '{entry.path}' no longer matches the sha256 recorded at "
+                    f"policy version '{version}': file '{entry.path}' no longer matches the sha256 recorded "
+                    "at "
                     "publish time; the registry copy is damaged or was modified"
                 )
 

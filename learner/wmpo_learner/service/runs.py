@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from pydantic import ValidationError
+from wmpo_core.durable import atomic_write_json
 from wmpo_core.ids import check_id, child_path
 from wmpo_core.protocol.models import (
     TERMINAL_RUN_STATES,
@@ -29,8 +30,6 @@ from wmpo_core.protocol.models import (
     RunSummary,
     RunUpdate,
 )
-
-from wmpo_learner.service.durable import atomic_write_json
 
 HISTORY_IN_MEMORY = 10_000
 

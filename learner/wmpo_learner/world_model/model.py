@@ -5,8 +5,8 @@
   to `config.resolution` (the one resize every consumer uses);
 - latents: VAE posterior means, shifted and scaled by the VAE's `shift_factor` / `scaling_factor`;
 - actions: robot units in, normalized to [-1, 1] with the `ActionNormalizer` stored in the checkpoint;
-- rectified flow in diffusers' convention (`FlowMatchEulerDiscreteScheduler`): x_σ = (1-σ)·x0 + σ·ε,
-  timestep = 1000·σ, the transformer predicts the velocity ε - x0.
+- rectified flow in diffusers' convention (`FlowMatchEulerDiscreteScheduler`):
+  x_sigma = (1-sigma)*x0 + sigma*eps, timestep = 1000*sigma, the transformer predicts the velocity eps - x0.
 
 A window is `context_frames` frames the model conditions on followed by `predicted_frames` frames
 it generates, one per action: predicted frame j results from action j.
@@ -22,12 +22,15 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.training_utils import compute_density_for_timestep_sampling
 from torch import nn
+from wmpo_core.durable import atomic_write_json
 from wmpo_core.image_ops import resize_frames
 from wmpo_core.normalization import ActionNormalizer
 
 from .config import WorldModelConfig
+from .sampling import make_scheduler
 from .transformer import ActionConditionedVideoTransformer
 
 CHECKPOINT_FILE = "world_model.json"
@@ -85,7 +88,8 @@ class WorldModel(nn.Module):
         super().__init__()
         if transformer.config.action_dim != normalizer.dim:
             raise ValueError(
-                f"transformer takes {transformer.config.action_dim}-D actions, normalizer has {normalizer.dim}"
+                f"transformer takes {transformer.config.action_dim}-D actions, normalizer has "
+                f"{normalizer.dim}"
             )
         self.config = config
         self.vae = vae
@@ -96,6 +100,7 @@ class WorldModel(nn.Module):
         self.robot_config_hash = robot_config_hash
         self.provenance = dict(provenance or {})
         self.scheduler = FlowMatchEulerDiscreteScheduler(shift=config.timestep_shift)
+        self._schedulers: dict[str, SchedulerMixin] = {}
 
     # ------------------------------------------------------------------ construction and checkpoints
 
@@ -137,11 +142,8 @@ class WorldModel(nn.Module):
             "action_normalizer_hash": self.normalizer.content_hash,
             "provenance": self.provenance,
         }
-        tmp = directory / (CHECKPOINT_FILE + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2))
-        tmp.replace(
-            directory / CHECKPOINT_FILE
-        )  # the marker appears last: a readable file means a complete checkpoint
+        # The marker appears last: a readable file means a complete checkpoint.
+        atomic_write_json(directory / CHECKPOINT_FILE, meta)
         return directory
 
     @classmethod
@@ -274,8 +276,8 @@ class WorldModel(nn.Module):
 
         latents (B, T, C, h, w) clean; actions (B, T, A) normalized (context rows are ignored).
         Context latents get noise at `context_noise_timestep` (noisy-frame conditioning); predicted
-        latents at a logit-normal σ shifted by `timestep_shift`, one per window. The MSE to the
-        velocity ε - x0 is taken on the predicted frames only. `denoiser` defaults to the
+        latents at a logit-normal sigma shifted by `timestep_shift`, one per window. The MSE to the
+        velocity eps - x0 is taken on the predicted frames only. `denoiser` defaults to the
         transformer (pass the DDP wrapper when training).
         """
         denoiser = denoiser or self.transformer
@@ -319,9 +321,11 @@ class WorldModel(nn.Module):
         actions: torch.Tensor,
         generator: torch.Generator | None = None,
         sampling_steps: int | None = None,
+        sampler: str | None = None,
     ) -> torch.Tensor:
         """Generate `predicted_frames` latents after `context` (B, C_ctx, C, h, w), one per normalized
-        action in `actions` (B, P, A). Clean context latents carry the training context timestep."""
+        action in `actions` (B, P, A). Clean context latents carry the training context timestep.
+        `sampler` names the ODE solver (`sampling.SAMPLERS`; default the model's Euler scheduler)."""
         cfg = self.config
         batch = context.shape[0]
         if context.shape[1] != cfg.context_frames or actions.shape[:2] != (batch, cfg.predicted_frames):
@@ -330,7 +334,11 @@ class WorldModel(nn.Module):
                 f"got {tuple(context.shape)} and {tuple(actions.shape)}"
             )
         device = context.device
-        self.scheduler.set_timesteps(sampling_steps or cfg.sampling_steps, device=device)
+        scheduler = self._scheduler(sampler)
+        scheduler.set_timesteps(sampling_steps or cfg.sampling_steps, device=device)
+        # The model is conditioned on the exact sigma the solver steps from (multistep schedulers round
+        # their `timesteps` to integers; their `sigmas` are exact).
+        model_timesteps = scheduler.sigmas.to(device) * scheduler.config.num_train_timesteps
         shape = (batch, cfg.predicted_frames, *context.shape[2:])
         x = torch.randn(
             shape, generator=generator, device=generator.device if generator is not None else device
@@ -341,12 +349,22 @@ class WorldModel(nn.Module):
         mask = self.window_masks(batch, device)
         context_t = torch.full((batch, cfg.context_frames), cfg.context_noise_timestep, device=device)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-        for t in self.scheduler.timesteps:
-            timesteps = torch.cat([context_t, t.expand(batch, cfg.predicted_frames)], dim=1)
+        for i, t in enumerate(scheduler.timesteps):
+            timesteps = torch.cat([context_t, model_timesteps[i].expand(batch, cfg.predicted_frames)], dim=1)
             with autocast:
                 velocity = self.transformer(torch.cat([context, x], dim=1), timesteps, all_actions, mask)
-            x = self.scheduler.step(velocity[:, cfg.context_frames :].float(), t, x).prev_sample
+            x = scheduler.step(velocity[:, cfg.context_frames :].float(), t, x).prev_sample
         return x
+
+    def _scheduler(self, sampler: str | None) -> SchedulerMixin:
+        """The scheduler of solver `sampler`, built once per model (`set_timesteps` resets its state)."""
+        if sampler in (None, "euler"):
+            return self.scheduler
+        if sampler not in self._schedulers:
+            self._schedulers[sampler] = make_scheduler(
+                sampler, self.config.timestep_shift, self.scheduler.config.num_train_timesteps
+            )
+        return self._schedulers[sampler]
 
     @torch.no_grad()
     def rollout_latents(
@@ -355,6 +373,7 @@ class WorldModel(nn.Module):
         actions: torch.Tensor,
         generator: torch.Generator | None = None,
         sampling_steps: int | None = None,
+        sampler: str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Autoregressively generate one latent frame per normalized action (B, n, A), any n >= 1.
 
@@ -370,7 +389,7 @@ class WorldModel(nn.Module):
             short = cfg.predicted_frames - piece.shape[1]
             if short:
                 piece = torch.cat([piece, piece[:, -1:].expand(-1, short, -1)], dim=1)
-            window = self.predict_window(context, piece, generator, sampling_steps)
+            window = self.predict_window(context, piece, generator, sampling_steps, sampler)
             keep = window[:, : cfg.predicted_frames - short]
             out.append(keep)
             context = torch.cat([context, keep], dim=1)[:, -cfg.context_frames :]
@@ -390,9 +409,12 @@ class WorldModel(nn.Module):
         actions: np.ndarray,
         generator: torch.Generator | None = None,
         sampling_steps: int | None = None,
+        sampler: str | None = None,
     ) -> np.ndarray:
         """Open-loop imagination: real first frames (B, H, W, 3) + robot-unit actions (B, n, A) ->
         uint8 (B, n, R, R, 3), frame i being the predicted result of action i."""
         context = self.context_from_frames(first_frames)
-        latents, _ = self.rollout_latents(context, self.normalize_actions(actions), generator, sampling_steps)
+        latents, _ = self.rollout_latents(
+            context, self.normalize_actions(actions), generator, sampling_steps, sampler
+        )
         return self.decode_frames(latents)

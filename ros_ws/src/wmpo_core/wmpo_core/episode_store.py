@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.storage import LocalStore
 
+from wmpo_core.durable import fsync_dir, fsync_tree
 from wmpo_core.ids import ID_PATTERN, check_id, child_path, is_valid_id
 from wmpo_core.robot_config import RobotConfig
 
@@ -122,25 +123,6 @@ def new_episode_id(prefix: str = "ep") -> str:
     """Globally unique and sortable by time: 'ep_20261121T113000123Z_3f9a1c2e'."""
     now = _dt.datetime.now(tz=_dt.UTC)
     return f"{prefix}_{now.strftime('%Y%m%dT%H%M%S')}{now.microsecond // 1000:03d}Z_{secrets.token_hex(4)}"
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_json(path: Path) -> Any:
@@ -445,9 +427,9 @@ class EpisodeStore:
             }
             zarr.open_group(LocalStore(tmp / EPISODES_DIR), mode="w")
             tmp.chmod(0o755)  # mkdtemp makes it private; a store is shared with its readers
-            _fsync_tree(tmp)
+            fsync_tree(tmp)
             os.rename(tmp, root)  # replaces an empty directory at `root`; fails if anything is in it
-            _fsync_dir(root.parent)
+            fsync_dir(root.parent)
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
             if not (root.exists() and any(root.iterdir())):
@@ -662,11 +644,11 @@ class EpisodeStore:
 
     def _publish(self, staged: Path, episode_id: str) -> None:
         if self.durable:
-            _fsync_tree(staged)
+            fsync_tree(staged)
         target = child_path(self.root / EPISODES_DIR, episode_id, "episode id")
         os.rename(staged, target)  # atomic on POSIX: readers see all of it or nothing
         if self.durable:
-            _fsync_dir(self.root / EPISODES_DIR)
+            fsync_dir(self.root / EPISODES_DIR)
         self._active = None
         self.refresh()
 
@@ -692,7 +674,7 @@ class EpisodeStore:
         trash = Path(tempfile.mkdtemp(prefix="deleting-", dir=self.root / STAGING_DIR))
         os.rename(source, trash / episode_id)
         if self.durable:
-            _fsync_dir(self.root / EPISODES_DIR)
+            fsync_dir(self.root / EPISODES_DIR)
         shutil.rmtree(trash)
         self.corrupt.pop(episode_id, None)
         self.refresh()

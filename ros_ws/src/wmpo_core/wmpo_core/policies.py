@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from wmpo_core.durable import file_sha256
 from wmpo_core.policy import Observation, Policy, PolicyLoadError, register_directory_format, register_scheme
 from wmpo_core.robot_config import LeRobotDriver, RobotConfig
 
@@ -114,7 +114,8 @@ def load_replay(rest: str, config: RobotConfig) -> ReplayPolicy:
             raise PolicyLoadError(f"replay: {exc.args[0]}") from None
         if meta.action_dim != config.action.dim:
             raise PolicyLoadError(
-                f"replay: episode {eid} has {meta.action_dim}-dim actions, robot config '{config.name}' needs {config.action.dim}"
+                f"replay: episode {eid} has {meta.action_dim}-dim actions, robot config '{config.name}' "
+                f"needs {config.action.dim}"
             )
         if meta.robot_config_name != config.name:
             raise PolicyLoadError(
@@ -145,7 +146,8 @@ class HoldPolicy:
                 continue
             if config.action.space != "joint_position":
                 raise PolicyLoadError(
-                    f"hold: absolute dim '{dim.name}' needs a value, e.g. hold:{dim.name}={(dim.low + dim.high) / 2:g}"
+                    f"hold: absolute dim '{dim.name}' needs a value, e.g. "
+                    f"hold:{dim.name}={(dim.low + dim.high) / 2:g}"
                 )
             self._from_state[i] = joint_index[dim.name]
         self.version = "hold:" + ",".join(f"{k}={v:g}" for k, v in sorted(values.items()))
@@ -187,7 +189,8 @@ def load_scripted(rest: str, config: RobotConfig) -> Policy:
     policy = cls(config)
     if not isinstance(policy, Policy):
         raise PolicyLoadError(
-            f"scripted: {module_name}:{class_name} does not implement the Policy protocol (version, chunk_size, reset, predict_chunk)"
+            f"scripted: {module_name}:{class_name} does not implement the Policy protocol (version, "
+            "chunk_size, reset, predict_chunk)"
         )
     return policy
 
@@ -211,14 +214,6 @@ def _lerobot_checkpoint_dir(path: Path) -> Path | None:
                 if policy_type in PreTrainedConfig.get_known_choices():
                     return candidate
     return None
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class LeRobotPolicy:
@@ -254,14 +249,15 @@ class LeRobotPolicy:
         for step in getattr(self._pre, "steps", ()):
             if type(step).__name__ == "RelativeActionsProcessorStep" and getattr(step, "enabled", False):
                 raise PolicyLoadError(
-                    f"{path}: policies with relative actions need chunk-level inference, which this backend does not do"
+                    f"{path}: policies with relative actions need chunk-level inference, which this backend "
+                    "does not do"
                 )
         # LeRobot arms record joint positions in LeRobot units; convert both ways on those arms.
         self._convert_units = (
             isinstance(config.driver, LeRobotDriver) and config.action.space == "joint_position"
         )
         self.version = (
-            f"lerobot:{policy_config.type}:{path.name}@sha256:{_file_digest(path / 'model.safetensors')[:16]}"
+            f"lerobot:{policy_config.type}:{path.name}@sha256:{file_sha256(path / 'model.safetensors')[:16]}"
         )
 
     def _check_features(self, policy_config: Any, path: Path) -> None:
@@ -272,18 +268,21 @@ class LeRobotPolicy:
                 camera = key.removeprefix("observation.images.")
                 if camera not in cfg.camera_names:
                     raise PolicyLoadError(
-                        f"{path}: the policy reads camera '{camera}', robot config '{cfg.name}' has {cfg.camera_names}"
+                        f"{path}: the policy reads camera '{camera}', robot config '{cfg.name}' has "
+                        f"{cfg.camera_names}"
                     )
                 channels, height, width = feature.shape
                 if channels != cfg.camera(camera).channels:
                     raise PolicyLoadError(
-                        f"{path}: camera '{camera}' has {cfg.camera(camera).channels} channels, the policy expects {channels}"
+                        f"{path}: camera '{camera}' has {cfg.camera(camera).channels} channels, the policy "
+                        f"expects {channels}"
                     )
                 self._image_sizes[camera] = (height, width)
             elif key == "observation.state":
                 if tuple(feature.shape) != (len(cfg.joints),):
                     raise PolicyLoadError(
-                        f"{path}: the policy's state has shape {tuple(feature.shape)}, robot config '{cfg.name}' has {len(cfg.joints)} joints"
+                        f"{path}: the policy's state has shape {tuple(feature.shape)}, robot config "
+                        f"'{cfg.name}' has {len(cfg.joints)} joints"
                     )
             elif key.startswith("observation.") and key != "observation.environment_state":
                 raise PolicyLoadError(
@@ -293,7 +292,8 @@ class LeRobotPolicy:
         if action is None or tuple(action.shape) != (cfg.action.dim,):
             shape = None if action is None else tuple(action.shape)
             raise PolicyLoadError(
-                f"{path}: the policy's action has shape {shape}, robot config '{cfg.name}' needs ({cfg.action.dim},)"
+                f"{path}: the policy's action has shape {shape}, robot config '{cfg.name}' needs "
+                f"({cfg.action.dim},)"
             )
 
     def reset(self) -> None:
@@ -332,7 +332,8 @@ def load_lerobot(path: str, config: RobotConfig) -> LeRobotPolicy:
     checkpoint = _lerobot_checkpoint_dir(Path(path))
     if checkpoint is None:
         raise PolicyLoadError(
-            f"{path}: not a LeRobot policy checkpoint (needs config.json with a policy 'type' and model.safetensors)"
+            f"{path}: not a LeRobot policy checkpoint (needs config.json with a policy 'type' and "
+            "model.safetensors)"
         )
     if config.action.space == "joint_position" and isinstance(config.driver, LeRobotDriver):
         from wmpo_core.lerobot_units import UnitConversionError, check_convertible

@@ -35,6 +35,7 @@ from typing import Any, BinaryIO, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
+from wmpo_core.durable import file_sha256, fsync_dir, fsync_tree
 from wmpo_core.episode_store import EpisodeMeta
 from wmpo_core.ids import check_id, child_path
 from wmpo_core.protocol.archive import CHUNK_BYTES, write_dir_archive
@@ -168,7 +169,8 @@ class LearnerClient:
             first = exc.errors()[0]
             where = ".".join(str(part) for part in first["loc"]) or "body"
             raise LearnerUnavailable(
-                f"{what}: unexpected answer from the learner ({exc.error_count()} schema errors; first: {where}: {first['msg']})"
+                f"{what}: unexpected answer from the learner ({exc.error_count()} schema errors; first: "
+                f"{where}: {first['msg']})"
             ) from exc
 
     def _json(
@@ -297,7 +299,8 @@ class LearnerClient:
         record = self.get_version(version)
         if record.version != version:
             raise IntegrityError(
-                f"asked the learner for version '{version}', it listed '{record.version}'; refusing this version"
+                f"asked the learner for version '{version}', it listed '{record.version}'; refusing this "
+                "version"
             )
         dest_root = Path(dest_root)
         dest_root.mkdir(parents=True, exist_ok=True)
@@ -313,8 +316,9 @@ class LearnerClient:
         try:
             for entry in record.files:
                 self._download_file(version, entry, tmp / _safe_relpath(entry.path), deadline)
-            _fsync_tree(tmp)
+            fsync_tree(tmp)
             os.rename(tmp, final)
+            fsync_dir(dest_root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -331,7 +335,8 @@ class LearnerClient:
                 header = response.headers.get(SHA256_HEADER)
                 if header is not None and header != entry.sha256:
                     raise IntegrityError(
-                        f"{what}: the server's {SHA256_HEADER} {header} disagrees with the listing {entry.sha256}"
+                        f"{what}: the server's {SHA256_HEADER} {header} disagrees with the listing "
+                        f"{entry.sha256}"
                     )
                 with open(target, "wb") as f:
                     for chunk in response.iter_bytes(CHUNK_BYTES):
@@ -346,7 +351,8 @@ class LearnerClient:
             raise LearnerUnavailable(f"{what}: transfer failed ({type(exc).__name__}: {exc})") from exc
         if size != entry.size or digest.hexdigest() != entry.sha256:
             raise IntegrityError(
-                f"{what}: got {size} bytes with sha256 {digest.hexdigest()}, the registry lists {entry.size} bytes "
+                f"{what}: got {size} bytes with sha256 {digest.hexdigest()}, the registry lists {entry.size} "
+                "bytes "
                 f"with sha256 {entry.sha256}; refusing this version"
             )
 
@@ -457,14 +463,15 @@ def verify_version_dir(path: str | os.PathLike[str], record: PolicyVersion) -> s
     listed = {_safe_relpath(e.path): e for e in record.files}
     present = {p.relative_to(root) for p in root.rglob("*") if not p.is_dir()}
     if present != set(listed):
-        return f"files differ from the listing (extra: {sorted(map(str, present - set(listed)))}, missing: {sorted(map(str, set(listed) - present))})"
+        extra = sorted(map(str, present - set(listed)))
+        missing = sorted(map(str, set(listed) - present))
+        return f"files differ from the listing (extra: {extra}, missing: {missing})"
     for rel, entry in listed.items():
         file = root / rel
         if file.is_symlink() or file.stat().st_size != entry.size:
             return f"{rel}: size differs from the listing"
-        with open(file, "rb") as f:
-            if hashlib.file_digest(f, "sha256").hexdigest() != entry.sha256:
-                return f"{rel}: sha256 differs from the listing"
+        if file_sha256(file) != entry.sha256:
+            return f"{rel}: sha256 differs from the listing"
     return None
 
 
@@ -483,18 +490,6 @@ def _read_until(f: BinaryIO, deadline: float, what: str) -> Iterator[bytes]:
         if time.monotonic() > deadline:
             raise LearnerUnavailable(f"{what}: upload deadline exceeded")
         yield chunk
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            with open(os.path.join(dirpath, name), "rb") as f:
-                os.fsync(f.fileno())
-        fd = os.open(dirpath, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _q(segment: str) -> str:

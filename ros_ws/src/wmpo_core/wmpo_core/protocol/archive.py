@@ -121,8 +121,3 @@ def _check_member(member: tarfile.TarInfo, name: str) -> None:
         raise ArchiveError(
             f"archive member '{member.name}' is a {kind}; only regular files and directories are accepted"
         )
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from wmpo_core.durable import atomic_write_json, tagged_sha256
 from wmpo_core.normalization import ActionNormalizer
 from wmpo_core.policy import PolicyLoadError, register_directory_format
 from wmpo_core.robot_config import RobotConfig
@@ -62,10 +63,6 @@ class CheckpointError(PolicyLoadError):
 
 def _canonical(data: Any) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
@@ -191,12 +188,6 @@ def robot_layout(robot_config: RobotConfig, model: VLA) -> dict[str, Any]:
     }
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def _replace_dir(tmp: Path, target: Path) -> None:
     if target.exists():
         shutil.rmtree(target)
@@ -234,7 +225,7 @@ def save_checkpoint(
     tensor_hash = tensors_sha256(tensors)
     version = version or f"{version_prefix}-{tensor_hash.split(':')[1][:12]}"
 
-    _write_json(root / CONFIG, model.config.to_dict())
+    atomic_write_json(root / CONFIG, model.config.to_dict(), sort_keys=True)
     tmp = root / (BACKBONE_DIR + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.backbone.config.save_pretrained(tmp)
@@ -243,7 +234,7 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     model.tokenizer.save_pretrained(tmp)
     _replace_dir(tmp, root / TOKENIZER_DIR)
-    _write_json(root / NORMALIZATION, normalization)
+    atomic_write_json(root / NORMALIZATION, normalization, sort_keys=True)
 
     metadata = {
         "format": FORMAT,
@@ -251,7 +242,7 @@ def save_checkpoint(
         "version": version,
         "parent_version": parent_version or "",
         "tensors_sha256": tensor_hash,
-        "normalization_sha256": _sha(_canonical(normalization)),
+        "normalization_sha256": tagged_sha256(_canonical(normalization)),
         "config_sha256": config_sha256(root),
     }
     tmp_weights = root / (WEIGHTS + ".tmp")
@@ -271,7 +262,7 @@ def save_checkpoint(
         "tensors_sha256": tensor_hash,
         "provenance": dict(provenance or {}),
     }
-    _write_json(root / MANIFEST, manifest)
+    atomic_write_json(root / MANIFEST, manifest, sort_keys=True)
     model.version, model.parent_version = version, parent_version
     return manifest
 
@@ -300,7 +291,8 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"{root}: {MANIFEST} is not a '{FORMAT}' manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
-            f"{root}: checkpoint format version {manifest.get('format_version')!r}; this version reads {FORMAT_VERSION}"
+            f"{root}: checkpoint format version {manifest.get('format_version')!r}; this version reads "
+            f"{FORMAT_VERSION}"
         )
     return manifest
 
@@ -310,7 +302,7 @@ def update_provenance(path: str | os.PathLike[str], **entries: Any) -> dict[str,
     root = Path(path)
     manifest = read_manifest(root)
     manifest["provenance"] = {**manifest.get("provenance", {}), **entries}
-    _write_json(root / MANIFEST, manifest)
+    atomic_write_json(root / MANIFEST, manifest, sort_keys=True)
     return manifest
 
 
@@ -333,7 +325,7 @@ def load_checkpoint(
     try:
         with safe_open(str(root / WEIGHTS), framework="pt") as handle:
             metadata = handle.metadata() or {}
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (not a dict, not iterable)
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{root}/{WEIGHTS}: unreadable safetensors file ({exc})") from None
     if metadata.get("format") != FORMAT:
@@ -344,28 +336,31 @@ def load_checkpoint(
     ):
         if metadata.get(key) != expected:
             raise CheckpointError(
-                f"{root}: {WEIGHTS} metadata says {key}={metadata.get(key)!r} but {MANIFEST} says {expected!r}"
+                f"{root}: {WEIGHTS} metadata says {key}={metadata.get(key)!r} but {MANIFEST} says "
+                f"{expected!r}"
             )
     if metadata.get("tensors_sha256") != manifest.get("tensors_sha256"):
         raise CheckpointError(f"{root}: tensor hash in {WEIGHTS} metadata differs from {MANIFEST}")
     actual = tensors_sha256(tensors)
     if actual != metadata.get("tensors_sha256"):
         raise CheckpointError(
-            f"{root}/{WEIGHTS}: weights do not match their recorded sha256 (recorded {metadata.get('tensors_sha256')}, "
+            f"{root}/{WEIGHTS}: weights do not match their recorded sha256 (recorded "
+            f"{metadata.get('tensors_sha256')}, "
             f"actual {actual}); the file is damaged or was modified"
         )
     try:
         normalization = json.loads((root / NORMALIZATION).read_text())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{root}/{NORMALIZATION}: unreadable ({exc})") from None
-    if _sha(_canonical(normalization)) != metadata.get("normalization_sha256"):
+    if tagged_sha256(_canonical(normalization)) != metadata.get("normalization_sha256"):
         raise CheckpointError(
             f"{root}/{NORMALIZATION}: statistics do not match the hash recorded with the weights; "
             "the policy would decode actions with statistics it was not trained with"
         )
     if config_sha256(root) != metadata.get("config_sha256"):
         raise CheckpointError(
-            f"{root}: {CONFIG}, {BACKBONE_DIR}/ or {TOKENIZER_DIR}/ differ from what was saved with the weights"
+            f"{root}: {CONFIG}, {BACKBONE_DIR}/ or {TOKENIZER_DIR}/ differ from what was saved with the "
+            "weights"
         )
 
     from transformers import AutoConfig, AutoTokenizer
@@ -394,12 +389,14 @@ def _check_robot(layout: Mapping[str, Any], robot_config: RobotConfig, model: VL
     trained_for = layout.get("name")
     if trained_for != robot_config.name:
         raise CheckpointError(
-            f"{source}: policy was trained for robot config '{trained_for}', refusing to run it on '{robot_config.name}'"
+            f"{source}: policy was trained for robot config '{trained_for}', refusing to run it on "
+            f"'{robot_config.name}'"
         )
     problems = []
     if layout.get("action_names") != robot_config.action.names or model.action_dim != robot_config.action.dim:
         problems.append(
-            f"action dims: checkpoint {layout.get('action_names')} ({model.action_dim}), robot {robot_config.action.names}"
+            f"action dims: checkpoint {layout.get('action_names')} ({model.action_dim}), robot "
+            f"{robot_config.action.names}"
         )
     kinds = [d.kind for d in robot_config.action.dims]
     if layout.get("action_space") != robot_config.action.space or layout.get("action_kinds") != kinds:
@@ -410,7 +407,8 @@ def _check_robot(layout: Mapping[str, Any], robot_config: RobotConfig, model: VL
     for camera in model.cameras:
         if camera not in robot_config.camera_names:
             problems.append(
-                f"camera '{camera}' used by the policy is not in the robot config ({robot_config.camera_names})"
+                f"camera '{camera}' used by the policy is not in the robot config "
+                f"({robot_config.camera_names})"
             )
         elif robot_config.camera(camera).channels != 3:
             problems.append(f"camera '{camera}' is not RGB in the robot config")
@@ -426,7 +424,8 @@ def _check_robot(layout: Mapping[str, Any], robot_config: RobotConfig, model: VL
     if layout.get("content_hash") != robot_config.content_hash:
         warnings.warn(
             f"{source}: robot config '{robot_config.name}' changed since this policy was trained "
-            f"({layout.get('content_hash')} -> {robot_config.content_hash}); its action and camera layout still match",
+            f"({layout.get('content_hash')} -> {robot_config.content_hash}); its action and camera layout "
+            "still match",
             stacklevel=3,
         )
 
