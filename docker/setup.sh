@@ -6,8 +6,9 @@
 #   bash docker/setup.sh install                set up only
 #
 # Finds Python 3.12 (WMPO_PYTHON, python3.12 on PATH, pyenv, uv, /usr/bin), installs the OS
-# packages offscreen MuJoCo needs (or says exactly what to install), creates .venv in the
-# repository and installs the project with the PyPI ROS 2 wheels. Re-running is cheap: the
+# packages offscreen MuJoCo and LeRobot's video decoding need (or says exactly what to install),
+# creates .venv in the repository and installs the project with the PyPI ROS 2 wheels and what
+# LeRobot's own CLIs (lerobot-train, lerobot-info, lerobot-edit-dataset) need. Re-running is cheap: the
 # install step is skipped while pyproject.toml is unchanged.
 #
 # With ROS 2 installed system-wide (Jazzy/Kilted): `source /opt/ros/<distro>/setup.bash` first
@@ -76,6 +77,19 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libOSMesa\.so'; then
   apt_install libosmesa6
 fi
 
+# LeRobot decodes video with torchcodec, which loads the system FFmpeg shared libraries (major
+# versions 4-8); without them every LeRobot import logs ~30 lines of "Could not load libtorchcodec"
+# traceback and `lerobot-info` dies. The `ffmpeg` package pulls exactly these libraries, under the
+# same name on Debian and Ubuntu whatever their FFmpeg version.
+ffmpeg_missing=()
+for lib in avutil avcodec avformat avdevice avfilter swscale swresample; do
+  ldconfig -p 2>/dev/null | grep -q "lib$lib\.so\." || ffmpeg_missing+=("lib$lib")
+done
+if [ "${#ffmpeg_missing[@]}" -gt 0 ]; then
+  echo "setup: installing ffmpeg (shared libraries ${ffmpeg_missing[*]} for LeRobot's torchcodec video decoding)"
+  apt_install ffmpeg
+fi
+
 if [ ! -x "$venv/bin/python" ]; then
   echo "setup: creating $venv with $python"
   venv_flags=()
@@ -87,8 +101,8 @@ if [ ! -x "$venv/bin/python" ]; then
   }
 fi
 
-extras="dev"
-[ "${WMPO_SYSTEM_ROS:-0}" = 1 ] || extras="ros-pypi,dev"
+extras="lerobot-tools,dev"
+[ "${WMPO_SYSTEM_ROS:-0}" = 1 ] || extras="ros-pypi,lerobot-tools,dev"
 stamp="$venv/.wmpo-installed"
 want="$(cat "$repo/pyproject.toml" | sha256sum | cut -d' ' -f1) $extras"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then

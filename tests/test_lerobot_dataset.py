@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from lerobot_harness import moving_square, record
 from wmpo_core.cli import main
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.lerobot_dataset import (
@@ -22,34 +22,12 @@ from wmpo_core.lerobot_units import vector_to_lerobot
 from wmpo_core.robot_config import RobotConfig, load_robot_config
 
 
-def _moving_square(step: int, shape: tuple[int, int, int]) -> np.ndarray:
-    frame = np.full(shape, 30, dtype=np.uint8)
-    x = 8 + 6 * step
-    frame[40:72, x : x + 24] = (220, 180, 40)
-    return frame
-
-
-def _record(store: EpisodeStore, config, n_episodes: int, n_steps: int) -> list[str]:
-    rng = np.random.default_rng(0)
-    ids = []
-    for e in range(n_episodes):
-        writer = store.begin_episode(config, "teleop", config.tasks[0], env_seed=e)
-        t0 = time.time()
-        for step in range(n_steps):
-            state = rng.uniform([j.lower for j in config.joints], [j.upper for j in config.joints])
-            action = rng.uniform([d.low for d in config.action.dims], [d.high for d in config.action.dims])
-            frames = {cam.name: _moving_square(step, cam.shape) for cam in config.cameras}
-            writer.append(frames, state, action, t0 + step / config.control_rate_hz + rng.uniform(0, 0.004))
-        ids.append(writer.commit(success=bool(e % 2), success_labeled_by="human").episode_id)
-    return ids
-
-
 def test_export_is_loadable_by_lerobot_and_imports_back(tmp_path: Path) -> None:
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     config = load_robot_config("so101_sim")
     store = EpisodeStore.open(tmp_path / "robot.zarr", mode="a")
-    ids = _record(store, config, n_episodes=2, n_steps=10)
+    ids = record(store, config, n_episodes=2, n_steps=10)
     scheduling = (os.sched_getscheduler(0), os.sched_getparam(0))
     root = export_lerobot(store, config, tmp_path / "lerobot", "local/so101_sim_demo", progress=False)
     # LeRobot's AV1 encoder, run as root, leaves its thread under SCHED_FIFO 99; export gives it back
@@ -125,7 +103,7 @@ def _lerobot_recording(
     try:
         for step in range(len(state)):
             frame = {
-                f"observation.images.{cam.name}": _moving_square(step, cam.shape) for cam in config.cameras
+                f"observation.images.{cam.name}": moving_square(step, cam.shape) for cam in config.cameras
             }
             frame.update(
                 {
@@ -147,7 +125,7 @@ def _tree(path: Path) -> list[str]:
 def test_units_are_converted_for_lerobot_arms(tmp_path: Path) -> None:
     small = _small_so101_real()
     store = EpisodeStore.open(tmp_path / "robot.zarr", mode="a")
-    ids = _record(store, small, n_episodes=1, n_steps=4)
+    ids = record(store, small, n_episodes=1, n_steps=4)
     root = export_lerobot(store, small, tmp_path / "lerobot", "local/so101_real", progress=False)
 
     import pandas as pd
@@ -171,10 +149,10 @@ def test_units_are_converted_for_lerobot_arms(tmp_path: Path) -> None:
 def test_import_refuses_a_dataset_that_does_not_fit_the_robot(tmp_path: Path) -> None:
     config = load_robot_config("so101_sim")
     store = EpisodeStore.open(tmp_path / "robot.zarr", mode="a")
-    _record(store, config, n_episodes=1, n_steps=3)
+    record(store, config, n_episodes=1, n_steps=3)
     root = export_lerobot(store, config, tmp_path / "lerobot", "local/x", progress=False)
     target = EpisodeStore.open(tmp_path / "ur5e.zarr", mode="a")
-    with pytest.raises(LeRobotDatasetError, match="observation.images.scene"):
+    with pytest.raises(LeRobotDatasetError, match=r"observation\.images\.scene"):
         import_lerobot(root, "local/x", target, load_robot_config("ur5e_ros2_control"), progress=False)
     assert len(target) == 0
     with pytest.raises(LeRobotDatasetError, match="not a LeRobotDataset v3"):
@@ -263,7 +241,8 @@ def test_joints_in_another_order_are_imported_by_name(tmp_path: Path) -> None:
     [
         (
             ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "grip"],
-            r"feature 'observation.state' names .* do not match robot config 'so101_sim' .*: unknown \['grip'\], missing \['gripper'\]",
+            r"feature 'observation.state' names .* do not match robot config 'so101_sim' .*: "
+            r"unknown \['grip'\], missing \['gripper'\]",
         ),
         (
             ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "gripper", "gripper"],
