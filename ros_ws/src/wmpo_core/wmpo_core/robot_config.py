@@ -7,6 +7,7 @@ the order of `joints:`; it is never taken from the order of a JointState message
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,10 +16,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 _IDENT = r"^[a-z][a-z0-9_]*$"
 _TOPIC = r"^/?[A-Za-z][A-Za-z0-9_/]*$"
+_IMPORT_PATH = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$"
 
 
 class RobotConfigError(ValueError):
@@ -47,7 +57,10 @@ class ActionDim(_Strict):
 
     `absolute` dims are setpoints (joint positions, gripper opening): clamped to [low, high] and
     rate-limited to `max_step_change` against the previous command. `delta` dims are increments
-    (end-effector motion): clamped to [low, high] and to +-`max_step_change`; holding means 0.
+    (end-effector motion, or a gripper commanded by opening increments): clamped to [low, high] and
+    to +-`max_step_change`; holding means 0, i.e. no motion (a held object stays held). The config
+    bounds each increment, not the position it adds up to: the arm's driver (or the sim env) must
+    keep that within its range, as `wmpo_core.sim_tasks.DeltaGripperWrapper` does.
     """
 
     name: Annotated[str, Field(pattern=_IDENT)]
@@ -75,9 +88,10 @@ class ActionSpec(_Strict):
         kinds = [d.kind for d in self.dims]
         if self.space == "joint_position" and set(kinds) != {"absolute"}:
             raise ValueError("a joint_position action space has only 'absolute' dims")
-        if self.space == "ee_delta_gripper" and (kinds[-1] != "absolute" or "delta" not in kinds[:-1]):
+        if self.space == "ee_delta_gripper" and (len(kinds) < 2 or set(kinds[:-1]) != {"delta"}):
             raise ValueError(
-                "an ee_delta_gripper action space is end-effector 'delta' dims then one 'absolute' gripper dim"
+                "an ee_delta_gripper action space is end-effector 'delta' dims then one gripper dim "
+                "('absolute' opening or 'delta' opening increment)"
             )
         return self
 
@@ -116,15 +130,33 @@ class TopicsSpec(_Strict):
     instruction: Annotated[str, Field(pattern=_TOPIC)]
 
 
+class WrapperSpec(_Strict):
+    """A gymnasium wrapper applied to the env: `wrapper(env, **kwargs)`."""
+
+    wrapper: Annotated[str, Field(pattern=_IMPORT_PATH)]
+    """'module:Class', e.g. 'gymnasium.wrappers:TimeAwareObservation'."""
+    kwargs: dict[str, Any] = {}
+
+
+_ADDED_LATER: dict[str, Any] = {"wrappers": [], "render_camera": None}
+"""GymSimDriver fields (and their defaults) that did not exist when the first configs were hashed."""
+
+
 class GymSimDriver(_Strict):
-    """Any gymnasium env with image observations and a Box action space."""
+    """Any gymnasium env with images (in the observation or from `render()`) and a Box action space."""
 
     kind: Literal["gym_sim"]
     env_id: str
     env_kwargs: dict[str, Any] = {}
-    image_keys: Annotated[dict[str, str], Field(min_length=1)]
+    wrappers: list[WrapperSpec] = []
+    """Applied in order around the env made from `env_id`; the action space checked is the outermost."""
+    image_keys: dict[str, str] = {}
     """camera name -> '/'-separated path of its image in the observation dict, e.g. 'pixels/front'."""
-    state_key: str
+    render_camera: Annotated[str, Field(pattern=_IDENT)] | None = None
+    """The camera whose frames come from `env.render()` (the env is made with render_mode='rgb_array'
+    unless env_kwargs names one), for envs whose pixels are not in the observation."""
+    state_key: str | None = None
+    """'/'-separated path of the state vector in the observation dict; None: the observation is it."""
     state_indices: list[int] | None = None
     """Indices into the observation's state vector giving the config joints, in config order."""
     success_key: str = "succeed"
@@ -139,6 +171,16 @@ class GymSimDriver(_Strict):
     mujoco_mesh_cell_m: Annotated[float, Field(gt=0)] | None = None
     """MuJoCo envs only: draw meshes simplified on a grid of this size (m); physics unchanged.
     0.003 renders the SO-101 ~6x faster with no visible change at 128 px (wmpo_core/mujoco_render.py)."""
+
+    @model_serializer(mode="wrap")
+    def _stable_dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave out fields added after configs were first hashed while they hold their defaults, so
+        `RobotConfig.content_hash` (stamped into stores and checkpoints) of an existing config stays."""
+        data = handler(self)
+        for name, default in _ADDED_LATER.items():
+            if data.get(name) == default:
+                del data[name]
+        return data
 
 
 class LeRobotDriver(_Strict):
@@ -205,9 +247,12 @@ class RobotConfig(_Strict):
                     )
         d = self.driver
         if isinstance(d, GymSimDriver):
-            if set(d.image_keys) != set(cam_names):
+            sources = sorted(d.image_keys) + ([d.render_camera] if d.render_camera else [])
+            if sorted(sources) != sorted(cam_names) or len(set(sources)) != len(sources):
                 raise ValueError(
-                    f"driver.image_keys must name exactly the cameras {cam_names}, got {sorted(d.image_keys)}"
+                    f"driver.image_keys must name exactly the cameras {cam_names} (with "
+                    f"driver.render_camera, each once), got image_keys {sorted(d.image_keys)} and "
+                    f"render_camera {d.render_camera!r}"
                 )
             if d.state_indices is not None and len(d.state_indices) != len(joint_names):
                 raise ValueError(
@@ -256,7 +301,7 @@ class RobotConfig(_Strict):
 
     @property
     def max_episode_steps(self) -> int:
-        return int(round(self.episode_time_limit_s * self.control_rate_hz))
+        return round(self.episode_time_limit_s * self.control_rate_hz)
 
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -304,10 +349,8 @@ def config_search_path() -> list[Path]:
     if os.environ.get("AMENT_PREFIX_PATH"):  # a sourced colcon/ROS workspace
         from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             paths.append(Path(get_package_share_directory("wmpo_ros")) / "robot_configs")
-        except PackageNotFoundError:
-            pass
     return [p for p in paths if p.is_dir()]
 
 
@@ -326,7 +369,8 @@ def resolve_robot_config_path(name_or_path: str | os.PathLike[str]) -> Path:
             return path
     available = sorted({p.stem for d in search for p in d.glob("*.yaml")})
     raise RobotConfigError(
-        f"no robot config named '{name_or_path}' (looked in {[str(d) for d in search]}); available: {available}"
+        f"no robot config named '{name_or_path}' (looked in {[str(d) for d in search]}); "
+        f"available: {available}"
     )
 
 

@@ -1,4 +1,8 @@
-"""A simulated arm described by a robot config: any gymnasium env with image observations.
+"""A simulated arm described by a robot config: any gymnasium env with images and a Box action space.
+
+Frames come from the observation dict (`driver.image_keys`) or, for envs that keep pixels out of
+their observations (most gymnasium robot envs), from `env.render()` (`driver.render_camera`).
+`driver.wrappers` are applied by import path, so an env is adapted from the YAML alone.
 
 The sim arm node, the scripted teleop, `wmpo eval` and the real-env GRPO baseline all step the
 simulator through this one adapter, so they see the same frames, state and success signal.
@@ -35,11 +39,36 @@ class SimObservation:
     truncated: bool
 
 
-def _import_object(spec: str) -> Any:
+def _import_object(spec: str, what: str) -> Any:
     module_name, _, attr = spec.partition(":")
     if not attr:
-        raise ValueError(f"expected 'module:attribute', got '{spec}'")
-    return getattr(importlib.import_module(module_name), attr)
+        raise ValueError(f"{what}: expected 'module:attribute', got '{spec}'")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"{what}: cannot import '{spec}': {exc}") from None
+
+
+def make_env(driver: GymSimDriver) -> gym.Env:
+    """The env `driver` describes: made from `env_id` and `env_kwargs`, then wrapped in order."""
+    if ":" in driver.env_id:
+        importlib.import_module(driver.env_id.split(":", 1)[0])
+    env_id = driver.env_id.split(":", 1)[-1]
+    kwargs = dict(driver.env_kwargs)
+    if driver.render_camera is not None:
+        kwargs.setdefault("render_mode", "rgb_array")
+    env = gym.make(env_id, disable_env_checker=True, **kwargs)
+    for i, spec in enumerate(driver.wrappers):
+        wrapper = _import_object(spec.wrapper, f"driver.wrappers[{i}]")
+        try:
+            env = wrapper(env, **spec.kwargs)
+        except TypeError as exc:  # wrong or missing kwargs
+            raise ValueError(f"driver.wrappers[{i}] ({spec.wrapper}): {exc}") from None
+    if driver.render_camera is not None and env.render_mode != "rgb_array":
+        raise ValueError(
+            f"{env_id}: driver.render_camera needs render_mode 'rgb_array', the env has {env.render_mode!r}"
+        )
+    return env
 
 
 def _lookup(obs: Any, path: str) -> Any:
@@ -58,14 +87,13 @@ class SimArm:
     def __init__(self, config: RobotConfig):
         if not isinstance(config.driver, GymSimDriver):
             raise ValueError(
-                f"robot config '{config.name}' does not describe a simulated arm (driver.kind={config.driver.kind})"
+                f"robot config '{config.name}' does not describe a simulated arm "
+                f"(driver.kind={config.driver.kind})"
             )
         self.config = config
         self.driver: GymSimDriver = config.driver
-        if ":" in self.driver.env_id:
-            importlib.import_module(self.driver.env_id.split(":", 1)[0])
         env_id = self.driver.env_id.split(":", 1)[-1]
-        self.env = gym.make(env_id, disable_env_checker=True, **self.driver.env_kwargs)
+        self.env = make_env(self.driver)
         if not isinstance(self.env.action_space, gym.spaces.Box):
             raise ValueError(f"{env_id}: action space must be a Box, got {self.env.action_space}")
         if self.env.action_space.shape != (config.action.dim,):
@@ -81,7 +109,11 @@ class SimArm:
                 self.driver.mujoco_multisample,
                 self.driver.mujoco_mesh_cell_m,
             )
-        self.expert = _import_object(self.driver.scripted_expert)() if self.driver.scripted_expert else None
+        self.expert = (
+            _import_object(self.driver.scripted_expert, "driver.scripted_expert")()
+            if self.driver.scripted_expert
+            else None
+        )
         self._last: SimObservation | None = None
 
     @property
@@ -114,22 +146,31 @@ class SimArm:
     def _convert(self, obs: Any, info: dict, terminated: bool, truncated: bool) -> SimObservation:
         images = {}
         for cam in self.config.cameras:
-            frame = np.asarray(_lookup(obs, self.driver.image_keys[cam.name]))
+            if cam.name == self.driver.render_camera:
+                frame = self.env.render()
+                if frame is None:
+                    raise ValueError(f"camera '{cam.name}': env.render() returned no frame")
+            else:
+                frame = _lookup(obs, self.driver.image_keys[cam.name])
+            frame = np.asarray(frame)
             if frame.ndim == 2:
                 frame = frame[..., None]
             if frame.shape != cam.shape or frame.dtype != np.uint8:
                 raise ValueError(
-                    f"camera '{cam.name}' of robot config '{self.config.name}' expects {cam.shape} uint8 frames, "
-                    f"the env renders {frame.shape} {frame.dtype}: make cameras[{cam.name}] match driver.env_kwargs"
+                    f"camera '{cam.name}' of robot config '{self.config.name}' expects {cam.shape} uint8 "
+                    f"frames, the env renders {frame.shape} {frame.dtype}: make cameras[{cam.name}] match "
+                    "driver.env_kwargs"
                 )
             images[cam.name] = frame
-        state = np.asarray(_lookup(obs, self.driver.state_key), dtype=np.float64).reshape(-1)
+        raw = obs if self.driver.state_key is None else _lookup(obs, self.driver.state_key)
+        state = np.asarray(raw, dtype=np.float64).reshape(-1)
         if self.driver.state_indices is not None:
             state = state[self.driver.state_indices]
         if state.shape != (len(self.config.joints),):
             raise ValueError(
                 f"robot config '{self.config.name}' has {len(self.config.joints)} joints but the env's "
-                f"'{self.driver.state_key}' gives {state.shape[0]} values: set driver.state_indices"
+                f"'{self.driver.state_key or '<observation>'}' gives {state.shape[0]} values: "
+                "set driver.state_indices"
             )
         success = bool(info.get(self.driver.success_key, False))
         return SimObservation(

@@ -12,6 +12,9 @@ Why this task (measured with lerobot-env-so101 0.4.0, see docs/sim_task.md):
   this for the pick-place task), so we resample those starts.
 The expert below follows the package's own pick-and-place phases and constants (hover, careful
 descent, close, lift) and succeeds on every episode we measured.
+
+`DeltaGripperWrapper` and `DeltaGripperLiftExpert` give the same task a gripper commanded by
+opening increments: the worked "add a new arm" example of docs/robot_configs.md.
 """
 
 from __future__ import annotations
@@ -67,6 +70,44 @@ class BlockRegionWrapper(gym.Wrapper):
         raise RuntimeError(
             f"no block start inside block_region {list(self._region)} in {self._max_tries} resets"
         )
+
+
+class DeltaGripperWrapper(gym.ActionWrapper):
+    """The env's last action dim, an absolute gripper opening, commanded by increments instead.
+
+    The opening is the running sum of the increments clipped to the env's gripper range, so no
+    sequence of increments can leave that range; an increment of 0 (what a hold sends) keeps the
+    gripper where it is, so a held object stays held. A reset restores `start` (default: the top of
+    the range, open for the SO-101). The increment range is +-(range width): one step may cross it.
+    """
+
+    def __init__(self, env: gym.Env, start: float | None = None):
+        super().__init__(env)
+        box = env.action_space
+        if not isinstance(box, gym.spaces.Box) or box.shape is None or len(box.shape) != 1:
+            raise ValueError(f"DeltaGripperWrapper needs a 1-D Box action space, got {box}")
+        self._low, self._high = float(box.low[-1]), float(box.high[-1])
+        self._start = self._high if start is None else float(start)
+        if not self._low <= self._start <= self._high:
+            raise ValueError(
+                f"DeltaGripperWrapper: start {self._start} is outside the gripper range "
+                f"[{self._low}, {self._high}]"
+            )
+        low, high = box.low.copy(), box.high.copy()
+        low[-1], high[-1] = -(self._high - self._low), self._high - self._low
+        self.action_space = gym.spaces.Box(low, high, dtype=box.dtype)
+        self.gripper_opening = self._start
+        """The absolute opening last sent to the env."""
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        self.gripper_opening = self._start
+        return self.env.reset(seed=seed, options=options)
+
+    def action(self, action: np.ndarray) -> np.ndarray:
+        action = np.array(action, dtype=self.env.action_space.dtype, copy=True)
+        self.gripper_opening = float(np.clip(self.gripper_opening + float(action[-1]), self._low, self._high))
+        action[-1] = self.gripper_opening
+        return action
 
 
 def look_at(
@@ -176,6 +217,19 @@ class LiftExpert:
     def _next(self, phase: str) -> None:
         self._phase = phase
         self._steps_in_phase = 0
+
+
+class DeltaGripperLiftExpert(LiftExpert):
+    """`LiftExpert` for the lift env behind `DeltaGripperWrapper`: the gripper as an increment.
+
+    Asks for the whole way to the opening it wants each step; the safety filter cuts that to the
+    config's `max_step_change`, and the next step asks for the rest (it reads the opening back).
+    """
+
+    def act(self, env: gym.Env) -> np.ndarray:
+        action = super().act(env)
+        action[-1] -= env.get_wrapper_attr("gripper_opening")
+        return action
 
 
 gym.register(id=LIFT_ENV_ID, entry_point=make_lift_env, max_episode_steps=100)

@@ -43,8 +43,8 @@ class TeleopDevice(ABC):
     def action(self, state: np.ndarray | None, last_command: np.ndarray | None) -> np.ndarray | None:
         """The commanded action now (config units), or None when the device has nothing to send."""
 
-    def disconnect(self) -> None:
-        pass
+    def disconnect(self) -> None:  # noqa: B027 (an optional hook: most devices hold nothing to release)
+        """Release the device."""
 
 
 # ------------------------------------------------------------------------------------- keyboard
@@ -147,7 +147,8 @@ def gamepad_action(
     """LeRobot gamepad reading (delta_x/y/z in [-1, 1], gripper close/stay/open) -> action."""
     if config.action.space != "ee_delta_gripper":
         raise TeleopDeviceError(
-            f"the gamepad commands end-effector motion; robot config '{config.name}' takes {config.action.space}"
+            f"the gamepad commands end-effector motion; robot config '{config.name}' takes "
+            f"{config.action.space}"
         )
     dims = config.action.dims
     deltas = [
@@ -159,6 +160,8 @@ def gamepad_action(
         gripper = dims[-1].high
     elif code == GAMEPAD_CLOSE:
         gripper = dims[-1].low
+    elif dims[-1].kind == "delta":
+        gripper = 0.0  # a delta gripper stays where it is
     else:
         gripper = float(last_command[-1]) if last_command is not None else dims[-1].high
     return np.array([*deltas, *np.zeros(len(dims) - 1 - len(deltas)), gripper], dtype=np.float64)
@@ -206,7 +209,8 @@ class LeaderArmDevice(TeleopDevice):
     def __init__(self, config: RobotConfig, port: str, device_id: str):
         if config.action.space != "joint_position":
             raise TeleopDeviceError(
-                f"a leader arm commands joint positions; robot config '{config.name}' takes {config.action.space}"
+                f"a leader arm commands joint positions; robot config '{config.name}' takes "
+                f"{config.action.space}"
             )
         check_convertible(config)  # the leader speaks the follower's LeRobot units
         if not port:
