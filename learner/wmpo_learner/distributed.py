@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from wmpo_core.devices import DeviceError, choose_device
 
 
 @dataclass(frozen=True)
@@ -72,13 +73,10 @@ def setup(device: str = "auto") -> Distributed:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda, but no CUDA device is visible")
+    chosen = choose_device(device)  # DeviceError (one line) for a device this machine lacks
+    if chosen.type not in ("cpu", "cuda"):
+        raise DeviceError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if chosen.type == "cuda":  # one process per GPU: torchrun's LOCAL_RANK picks it
         torch.cuda.set_device(local_rank)
         torch_device = torch.device("cuda", local_rank)
     else:
@@ -87,7 +85,7 @@ def setup(device: str = "auto") -> Distributed:
         if local_world > 1:  # processes sharing a CPU must not oversubscribe its cores
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo")
     return Distributed(rank=rank, world_size=world_size, local_rank=local_rank, device=torch_device)
 
 

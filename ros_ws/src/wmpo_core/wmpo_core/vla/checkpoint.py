@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from wmpo_core.devices import choose_device
 from wmpo_core.durable import atomic_write_json, tagged_sha256
 from wmpo_core.normalization import ActionNormalizer
 from wmpo_core.policy import PolicyLoadError, register_directory_format
@@ -433,12 +434,12 @@ def _check_robot(layout: Mapping[str, Any], robot_config: RobotConfig, model: VL
 def _load_policy(path: str, robot_config: RobotConfig):
     from wmpo_core.vla.policy import VLAPolicy
 
-    return VLAPolicy(load_checkpoint(path, robot_config, device=default_device()), robot_config)
+    return VLAPolicy(load_checkpoint(path, robot_config, device=choose_device()), robot_config)
 
 
 def default_device() -> str:
-    """'cuda' when a GPU is visible, else 'cpu'; WMPO_DEVICE overrides."""
-    return os.environ.get("WMPO_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    """`wmpo_core.devices.choose_device("auto")` as a string, for callers that pass strings."""
+    return str(choose_device("auto"))
 
 
 register_directory_format(is_vla_checkpoint, _load_policy)
