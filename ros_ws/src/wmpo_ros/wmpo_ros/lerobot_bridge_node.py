@@ -12,6 +12,7 @@ joint mapping it relies on are unit-tested.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -24,12 +25,13 @@ from wmpo_core.robot_config import LeRobotDriver, RobotConfig, load_robot_config
 
 from wmpo_ros.image_conversion import image_to_msg
 from wmpo_ros.messages import STATE_QOS, CommandCodec, camera_publisher_qos, joint_state_msg
+from wmpo_ros.node_inputs import subscribe_commands
 from wmpo_ros.node_utils import run_node
 from wmpo_ros.params import LEROBOT_BRIDGE
 
 
 def lerobot_robot_config(config: RobotConfig):
-    """The LeRobot `RobotConfig` (e.g. SO101FollowerConfig) that the robot config's driver section describes."""
+    """The LeRobot `RobotConfig` (e.g. SO101FollowerConfig) the robot config's driver section describes."""
     import importlib
     import pkgutil
 
@@ -43,10 +45,8 @@ def lerobot_robot_config(config: RobotConfig):
     for package in (lerobot.robots, lerobot.cameras):
         for module in pkgutil.iter_modules(package.__path__):
             if module.ispkg:
-                try:
+                with contextlib.suppress(ImportError):
                     importlib.import_module(f"{package.__name__}.{module.name}")
-                except ImportError:
-                    pass
     driver = config.driver
     if not isinstance(driver, LeRobotDriver):
         raise ValueError(
@@ -54,7 +54,8 @@ def lerobot_robot_config(config: RobotConfig):
         )
     if driver.robot_type not in LeRobotRobotConfig.get_known_choices():
         raise ValueError(
-            f"LeRobot has no robot type '{driver.robot_type}' (known: {sorted(LeRobotRobotConfig.get_known_choices())})"
+            f"LeRobot has no robot type '{driver.robot_type}' "
+            f"(known: {sorted(LeRobotRobotConfig.get_known_choices())})"
         )
     cameras = {}
     for name, spec in driver.cameras.items():
@@ -75,7 +76,8 @@ class LeRobotBridgeNode(Node):
         check_convertible(self.config)
         if self.config.action.space != "joint_position":
             raise ValueError(
-                f"a LeRobot arm takes joint positions; robot config '{self.config.name}' has {self.config.action.space}"
+                f"a LeRobot arm takes joint positions; robot config '{self.config.name}' has "
+                f"{self.config.action.space}"
             )
         from lerobot.robots.utils import make_robot_from_config
 
@@ -88,26 +90,14 @@ class LeRobotBridgeNode(Node):
         }
         self._state_pub = self.create_publisher(JointState, self.config.topics.joint_states, STATE_QOS)
         self._commands: queue.Queue[np.ndarray] = queue.Queue(maxsize=1)
-        self.create_subscription(
-            self._codec.msg_type, self.config.topics.command, self._on_command, STATE_QOS
-        )
+        subscribe_commands(self, self.config, self._codec, self._queue_command, STATE_QOS)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lerobot_bus", daemon=True)
         self._thread.start()
 
-    def _on_command(self, msg) -> None:
-        try:
-            action = self._codec.decode(msg)
-        except ValueError as exc:
-            self.get_logger().error(f"ignoring command: {exc}", throttle_duration_sec=5.0)
-            return
-        if not np.all(np.isfinite(action)):
-            self.get_logger().error("ignoring a non-finite command", throttle_duration_sec=5.0)
-            return
-        try:
+    def _queue_command(self, action: np.ndarray) -> None:
+        with contextlib.suppress(queue.Empty):
             self._commands.get_nowait()  # only the newest command matters
-        except queue.Empty:
-            pass
         self._commands.put_nowait(action)
 
     def _run(self) -> None:

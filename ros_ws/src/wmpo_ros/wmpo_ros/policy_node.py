@@ -56,6 +56,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
@@ -63,17 +64,9 @@ from wmpo_core.policy import Observation, PolicyLoadError
 from wmpo_core.robot_config import load_robot_config
 from wmpo_core.safety import SafetyFilter
 
-from wmpo_ros.image_conversion import ImageEncodingError, msg_to_image
-from wmpo_ros.messages import (
-    LATCHED_QOS,
-    STATE_QOS,
-    CommandCodec,
-    JointOrderError,
-    camera_subscription_qos,
-    joint_positions,
-    stamp_to_seconds,
-)
+from wmpo_ros.messages import LATCHED_QOS, STATE_QOS, CommandCodec, camera_subscription_qos, stamp_to_seconds
 from wmpo_ros.names import graph_names
+from wmpo_ros.node_inputs import subscribe_cameras, subscribe_joint_states
 from wmpo_ros.node_utils import run_node
 from wmpo_ros.params import POLICY
 from wmpo_ros.policy_holder import LoadedPolicy, PolicyHolder
@@ -162,21 +155,10 @@ class PolicyNode(Node):
         self._loads: queue.Queue[str | None] = queue.Queue()
 
         sensors = MutuallyExclusiveCallbackGroup()
-        for cam in self.config.cameras:
-            self.create_subscription(
-                Image,
-                cam.topic,
-                lambda msg, c=cam.name: self._on_image(c, msg),
-                camera_subscription_qos(self, cam),
-                callback_group=sensors,
-            )
-        self.create_subscription(
-            JointState,
-            self.config.topics.joint_states,
-            self._on_joint_state,
-            STATE_QOS,
-            callback_group=sensors,
+        subscribe_cameras(
+            self, self.config, self._on_frame, lambda cam: camera_subscription_qos(self, cam), lambda: sensors
         )
+        subscribe_joint_states(self, self.config, self._on_joint_state, STATE_QOS, sensors)
         self.create_subscription(
             String, self.config.topics.instruction, self._on_instruction, LATCHED_QOS, callback_group=sensors
         )
@@ -226,28 +208,12 @@ class PolicyNode(Node):
 
     # ------------------------------------------------------------------ inputs
 
-    def _on_image(self, camera: str, msg: Image) -> None:
-        try:
-            frame = msg_to_image(msg)
-        except ImageEncodingError as exc:
-            self.get_logger().error(f"camera '{camera}': {exc}", throttle_duration_sec=5.0)
-            return
-        if frame.shape != self.config.camera(camera).shape:
-            self.get_logger().error(
-                f"camera '{camera}' sends {frame.shape}, config says {self.config.camera(camera).shape}",
-                throttle_duration_sec=5.0,
-            )
-            return
+    def _on_frame(self, camera: str, frame: np.ndarray, msg: Image, info: MessageInfo) -> None:
         with self._lock:
             self._frames[camera] = (stamp_to_seconds(msg.header.stamp), frame, time.perf_counter())
             self._request_if_inputs_arrived()
 
-    def _on_joint_state(self, msg: JointState) -> None:
-        try:
-            state = joint_positions(msg, self.config.joint_names)
-        except JointOrderError as exc:
-            self.get_logger().error(str(exc), throttle_duration_sec=5.0)
-            return
+    def _on_joint_state(self, state: np.ndarray, msg: JointState, info: MessageInfo) -> None:
         with self._lock:
             self._state = (stamp_to_seconds(msg.header.stamp), state)
             self._request_if_inputs_arrived()
@@ -281,9 +247,13 @@ class PolicyNode(Node):
         self._tick()  # serve the episode's first tick now rather than up to a period later
         if self.dry_run:
             self.get_logger().info(
-                f"dry run: episode started with policy {active.version}; actions go to {self.names.policy_dry_run_action}, never to the arm"
+                f"dry run: episode started with policy {active.version}; actions go to "
+                f"{self.names.policy_dry_run_action}, never to the arm"
             )
-            return f"dry-run episode started with policy {active.version} (actions on {self.names.policy_dry_run_action})"
+            return (
+                f"dry-run episode started with policy {active.version} "
+                f"(actions on {self.names.policy_dry_run_action})"
+            )
         return f"episode started with policy {active.version}"
 
     def _announce(self, version: str) -> None:
@@ -327,7 +297,8 @@ class PolicyNode(Node):
                 if ":" not in spec and not Path(spec).exists():
                     return SetParametersResult(
                         successful=False,
-                        reason=f"policy not loaded: '{spec}' is neither an existing checkpoint directory nor a scheme spec",
+                        reason=f"policy not loaded: '{spec}' is neither an existing checkpoint directory "
+                        "nor a scheme spec",
                     )
                 self._loads.put(spec)
                 return SetParametersResult(
@@ -350,7 +321,10 @@ class PolicyNode(Node):
             if on == self.dry_run:
                 return None
             if self._enabled:
-                return f"dry_run changes between episodes only: stop the episode first ({self.names.policy_enable} false)"
+                return (
+                    "dry_run changes between episodes only: stop the episode first "
+                    f"({self.names.policy_enable} false)"
+                )
             self.dry_run = on
             if on:
                 self.destroy_publisher(self._command_pub)

@@ -46,18 +46,11 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray, Int64, String
 from std_srvs.srv import SetBool, Trigger
 from wmpo_core.episode_store import EpisodeStore, EpisodeWriter, StoreError
-from wmpo_core.robot_config import load_robot_config
+from wmpo_core.robot_config import CameraSpec, load_robot_config
 
-from wmpo_ros.image_conversion import ImageEncodingError, msg_to_image
-from wmpo_ros.messages import (
-    LATCHED_QOS,
-    CommandCodec,
-    JointOrderError,
-    camera_subscription_qos,
-    joint_positions,
-    stamp_to_seconds,
-)
+from wmpo_ros.messages import LATCHED_QOS, CommandCodec, camera_subscription_qos, stamp_to_seconds
 from wmpo_ros.names import graph_names
+from wmpo_ros.node_inputs import subscribe_cameras, subscribe_joint_states
 from wmpo_ros.node_utils import run_node
 from wmpo_ros.params import RECORDER
 from wmpo_ros.step_sync import StepSynchronizer, SyncedStep
@@ -94,12 +87,14 @@ class CadenceReport:
 
     def line(self) -> str:
         frames = ", ".join(
-            f"{cam}: {self.dropped_frames[cam]} dropped / {self.late_frames[cam]} late / {self.frames_received[cam]} received"
+            f"{cam}: {self.dropped_frames[cam]} dropped / {self.late_frames[cam]} late / "
+            f"{self.frames_received[cam]} received"
             for cam in self.frames_received
         )
         return (
-            f"{self.steps} steps at {self.effective_hz:.2f} Hz (target {self.control_rate_hz:g}, wall {self.wall_hz:.2f} Hz); "
-            f"{frames}; {self.holds} holds, {self.unsettled_steps} unsettled, {self.unpaired_commands} unpaired commands, "
+            f"{self.steps} steps at {self.effective_hz:.2f} Hz (target {self.control_rate_hz:g}, "
+            f"wall {self.wall_hz:.2f} Hz); {frames}; {self.holds} holds, {self.unsettled_steps} unsettled, "
+            f"{self.unpaired_commands} unpaired commands, "
             f"write queue max {self.max_write_queue}"
         )
 
@@ -156,21 +151,10 @@ class RecorderNode(Node):
 
         # Each camera on its own callback group (frames are copied in parallel with everything else),
         # and queues deeper than a live consumer's: a recorder must ride out a slow moment, not drop.
-        for cam in self.config.cameras:
-            qos = camera_subscription_qos(self, cam)
-            qos.depth = max(qos.depth, math.ceil(RECORDER_QUEUE_S * self.config.control_rate_hz))
-            self.create_subscription(
-                Image,
-                cam.topic,
-                lambda m, info, c=cam.name: self._on_image(c, m, info),
-                qos,
-                callback_group=MutuallyExclusiveCallbackGroup(),
-            )
+        subscribe_cameras(self, self.config, self._on_frame, self._camera_qos, MutuallyExclusiveCallbackGroup)
         inputs = MutuallyExclusiveCallbackGroup()
         deep = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-        self.create_subscription(
-            JointState, self.config.topics.joint_states, self._on_joint_state, deep, callback_group=inputs
-        )
+        subscribe_joint_states(self, self.config, self._on_joint_state, deep, inputs)
         self.create_subscription(
             self._codec.msg_type, self.config.topics.command, self._on_command, deep, callback_group=inputs
         )
@@ -228,30 +212,20 @@ class RecorderNode(Node):
 
     # ------------------------------------------------------------------ inputs
 
-    def _on_image(self, camera: str, msg: Image, info: MessageInfo) -> None:
-        try:
-            frame = msg_to_image(msg)
-        except ImageEncodingError as exc:
-            self.get_logger().error(f"camera '{camera}': {exc}", throttle_duration_sec=5.0)
-            return
-        if frame.shape != self.config.camera(camera).shape:
-            self.get_logger().error(
-                f"camera '{camera}' sends {frame.shape}, config says {self.config.camera(camera).shape}",
-                throttle_duration_sec=5.0,
-            )
-            return
+    def _camera_qos(self, camera: CameraSpec) -> QoSProfile:
+        """Deeper than a live consumer's queue: a recorder must ride out a slow moment, not drop."""
+        qos = camera_subscription_qos(self, camera)
+        qos.depth = max(qos.depth, math.ceil(RECORDER_QUEUE_S * self.config.control_rate_hz))
+        return qos
+
+    def _on_frame(self, camera: str, frame: np.ndarray, msg: Image, info: MessageInfo) -> None:
         with self._lock:
             self._sync.add_frame(camera, info["source_timestamp"], stamp_to_seconds(msg.header.stamp), frame)
             if self._episode is not None:
                 self._episode.cadence.frames_received[camera] += 1
         self._drain()
 
-    def _on_joint_state(self, msg: JointState, info: MessageInfo) -> None:
-        try:
-            state = joint_positions(msg, self.config.joint_names)
-        except JointOrderError as exc:
-            self.get_logger().error(str(exc), throttle_duration_sec=5.0)
-            return
+    def _on_joint_state(self, state: np.ndarray, msg: JointState, info: MessageInfo) -> None:
         with self._lock:
             self._sync.add_state(info["source_timestamp"], stamp_to_seconds(msg.header.stamp), state)
         self._drain()
@@ -264,7 +238,8 @@ class RecorderNode(Node):
             return
         with self._lock:
             if self._episode is None or info["source_timestamp"] < self._episode.started_ns:
-                return  # not recording, or a command of the control loop that was in flight when recording started
+                # not recording, or a command of the control loop that was in flight when recording started
+                return
             if not np.all(np.isfinite(action)):
                 self.get_logger().error(
                     "a non-finite command reached the command topic; not recorded", throttle_duration_sec=5.0
@@ -285,7 +260,8 @@ class RecorderNode(Node):
             self._episode.dry_run_seen = True
             index = self._episode.index
         self.get_logger().warning(
-            f"episode #{index}: the policy node is in dry run (its actions go to {self.names.policy_dry_run_action}, none to the arm); "
+            f"episode #{index}: the policy node is in dry run (its actions go to "
+            f"{self.names.policy_dry_run_action}, none to the arm); "
             "dry runs are not recorded, so the policy adds no steps to this episode: stop or discard it"
         )
 
@@ -330,7 +306,10 @@ class RecorderNode(Node):
             )
             self._episode.recorded_frames = {c: set() for c in self.config.camera_names}
             self._episodes_started += 1
-            return f"recording episode #{self._episode.index} (source {self.source}, at most {self.max_steps} steps)"
+            return (
+                f"recording episode #{self._episode.index} (source {self.source}, "
+                f"at most {self.max_steps} steps)"
+            )
 
     def stop(self, timeout: float = 60.0) -> dict[str, Any] | None:
         """End the current episode and wait for its commit; returns its metadata (None if empty)."""
@@ -340,10 +319,8 @@ class RecorderNode(Node):
                 raise StoreError("not recording")
         self._drain(final=True)
         with self._lock:
-            if self._episode is not episode:  # ended on its own while draining
-                done = None
-            else:
-                done = self._end_locked("stopped")
+            # None: the episode ended on its own while draining
+            done = None if self._episode is not episode else self._end_locked("stopped")
         if done is None:
             return self.last_committed
         if not done.wait(timeout):
@@ -542,12 +519,14 @@ class RecorderNode(Node):
                             self.last_committed = meta.model_dump(mode="json")
                             self._episodes_pub.publish(String(data=json.dumps(self.last_committed)))
                             self.get_logger().info(
-                                f"committed {meta.episode_id}: success={meta.success} ({meta.success_labeled_by}); "
+                                f"committed {meta.episode_id}: success={meta.success} "
+                                f"({meta.success_labeled_by}); "
                                 f"{CadenceReport(**extra['cadence']).line()}"
                             )
                         elif episode.steps == 0:
                             self.get_logger().warning(
-                                f"episode #{episode.index} ended ({extra['ended_by']}) with no steps; nothing committed"
+                                f"episode #{episode.index} ended ({extra['ended_by']}) with no steps; "
+                                "nothing committed"
                             )
                         else:
                             self.get_logger().error(
@@ -577,7 +556,8 @@ class RecorderNode(Node):
             episode, self._episode = self._episode, None
         if episode is not None and episode.steps:
             self.get_logger().warning(
-                f"shutting down while recording: discarding unfinished episode #{episode.index} ({episode.steps} steps)"
+                f"shutting down while recording: discarding unfinished episode #{episode.index} "
+                f"({episode.steps} steps)"
             )
         if episode is not None:
             self._writes.put(("discard", episode.index))

@@ -54,6 +54,7 @@ from wmpo_ros.messages import (
     nanoseconds_to_stamp,
 )
 from wmpo_ros.names import graph_names
+from wmpo_ros.node_inputs import subscribe_commands
 from wmpo_ros.node_utils import run_node
 from wmpo_ros.params import SIM_ARM
 
@@ -108,9 +109,7 @@ class SimArmNode(Node):
         self.steps = 0
         self.republished = 0
         """Lockstep: times the current observation was re-published while waiting for a command."""
-        self.create_subscription(
-            self._codec.msg_type, self.config.topics.command, self._on_command, STATE_QOS
-        )
+        subscribe_commands(self, self.config, self._codec, self._queue_command, STATE_QOS)
         self.create_service(
             Trigger, self.names.sim_reset, self._on_reset, callback_group=MutuallyExclusiveCallbackGroup()
         )
@@ -126,15 +125,7 @@ class SimArmNode(Node):
 
     # ------------------------------------------------------------------ ROS callbacks
 
-    def _on_command(self, msg) -> None:
-        try:
-            action = self._codec.decode(msg)
-        except ValueError as exc:
-            self.get_logger().error(f"ignoring command: {exc}", throttle_duration_sec=5.0)
-            return
-        if not np.all(np.isfinite(action)):
-            self.get_logger().error("ignoring a non-finite command", throttle_duration_sec=5.0)
-            return
+    def _queue_command(self, action: np.ndarray) -> None:
         with self._cond:
             self._commands.append(action)
             self._cond.notify_all()

@@ -15,6 +15,7 @@ import threading
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
+from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import JointState
 from std_srvs.srv import SetBool
 from wmpo_core.robot_config import load_robot_config
@@ -22,6 +23,7 @@ from wmpo_core.safety import SafetyFilter
 
 from wmpo_ros.messages import STATE_QOS, CommandCodec, JointOrderError, joint_positions, stamp_to_seconds
 from wmpo_ros.names import graph_names
+from wmpo_ros.node_inputs import subscribe_joint_states
 from wmpo_ros.node_utils import run_node
 from wmpo_ros.params import TELEOP
 from wmpo_ros.teleop_devices import TeleopDevice, make_device, resolve_device
@@ -46,13 +48,7 @@ class TeleopNode(Node):
 
         self._command_pub = self.create_publisher(self._codec.msg_type, self.config.topics.command, STATE_QOS)
         inputs = MutuallyExclusiveCallbackGroup()
-        self.create_subscription(
-            JointState,
-            self.config.topics.joint_states,
-            self._on_joint_state,
-            STATE_QOS,
-            callback_group=inputs,
-        )
+        subscribe_joint_states(self, self.config, self._on_joint_state, STATE_QOS, inputs)
         if self.device == "scripted":
             self.create_subscription(
                 JointState, self.names.expert_action, self._on_expert, STATE_QOS, callback_group=inputs
@@ -88,12 +84,7 @@ class TeleopNode(Node):
         response.success, response.message = True, self.enable(request.data)
         return response
 
-    def _on_joint_state(self, msg: JointState) -> None:
-        try:
-            state = joint_positions(msg, self.config.joint_names)
-        except JointOrderError as exc:
-            self.get_logger().error(str(exc), throttle_duration_sec=5.0)
-            return
+    def _on_joint_state(self, state: np.ndarray, msg: JointState, info: MessageInfo) -> None:
         with self._lock:
             self._state = state
 
