@@ -1,7 +1,7 @@
 """Bring up the arm, the policy node and the recorder, to run a policy and record what it does.
 
     ros2 launch wmpo_ros deploy.launch.py robot:=so101_sim policy:=<checkpoint dir or spec> [dry_run:=true]
-    ros2 launch wmpo_ros deploy.launch.py robot:=so101_sim learner_url:=https://learner:8765 token_file:=<file>
+    ros2 launch wmpo_ros deploy.launch.py robot:=so101_sim learner_url:=https://host:8765 token_file:=<file>
 
 The policy runs as soon as it is loaded (autostart); `ros2 service call <ns>/policy/enable
 std_srvs/srv/SetBool "{data: true}"` starts a new episode, and `ros2 param set /policy_node policy

@@ -4,23 +4,31 @@
 every node they start must be a console_scripts entry point of wmpo_ros/setup.py, named as the
 node names itself, given only parameters that node declares, and every launch argument must be a
 parameter of the table it names. The in-process bring-up (`wmpo robot|teleop|deploy`) must start
-the same executables, for every robot config.
+the same executables, for every robot config. Then each launch file's `launch_setup` is run, with
+stand-ins for the few `launch`/`launch_ros` classes it touches (a LaunchConfiguration reads a
+dict; a Node keeps its arguments), against `wmpo_ros.graph.bringup_graph`: for every robot config
+and every launch argument at its default and at another value, both start the same nodes with the
+same parameter values.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.util
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 from wmpo_core.robot_config import GymSimDriver, LeRobotDriver, config_search_path, load_robot_config
 from wmpo_ros import params
-from wmpo_ros.graph import BRINGUPS, bringup_graph
+from wmpo_ros.graph import BRINGUPS, NodeSpec, bringup_graph, launch_file
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "ros_ws" / "src" / "wmpo_ros"
-LAUNCH_FILES = {b: ROOT / "launch" / f"{b}.launch.py" for b in BRINGUPS}
+LAUNCH_FILES = {b: launch_file(b) for b in BRINGUPS}
 CONFIGS = sorted(p.stem for d in config_search_path() for p in d.glob("*.yaml"))
 
 
@@ -171,12 +179,115 @@ def test_package_metadata():
         assert xml.find("export/build_type").text == "ament_python"
         assert (root / "resource" / package).is_file()
         assert f"script_dir=$base/lib/{package}" in (root / "setup.cfg").read_text()
+    # Launch files are package data of wmpo_ros (and go to share/wmpo_ros/launch for `ros2 launch`),
+    # robot configs package data of wmpo_core; both are found through importlib.resources.
     setup_text = (PACKAGE / "setup.py").read_text()
-    assert 'glob("launch/*.launch.py")' in setup_text and 'glob("robot_configs/*.yaml")' in setup_text
-    # The package installs the top-level launch/ and robot_configs/ through committed relative symlinks.
-    for link, target in (("launch", ROOT / "launch"), ("robot_configs", ROOT / "robot_configs")):
-        assert (PACKAGE / link).is_symlink() and not Path((PACKAGE / link).readlink()).is_absolute()
-        assert (PACKAGE / link).resolve() == target.resolve()
-    assert sorted(p.name for p in (PACKAGE / "launch").glob("*.launch.py")) == sorted(
+    assert 'glob(f"{PACKAGE}/launch/*.launch.py")' in setup_text and '"launch/*.launch.py"' in setup_text
+    assert '"robot_configs/*.yaml"' in (ROOT / "ros_ws" / "src" / "wmpo_core" / "setup.py").read_text()
+    configs = ROOT / "ros_ws" / "src" / "wmpo_core" / "wmpo_core" / "robot_configs"
+    for path in LAUNCH_FILES.values():
+        assert path.parent == PACKAGE / "wmpo_ros" / "launch" and path.is_file()
+    assert config_search_path() == [configs]  # no $WMPO_ROBOT_CONFIG_PATH: the package's own
+    # The repository paths users know stay, as committed relative symlinks to the package data.
+    for link, target in (("launch", PACKAGE / "wmpo_ros" / "launch"), ("robot_configs", configs)):
+        assert (ROOT / link).is_symlink() and not Path((ROOT / link).readlink()).is_absolute()
+        assert (ROOT / link).resolve() == target.resolve()
+    assert sorted(p.name for p in (ROOT / "launch").glob("*.launch.py")) == sorted(
         p.name for p in LAUNCH_FILES.values()
     )
+    assert {p.stem for p in configs.glob("*.yaml")} == set(CONFIGS)
+
+
+# ------------------------------------------------------------------ launch files run against the graph
+
+
+def _stand_in_launch_modules() -> dict[str, ModuleType]:
+    """The names the launch files import; only LaunchConfiguration and Node matter to launch_setup."""
+
+    class LaunchConfiguration:
+        def __init__(self, name: str):
+            self.name = name
+
+        def perform(self, context: dict[str, str]) -> str:
+            return context[self.name]
+
+    class Node:
+        def __init__(self, **kwargs: Any):
+            self.kwargs = kwargs
+
+    def inert(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    contents = {
+        "launch": {"LaunchDescription": inert},
+        "launch.actions": dict.fromkeys(
+            ("DeclareLaunchArgument", "IncludeLaunchDescription", "OpaqueFunction", "SetEnvironmentVariable"),
+            inert,
+        ),
+        "launch.launch_description_sources": {"PythonLaunchDescriptionSource": inert},
+        "launch.substitutions": {"LaunchConfiguration": LaunchConfiguration},
+        "launch_ros": {},
+        "launch_ros.actions": {"Node": Node},
+        "ament_index_python": {},
+        "ament_index_python.packages": {"get_package_share_directory": inert},
+    }
+    modules = {}
+    for name, attributes in contents.items():
+        modules[name] = ModuleType(name)
+        vars(modules[name]).update(attributes)
+    return modules
+
+
+def _launched(bringup: str, arguments: dict[str, str], monkeypatch) -> list[NodeSpec]:
+    """What `ros2 launch wmpo_ros <bringup>.launch.py` starts with these arguments (teleop and deploy
+    include robot.launch.py first)."""
+    for name, module in _stand_in_launch_modules().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    specs = []
+    for name in ["robot"] + ([bringup] if bringup != "robot" else []):
+        spec = importlib.util.spec_from_file_location(f"launch_file_{name}", LAUNCH_FILES[name])
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        for node in module.launch_setup(arguments):
+            (parameters,) = node.kwargs["parameters"]
+            specs.append(NodeSpec(node.kwargs["executable"], parameters))
+    return specs
+
+
+def _effective(specs: list[NodeSpec]) -> list[tuple[str, dict[str, Any]]]:
+    """Each node with the parameter values it runs with: what it was given, else its defaults."""
+    return [
+        (s.executable, {**params.NODES[s.executable].defaults(), "use_sim_time": False, **s.parameters})
+        for s in specs
+    ]
+
+
+_OTHER_STRINGS = {"device": "keyboard", "swap_at": "chunk", "learner_url": "http://127.0.0.1:8765"}
+
+
+def _other_value(param: params.Param) -> str:
+    """A valid launch string for `param` that is not its default."""
+    if param.type is bool:
+        return str(not param.default).lower()
+    if param.type in (int, float):
+        return str(param.type(param.default * 2 + 1))
+    return _OTHER_STRINGS.get(param.name, f"other_{param.name}")
+
+
+@pytest.mark.parametrize("bringup", BRINGUPS)
+@pytest.mark.parametrize("variant", ["defaults", "every_argument_changed"])
+def test_launch_files_start_exactly_the_in_process_graph(bringup, variant, monkeypatch):
+    tables = {}
+    for name in ["robot", bringup]:
+        tables.update(launch_arguments(ast.parse(LAUNCH_FILES[name].read_text())))
+    for name in CONFIGS:
+        arguments = {
+            arg: (table[arg].launch_default if variant == "defaults" else _other_value(table[arg]))
+            for arg, table in tables.items()
+        }
+        arguments["robot"] = name
+        launched = _effective(_launched(bringup, arguments, monkeypatch))
+        in_process = _effective(bringup_graph(bringup, load_robot_config(name), arguments))
+        assert launched == in_process, f"{bringup}.launch.py with {arguments} for robot config '{name}'"
+        # Only a ros2_control arm's bring-up of the arm alone starts nothing of ours.
+        assert launched or (bringup == "robot" and load_robot_config(name).driver.kind == "ros2_control")

@@ -17,7 +17,7 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
     ],
-    package_data={PACKAGE: ["*.json", "*.yaml"]},
+    package_data={PACKAGE: ["*.json", "*.yaml", "robot_configs/*.yaml"]},
     install_requires=["setuptools"],
     zip_safe=False,
     maintainer="WMPO stack developers",

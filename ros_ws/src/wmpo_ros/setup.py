@@ -1,7 +1,8 @@
 """ament_python package of the WMPO stack's ROS 2 nodes (build with colcon).
 
-The launch files and robot configs live at the repository top level (launch/, robot_configs/);
-`launch` and `robot_configs` here are symlinks to them, installed into share/wmpo_ros.
+The launch files are package data (wmpo_ros/launch/, found in code through importlib.resources)
+and are installed into share/wmpo_ros/launch for `ros2 launch`; the robot configs are package data
+of wmpo_core. The repository's top-level launch/ and robot_configs/ are symlinks to them.
 """
 
 from glob import glob
@@ -14,18 +15,21 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
-    package_data={PACKAGE: ["*.xml"]},  # the Fast DDS profile for large camera frames
+    # The Fast DDS profile for large camera frames, and the launch files.
+    package_data={PACKAGE: ["*.xml", "launch/*.launch.py"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
-        (f"share/{PACKAGE}/launch", sorted(glob("launch/*.launch.py"))),
-        (f"share/{PACKAGE}/robot_configs", sorted(glob("robot_configs/*.yaml"))),
+        (f"share/{PACKAGE}/launch", sorted(glob(f"{PACKAGE}/launch/*.launch.py"))),
     ],
     install_requires=["setuptools"],
     zip_safe=False,
     maintainer="WMPO stack developers",
     maintainer_email="wmpo-stack@users.noreply.github.com",
-    description="ROS 2 nodes of the WMPO stack: sim and LeRobot arm drivers, policy runner, recorder, teleop, learner sync.",
+    description=(
+        "ROS 2 nodes of the WMPO stack: sim and LeRobot arm drivers, policy runner, recorder, teleop, "
+        "learner sync."
+    ),
     license="Apache-2.0",
     entry_points={
         "console_scripts": [

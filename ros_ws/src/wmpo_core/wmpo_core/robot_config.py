@@ -7,11 +7,11 @@ the order of `joints:`; it is never taken from the order of a JointState message
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -339,18 +339,15 @@ def parse_robot_config(data: Any, source: str = "<robot config>") -> RobotConfig
         raise RobotConfigError(_format_errors(source, exc)) from None
 
 
-def config_search_path() -> list[Path]:
-    """Where config names are looked up: $WMPO_ROBOT_CONFIG_PATH, the source tree, the ROS share dir."""
-    paths = [Path(p) for p in os.environ.get("WMPO_ROBOT_CONFIG_PATH", "").split(os.pathsep) if p]
-    for parent in Path(__file__).resolve().parents:
-        if (parent / "robot_configs").is_dir() and (parent / "pyproject.toml").is_file():
-            paths.append(parent / "robot_configs")
-            break
-    if os.environ.get("AMENT_PREFIX_PATH"):  # a sourced colcon/ROS workspace
-        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+SHIPPED_CONFIGS = Path(str(resources.files("wmpo_core").joinpath("robot_configs")))
+"""The configs shipped as package data of wmpo_core (pip and colcon installs alike); the
+repository's top-level robot_configs/ is a symlink to this directory."""
 
-        with contextlib.suppress(PackageNotFoundError):
-            paths.append(Path(get_package_share_directory("wmpo_ros")) / "robot_configs")
+
+def config_search_path() -> list[Path]:
+    """Where config names are looked up: $WMPO_ROBOT_CONFIG_PATH, then the shipped configs."""
+    paths = [Path(p) for p in os.environ.get("WMPO_ROBOT_CONFIG_PATH", "").split(os.pathsep) if p]
+    paths.append(SHIPPED_CONFIGS)
     return [p for p in paths if p.is_dir()]
 
 

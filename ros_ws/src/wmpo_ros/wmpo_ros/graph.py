@@ -1,14 +1,17 @@
 """Which nodes each bring-up runs, with which parameters, for a given robot config.
 
-`wmpo robot|teleop|deploy` instantiates exactly this graph in one process; the launch files in
-launch/ spell out the same nodes for `ros2 launch` (tests/test_launch_files.py checks they
-agree). Parameter names and defaults come from `wmpo_ros.params`.
+`wmpo robot|teleop|deploy` instantiates exactly this graph in one process; the launch files
+(package data, `launch_file()`) spell out the same nodes for `ros2 launch`, and
+tests/test_launch_files.py runs them against this graph for every robot config: same nodes, same
+parameter values. Parameter names and defaults come from `wmpo_ros.params`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 from typing import Any, Literal
 
 from wmpo_core.robot_config import GymSimDriver, LeRobotDriver, RobotConfig
@@ -18,6 +21,14 @@ from wmpo_ros.teleop_devices import resolve_device
 
 Bringup = Literal["robot", "teleop", "deploy"]
 BRINGUPS: tuple[Bringup, ...] = ("robot", "teleop", "deploy")
+
+
+def launch_file(bringup: Bringup) -> Path:
+    """The `ros2 launch` file of `bringup`, shipped inside this package (installed into
+    share/wmpo_ros/launch too, where `ros2 launch wmpo_ros <bringup>.launch.py` finds it)."""
+    if bringup not in BRINGUPS:
+        raise ValueError(f"unknown bring-up '{bringup}' (choose from {BRINGUPS})")
+    return Path(str(resources.files("wmpo_ros").joinpath("launch", f"{bringup}.launch.py")))
 
 
 @dataclass(frozen=True)
