@@ -11,11 +11,19 @@ error at a given step count is real.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
+from wmpo_core.cli import main as wmpo
+from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.normalization import ActionNormalizer
+from wmpo_core.robot_config import load_robot_config
+from wmpo_learner.grpo.rollouts import ImaginationSource
+from wmpo_learner.reward.checkpoint import save_checkpoint as save_reward
+from wmpo_learner.reward.model import RewardModel
 from wmpo_learner.world_model import WorldModel, WorldModelConfig
 from wmpo_learner.world_model.config import TransformerSpec, VAESpec
 from wmpo_learner.world_model.few_step import (
@@ -38,8 +46,10 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-def fresh_model() -> WorldModel:
-    """A small untrained world model: 32 px frames, 4x16x16 latents, window 2 + 4, 3-D actions."""
+def fresh_model(
+    normalizer: ActionNormalizer | None = None, robot: str = "test_robot", robot_hash: str = "sha256:x"
+) -> WorldModel:
+    """A small untrained world model: 32 px frames, 4x16x16 latents, window 2 + 4 (3-D actions by default)."""
     torch.manual_seed(0)
     config = WorldModelConfig(
         preset="test",
@@ -60,8 +70,8 @@ def fresh_model() -> WorldModel:
         ),
         transformer=TransformerSpec(patch_size=4, hidden_size=32, depth=1, num_heads=2, qk_norm=None),
     )
-    normalizer = ActionNormalizer([-1.0, -1.0, 0.0], [1.0, 1.0, 1.0])
-    return WorldModel.from_config(config, normalizer, "front", "test_robot", "sha256:x")
+    normalizer = normalizer or ActionNormalizer([-1.0, -1.0, 0.0], [1.0, 1.0, 1.0])
+    return WorldModel.from_config(config, normalizer, "front", robot, robot_hash)
 
 
 class GaussianFlow(nn.Module):
@@ -187,3 +197,71 @@ def test_a_certified_sampler_holds_only_for_the_weights_it_was_measured_on(tmp_p
     assert certified_sampler(tmp_path) is None
     (tmp_path / RECORD_FILE).write_text("{not json")
     assert certified_sampler(tmp_path) is None
+
+
+# ---------------------------------------------------------------------------- wmpo wm-few-step
+
+
+def _checkpoint_and_store(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """An untrained tiny world model for so101_sim, a tiny reward model that calls everything a
+    success (threshold 0), and four labelled 3-step policy rollouts, two of them successes."""
+    robot = load_robot_config("so101_sim")
+    wm = fresh_model(ActionNormalizer([-1, -1, -1, 0], [1, 1, 1, 1]), robot.name, robot.content_hash)
+    wm.save(tmp_path / "wm")
+    reward = RewardModel.from_preset("tiny", camera="front")
+    reward.threshold = 0.0
+    save_reward(reward, tmp_path / "reward")
+    rng = np.random.default_rng(1)
+    with EpisodeStore.open(tmp_path / "check.zarr", mode="a") as store:
+        for i in range(4):
+            writer = store.begin_episode(robot, "policy", "pick up the cube", policy_version="v0", env_seed=i)
+            for step in range(3):
+                writer.append(
+                    {"front": rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)},
+                    np.zeros(6),
+                    rng.uniform(0, 1, 4),
+                    float(step),
+                )
+            writer.commit(success=i % 2 == 0, success_labeled_by="env")
+    return tmp_path / "wm", tmp_path / "reward", tmp_path / "check.zarr"
+
+
+def test_wm_few_step_certifies_the_cheapest_matching_sampler_and_grpo_uses_it(tmp_path: Path) -> None:
+    wm, reward, store = _checkpoint_and_store(tmp_path)
+    out = tmp_path / "few_step_copy.json"
+    argv = ["wm-few-step", "--wm", str(wm), "--reward", str(reward), "--store", str(store)]
+    # An untrained transformer predicts zero velocity, so every solver returns its starting noise:
+    # identical fidelity, and the cheapest candidate must win even with zero tolerance.
+    extra = ["--candidates", "euler:2", "dpm++2m:1", "--seeds", "0", "1", "--max-psnr-drop", "0"]
+    assert wmpo([*argv, *extra, "--max-ba-drop", "0", "--json", str(out)]) == 0
+    record = json.loads((wm / RECORD_FILE).read_text())
+    assert record == json.loads(out.read_text())
+    assert record["episodes"] == 4 and record["real_success"] == 0.5 and record["held_out"]
+    ref = record["reference"]
+    assert (ref["sampler"], ref["steps"], ref["evaluations_per_window"]) == ("euler", 8, 8)
+    assert ref["balanced_accuracy"] == 0.5 and len(ref["per_seed"]) == 2  # everything called a success
+    assert [r["passes"] for r in record["candidates"]] == [True, True]
+    assert all(r["psnr"] == ref["psnr"] for r in record["candidates"])
+    assert record["chosen"] == {"sampler": "dpm++2m", "steps": 1}
+    assert record["weights_sha256"] == weights_sha256(wm)
+    assert certified_sampler(wm) == ("dpm++2m", 1)
+
+    frames = np.zeros((1, 32, 32, 3), dtype=np.uint8)
+    source = ImaginationSource(WorldModel.load(wm), None, frames, ["x"], 3, checkpoint=wm)
+    assert (source.sampler, source.sampling_steps) == ("dpm++2m", 1)
+    asked = ImaginationSource(WorldModel.load(wm), None, frames, ["x"], 3, sampling_steps=4, checkpoint=wm)
+    assert (asked.sampler, asked.sampling_steps) == (None, 4)  # an explicit choice wins
+
+
+def test_wm_few_step_rejects_bad_inputs_with_one_line(tmp_path: Path, capsys) -> None:
+    wm, reward, store = _checkpoint_and_store(tmp_path)
+    argv = ["wm-few-step", "--wm", str(wm), "--reward", str(reward), "--store", str(store)]
+    for extra, message in (
+        (["--candidates", "rk4:2"], "candidate 'rk4:2'"),
+        (["--policy-version", "nobody"], "has 0 usable labelled rollouts"),
+        (["--max-ba-drop", "-1"], "must be >= 0"),
+    ):
+        assert wmpo([*argv, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("wmpo wm-few-step:") and message in err and "\n" not in err
+    assert not (wm / RECORD_FILE).exists()  # nothing measured, nothing certified

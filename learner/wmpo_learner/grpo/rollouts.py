@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -99,7 +100,16 @@ class ImaginationSource:
         horizon: int,
         sampling_steps: int | None = None,
         seed: int = 0,
+        sampler: str | None = None,
+        checkpoint: str | Path | None = None,
     ):
+        """`sampler`/`sampling_steps` choose the world model's ODE solver; when neither is given,
+        the few-step sampler certified for the weights in `checkpoint` (`wmpo wm-few-step`) is
+        used, else the model's default."""
+        # imported here as `collect` imports `imagine`: the world-model package pulls in diffusers,
+        # which the simulator baseline does not need
+        from wmpo_learner.world_model.few_step import imagination_sampler
+
         if len(first_frames) == 0:
             raise ValueError("imagination needs at least one real first frame")
         if len(first_frames) != len(instructions):
@@ -109,7 +119,9 @@ class ImaginationSource:
         self.first_frames = np.asarray(first_frames)
         self.instructions = list(instructions)
         self.horizon = horizon
-        self.sampling_steps = sampling_steps
+        self.sampler, self.sampling_steps, self.sampler_reason = imagination_sampler(
+            checkpoint, sampling_steps, sampler
+        )
         self._rng = np.random.default_rng(seed)
         self.real_episodes_used = 0
 
@@ -131,6 +143,7 @@ class ImaginationSource:
             temperature=temperature,
             generator=generator,
             sampling_steps=self.sampling_steps,
+            sampler=self.sampler,
         )
         detections = self.reward_model.detect_batch(rollouts.frames)
         # frames[:, 0] is the real start and frames[:, t + 1] the result of step t: a success first

@@ -48,7 +48,8 @@ def initial_frames(
     metas = [m for m in metas if m.robot_config_hash == robot_config.content_hash]
     if not metas:
         raise ValueError(
-            f"{store_path}: no training-range episodes of robot config '{robot_config.name}' to start imagination from"
+            f"{store_path}: no training-range episodes of robot config '{robot_config.name}' "
+            "to start imagination from"
         )
     frames = np.stack([store.episode(m.episode_id).frames(camera, 0, 1)[0] for m in metas])
     return frames, [m.task for m in metas], [m.episode_id for m in metas]
@@ -113,13 +114,14 @@ def run_grpo(
         wm = WorldModel.load(world_model, device=world.device).eval()
         if wm.robot_config_hash != robot_config.content_hash:
             raise ValueError(
-                f"world model {world_model} was trained for robot config '{wm.robot_config_name}', not this '{robot_config.name}'"
+                f"world model {world_model} was trained for robot config '{wm.robot_config_name}', "
+                f"not this '{robot_config.name}'"
             )
         if tuple(vla.cameras) != (wm.camera,):
             raise ValueError(
                 f"the policy sees cameras {list(vla.cameras)}, the world model imagines camera '{wm.camera}'"
             )
-        rm, rm_meta = load_reward(reward_model, device=str(world.device))
+        rm, _ = load_reward(reward_model, device=str(world.device))
         frames, texts, ids = initial_frames(store, robot_config, wm.camera, initial_source, episode_ids)
         source = ImaginationSource(
             wm,
@@ -129,6 +131,7 @@ def run_grpo(
             horizon or robot_config.max_episode_steps,
             sampling_steps,
             seed=seed + world.rank,
+            checkpoint=world_model,
         )
         if guard_frames > 0:
             pick = np.random.default_rng(seed).permutation(len(frames))[:guard_frames]
@@ -145,6 +148,11 @@ def run_grpo(
             world_model_provenance=wm.provenance,
             reward_model=str(reward_model),
             reward_threshold=rm.threshold,
+            world_model_sampler={
+                "sampler": source.sampler or "euler",
+                "steps": source.sampling_steps or wm.config.sampling_steps,
+                "why": source.sampler_reason,
+            },
             data={"store": str(store), "initial_episodes": ids},
         )
     elif env == "sim":

@@ -348,3 +348,16 @@ def format_report(result: dict[str, Any]) -> str:
         else "No candidate matched the reference's fidelity: imagination keeps the default sampler."
     )
     return "\n".join(lines)
+
+
+def imagination_sampler(
+    checkpoint: str | Path | None, sampling_steps: int | None = None, sampler: str | None = None
+) -> tuple[str | None, int | None, str]:
+    """(sampler, steps, why) for imagination: an explicit choice wins; otherwise the sampler
+    certified for this checkpoint's weights; otherwise the model's default (None, None)."""
+    if sampler is not None or sampling_steps is not None:
+        return sampler, sampling_steps, "asked for"
+    certified = certified_sampler(checkpoint) if checkpoint is not None else None
+    if certified is None:
+        return None, None, "the model's default (no few-step sampler certified for these weights)"
+    return certified[0], certified[1], f"certified for these weights in {Path(checkpoint) / RECORD_FILE}"

@@ -97,10 +97,13 @@ def imagine(
     generator: torch.Generator | None = None,
     sampling_steps: int | None = None,
     progress: bool = False,
+    sampler: str | None = None,
 ) -> ImaginedRollouts:
     """Roll `policy` out in `world_model` from each of `first_frames` (N, H, W, 3) uint8, `group_size`
     times, for `horizon` steps rounded up to whole chunks. `generator` seeds the policy's token
-    sampling and the world model's noise (a seeded run is reproducible)."""
+    sampling and the world model's noise (a seeded run is reproducible). `sampler` and
+    `sampling_steps` choose the world model's ODE solver and its steps (default: Euler at the
+    model's steps; `few_step.imagination_sampler` picks a certified cheaper one)."""
     first_frames = np.asarray(first_frames)
     if first_frames.ndim != 4 or first_frames.shape[-1] != 3 or first_frames.dtype != np.uint8:
         raise ValueError(
@@ -141,10 +144,11 @@ def imagine(
         chunk_actions = np.asarray(chunk_actions, dtype=np.float64)
         if chunk_actions.shape != (batch, k, world_model.normalizer.dim):
             raise ValueError(
-                f"policy returned actions {chunk_actions.shape}, expected {(batch, k, world_model.normalizer.dim)}"
+                f"policy returned actions {chunk_actions.shape}, "
+                f"expected {(batch, k, world_model.normalizer.dim)}"
             )
         latents, context = world_model.rollout_latents(
-            context, world_model.normalize_actions(chunk_actions), generator, sampling_steps
+            context, world_model.normalize_actions(chunk_actions), generator, sampling_steps, sampler
         )
         frames[:, c * k + 1 : (c + 1) * k + 1] = world_model.decode_frames(latents)
         tokens.append(chunk_tokens.detach().cpu())

@@ -35,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Policy Behavior Alignment: fine-tune the world model on rollouts",
     ),
     "wm-eval": ("wmpo_learner.world_model.evaluate", "world-model quality on held-out episodes"),
+    "wm-few-step": (
+        "wmpo_learner.world_model.few_step",
+        "measure few-step samplers against the default on held-out rollouts; certify the cheapest match",
+    ),
     "reward": ("wmpo_learner.reward.cli", "train and threshold the success reward model"),
     "grpo": ("wmpo_learner.grpo.cli", "GRPO of the policy in imagination (or in the simulator)"),
     "imagination-check": (
