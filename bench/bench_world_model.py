@@ -1,4 +1,4 @@
-"""Imagination speed of the world model: imagined frames per second vs batch size and sampling steps.
+"""Imagination speed of the world model: imagined frames per second vs batch size and sampler.
 
 Times `WorldModel.rollout_latents` + VAE decoding (what `imagine` spends per chunk, without the
 policy) for a horizon of `--frames` frames from a real-sized context. Weights are random (speed
@@ -7,21 +7,27 @@ architecture is built from its config, so no download is needed.
 
     python bench/bench_world_model.py --config tiny --device cpu --batch-sizes 1 4 16 --steps 5 10 30
     python bench/bench_world_model.py --config xl --device cuda --batch-sizes 1 8 32 --steps 10 30
+    # few-step vs the default on a checkpoint measured by `wmpo wm-few-step` (fidelity printed beside)
+    python bench/bench_world_model.py --wm W --batch-sizes 8 --samplers euler:10 euler:1 dpm++2m:2
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from wmpo_core.normalization import ActionNormalizer
 from wmpo_learner.world_model import WorldModel, load_preset
 from wmpo_learner.world_model.config import VAESpec
+from wmpo_learner.world_model.few_step import RECORD_FILE, parse_candidate
+from wmpo_learner.world_model.sampling import SAMPLERS
 
 SDXL_VAE_ARCHITECTURE = {
     "in_channels": 3,
@@ -71,26 +77,45 @@ def build(args: argparse.Namespace) -> WorldModel:
     return wm
 
 
-def time_rollout(wm: WorldModel, batch: int, steps: int, frames: int, repeats: int) -> float:
-    """Seconds per rollout of `frames` frames for `batch` samples (best of `repeats`)."""
+def _sync(wm: WorldModel) -> float:
+    if wm.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def time_rollout(
+    wm: WorldModel, batch: int, sampler: str, steps: int, frames: int, repeats: int
+) -> tuple[float, float]:
+    """(seconds per rollout of `frames` frames for `batch` samples, of which VAE encoding and
+    decoding), best of `repeats` after a warm-up run."""
     res = wm.config.resolution
     first = np.random.default_rng(0).integers(0, 256, size=(batch, res, res, 3), dtype=np.uint8)
     actions = torch.rand(batch, frames, wm.normalizer.dim, device=wm.device) * 2 - 1
-    best = float("inf")
+    best, best_vae = float("inf"), 0.0
     for _ in range(repeats + 1):  # the first run warms up
-        if wm.device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
         with torch.no_grad():
+            start = _sync(wm)
             context = wm.context_from_frames(first)
+            encoded = _sync(wm)
             latents, _ = wm.rollout_latents(
-                context, actions, torch.Generator(wm.device).manual_seed(0), steps
+                context, actions, torch.Generator(wm.device).manual_seed(0), steps, sampler
             )
+            sampled = _sync(wm)
             wm.decode_frames(latents)
-        if wm.device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
+            end = _sync(wm)
+        if end - start < best:
+            best, best_vae = end - start, (encoded - start) + (end - sampled)
+    return best, best_vae
+
+
+def fidelity(args: argparse.Namespace) -> dict[tuple[str, int], dict]:
+    """(sampler, steps) -> the fidelity `wmpo wm-few-step` measured for this checkpoint, if it did."""
+    path = Path(args.wm) / RECORD_FILE if args.wm else None
+    if path is None or not path.is_file():
+        return {}
+    record = json.loads(path.read_text())
+    rows = [record["reference"], *record["candidates"]]
+    return {(r["sampler"], r["steps"]): r for r in rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,7 +124,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wm", help="time this checkpoint instead of a randomly initialised preset")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16])
-    p.add_argument("--steps", type=int, nargs="+", default=[5, 10, 30], help="flow-matching steps per window")
+    p.add_argument(
+        "--steps",
+        type=int,
+        nargs="+",
+        default=[5, 10, 30],
+        help="Euler steps per window (without --samplers)",
+    )
+    p.add_argument(
+        "--samplers",
+        nargs="+",
+        default=None,
+        metavar="SAMPLER:STEPS",
+        help=f"time these solvers instead ({', '.join(SAMPLERS)}), the first being the baseline; with --wm, "
+        "the fidelity `wmpo wm-few-step` measured for each is printed beside it",
+    )
     p.add_argument(
         "--frames", type=int, default=16, help="imagined frames per rollout (2 windows of 8 by default)"
     )
@@ -109,23 +148,46 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device visible", file=sys.stderr)
         return 2
+    try:
+        samplers = [parse_candidate(c) for c in args.samplers or [f"euler:{n}" for n in args.steps]]
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     wm = build(args)
+    measured = fidelity(args)
     n_params = sum(p.numel() for p in wm.transformer.parameters())
     print(f"machine: {machine()}")
     print(
         f"world model: {args.wm or args.config}, {wm.config.resolution} px, latents {wm.latent_shape}, "
-        f"transformer {n_params / 1e6:.1f} M parameters, window {wm.config.context_frames}+{wm.config.predicted_frames}, "
+        f"transformer {n_params / 1e6:.1f} M parameters, "
+        f"window {wm.config.context_frames}+{wm.config.predicted_frames}, "
         f"{args.frames} frames per rollout, device {args.device}"
     )
-    print(f"{'batch':>6} {'steps':>6} {'seconds':>9} {'frames/s':>9} {'s/window':>9}")
+    print(
+        f"{'batch':>6} {'sampler':>8} {'steps':>6} {'seconds':>9} {'frames/s':>9} {'speed-up':>9} "
+        f"{'s/window':>9} {'VAE share':>9}" + (f" {'PSNR':>6} {'BA':>6} {'passes':>9}" if measured else "")
+    )
     windows = -(-args.frames // wm.config.predicted_frames)
-    for steps in args.steps:
+    baseline: dict[int, float] = {}
+    for sampler, steps in samplers:
         for batch in args.batch_sizes:
-            seconds = time_rollout(wm, batch, steps, args.frames, args.repeats)
-            print(
-                f"{batch:>6} {steps:>6} {seconds:>9.2f} {batch * args.frames / seconds:>9.1f} {seconds / windows:>9.2f}",
-                flush=True,
+            seconds, vae = time_rollout(wm, batch, sampler, steps, args.frames, args.repeats)
+            rate = batch * args.frames / seconds
+            baseline.setdefault(batch, rate)
+            line = (
+                f"{batch:>6} {sampler:>8} {steps:>6} {seconds:>9.2f} {rate:>9.1f} "
+                f"{rate / baseline[batch]:>8.2f}x "
+                f"{seconds / windows:>9.2f} {vae / seconds:>9.0%}"
             )
+            if measured:
+                row = measured.get((sampler, steps))
+                line += (
+                    f" {row['psnr']:>6.2f} {row['balanced_accuracy']:>6.3f} "
+                    f"{row.get('passes', 'reference')!s:>9}"
+                    if row
+                    else f" {'-':>6} {'-':>6} {'unmeasured':>9}"
+                )
+            print(line, flush=True)
     return 0
 
 
