@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 from pathlib import Path
 
+from machine import describe
 from wmpo_core.cli import main as wmpo
 
 
@@ -28,13 +28,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=24)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-        platform.processor(),
-    )
-    print(
-        f"machine: {cpu}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, MUJOCO_GL={os.environ.get('MUJOCO_GL')}"
-    )
+    print(f"machine: {describe()}, MUJOCO_GL={os.environ.get('MUJOCO_GL')}")
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for workers in (1, args.workers):
@@ -63,7 +57,8 @@ def main() -> None:
     print(f"{'workers':>7} {'episodes/min':>13} {'success':>8}")
     for workers, r in runs.items():
         print(
-            f"{workers:>7} {r['episodes_per_minute']:13.1f} {r['success']['successes']:>4}/{r['success']['trials']}"
+            f"{workers:>7} {r['episodes_per_minute']:13.1f} "
+            f"{r['success']['successes']:>4}/{r['success']['trials']}"
         )
     ratio = runs[args.workers]["episodes_per_minute"] / runs[1]["episodes_per_minute"]
     print(

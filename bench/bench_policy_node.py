@@ -49,10 +49,12 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import yaml
-from bench_store_write import camera_frames, machine
+from bench_store_write import camera_frames
+from machine import describe
 
 FPS = 30
 CODES = 200
@@ -102,7 +104,7 @@ class EchoPolicy:
     def reset(self) -> None:
         pass
 
-    calls: list[tuple[float, int, float]] = []
+    calls: ClassVar[list[tuple[float, int, float]]] = []
     """(perf_counter at the call, frame code, frame capture stamp) of every inference."""
 
     def predict_chunk(self, obs) -> np.ndarray:
@@ -292,7 +294,8 @@ def run_echo_alone(
 def stats(values_ms: np.ndarray) -> str:
     if values_ms.size == 0:
         return "no samples"
-    return f"p50 {np.percentile(values_ms, 50):.2f} ms, p99 {np.percentile(values_ms, 99):.2f} ms, max {values_ms.max():.2f} ms (n={values_ms.size})"
+    p50, p99 = np.percentile(values_ms, 50), np.percentile(values_ms, 99)
+    return f"p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {values_ms.max():.2f} ms (n={values_ms.size})"
 
 
 def loadavg() -> str:
@@ -312,10 +315,11 @@ def main() -> None:
         "--echo",
         choices=("concurrent", "after", "off"),
         default="concurrent",
-        help="the bare rclpy echo baseline: at the same time as the node (default), alone after it, or not at all",
+        help="the bare rclpy echo baseline: at the same time as the node (default), alone after it, or not "
+        "at all",
     )
     args = parser.parse_args()
-    print(f"machine: {machine()}")
+    print(f"machine: {describe()}")
     print(f"load average at start: {loadavg()}", flush=True)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
@@ -411,24 +415,28 @@ def main() -> None:
 
     print(f"load average at end: {loadavg()}")
     print(
-        f"workload: 1 x 480x640 rgb8 camera + joint state at {FPS} Hz for {args.seconds:.0f} s; policy node at {FPS} Hz, "
+        f"workload: 1 x 480x640 rgb8 camera + joint state at {FPS} Hz for {args.seconds:.0f} s; policy node "
+        f"at {FPS} Hz, "
         f"chunk 1 requested every tick, model time {args.model_ms:g} ms; bare rclpy echo: {args.echo}"
     )
     print(
-        f"commands received: {len(received)} for {published.size} frames; late ticks served: {node.counters['late_ticks']}, holds: {node.counters['holds']}"
+        f"commands received: {len(received)} for {published.size} frames; late ticks served: "
+        f"{node.counters['late_ticks']}, holds: {node.counters['holds']}"
     )
     print(f"overhead (image in -> action out - model - tick wait): {stats(overhead_ms)}")
     print(f"  of which frame transport (publish -> node callback): {stats(np.array(transport))}")
     print(f"  of which in the node (tick -> publish - model): {stats(np.array(node_ms))}")
     print(
-        f"command jitter at {FPS} Hz (|interval - {1000 / FPS:.1f} ms|): {stats(jitter)}; interval std {intervals.std():.2f} ms"
+        f"command jitter at {FPS} Hz (|interval - {1000 / FPS:.1f} ms|): {stats(jitter)}; interval std "
+        f"{intervals.std():.2f} ms"
     )
     if echo_ms is None:
         return
     print(f"bare rclpy echo (image published -> echo command received): {stats(echo_ms)}")
     print(f"  of which frame transport (publish -> echo callback): {stats(echo_transport_ms)}")
     print(
-        f"  echo commands matched: {echo_ms.size} for {echo_window} frames in the window ({np.unique(echo_frames).size} distinct)"
+        f"  echo commands matched: {echo_ms.size} for {echo_window} frames in the window "
+        f"({np.unique(echo_frames).size} distinct)"
     )
     if overhead_ms.size == 0 or echo_ms.size == 0:
         print("no samples to compare")
@@ -438,13 +446,15 @@ def main() -> None:
     print(f"{'ms':<22}{'p50':>8}{'p99':>8}{'max':>8}{'n':>7}")
     for label, values in rows:
         print(
-            f"{label:<22}{np.percentile(values, 50):>8.2f}{np.percentile(values, 99):>8.2f}{values.max():>8.2f}{values.size:>7}"
+            f"{label:<22}{np.percentile(values, 50):>8.2f}{np.percentile(values, 99):>8.2f}"
+            f"{values.max():>8.2f}{values.size:>7}"
         )
     ratio = np.percentile(overhead_ms, 99) / np.percentile(echo_ms, 99)
     added = np.percentile(overhead_ms, 50) - np.percentile(echo_ms, 50)
     print(f"node p99 / echo p99: {ratio:.2f} (target <= 2): {'holds' if ratio <= 2.0 else 'DOES NOT HOLD'}")
     print(
-        f"node p50 - echo p50: {added:.2f} ms (target <= 1 ms): {'holds' if added <= 1.0 else 'DOES NOT HOLD'}"
+        f"node p50 - echo p50: {added:.2f} ms (target <= 1 ms): "
+        f"{'holds' if added <= 1.0 else 'DOES NOT HOLD'}"
     )
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from bench_store_write import bench_config, camera_frames, machine
+from bench_store_write import bench_config, camera_frames
+from machine import describe
 
 FPS = 30
 
@@ -141,18 +142,20 @@ def main() -> None:
     episode = store.episode(meta["episode_id"])
     cadence = meta["extra"]["cadence"]
     on_disk = sum(f.stat().st_size for f in (args.out / "store").rglob("*") if f.is_file())
-    print(f"machine: {machine()}")
+    print(f"machine: {describe()}")
     print(f"load average (1 min) at the end: {loads[-1]:.1f}")
     print(
         f"workload: 2 x 480x640 rgb8 + joint state + command at {FPS} Hz for {arm_result['seconds']:.0f} s "
-        f"({arm_result['published']} ticks, {arm_result['late_ticks']} late publisher ticks), one episode, durable store"
+        f"({arm_result['published']} ticks, {arm_result['late_ticks']} late publisher ticks), one episode, "
+        "durable store"
     )
     print(f"steps recorded: {meta['num_steps']} of {arm_result['published']} commands")
     for cam in ("scene", "wrist"):
         recorded = len(np.unique(episode.image_time(cam)))
         print(
             f"camera {cam}: {arm_result['published']} published, {recorded} distinct frames stored, "
-            f"{arm_result['published'] - recorded} dropped; recorder report: {cadence['dropped_frames'][cam]} dropped, "
+            f"{arm_result['published'] - recorded} dropped; recorder report: "
+            f"{cadence['dropped_frames'][cam]} dropped, "
             f"{cadence['late_frames'][cam]} late, {cadence['frames_received'][cam]} received"
         )
     print(
@@ -160,7 +163,8 @@ def main() -> None:
         f"write queue max {cadence['max_write_queue']}"
     )
     print(
-        f"recorder CPU: {cpu:.1f} s over {wall:.1f} s = {100 * cpu / wall:.0f}% of one core; peak RSS {usage1.ru_maxrss / 1024:.0f} MiB"
+        f"recorder CPU: {cpu:.1f} s over {wall:.1f} s = {100 * cpu / wall:.0f}% of one core; peak RSS "
+        f"{usage1.ru_maxrss / 1024:.0f} MiB"
     )
     print(f"store on disk: {on_disk / 1e9:.2f} GB ({on_disk / 1e6 / wall:.1f} MB/s)")
     shutil.rmtree(args.out)

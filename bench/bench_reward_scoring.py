@@ -12,24 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 
 import numpy as np
 import torch
+from machine import describe
 from wmpo_learner.reward.model import RewardModel
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo") as cpuinfo:
-        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), cpu)
-    gpu = f" | {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (
-        f"{cpu} | {os.cpu_count()} cores{gpu} | {platform.platform()} | "
-        f"Python {platform.python_version()} | torch {torch.__version__}"
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,13 +51,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     windows = sum(len(d.scores) for d in detections)
-    print(f"machine: {machine()}")
+    print(f"machine: {describe()}")
     print(f"load average: {os.getloadavg()[0]:.1f} (1 min), torch threads: {torch.get_num_threads()}")
     print(
-        f"model: {args.pretrained or 'preset ' + args.preset} at {model.spec.image_size} px, device {args.device}"
+        f"model: {args.pretrained or 'preset ' + args.preset} at {model.spec.image_size} px, device "
+        f"{args.device}"
     )
     print(
-        f"{args.episodes} episodes x {args.steps} frames of {args.frame_size} px = {windows} windows in {seconds:.2f} s: "
+        f"{args.episodes} episodes x {args.steps} frames of {args.frame_size} px = {windows} windows in "
+        f"{seconds:.2f} s: "
         f"{windows / seconds:.0f} windows/s, {seconds / args.episodes * 1000:.0f} ms per episode"
     )
     return 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 os.environ.setdefault("LP_NUM_THREADS", "1")
@@ -23,6 +22,7 @@ os.environ.setdefault("MUJOCO_GL", "osmesa")
 os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
 
+from machine import describe
 from wmpo_core.robot_config import load_robot_config
 from wmpo_core.sim_env import SimArm
 
@@ -69,15 +69,10 @@ def main() -> None:
         "--steps", type=int, default=200, help="control steps per variant (expert episodes, reset on success)"
     )
     args = parser.parse_args()
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-        platform.processor(),
-    )
+    print(f"machine: {describe()}")
     print(
-        f"machine: {cpu}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, Python {platform.python_version()}"
-    )
-    print(
-        f"MUJOCO_GL={os.environ['MUJOCO_GL']} LP_NUM_THREADS={os.environ['LP_NUM_THREADS']} robot={args.robot} steps={args.steps}"
+        f"MUJOCO_GL={os.environ['MUJOCO_GL']} LP_NUM_THREADS={os.environ['LP_NUM_THREADS']} "
+        f"robot={args.robot} steps={args.steps}"
     )
     results = {name: measure(args.robot, args.steps, name == "package") for name in ("package", "config")}
     print(f"{'settings':<10} {'steps/s':>8} {'render ms/frame':>16} {'rest ms/step':>13}")
@@ -85,7 +80,8 @@ def main() -> None:
         print(f"{name:<10} {r['steps_per_s']:8.1f} {r['render_ms']:16.1f} {r['physics_and_rest_ms']:13.1f}")
     speedup = results["config"]["steps_per_s"] / results["package"]["steps_per_s"]
     print(
-        f"speed-up (config / package steps per second): {speedup:.1f}x; load average after: {os.getloadavg()[0]:.1f}"
+        f"speed-up (config / package steps per second): {speedup:.1f}x; load average after: "
+        f"{os.getloadavg()[0]:.1f}"
     )
 
 

@@ -14,28 +14,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import zarr
+from machine import describe
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.robot_config import parse_robot_config
 
 HEIGHT, WIDTH, FPS, DOF = 480, 640, 30, 7
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
-    return f"{platform.node()} | {cpu} | {os.cpu_count()} cores | {platform.platform()} | Python {platform.python_version()}"
 
 
 def bench_config() -> object:
@@ -114,9 +103,10 @@ def main() -> None:
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True)
 
-    print(f"machine: {machine()}")
+    print(f"machine: {describe()}")
     print(
-        f"workload: {steps_total} steps ({args.seconds:.0f} s at {FPS} Hz), 2 x {HEIGHT}x{WIDTH} RGB + {DOF}-DoF state/action, "
+        f"workload: {steps_total} steps ({args.seconds:.0f} s at {FPS} Hz), 2 x {HEIGHT}x{WIDTH} RGB + "
+        f"{DOF}-DoF state/action, "
         f"episodes of {steps_per_episode} steps, fsync per episode: {not args.no_fsync}, 1 core"
     )
 
@@ -168,13 +158,15 @@ def main() -> None:
 
     mb = raw_bytes / 1e6
     print(
-        f"episode store: {store_s:6.1f} s wall, {store_cpu:6.1f} s CPU | {2 * steps_total / store_s:7.1f} frames/s | "
+        f"episode store: {store_s:6.1f} s wall, {store_cpu:6.1f} s CPU | {2 * steps_total / store_s:7.1f} "
+        "frames/s | "
         f"{mb / store_s:7.1f} MB/s of input | {args.seconds / store_s:5.2f}x real time | "
         f"on disk {on_disk / 1e6:.0f} MB (compression {raw_bytes / on_disk:.2f}x)"
     )
     print(f"raw writes:    {raw_s:6.1f} s wall, {raw_cpu:6.1f} s CPU | {mb / raw_s:7.1f} MB/s")
     print(
-        f"store / raw write rate: {raw_s / store_s:.0%} wall-clock   (targets: >= 3x real time, >= 50% of raw)"
+        f"store / raw write rate: {raw_s / store_s:.0%} wall-clock   (targets: >= 3x real time, >= 50% of "
+        "raw)"
     )
     print(
         f"load average during the run: {os.getloadavg()[0]:.2f} (other processes share the pinned core; "

@@ -9,28 +9,17 @@ load average says how much of the CPU the benchmark actually had.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import numpy as np
 import torch
+from machine import describe
 from wmpo_core.normalization import ActionNormalizer
 from wmpo_core.policy import Observation
 from wmpo_core.robot_config import load_robot_config
 from wmpo_core.vla.config import load_recipe
 from wmpo_core.vla.model import VLA, cross_entropy
 from wmpo_core.vla.policy import VLAPolicy
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def timed(fn, repeats: int, sync) -> float:
@@ -65,10 +54,7 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
     cam = robot.cameras[0]
     rng = np.random.default_rng(0)
-    print(
-        f"machine: {platform.platform()}, {cpu_model()}, {os.cpu_count()} cores, load average {os.getloadavg()}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}"
-    )
+    print(f"machine: {describe()}, device {device}")
     print(
         f"model: recipe '{recipe.name}', {params / 1e6:.2f}M parameters, image {model.image_size} px, "
         f"K={model.chunk_size} x A={model.action_dim} tokens x {model.num_bins} bins"

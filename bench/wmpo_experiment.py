@@ -16,7 +16,8 @@ are skipped when the output exists, so an interrupted run resumes. The JSON (the
 efficacy issue plus per-round details) and the plot go to --out and to --results if given.
 
     # CPU scale (tiny models; what a 2-core machine finishes in a few hours):
-    python bench/wmpo_experiment.py --out data/experiment --robot so101_sim_near --size cpu --results docs/results
+    python bench/wmpo_experiment.py --out data/experiment --robot so101_sim_near --size cpu --results
+    docs/results
     # GPU scale (the paper's budget P = 128, realistic model sizes):
     python bench/wmpo_experiment.py --out data/experiment_gpu --robot so101_sim --size gpu
 """
@@ -26,13 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from machine import describe
 from wmpo_core.cli import main as wmpo_main
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.policy import load_policy
@@ -86,19 +87,6 @@ def wmpo(*argv: Any) -> None:
     code = wmpo_main([str(a) for a in argv])
     if code != 0:
         raise SystemExit(f"wmpo {argv[0]} failed with exit code {code}")
-
-
-def machine() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.node()}: {cpu}, {os.cpu_count()} cores, {gpu}, Python {platform.python_version()}, torch {torch.__version__}"
 
 
 def evaluate(policy: Path, robot: str, episodes: int, out: Path, workers: int) -> dict[str, Any]:
@@ -494,7 +482,7 @@ def write_results(
     command = " ".join(["python", "bench/wmpo_experiment.py", *(argv if argv is not None else sys.argv[1:])])
     result = {
         "complete": final,
-        "machine": machine(),
+        "machine": describe(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "command": command,
         "hours": round(hours, 2),

@@ -36,7 +36,8 @@ def results_table(results: Sequence[VersionResult]) -> str:
     for r in results:
         lo, hi = r.success_rate.interval
         lines.append(
-            f"| {r.label} | `{r.version}` | {r.successes}/{r.trials} ({100 * r.successes / r.trials:.0f}%) | [{100 * lo:.0f}%, {100 * hi:.0f}%] |"
+            f"| {r.label} | `{r.version}` | {r.successes}/{r.trials} ({100 * r.successes / r.trials:.0f}%) "
+            f"| [{100 * lo:.0f}%, {100 * hi:.0f}%] |"
         )
     return "\n".join(lines)
 
@@ -95,7 +96,7 @@ def real_vs_imagined_video(
     real = resize_frames(real[1 : steps + 1], imagined.shape[1])
     frames = [
         np.concatenate([r, np.full((r.shape[0], 4, 3), 255, np.uint8), i], axis=1)
-        for r, i in zip(real, imagined)
+        for r, i in zip(real, imagined, strict=False)
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
     write_video(out, frames, fps=10.0)

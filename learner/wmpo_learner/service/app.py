@@ -181,7 +181,8 @@ _TAR_BODY = {
 _FILE_RESPONSE = {
     200: {
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-        "description": "The file's bytes; its sha256 is in the X-Content-SHA256 header and in the version listing.",
+        "description": "The file's bytes; its sha256 is in the X-Content-SHA256 header and in the version "
+        "listing.",
         "headers": {SHA256_HEADER: {"schema": {"type": "string", "pattern": SHA256_PATTERN}}},
     }
 }
@@ -458,14 +459,16 @@ def _deployment_routes(api: _SecuredRoutes, service: LearnerService) -> None:
             str | None,
             Query(
                 max_length=128,
-                description="The version the caller runs ('' for none): wait while it is still the deployed one.",
+                description="The version the caller runs ('' for none): wait while it is still the deployed "
+                "one.",
             ),
         ] = None,
         timeout_s: Annotated[
             float,
             Query(
                 ge=0,
-                description=f"How long to wait for a change (long-poll); at most --max-long-poll-s ({cfg.max_long_poll_s:g} s here).",
+                description="How long to wait for a change (long-poll); at most --max-long-poll-s "
+                f"({cfg.max_long_poll_s:g} s here).",
             ),
         ] = 0.0,
     ) -> Deployment:
@@ -674,14 +677,17 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
             )
     elif token is None:
         raise ServiceConfigError(
-            f"no token: set {TOKEN_ENV} or pass --token-file (or --insecure-no-auth for a local test on loopback)"
+            f"no token: set {TOKEN_ENV} or pass --token-file (or --insecure-no-auth for a local test on "
+            "loopback)"
         )
     if (args.ssl_certfile is None) != (args.ssl_keyfile is None):
         raise ServiceConfigError("TLS needs both --ssl-certfile and --ssl-keyfile")
     if not loopback and args.ssl_certfile is None and not args.allow_insecure_remote:
         raise ServiceConfigError(
-            f"refusing to listen on '{args.host}' without TLS: the token and the weights would cross the network in "
-            "clear text. Give --ssl-certfile/--ssl-keyfile, or --allow-insecure-remote behind a TLS proxy or VPN."
+            f"refusing to listen on '{args.host}' without TLS: the token and the weights would cross the "
+            "network in "
+            "clear text. Give --ssl-certfile/--ssl-keyfile, or --allow-insecure-remote behind a TLS proxy or "
+            "VPN."
         )
     for flag in ("max_episode_bytes", "max_policy_bytes", "max_json_bytes", "max_concurrent_uploads"):
         if getattr(args, flag) < 1:

@@ -148,7 +148,8 @@ class LocalService:
             self._lock = hold_lock(self.lock_path)
         except LockHeld as exc:
             raise RuntimeError(
-                f"another job (pid {exc.holder}) runs the learner service of {self.root}; is a second `wmpo run` using this --out?"
+                f"another job (pid {exc.holder}) runs the learner service of {self.root}; is a second `wmpo "
+                "run` using this --out?"
             ) from None
 
     def _end_leftovers(self) -> None:
@@ -172,7 +173,8 @@ class LocalService:
             cmd = [
                 sys.executable, "-m", "wmpo_learner.service.local", str(os.getpid()),
                 "serve", "--store", str(self.store), "--registry", str(self.registry),
-                "--runs", str(self.root / "runs"), "--robot", self.robot, "--host", "127.0.0.1", "--port", str(self.port),
+                "--runs", str(self.root / "runs"), "--robot", self.robot,
+                "--host", "127.0.0.1", "--port", str(self.port),
                 "--token-file", str(self.token_file), "--log-level", "warning",
             ]  # fmt: skip
             with open(self.log_path, "ab") as log:
@@ -188,7 +190,8 @@ class LocalService:
                 code = self._proc.returncode
                 self.stop()
                 raise RuntimeError(
-                    f"the learner service exited with code {code}; its log ({self.log_path}):\n{self._log_tail()}"
+                    f"the learner service exited with code {code}; its log "
+                    f"({self.log_path}):\n{self._log_tail()}"
                 )
             try:
                 if httpx.get(f"{self.url}/v1/health", timeout=1.0).status_code == 200:
@@ -198,7 +201,8 @@ class LocalService:
             time.sleep(0.2)
         self.stop()
         raise RuntimeError(
-            f"the learner service did not answer within {self.startup_timeout_s:.0f} s; its log:\n{self._log_tail()}"
+            f"the learner service did not answer within {self.startup_timeout_s:.0f} s; its "
+            f"log:\n{self._log_tail()}"
         )
 
     @property

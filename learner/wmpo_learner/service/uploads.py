@@ -71,7 +71,8 @@ def check_upload_headers(request: Request, spool: Spool, max_bytes: int) -> None
     if media_type != ARCHIVE_MEDIA_TYPE:
         raise HTTPException(
             status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-            f"upload must be an uncompressed tar with Content-Type {ARCHIVE_MEDIA_TYPE}, got '{media_type or 'none'}'",
+            f"upload must be an uncompressed tar with Content-Type {ARCHIVE_MEDIA_TYPE}, got "
+            f"'{media_type or 'none'}'",
         )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit():
@@ -108,7 +109,8 @@ async def receive_body(
             except TimeoutError:
                 raise HTTPException(
                     status.HTTP_408_REQUEST_TIMEOUT,
-                    f"upload too slow: no data for {idle_timeout_s:g} s or not finished within {deadline_s:g} s",
+                    f"upload too slow: no data for {idle_timeout_s:g} s or not finished within "
+                    f"{deadline_s:g} s",
                 ) from None
             # Plain blocking writes: a chunk is at most a few hundred KiB and lands in the page cache.
             f.write(chunk)

@@ -76,7 +76,8 @@ class SafetyFilter:
         proposal = np.asarray(proposal, dtype=np.float64)
         if proposal.shape != (self.spec.dim,):
             raise ValueError(
-                f"action has shape {proposal.shape}, the action space has {self.spec.dim} dims {self.spec.names}"
+                f"action has shape {proposal.shape}, the action space has {self.spec.dim} dims "
+                f"{self.spec.names}"
             )
         if not np.all(np.isfinite(proposal)):
             return self.hold(), SafetyEvents(dropped_non_finite=True)

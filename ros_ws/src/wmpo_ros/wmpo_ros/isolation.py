@@ -78,11 +78,17 @@ class GraphIsolation:
         """One line for the terminal: which domain, why, and how to reach the graph."""
         if self.domain_id is None:
             domain = os.environ.get(DOMAIN_ENV, "0")
-            return f"ROS 2 graph: domain {domain} and discovery {self.discovery or 'default'} from the environment (not isolated)"
+            return (
+                f"ROS 2 graph: domain {domain} and discovery {self.discovery or 'default'} "
+                "from the environment (not isolated)"
+            )
         reach = f"{DOMAIN_ENV}={self.domain_id}" + (
             f" {RANGE_ENV}={self.discovery}" if self.discovery else ""
         )
-        return f"ROS 2 graph: domain {self.domain_id} ({self.how}), discovery {self.discovery or 'default'}; reach it with {reach}"
+        return (
+            f"ROS 2 graph: domain {self.domain_id} ({self.how}), "
+            f"discovery {self.discovery or 'default'}; reach it with {reach}"
+        )
 
     def release(self) -> None:
         if self._lease is not None:
@@ -130,7 +136,8 @@ def pick_free_domain() -> tuple[int, IO[bytes]]:
             return domain_id, lease
         lease.close()
     raise RuntimeError(
-        f"no free ROS domain id in {AUTO_DOMAINS.start}..{AUTO_DOMAINS.stop - 1} on this host; choose one with --ros-domain N"
+        f"no free ROS domain id in {AUTO_DOMAINS.start}..{AUTO_DOMAINS.stop - 1} on this host; choose one "
+        "with --ros-domain N"
     )
 
 

@@ -126,7 +126,8 @@ class Outbox:
         """Queue an episode for upload, due now. False when it was already queued (any state)."""
         now = time.time() if now is None else now
         cur = self._execute(
-            "INSERT OR IGNORE INTO outbox (episode_id, state, enqueued_at, updated_at, next_attempt_at) VALUES (?, 'pending', ?, ?, ?)",
+            "INSERT OR IGNORE INTO outbox (episode_id, state, enqueued_at, updated_at, next_attempt_at) "
+            "VALUES (?, 'pending', ?, ?, ?)",
             (episode_id, now, now, now),
         )
         return cur.rowcount == 1
@@ -148,7 +149,8 @@ class Outbox:
         """Pending episode ids whose next attempt is due, oldest first."""
         now = time.time() if now is None else now
         rows = self._execute(
-            "SELECT episode_id FROM outbox WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY enqueued_at, episode_id LIMIT ?",
+            "SELECT episode_id FROM outbox WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY "
+            "enqueued_at, episode_id LIMIT ?",
             (now, limit),
         ).fetchall()
         return [r[0] for r in rows]
@@ -160,7 +162,8 @@ class Outbox:
     def mark_sent(self, episode_id: str, result: str, now: float | None = None) -> None:
         now = time.time() if now is None else now
         self._execute(
-            "UPDATE outbox SET state = 'sent', result = ?, last_error = NULL, attempts = attempts + 1, updated_at = ? WHERE episode_id = ?",
+            "UPDATE outbox SET state = 'sent', result = ?, last_error = NULL, attempts = attempts + 1, "
+            "updated_at = ? WHERE episode_id = ?",
             (result, now, episode_id),
         )
 
@@ -168,7 +171,8 @@ class Outbox:
         """Record a failed attempt; returns the number of attempts so far."""
         now = time.time() if now is None else now
         self._execute(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, updated_at = ? WHERE episode_id = ?",
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, updated_at = ? "
+            "WHERE episode_id = ?",
             (error, retry_at, now, episode_id),
         )
         return self._execute("SELECT attempts FROM outbox WHERE episode_id = ?", (episode_id,)).fetchone()[0]
@@ -176,7 +180,8 @@ class Outbox:
     def park(self, episode_id: str, reason: str, now: float | None = None) -> None:
         now = time.time() if now is None else now
         self._execute(
-            "UPDATE outbox SET state = 'parked', last_error = ?, attempts = attempts + 1, updated_at = ? WHERE episode_id = ?",
+            "UPDATE outbox SET state = 'parked', last_error = ?, attempts = attempts + 1, updated_at = ? "
+            "WHERE episode_id = ?",
             (reason, now, episode_id),
         )
 
@@ -184,7 +189,8 @@ class Outbox:
         """Put a parked episode back in the queue (after fixing what the learner refused)."""
         now = time.time() if now is None else now
         cur = self._execute(
-            "UPDATE outbox SET state = 'pending', next_attempt_at = ?, updated_at = ? WHERE episode_id = ? AND state = 'parked'",
+            "UPDATE outbox SET state = 'pending', next_attempt_at = ?, updated_at = ? WHERE episode_id = ? "
+            "AND state = 'parked'",
             (now, now, episode_id),
         )
         return cur.rowcount == 1
@@ -391,7 +397,8 @@ class OutboxWorker:
             self._lock_file = hold_lock(self.outbox.lock_path)
         except LockHeld as exc:
             raise OutboxBusy(
-                f"another process (pid {exc.holder}: a robot's sync node or `wmpo outbox push`) is uploading the outbox {self.outbox.path}"
+                f"another process (pid {exc.holder}: a robot's sync node or `wmpo outbox push`) is "
+                f"uploading the outbox {self.outbox.path}"
             ) from None
 
     def _loop(self) -> None:

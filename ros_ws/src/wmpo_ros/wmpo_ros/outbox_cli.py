@@ -79,13 +79,15 @@ def _status(args: argparse.Namespace) -> int:
         stats = outbox.stats()
         oldest = "" if stats.oldest_pending_s is None else f", oldest pending {stats.oldest_pending_s:.0f} s"
         print(
-            f"{path}: {stats.pending} pending, {stats.sent} sent, {stats.parked} refused by the learner{oldest}"
+            f"{path}: {stats.pending} pending, {stats.sent} sent, {stats.parked} refused by the "
+            f"learner{oldest}"
         )
         for entry in outbox.entries("parked"):
             print(f"  refused {entry.episode_id}: {entry.last_error}")
         for entry in outbox.entries("pending"):
             print(
-                f"  pending {entry.episode_id}: {entry.attempts} attempt(s){f', last error: {entry.last_error}' if entry.last_error else ''}"
+                f"  pending {entry.episode_id}: {entry.attempts} "
+                f"attempt(s){f', last error: {entry.last_error}' if entry.last_error else ''}"
             )
     return 0
 
@@ -105,7 +107,8 @@ def _push(args: argparse.Namespace) -> int:
         or not urllib.parse.urlsplit(args.learner).hostname
     ):
         print(
-            f"wmpo outbox push: --learner must be an http:// or https:// URL with a host, got '{args.learner}'",
+            "wmpo outbox push: --learner must be an http:// or https:// URL with a host, got "
+            f"'{args.learner}'",
             file=sys.stderr,
         )
         return 2
@@ -142,7 +145,8 @@ def _push(args: argparse.Namespace) -> int:
             pending = {e.episode_id for e in outbox.entries("pending")}
             worker.wake()
             print(
-                f"{outbox.path}: {len(pending)} episode(s) to deliver to {client.base_url} ({len(new)} newly queued from the store"
+                f"{outbox.path}: {len(pending)} episode(s) to deliver to {client.base_url} ({len(new)} "
+                "newly queued from the store"
                 f"{f', {len(requeued)} refused before and queued again' if requeued else ''})",
                 file=sys.stderr,
             )
@@ -179,7 +183,8 @@ def _push(args: argparse.Namespace) -> int:
             print(f"  refused {e.episode_id}: {e.last_error}", file=sys.stderr)
         if remaining:
             print(
-                f"  still pending (they stay queued; run this again later): last error: {remaining[0].last_error}",
+                "  still pending (they stay queued; run this again later): last error: "
+                f"{remaining[0].last_error}",
                 file=sys.stderr,
             )
         return 0 if not remaining and not refused else 1

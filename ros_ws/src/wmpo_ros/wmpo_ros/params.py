@@ -95,18 +95,21 @@ SIM_ARM = NodeParams(
         Param(
             "real_time_factor",
             1.0,
-            "Never step faster than this multiple of real time; 0 = as fast as commands arrive (lockstep only).",
+            "Never step faster than this multiple of real time; 0 = as fast as commands arrive (lockstep "
+            "only).",
         ),
         Param(
             "lockstep",
             True,
-            "Advance one control step per received command, never on a timeout (synchronous simulation, results "
+            "Advance one control step per received command, never on a timeout (synchronous simulation, "
+            "results "
             "independent of CPU load); false = step on the wall clock at real_time_factor.",
         ),
         Param(
             "stall_warning_s",
             5.0,
-            "Lockstep: warn when no command has come for this many wall seconds during an episode (the sim waits "
+            "Lockstep: warn when no command has come for this many wall seconds during an episode (the sim "
+            "waits "
             "as long as it takes; simulated time stands still meanwhile).",
         ),
     ),
@@ -132,7 +135,8 @@ POLICY = NodeParams(
             "policy",
             "",
             "Checkpoint directory or scheme spec (replay:, hold:, scripted:). Setting it at run time loads "
-            "and verifies the new policy in the background (outcome on <ns>/policy/loads) and stages it for swap_at.",
+            "and verifies the new policy in the background (outcome on <ns>/policy/loads) and stages it for "
+            "swap_at.",
         ),
         Param("refill_threshold", 1, "Request the next chunk when this many actions or fewer remain queued."),
         Param(
@@ -153,8 +157,10 @@ POLICY = NodeParams(
         Param(
             "swap_at",
             "episode",
-            "When a staged policy takes over: 'episode' (the next episode start, default: every episode runs one "
-            "version) or 'chunk' (the next inference request, mid-episode; the old policy's queued actions serve "
+            "When a staged policy takes over: 'episode' (the next episode start, default: every episode runs "
+            "one "
+            "version) or 'chunk' (the next inference request, mid-episode; the old policy's queued actions "
+            "serve "
             "the ticks until the new chunk arrives).",
         ),
     ),
@@ -169,7 +175,8 @@ RECORDER = NodeParams(
         Param(
             "source",
             "teleop",
-            "Who commands the arm: teleop, policy or scripted (stamped into each episode); may change between episodes.",
+            "Who commands the arm: teleop, policy or scripted (stamped into each episode); may change "
+            "between episodes.",
         ),
         Param(
             "max_steps", 0, "End an episode after this many steps; 0 = the robot config's episode time limit."

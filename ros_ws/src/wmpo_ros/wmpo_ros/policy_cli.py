@@ -76,7 +76,8 @@ def _status(executor, node, names, timeout_s: float) -> int:
     )
     if not _spin_until(executor, lambda: "policy" in found, timeout_s):
         print(
-            f"wmpo policy: no {POLICY.node_name} answered within {timeout_s:.0f} s (is the robot up, same ROS_DOMAIN_ID?)",
+            f"wmpo policy: no {POLICY.node_name} answered within {timeout_s:.0f} s (is the robot up, same "
+            "ROS_DOMAIN_ID?)",
             file=sys.stderr,
         )
         return 1
@@ -91,14 +92,16 @@ def _status(executor, node, names, timeout_s: float) -> int:
         print(f"{SYNC.node_name}: not running")
         return 0
     print(
-        f"{SYNC.node_name}: {sync['state']} (learner {sync['learner_url']}, reachable: {sync['learner_reachable']})"
+        f"{SYNC.node_name}: {sync['state']} (learner {sync['learner_url']}, reachable: "
+        f"{sync['learner_reachable']})"
     )
     print(f"  deployed_version: {sync['deployed_version'] or '-'}")
     if sync["last_rejection"]:
         print(f"  last rejected: {sync['last_rejection']['version']}: {sync['last_rejection']['reason']}")
     if sync["outbox"]:
         print(
-            f"  uploads: {sync['outbox']['pending']} pending, {sync['outbox']['sent']} sent, {sync['outbox']['parked']} refused"
+            f"  uploads: {sync['outbox']['pending']} pending, {sync['outbox']['sent']} sent, "
+            f"{sync['outbox']['parked']} refused"
         )
     return 0
 
@@ -109,7 +112,8 @@ def _rollback(executor, node, names, timeout_s: float) -> int:
     client = node.create_client(Trigger, names.policy_rollback)
     if not client.wait_for_service(timeout_sec=timeout_s):
         print(
-            f"wmpo policy: {names.policy_rollback} is not available (is the policy node up, same ROS_DOMAIN_ID?)",
+            f"wmpo policy: {names.policy_rollback} is not available (is the policy node up, same "
+            "ROS_DOMAIN_ID?)",
             file=sys.stderr,
         )
         return 1
@@ -144,7 +148,8 @@ def _verify(spec: str | None, robot: str) -> int:
         print(f"wmpo policy verify: REFUSED: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     print(
-        f"wmpo policy verify: OK: {spec} is version {loaded.version}; the policy node on '{config.name}' would stage it"
+        f"wmpo policy verify: OK: {spec} is version {loaded.version}; the policy node on '{config.name}' "
+        "would stage it"
     )
     return 0
 

@@ -68,7 +68,8 @@ def verify_policy(policy: Policy, config: RobotConfig, spec: str = "") -> None:
         raise PolicyLoadError(f"{name}: probe inference failed: {exc}") from exc
     if chunk.ndim != 2 or chunk.shape[1] != config.action.dim or not 1 <= chunk.shape[0] <= policy.chunk_size:
         raise PolicyLoadError(
-            f"{name}: predict_chunk returned shape {chunk.shape}, expected (1..{policy.chunk_size}, {config.action.dim}) "
+            f"{name}: predict_chunk returned shape {chunk.shape}, expected (1..{policy.chunk_size}, "
+            f"{config.action.dim}) "
             f"for robot config '{config.name}'"
         )
     if not np.all(np.isfinite(chunk)):
@@ -110,7 +111,9 @@ class PolicyHolder:
         return self._previous
 
     def load(self, spec: str) -> LoadedPolicy:
-        """Load `spec` into a new instance and verify it (`load_verified`). Changes nothing that is running."""
+        """Load `spec` into a new instance and verify it (`load_verified`).
+
+        Changes nothing that is running."""
         return load_verified(spec, self.config, self._loader)
 
     def verify(self, policy: Policy, spec: str = "") -> None:

@@ -243,7 +243,8 @@ class EpisodeRunner:
         meta = json.loads(msg.data)
         if not self._in_own_store(str(meta.get("episode_id"))):
             self.node.get_logger().warning(
-                f"ignoring episode {meta.get('episode_id')} announced on {self.names.recorder_episodes}: it is not in this "
+                f"ignoring episode {meta.get('episode_id')} announced on {self.names.recorder_episodes}: it "
+                "is not in this "
                 f"robot's store {self.store} (another robot graph on this ROS network?)"
             )
             return
@@ -350,8 +351,15 @@ class EpisodeRunner:
             f"dry run: episode ended at the time limit ({max_steps} steps); {proposed} actions proposed on "
             f"{self.names.policy_dry_run_action}, none sent to the arm; nothing recorded"
         )
-        return {"dry_run": True, "episode_id": None, "source": "policy", "policy_version": version, "num_steps": proposed,
-                "success": None, "ended_by": "time_limit"}  # fmt: skip
+        return {
+            "dry_run": True,
+            "episode_id": None,
+            "source": "policy",
+            "policy_version": version,
+            "num_steps": proposed,
+            "success": None,
+            "ended_by": "time_limit",
+        }
 
     def _wait_for_clock(self, until_ns: int) -> None:
         """Block until the ROS clock reads `until_ns`; RuntimeError if it stands still CLOCK_STALL_S."""
@@ -362,7 +370,8 @@ class EpisodeRunner:
                 last, moved = now, time.monotonic()
             elif time.monotonic() - moved > CLOCK_STALL_S:
                 hint = (
-                    f" (a lockstep simulator advances only on commands: is a node other than the dry-run policy node "
+                    " (a lockstep simulator advances only on commands: is a node other than the dry-run "
+                    "policy node "
                     f"publishing on {self.config.topics.command}?)"
                     if self._reset is not None
                     else ""
@@ -605,7 +614,8 @@ class RobotSession:
             # commands and time would stand still. teleop() brings it back when needed.
             self._graph.remove("teleop")
             self._runner.node.get_logger().warning(
-                f"dry run: the policy's actions go to {self.names.policy_dry_run_action}, never to the arm; each episode "
+                f"dry run: the policy's actions go to {self.names.policy_dry_run_action}, never to the arm; "
+                "each episode "
                 f"runs for the time limit ({self.max_steps} steps) and is not recorded"
             )
             return self._episodes(
@@ -719,8 +729,10 @@ class RobotSession:
                 return stats.sent
             if time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"{stats.pending} episode(s) still waiting to reach the learner at {sync.client.base_url} after {timeout_s:.0f} s "
-                    f"(they stay queued in {sync.outbox.path} and go out with the next robot session, or now with "
+                    f"{stats.pending} episode(s) still waiting to reach the learner at "
+                    f"{sync.client.base_url} after {timeout_s:.0f} s "
+                    f"(they stay queued in {sync.outbox.path} and go out with the next robot session, or "
+                    "now with "
                     f"`wmpo outbox push --store {self.store} --learner {sync.client.base_url}`; "
                     f"sync status: {sync.status.message or sync.status.state})"
                 )

@@ -50,7 +50,8 @@ def build_backbone(spec: BackboneSpec, tokenizer_corpus: Sequence[str]) -> tuple
             backbone = AutoModel.from_pretrained(spec.name_or_path)
         except OSError as exc:
             raise VLAConfigError(
-                f"cannot load pretrained backbone '{spec.name_or_path}' ({exc}). Offline? Download it once with "
+                f"cannot load pretrained backbone '{spec.name_or_path}' ({exc}). Offline? Download it once "
+                "with "
                 "`hf download <id>` or point backbone.name_or_path at a local directory."
             ) from None
         return backbone, tokenizer
@@ -104,13 +105,15 @@ class VLA(nn.Module):
             hasattr(backbone, a) for a in ("vision_model", "connector", "text_model")
         ):
             raise VLAConfigError(
-                f"backbone of type {model_type!r} is not supported; supported: {SUPPORTED_BACKBONES} base models "
+                f"backbone of type {model_type!r} is not supported; supported: {SUPPORTED_BACKBONES} base "
+                "models "
                 "(load with AutoModel, not AutoModelForImageTextToText)"
             )
         vision_size = backbone.config.vision_config.image_size
         if vision_size != config.image_size:
             raise VLAConfigError(
-                f"config.image_size is {config.image_size} but the backbone's vision encoder takes {vision_size} px"
+                f"config.image_size is {config.image_size} but the backbone's vision encoder takes "
+                f"{vision_size} px"
             )
         if config.use_state and state_normalizer is None:
             raise VLAConfigError("config.use_state needs state normalization statistics")
@@ -170,7 +173,8 @@ class VLA(nn.Module):
         config = dataclasses.replace(config, cameras=resolve_cameras(config, robot_config))
         if action_normalizer.dim != robot_config.action.dim:
             raise VLAConfigError(
-                f"action statistics have {action_normalizer.dim} dims, robot '{robot_config.name}' has {robot_config.action.dim}"
+                f"action statistics have {action_normalizer.dim} dims, robot '{robot_config.name}' has "
+                f"{robot_config.action.dim}"
             )
         if config.use_state and (
             state_normalizer is None or state_normalizer.dim != len(robot_config.joints)
@@ -216,7 +220,8 @@ class VLA(nn.Module):
         missing = [c for c in self.cameras if c not in frames]
         if missing:
             raise ValueError(
-                f"frames for cameras {missing} are missing (model sees {list(self.cameras)}, got {list(frames)})"
+                f"frames for cameras {missing} are missing (model sees {list(self.cameras)}, got "
+                f"{list(frames)})"
             )
         pixels = torch.stack([self._prepare_frames(frames[c], c) for c in self.cameras], dim=1)
         batch = pixels.shape[0]
@@ -248,7 +253,8 @@ class VLA(nn.Module):
         if isinstance(frames, torch.Tensor):
             if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
                 raise ValueError(
-                    f"camera '{camera}': expected (B, H, W, 3) uint8 frames, got {tuple(frames.shape)} {frames.dtype}"
+                    f"camera '{camera}': expected (B, H, W, 3) uint8 frames, got {tuple(frames.shape)} "
+                    f"{frames.dtype}"
                 )
             if tuple(frames.shape[1:3]) == (size, size):
                 return frames.to(self.device)
@@ -256,7 +262,8 @@ class VLA(nn.Module):
         frames = np.asarray(frames)
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(
-                f"camera '{camera}': expected (B, H, W, 3) uint8 RGB frames, got {frames.shape} {frames.dtype}"
+                f"camera '{camera}': expected (B, H, W, 3) uint8 RGB frames, got {frames.shape} "
+                f"{frames.dtype}"
             )
         return torch.from_numpy(np.ascontiguousarray(resize_frames(frames, size))).to(self.device)
 
@@ -267,7 +274,8 @@ class VLA(nn.Module):
             tokens = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             if len(tokens) > self.config.max_suffix_tokens:
                 raise ValueError(
-                    f"instruction {instruction!r} takes {len(tokens)} tokens after the image; this model takes at most "
+                    f"instruction {instruction!r} takes {len(tokens)} tokens after the image; this model "
+                    "takes at most "
                     f"{self.config.max_suffix_tokens} (config.max_suffix_tokens)"
                 )
             if len(self._suffix_cache) < 4096:
@@ -373,7 +381,8 @@ def resolve_cameras(config: VLAConfig, robot_config: RobotConfig) -> tuple[str, 
             raise VLAConfigError(str(exc.args[0])) from None
         if spec.channels != 3:
             raise VLAConfigError(
-                f"camera '{name}' of robot '{robot_config.name}' is {spec.encoding}; the VLA takes RGB cameras"
+                f"camera '{name}' of robot '{robot_config.name}' is {spec.encoding}; the VLA takes RGB "
+                "cameras"
             )
     return tuple(cameras)
 
