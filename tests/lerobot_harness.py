@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from wmpo_core.episode_store import EpisodeStore
+from wmpo_core.episode_store import EpisodeStore, Source
 from wmpo_core.robot_config import RobotConfig
 
 
@@ -17,18 +17,30 @@ def moving_square(step: int, shape: tuple[int, int, int]) -> np.ndarray:
     return frame
 
 
-def record(store: EpisodeStore, config: RobotConfig, n_episodes: int, n_steps: int) -> list[str]:
-    """Teleop episodes with random in-range joints and actions, jittered step times, seed = index and
-    alternating success labels (episode 0 fails)."""
+def record(
+    store: EpisodeStore,
+    config: RobotConfig,
+    n_episodes: int,
+    n_steps: int,
+    source: Source = "teleop",
+    policy_version: str | None = None,
+) -> list[str]:
+    """Episodes with random in-range joints and actions, jittered step times (cameras and state
+    captured a little before the control tick, each at its own time), seed = index, alternating
+    success labels (episode 0 fails) and some free-form `extra`."""
     rng = np.random.default_rng(0)
     ids = []
     for e in range(n_episodes):
-        writer = store.begin_episode(config, "teleop", config.tasks[0], env_seed=e)
+        writer = store.begin_episode(
+            config, source, config.tasks[0], policy_version, env_seed=e, extra={"operator": f"op{e}"}
+        )
         t0 = time.time()
         for step in range(n_steps):
             state = rng.uniform([j.lower for j in config.joints], [j.upper for j in config.joints])
             action = rng.uniform([d.low for d in config.action.dims], [d.high for d in config.action.dims])
             frames = {cam.name: moving_square(step, cam.shape) for cam in config.cameras}
-            writer.append(frames, state, action, t0 + step / config.control_rate_hz + rng.uniform(0, 0.004))
+            tick = t0 + step / config.control_rate_hz + rng.uniform(0, 0.004)
+            image_times = {cam.name: tick - rng.uniform(0.005, 0.02) for cam in config.cameras}
+            writer.append(frames, state, action, tick, image_times, state_time=tick - rng.uniform(0, 0.003))
         ids.append(writer.commit(success=bool(e % 2), success_labeled_by="human").episode_id)
     return ids

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,39 +24,143 @@ from wmpo_core.lerobot_units import vector_to_lerobot
 from wmpo_core.robot_config import RobotConfig, load_robot_config
 
 
-def test_export_is_loadable_by_lerobot_and_imports_back(tmp_path: Path) -> None:
+@dataclass(frozen=True)
+class Exported:
+    store: EpisodeStore
+    ids: list[str]
+    root: Path
+    scheduling_kept: bool
+
+
+REPO_ID = "local/so101_sim_demo"
+LEROBOT_BOOKKEEPING = {"timestamp", "frame_index", "episode_index", "index", "task_index"}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    """Two so101_sim episodes acted by a policy (one failed, one succeeded), exported once."""
+    tmp = tmp_path_factory.mktemp("round_trip")
+    config = load_robot_config("so101_sim")
+    with EpisodeStore.open(tmp / "robot.zarr", mode="a") as store:
+        ids = record(store, config, n_episodes=2, n_steps=10, source="policy", policy_version="act@v3")
+    store = EpisodeStore.open(tmp / "robot.zarr")
+    scheduling = (os.sched_getscheduler(0), os.sched_getparam(0))
+    root = export_lerobot(store, config, tmp / "lerobot", REPO_ID, progress=False)
+    # LeRobot's AV1 encoder, run as root, leaves its thread under SCHED_FIFO 99; export gives it back
+    kept = (os.sched_getscheduler(0), os.sched_getparam(0)) == scheduling
+    return Exported(store, ids, root, kept)
+
+
+def test_export_is_loadable_by_lerobot_with_only_the_features_a_policy_gets(exported: Exported) -> None:
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    config = load_robot_config("so101_sim")
-    store = EpisodeStore.open(tmp_path / "robot.zarr", mode="a")
-    ids = record(store, config, n_episodes=2, n_steps=10)
-    scheduling = (os.sched_getscheduler(0), os.sched_getparam(0))
-    root = export_lerobot(store, config, tmp_path / "lerobot", "local/so101_sim_demo", progress=False)
-    # LeRobot's AV1 encoder, run as root, leaves its thread under SCHED_FIFO 99; export gives it back
-    assert (os.sched_getscheduler(0), os.sched_getparam(0)) == scheduling
-
-    dataset = LeRobotDataset("local/so101_sim_demo", root=root, video_backend="pyav")
+    assert exported.scheduling_kept
+    dataset = LeRobotDataset(REPO_ID, root=exported.root, video_backend="pyav")
     assert dataset.meta.total_episodes == 2 and dataset.meta.total_frames == 20
     assert dataset.meta.robot_type == "so101_follower" and dataset.meta.fps == 10
+    # nothing a robot config does not give a policy: a policy trained on it deploys on the robot
+    assert set(dataset.meta.features) - LEROBOT_BOOKKEEPING == {
+        "observation.images.front",
+        "observation.state",
+        "action",
+    }
     item = dataset[13]
     assert tuple(item["observation.images.front"].shape) == (3, 128, 128)
     assert tuple(item["observation.state"].shape) == (6,) and tuple(item["action"].shape) == (4,)
     assert item["task"] == "pick up the cube"
-    np.testing.assert_allclose(item["action"].numpy(), store.episode(ids[1]).action()[3], rtol=1e-6)
+    np.testing.assert_allclose(
+        item["action"].numpy(), exported.store.episode(exported.ids[1]).action()[3], rtol=1e-6
+    )
+    # the metadata is in LeRobot's own episode table, where LeRobot's API selects on it
+    assert dataset.meta.filter_episodes(lambda ep: ep["wmpo/success"] is True) == [1]
+    assert dataset.meta.episodes[0]["wmpo/episode_id"] == exported.ids[0]
+    assert dataset.meta.episodes[1]["wmpo/policy_version"] == "act@v3"
+    np.testing.assert_array_equal(
+        np.frombuffer(dataset.meta.episodes[1]["wmpo/time"], "<f8"),
+        exported.store.episode(exported.ids[1]).time(),
+    )
 
+
+def test_an_export_whose_episode_table_was_edited_is_refused_naming_the_episode(
+    exported: Exported, tmp_path: Path
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    copy = tmp_path / "edited"
+    shutil.copytree(exported.root, copy)
+    (table_file,) = (copy / "meta" / "episodes").rglob("*.parquet")
+    table = pq.read_table(table_file)
+    times = table.column("wmpo/time").to_pylist()
+    times[1] = times[1][:-8]  # one step short
+    column = table.schema.get_field_index("wmpo/time")
+    pq.write_table(table.set_column(column, "wmpo/time", pa.array(times, pa.binary())), table_file)
+    with pytest.raises(
+        LeRobotDatasetError, match=r"episode 1 \(ep_.*\) has 10 frames but capture times for \[9, 10\] steps"
+    ):
+        import_lerobot_to_path(copy, REPO_ID, tmp_path / "robot.zarr", load_robot_config("so101_sim"))
+    assert not (tmp_path / "robot.zarr").exists()
+
+
+def test_export_then_import_restores_metadata_and_capture_times_exactly(
+    exported: Exported, tmp_path: Path
+) -> None:
+    config = load_robot_config("so101_sim")
     back = EpisodeStore.open(tmp_path / "back.zarr", mode="a")
-    metas = import_lerobot(root, "local/so101_sim_demo", back, config, source="teleop", progress=False)
-    assert [m.num_steps for m in metas] == [10, 10]
-    for original_id, meta in zip(ids, metas, strict=True):
-        a, b = store.episode(original_id), back.episode(meta.episode_id)
+    metas = import_lerobot(exported.root, REPO_ID, back, config, progress=False)
+    assert [m.episode_id for m in metas] == exported.ids
+    for index, meta in enumerate(metas):
+        original = exported.store.meta(meta.episode_id)
+        assert original.source == "policy" and original.success is bool(index)  # not the defaults
+        assert meta.model_dump(exclude={"extra"}) == original.model_dump(exclude={"extra"})
+        assert meta.extra == {
+            **original.extra,
+            "imported_from": str(exported.root),
+            "lerobot_repo_id": REPO_ID,
+            "lerobot_episode_index": index,
+        }
+        a, b = exported.store.episode(meta.episode_id), back.episode(meta.episode_id)
+        np.testing.assert_array_equal(b.time(), a.time())
+        np.testing.assert_array_equal(b.state_time(), a.state_time())
+        np.testing.assert_array_equal(b.image_time("front"), a.image_time("front"))
         np.testing.assert_allclose(b.state(), a.state(), rtol=1e-6)
         np.testing.assert_allclose(b.action(), a.action(), rtol=1e-6)
-        # capture times survive (relative to the first step), not re-derived from the frame index
-        np.testing.assert_allclose(b.time() - b.time()[0], a.time() - a.time()[0], atol=1e-5)
         # video is lossy: frames come back close, with the square where it was
         diff = np.abs(b.frames("front").astype(int) - a.frames("front").astype(int))
         assert diff.mean() < 4.0
-        assert meta.extra["lerobot_repo_id"] == "local/so101_sim_demo" and meta.source == "teleop"
+
+
+def test_a_second_import_is_refused_and_command_line_labels_override_recorded_ones(
+    exported: Exported, tmp_path: Path
+) -> None:
+    config = load_robot_config("so101_sim")
+    back = tmp_path / "back.zarr"
+    with EpisodeStore.open(back, mode="a") as store:
+        import_lerobot(exported.root, REPO_ID, store, config, progress=False)
+        before = _tree(back)
+        with pytest.raises(LeRobotDatasetError, match=r"episodes \[.*\] are already in .*; nothing imported"):
+            import_lerobot(exported.root, REPO_ID, store, config, progress=False)
+    assert _tree(back) == before
+
+    relabelled = tmp_path / "relabelled.zarr"
+    args = ["store", "import-lerobot", str(exported.root), str(relabelled), "--robot", "so101_sim"]
+    assert main([*args, "--repo-id", REPO_ID, "--success", "false", "--source", "teleop"]) == 0
+    metas = list(EpisodeStore.open(relabelled))
+    assert [(m.source, m.success, m.success_labeled_by) for m in metas] == [("teleop", False, "human")] * 2
+    assert sorted(m.env_seed for m in metas) == [0, 1] and {m.policy_version for m in metas} == {"act@v3"}
+
+
+def test_an_export_is_refused_for_another_version_of_its_robot_config(
+    exported: Exported, tmp_path: Path
+) -> None:
+    config = load_robot_config("so101_sim")
+    edited = config.model_copy(update={"tasks": [*config.tasks, "stack the cubes"]})
+    assert edited.content_hash != config.content_hash
+    with pytest.raises(
+        LeRobotDatasetError, match=r"episode 0 \(ep_.*\) was recorded with robot config 'so101_sim' \(sha256:"
+    ):
+        import_lerobot_to_path(exported.root, REPO_ID, tmp_path / "robot.zarr", edited, progress=False)
+    assert not (tmp_path / "robot.zarr").exists()
 
 
 def _small_so101_real() -> RobotConfig:

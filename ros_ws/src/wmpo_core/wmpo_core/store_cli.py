@@ -38,7 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     delete.add_argument("store", type=Path)
     delete.add_argument("episode_ids", nargs="+", metavar="episode_id", help="episodes to remove")
 
-    export = sub.add_parser("export-lerobot", help="write episodes as a LeRobotDataset v3 directory")
+    export = sub.add_parser(
+        "export-lerobot",
+        help="write episodes as a LeRobotDataset v3 directory",
+        description="Write episodes as a LeRobotDataset v3 directory: the features a policy gets on the "
+        "robot (cameras as MP4, observation.state, action, task); source, success, env seed, policy "
+        "version, robot config hash and the exact capture times go into LeRobot's per-episode table "
+        "(meta/episodes, columns wmpo/*), so import-lerobot restores them.",
+    )
     export.add_argument("store", type=Path)
     export.add_argument("out", type=Path, help="new directory for the LeRobot dataset")
     export.add_argument(
@@ -56,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         help="append the episodes of a local LeRobotDataset v3 to a store",
         description="Append the episodes of a local LeRobotDataset v3 to a store. State and action values "
         "are matched to the robot config's joints by LeRobot's feature names; a dataset whose names, "
-        "shapes, cameras or fps differ from the robot config is refused and nothing is written.",
+        "shapes, cameras or fps differ from the robot config is refused and nothing is written. Episodes "
+        "written by export-lerobot come back with their ids, labels, seeds and capture times.",
     )
     imp.add_argument("dataset", type=Path, help="LeRobot dataset root (with meta/info.json)")
     imp.add_argument(
@@ -69,12 +77,18 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     imp.add_argument(
         "--repo-id", default=None, help="the dataset's repo id (default: local/<dataset dir name>)"
     )
-    imp.add_argument("--source", choices=["teleop", "policy", "scripted"], default="teleop")
+    imp.add_argument(
+        "--source",
+        choices=["teleop", "policy", "scripted"],
+        default=None,
+        help="source of every imported episode (default: what export-lerobot recorded, else teleop)",
+    )
     imp.add_argument(
         "--success",
         choices=["true", "false", "unknown"],
-        default="unknown",
-        help="success label for every imported episode (e.g. true for curated demonstrations)",
+        default=None,
+        help="success label for every imported episode, labelled by human (e.g. true for curated "
+        "demonstrations; default: what export-lerobot recorded, else unknown)",
     )
 
 
@@ -99,7 +113,12 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.store_command == "delete":
             return _delete(args.store, args.episode_ids)
-        from wmpo_core.lerobot_dataset import LeRobotDatasetError, export_lerobot, import_lerobot_to_path
+        from wmpo_core.lerobot_dataset import (
+            RECORDED,
+            LeRobotDatasetError,
+            export_lerobot,
+            import_lerobot_to_path,
+        )
 
         config = load_robot_config(args.robot)
         try:
@@ -116,9 +135,9 @@ def run(args: argparse.Namespace) -> int:
                 args.repo_id or f"local/{args.dataset.name}",
                 args.store,
                 config,
-                source=args.source,
-                success=_label(args.success),
-                success_labeled_by="human" if args.success != "unknown" else None,
+                source=args.source or RECORDED,
+                success=RECORDED if args.success is None else _label(args.success),
+                success_labeled_by="human" if args.success not in (None, "unknown") else None,
             )
             print(f"imported {len(metas)} episodes into {args.store}")
             return 0
