@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm import tqdm
+from wmpo_core.cli_args import add_device_argument
 from wmpo_core.episode_store import EpisodeMeta, EpisodeStore, StoreError
 
 from wmpo_learner.reward.threshold import select_threshold
@@ -262,7 +263,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         "--sampling-steps", type=int, default=None, help="world-model sampling steps (default: its config)"
     )
     parser.add_argument("--seed", type=int, default=0, help="world-model noise seed")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="torch device (default cpu)")
+    add_device_argument(parser, default="cpu")
     parser.add_argument("--json", type=Path, default=None, help="write the result here as JSON")
     parser.add_argument(
         "--calibrate-on",
@@ -270,7 +271,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         default=None,
         metavar="STORE",
         help="first re-threshold the reward model on world-model replays of this store's labelled policy "
-        "rollouts (of --policy-version; typically the ones the world model was aligned on), then check with it",
+        "rollouts (of --policy-version; typically the ones the world model was aligned on), then check with "
+        "it",
     )
     parser.add_argument(
         "--calibrated-reward",
@@ -334,8 +336,10 @@ def run(args: argparse.Namespace) -> int:
         metas = metas[-args.max_episodes :]
         if not metas:
             return _fail(
-                f"no {'held-out ' if not args.include_trained else ''}labelled policy rollouts in {args.store}"
-                f"{' of version ' + args.policy_version if args.policy_version else ''} (pass --include-trained to use trained-on ones)"
+                f"no {'held-out ' if not args.include_trained else ''}labelled policy rollouts in "
+                f"{args.store}"
+                f"{' of version ' + args.policy_version if args.policy_version else ''} (pass "
+                "--include-trained to use trained-on ones)"
             )
         calibration = None
         if args.calibrate_on is not None:
@@ -424,8 +428,10 @@ def format_report(result: dict[str, Any]) -> str:
         f"Outcome agreement on {o['episodes']} {'held-out' if o['held_out'] else 'trained-on'} real rollouts "
         f"(real success {o['real_success']:.2f}): imagined success {o['imagined_success']:.2f}, "
         f"balanced accuracy {_num(o['balanced_accuracy'])}, AUC {_num(o['auc'])} "
-        f"(TP {c['true_positive']}, FP {c['false_positive']}, TN {c['true_negative']}, FN {c['false_negative']}); "
-        f"reward model on the real videos: balanced accuracy {_num(r['balanced_accuracy'])}, AUC {_num(r['auc'])}.",
+        f"(TP {c['true_positive']}, FP {c['false_positive']}, TN {c['true_negative']}, FN "
+        f"{c['false_negative']}); "
+        f"reward model on the real videos: balanced accuracy {_num(r['balanced_accuracy'])}, AUC "
+        f"{_num(r['auc'])}.",
     ]
     if "policy_ranking" in result:
         p = result["policy_ranking"]

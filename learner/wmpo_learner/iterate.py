@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wmpo_core.cli_args import add_device_argument
+
 # Sizes of the stages. "cpu" is what a 2-core machine finishes in minutes with the tiny models;
 # "paper" follows the WMPO paper's settings and needs GPUs. horizon 0 = the robot's episode limit.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -134,7 +136,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         "where the check falls back to episodes the models were trained on, and says so)",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_device_argument(parser)
 
 
 @dataclass
@@ -380,7 +382,8 @@ def promotion(grpo: dict[str, Any], check: dict[str, Any], min_agreement: float)
     if grpo["updates"] == 0:
         return (
             False,
-            "GRPO made no update (every imagined group was all-success or all-failure): the weights are the parent's",
+            "GRPO made no update (every imagined group was all-success or all-failure): the weights are the "
+            "parent's",
         )
     guard = grpo["guard"]
     if guard is None:

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from wmpo_core.cli_args import add_device_argument
+
 from wmpo_learner.stats import one_sided_worse_p_value
 
 # Sizes for one machine. "cpu": tiny models a 2-core machine runs in minutes (a demonstration of
@@ -107,7 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument(
         "--teleop-device",
         default="auto",
-        help="teleop device for the demos: auto (the scripted expert in sim), keyboard, gamepad, so101_leader",
+        help="teleop device for the demos: auto (the scripted expert in sim), keyboard, gamepad, "
+        "so101_leader",
     )
     parser.add_argument(
         "--learner",
@@ -116,7 +119,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         help="use this running learner service instead of starting one (token: WMPO_LEARNER_TOKEN)",
     )
     add_ros_domain_argument(parser)
-    parser.add_argument("--device", default="auto", help="torch device for training: auto, cpu or cuda")
+    add_device_argument(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--set",
@@ -130,7 +133,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Where everything of one run lives; also the resume contract (a stage is done when its output exists)."""
+    """Where everything of one run lives; also the resume contract (a stage is done when its output
+    exists)."""
 
     root: Path
 
@@ -282,7 +286,8 @@ def run_loop(args: argparse.Namespace) -> Path:
         + "\n"
     )
     print(
-        f"wmpo run: {robot.name}, {args.rounds} round(s), sizes '{args.size}' {sizes}\n  everything goes to {paths.root}"
+        f"wmpo run: {robot.name}, {args.rounds} round(s), sizes '{args.size}' {sizes}\n  everything goes to "
+        f"{paths.root}"
     )
     progress = Progress(total=6 + 2 * args.rounds)
     # "auto": every command picks CUDA when present by itself (not all of them spell it "auto").
@@ -319,7 +324,8 @@ def run_loop(args: argparse.Namespace) -> Path:
             store_arg = str(learner_store) if learner_store is not None else None
             if store_arg is None:
                 raise RuntimeError(
-                    "--learner: training against a remote learner's store is not supported by `wmpo run`; run the learner jobs there"
+                    "--learner: training against a remote learner's store is not supported by `wmpo run`; "
+                    "run the learner jobs there"
                 )
             with progress.stage("SFT of the VLA on the demonstrations"):
                 if not (paths.sft / "manifest.json").exists():
@@ -399,11 +405,13 @@ def run_loop(args: argparse.Namespace) -> Path:
                         current = out / "policy"
                         version = publish_and_deploy(client, current, f"WMPO round {k}")
                     notes.append(
-                        f"round {k}: {'promoted' if summary['promoted'] else 'not promoted'}: {summary['reason']}"
+                        f"round {k}: {'promoted' if summary['promoted'] else 'not promoted'}: "
+                        f"{summary['reason']}"
                     )
                 if summary["promoted"]:
                     with progress.stage(
-                        f"round {k}: the robot hot-swaps to {version} and records {sizes['rollouts']} rollouts"
+                        f"round {k}: the robot hot-swaps to {version} and records {sizes['rollouts']} "
+                        "rollouts"
                     ):
                         results.append(
                             rollouts(robot_side, learner_store, version, sizes["rollouts"], f"round {k}")
@@ -418,15 +426,19 @@ def run_loop(args: argparse.Namespace) -> Path:
                             publish_and_deploy(
                                 client,
                                 parent,
-                                f"rollback: {version} is below {parent_version} (one-sided p = {p_worse:.3f})",
+                                f"rollback: {version} is below {parent_version} (one-sided p = "
+                                f"{p_worse:.3f})",
                             ),
                         )
                         notes.append(
-                            f"round {k}: rolled back to {parent_version}: {results[-1].successes}/{results[-1].trials} vs "
-                            f"{measured.successes}/{measured.trials}, one-sided two-proportion z-test p = {p_worse:.3f} < {ROLLBACK_P}"
+                            f"round {k}: rolled back to {parent_version}: "
+                            f"{results[-1].successes}/{results[-1].trials} vs "
+                            f"{measured.successes}/{measured.trials}, one-sided two-proportion z-test p = "
+                            f"{p_worse:.3f} < {ROLLBACK_P}"
                         )
                 else:
-                    # No new version: the robot keeps its policy and records more of its rollouts for the next round.
+                    # No new version: the robot keeps its policy and records more of its rollouts for the
+                    # next round.
                     with progress.stage(
                         f"round {k}: {version} kept; the robot records {sizes['rollouts']} more rollouts"
                     ):

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from wmpo_core.cli_args import add_device_argument
+
 TRAINING_DIR = "training"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
@@ -77,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument(
         "--include-failures", action="store_true", help="also imitate episodes labelled unsuccessful"
     )
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_device_argument(parser)
     parser.add_argument(
         "--seed", type=int, default=0, help="seed for initialization, batch sampling and augmentation"
     )
@@ -122,13 +124,14 @@ def load_demonstrations(
         metas = metas[:max_episodes]
     if not metas:
         raise SystemExit(
-            f"wmpo sft: no episodes in {store_path} for robot '{robot_config.name}' with source in {list(sources)}"
-            + ("" if include_failures else " that are not labelled failures")
+            f"wmpo sft: no episodes in {store_path} for robot '{robot_config.name}' with source in "
+            f"{list(sources)}" + ("" if include_failures else " that are not labelled failures")
         )
     for m in metas:
         if m.action_dim != robot_config.action.dim:
             raise SystemExit(
-                f"wmpo sft: episode {m.episode_id} has {m.action_dim} action dims, robot has {robot_config.action.dim}"
+                f"wmpo sft: episode {m.episode_id} has {m.action_dim} action dims, robot has "
+                f"{robot_config.action.dim}"
             )
         absent = [c for c in cameras if c not in m.cameras]
         if absent:
@@ -206,7 +209,7 @@ def load_optimizer(optimizer, path: Path) -> None:
     with safe_open(str(path), framework="pt") as handle:
         meta = json.loads(handle.metadata()["optimizer"])
         state: dict[int, dict[str, Any]] = {}
-        for key in handle.keys():
+        for key in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
             _, param_id, name = key.split(".", 2)
             state.setdefault(int(param_id), {})[name] = handle.get_tensor(key)
     for param_id, values in meta["scalars"].items():
@@ -219,66 +222,73 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
+    from wmpo_core.episode_store import StoreError
     from wmpo_core.normalization import ActionNormalizer
     from wmpo_core.robot_config import load_robot_config
     from wmpo_core.vla.checkpoint import default_device, load_checkpoint, save_checkpoint
     from wmpo_core.vla.config import load_recipe
     from wmpo_core.vla.model import VLA, cross_entropy, resolve_cameras
 
-    robot = load_robot_config(args.robot)
-    recipe = load_recipe(args.config)
-    overrides = {
-        k: v
-        for k, v in (
-            ("steps", args.steps),
-            ("batch_size", args.batch_size),
-            ("lr", args.lr),
-            ("save_every", args.save_every),
-        )
-        if v is not None
-    }
-    settings = dataclasses.replace(recipe.sft, **overrides)
-    for name in ("steps", "batch_size", "save_every"):
-        if getattr(settings, name) < 1:
-            raise SystemExit(f"wmpo sft: --{name.replace('_', '-')} must be >= 1")
-    device = torch.device(args.device or default_device())
-    out: Path = args.out
-    training_dir = out / TRAINING_DIR
-    if args.resume and args.init_from is not None:
-        raise SystemExit("wmpo sft: --resume continues the run in --out; it cannot be combined with --from")
-    if args.resume and not (training_dir / STATE_FILE).is_file():
-        raise SystemExit(f"wmpo sft: nothing to resume in {out} (no {TRAINING_DIR}/{STATE_FILE})")
-    if not args.resume and (training_dir / STATE_FILE).is_file():
-        raise SystemExit(
-            f"wmpo sft: {out} already holds a training run; pass --resume to continue it or choose another --out"
-        )
-    torch.manual_seed(args.seed)
+    try:
+        robot = load_robot_config(args.robot)
+        recipe = load_recipe(args.config)
+        overrides = {
+            k: v
+            for k, v in (
+                ("steps", args.steps),
+                ("batch_size", args.batch_size),
+                ("lr", args.lr),
+                ("save_every", args.save_every),
+            )
+            if v is not None
+        }
+        settings = dataclasses.replace(recipe.sft, **overrides)
+        for name in ("steps", "batch_size", "save_every"):
+            if getattr(settings, name) < 1:
+                raise SystemExit(f"wmpo sft: --{name.replace('_', '-')} must be >= 1")
+        device = torch.device(default_device() if args.device == "auto" else args.device)
+        out: Path = args.out
+        training_dir = out / TRAINING_DIR
+        if args.resume and args.init_from is not None:
+            raise SystemExit(
+                "wmpo sft: --resume continues the run in --out; it cannot be combined with --from"
+            )
+        if args.resume and not (training_dir / STATE_FILE).is_file():
+            raise SystemExit(f"wmpo sft: nothing to resume in {out} (no {TRAINING_DIR}/{STATE_FILE})")
+        if not args.resume and (training_dir / STATE_FILE).is_file():
+            raise SystemExit(
+                f"wmpo sft: {out} already holds a training run; pass --resume to continue it or choose "
+                "another --out"
+            )
+        torch.manual_seed(args.seed)
 
-    # Model first (its cameras and image size decide how the demonstrations are preloaded).
-    start_step, rng_state, history = 0, None, []
-    parent_version = None
-    if args.resume:
-        trainer_state = json.loads((training_dir / STATE_FILE).read_text())
-        model = load_checkpoint(out, robot, device=device)
-        start_step, rng_state, history = (
-            trainer_state["step"],
-            trainer_state["rng"],
-            trainer_state["loss_history"],
+        # Model first (its cameras and image size decide how the demonstrations are preloaded).
+        start_step, rng_state, history = 0, None, []
+        parent_version = None
+        if args.resume:
+            trainer_state = json.loads((training_dir / STATE_FILE).read_text())
+            model = load_checkpoint(out, robot, device=device)
+            start_step, rng_state, history = (
+                trainer_state["step"],
+                trainer_state["rng"],
+                trainer_state["loss_history"],
+            )
+            parent_version = model.parent_version
+            recipe_name = trainer_state["recipe"]
+        elif args.init_from is not None:
+            model = load_checkpoint(args.init_from, robot, device=device)
+            parent_version = model.version
+            recipe_name = f"from:{args.init_from}"
+        else:
+            model = None
+            recipe_name = recipe.name
+        cameras = model.cameras if model is not None else resolve_cameras(recipe.model, robot)
+        image_size = model.image_size if model is not None else recipe.model.image_size
+        demos = load_demonstrations(
+            args.store, robot, cameras, image_size, args.source, args.include_failures, args.max_episodes
         )
-        parent_version = model.parent_version
-        recipe_name = trainer_state["recipe"]
-    elif args.init_from is not None:
-        model = load_checkpoint(args.init_from, robot, device=device)
-        parent_version = model.version
-        recipe_name = f"from:{args.init_from}"
-    else:
-        model = None
-        recipe_name = recipe.name
-    cameras = model.cameras if model is not None else resolve_cameras(recipe.model, robot)
-    image_size = model.image_size if model is not None else recipe.model.image_size
-    demos = load_demonstrations(
-        args.store, robot, cameras, image_size, args.source, args.include_failures, args.max_episodes
-    )
+    except (ValueError, StoreError) as exc:  # robot config, recipe, checkpoint, store
+        raise SystemExit(f"wmpo sft: {exc}") from None
     if model is None:
         state_norm = ActionNormalizer.from_actions(demos.states) if recipe.model.use_state else None
         model = VLA.create(recipe.model, robot, ActionNormalizer.from_actions(demos.actions), state_norm).to(
@@ -335,7 +345,8 @@ def run(args: argparse.Namespace) -> int:
 
     writer = SummaryWriter(str(training_dir / "tensorboard"))
     print(
-        f"wmpo sft: {len(demos.episode_ids)} episodes, {len(demos)} steps; model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
+        f"wmpo sft: {len(demos.episode_ids)} episodes, {len(demos)} steps; model "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
         f"params on {device}; steps {start_step}->{settings.steps}, batch {settings.batch_size}"
     )
     bar = tqdm(
@@ -381,7 +392,8 @@ def run(args: argparse.Namespace) -> int:
     writer.close()
     elapsed = time.time() - t_start
     print(
-        f"wmpo sft: wrote {out} (version {model.version}) after {settings.steps - start_step} steps in {elapsed:.0f} s; "
+        f"wmpo sft: wrote {out} (version {model.version}) after {settings.steps - start_step} steps in "
+        f"{elapsed:.0f} s; "
         f"final loss {history[-1][1] if history else float('nan'):.3f}"
     )
     return 0

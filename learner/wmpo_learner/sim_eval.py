@@ -14,6 +14,8 @@ import time
 from functools import partial
 from pathlib import Path
 
+from wmpo_core.cli_args import add_device_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument(
@@ -48,13 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         "--refill-threshold",
         type=int,
         default=1,
-        help="request the next chunk when this many actions remain, as the policy node does (default: %(default)s)",
+        help="request the next chunk when this many actions remain, as the policy node does (default: "
+        "%(default)s)",
     )
-    parser.add_argument(
-        "--device",
-        default=None,
-        help="torch device for a VLA checkpoint (default: cuda if available, else cpu)",
-    )
+    add_device_argument(parser)
     parser.add_argument(
         "--json",
         type=Path,
@@ -82,15 +81,26 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("wmpo eval: --refill-threshold must be >= 0")
     if args.workers < 1:
         raise SystemExit("wmpo eval: --workers must be >= 1")
-    robot = load_robot_config(args.robot)
+    try:
+        robot = load_robot_config(args.robot)
+    except ValueError as exc:
+        raise SystemExit(f"wmpo eval: {exc}") from None
     if not isinstance(robot.driver, GymSimDriver):
         raise SystemExit(
             f"wmpo eval: robot config '{robot.name}' is not a simulated arm (driver {robot.driver.kind})"
         )
     make_policy = partial(
-        load_eval_policy, args.policy, args.sample, args.temperature, args.seed_offset, args.device
+        load_eval_policy,
+        args.policy,
+        args.sample,
+        args.temperature,
+        args.seed_offset,
+        None if args.device == "auto" else args.device,
     )
-    policy = make_policy(robot)  # loaded here too: a bad checkpoint fails before any worker starts
+    try:
+        policy = make_policy(robot)  # loaded here too: a bad checkpoint fails before any worker starts
+    except ValueError as exc:  # PolicyLoadError and its checkpoint errors
+        raise SystemExit(f"wmpo eval: {exc}") from None
     version = "scripted-expert" if policy is None else policy.version
     mode = "expert" if policy is None else (f"sampled T={args.temperature}" if args.sample else "greedy")
     seeds = eval_seeds(args.episodes, args.seed_offset)
@@ -121,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
     lengths = [r.num_steps for r in results]
     success_lengths = [r.num_steps for r in results if r.success]
     print(
-        f"policy {version} ({mode}) on {robot.name}: {len(results)} episodes, eval seeds {seeds[0]}..{seeds[-1]}"
+        f"policy {version} ({mode}) on {robot.name}: {len(results)} episodes, eval seeds "
+        f"{seeds[0]}..{seeds[-1]}"
     )
     print(f"  success rate       {rate}")
     print(

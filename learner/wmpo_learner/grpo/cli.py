@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from wmpo_core.cli_args import add_device_argument
+
 from wmpo_learner.grpo.algorithm import GRPOConfig
 
 _DEFAULTS = GRPOConfig()
@@ -98,7 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         help="dynamic sampling: extra sampling rounds per iteration before training on fewer groups",
     )
     opt.add_argument("--seed", type=int, default=0)
-    opt.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_device_argument(opt)
 
 
 def config_from_args(args: argparse.Namespace) -> GRPOConfig:

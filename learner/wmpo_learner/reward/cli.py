@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from wmpo_core.cli_args import add_device_argument
+
 if TYPE_CHECKING:
     from wmpo_learner.reward.threshold import EpisodeMetrics
 
@@ -69,9 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the split, initialization and batches (default 0)"
     )
-    parser.add_argument(
-        "--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1 ..."
-    )
+    add_device_argument(parser)
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
     parser.add_argument("--tensorboard", help="TensorBoard log directory (default: OUT/tensorboard)")
     parser.add_argument(
@@ -181,19 +181,22 @@ def run(args: argparse.Namespace) -> int:
     val = meta.validation
     assert val is not None and meta.training is not None
     print(
-        f"\nreward model saved to {args.out} ({init}, {meta.training.steps} steps in {meta.training.seconds:.0f} s)"
+        f"\nreward model saved to {args.out} ({init}, {meta.training.steps} steps in "
+        f"{meta.training.seconds:.0f} s)"
     )
     _print_metrics(f"{len(val.episodes)} held-out episodes, threshold chosen on them", val.metrics)
     _print_metrics(f"{len(val.episodes)} held-out episodes, untuned threshold", val.metrics_at_half)
     if val.finish_steps_early is not None:
         print(
-            f"detection fires on average {val.finish_steps_early:.1f} steps before the last frame of held-out successes"
+            f"detection fires on average {val.finish_steps_early:.1f} steps before the last frame of "
+            "held-out successes"
         )
     return 0
 
 
 def _print_metrics(title: str, m: EpisodeMetrics) -> None:
     print(
-        f"{title}: threshold {m.threshold:.3f}  precision {m.precision:.3f}  recall {m.recall:.3f}  F1 {m.f1:.3f}  "
+        f"{title}: threshold {m.threshold:.3f}  precision {m.precision:.3f}  recall {m.recall:.3f}  F1 "
+        f"{m.f1:.3f}  "
         f"(TP {m.true_positives} FP {m.false_positives} FN {m.false_negatives} TN {m.true_negatives})"
     )

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from wmpo_core.cli_args import add_device_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
@@ -57,9 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         "--videos", type=int, default=4, help="how many episodes to write as side-by-side mp4"
     )
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
-    parser.add_argument(
-        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="device to imagine on"
-    )
+    add_device_argument(parser)
     parser.add_argument(
         "--out", required=True, type=Path, help="directory for metrics.json, report.md and videos/"
     )
@@ -125,7 +124,7 @@ def evaluate_world_model(
             [np.concatenate([a[:n], np.repeat(a[-1:], max(0, n - len(a)), axis=0)])[:n] for _, a in data]
         )
 
-        def replay(acts: np.ndarray, noise_seed: int) -> np.ndarray:
+        def replay(acts: np.ndarray, noise_seed: int, firsts: np.ndarray = firsts) -> np.ndarray:
             return wm.replay(firsts, acts, torch.Generator().manual_seed(noise_seed), sampling_steps)
 
         imagined = replay(actions, seed)
@@ -213,7 +212,8 @@ def format_report(result: dict[str, Any], predicted_frames: int) -> str:
     s = result["summary"]
     sens = s["action_sensitivity"]
     lines = [
-        f"episodes: {s['episodes']}, imagined frames: {s['frames']}, sampling steps: {result['sampling_steps']}",
+        f"episodes: {s['episodes']}, imagined frames: {s['frames']}, sampling steps: "
+        f"{result['sampling_steps']}",
         "",
         "| metric | value |",
         "|---|---|",
@@ -227,7 +227,8 @@ def format_report(result: dict[str, Any], predicted_frames: int) -> str:
         f"| pixel MAE, mirrored vs real actions (same seed) | {sens['mae_mirrored_vs_real_actions']:.2f} |",
         f"| pixel MAE, other seed (same actions) | {sens['mae_other_seed_same_actions']:.2f} |",
         f"| action-sensitivity ratio | {sens['ratio']:.2f} |",
-        f"| frames where real actions beat mirrored (PSNR) | {100 * sens['fraction_real_actions_closer']:.0f}% |",
+        "| frames where real actions beat mirrored (PSNR) | "
+        f"{100 * sens['fraction_real_actions_closer']:.0f}% |",
         "",
         "| step | PSNR | SSIM | PSNR VAE | PSNR hold | PSNR mirrored |",
         "|---|---|---|---|---|---|",

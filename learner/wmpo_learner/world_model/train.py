@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from wmpo_core.cli_args import add_device_argument
+
 TRAIN_FLAGS = {
     # flag: (TrainConfig field, type, help)
     "--steps": ("steps", int, "transformer optimiser steps"),
@@ -85,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         help="filter by success label (alignment keeps failures: the default is any)",
     )
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="training device")
+    add_device_argument(parser)
     group = parser.add_argument_group("training overrides (defaults come from the preset)")
     for flag, (_, kind, help_text) in TRAIN_FLAGS.items():
         group.add_argument(flag, type=kind, help=help_text)
@@ -94,6 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from pydantic import ValidationError
     from wmpo_core.episode_store import EpisodeStore, StoreError
     from wmpo_core.robot_config import RobotConfigError, load_robot_config
 
@@ -117,7 +120,6 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     try:
-        store = EpisodeStore.open(args.store)
         if args.command == "align":
             parent = WorldModel.load(args.init_from)
             robot = load_robot_config(args.robot or parent.robot_config_name)
@@ -138,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         train = train.model_validate(
             {**train.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
         )
+        store = EpisodeStore.open(args.store)
         success = {"any": None, "true": True, "false": False}[args.success]
         source = None if args.source == "any" else args.source
         episodes = [
@@ -151,6 +154,8 @@ def run(args: argparse.Namespace) -> int:
             )
             if m.robot_config_name == robot.name
         ]
+    except ValidationError as exc:  # an override out of range: name the flag, one line
+        return fail("; ".join(f"--{'-'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     except (StoreError, RobotConfigError, WorldModelLoadError, ValueError) as exc:
         return fail(str(exc))
     if not episodes:
@@ -168,7 +173,10 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         calibrate_latents=calibrate,
     )
-    ctx = distributed.setup(args.device)
+    try:
+        ctx = distributed.setup(args.device)
+    except (ValueError, RuntimeError) as exc:
+        return fail(str(exc))
     try:
         WorldModelTrainer(plan, ctx).fit()
     finally:

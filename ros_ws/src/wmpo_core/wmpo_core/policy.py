@@ -80,11 +80,18 @@ def _register_builtin_backends() -> None:
 
 def load_policy(spec: str | Path, robot_config: RobotConfig) -> Policy:
     """Load a policy for `robot_config` from a checkpoint directory or a `scheme:` spec."""
+    loader, argument = resolve_policy_spec(spec)
+    return loader(argument, robot_config)
+
+
+def resolve_policy_spec(spec: str | Path) -> tuple[PolicyLoader, str]:
+    """The loader of `spec` and its argument, without loading anything: a command checks its
+    `--policy` with this before it brings an arm up. Raises PolicyLoadError naming the problem."""
     _register_builtin_backends()
     text = str(spec)
     scheme, sep, rest = text.partition(":")
     if sep and scheme in _SCHEMES:
-        return _SCHEMES[scheme](rest, robot_config)
+        return _SCHEMES[scheme], rest
     path = Path(text)
     if not path.exists():
         raise PolicyLoadError(
@@ -95,5 +102,5 @@ def load_policy(spec: str | Path, robot_config: RobotConfig) -> Policy:
         raise PolicyLoadError(f"policy checkpoint '{text}' must be a directory")
     for detect, loader in _DIRECTORY_FORMATS:
         if detect(path):
-            return loader(str(path), robot_config)
+            return loader, str(path)
     raise PolicyLoadError(f"'{text}' is not a checkpoint format this installation can load")

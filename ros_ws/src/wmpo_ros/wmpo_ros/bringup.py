@@ -28,6 +28,8 @@ import sys
 import time
 from typing import Any
 
+from wmpo_core.policy import PolicyLoadError, resolve_policy_spec
+
 from wmpo_ros.isolation import DomainRequest, isolate_graph, parse_domain
 from wmpo_ros.params import POLICY, RECORDER, SIM_ARM, SYNC, TELEOP
 
@@ -52,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         "--real-time-factor",
         type=float,
         default=SIM_ARM["real_time_factor"].default,
-        help="simulation only: cap on simulated time per wall second; 0 = as fast as the CPU allows (default: %(default)s)",
+        help="simulation only: cap on simulated time per wall second; 0 = as fast as the CPU allows "
+        "(default: %(default)s)",
     )
     add_ros_domain_argument(parser)
     if command == "robot":
@@ -68,7 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument(
         "--task",
         default=None,
-        help="task instruction stamped into episodes and given to the policy (default: the config's first task)",
+        help="task instruction stamped into episodes and given to the policy (default: the config's first "
+        "task)",
     )
     parser.add_argument(
         "--max-steps",
@@ -81,7 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
             "--device",
             default=TELEOP["device"].default,
             choices=["auto", "scripted", "keyboard", "gamepad", "so101_leader"],
-            help="teleop device; auto = the scripted expert in a simulation that has one, else keyboard (default: %(default)s)",
+            help="teleop device; auto = the scripted expert in a simulation that has one, else keyboard "
+            "(default: %(default)s)",
         )
         parser.add_argument("--device-port", default="", help="serial port of a leader arm (so101_leader)")
         parser.add_argument(
@@ -91,13 +96,15 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument(
             "--policy",
             default="",
-            help="checkpoint directory or spec (replay:<store>[:<episode>], hold:..., scripted:<module>:<Class>); "
+            help="checkpoint directory or spec (replay:<store>[:<episode>], hold:..., "
+            "scripted:<module>:<Class>); "
             "optional with --learner, which then provides the deployed version",
         )
         parser.add_argument(
             "--dry-run",
             action="store_true",
-            help="check the policy without moving the arm: actions are computed, logged and published on <ns>/policy/dry_run_action, "
+            help="check the policy without moving the arm: actions are computed, logged and published on "
+            "<ns>/policy/dry_run_action, "
             "never sent to the arm; each episode runs for the time limit and nothing is recorded or uploaded",
         )
         parser.add_argument(
@@ -110,7 +117,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
             "--learner",
             default="",
             metavar="URL",
-            help="learner service URL: upload every recorded episode to it and follow its deployed policy version "
+            help="learner service URL: upload every recorded episode to it and follow its deployed policy "
+            "version "
             "(token from --learner-token-file or WMPO_LEARNER_TOKEN)",
         )
         parser.add_argument(
@@ -127,7 +135,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
             "--swap-at",
             default=POLICY["swap_at"].default,
             choices=["episode", "chunk"],
-            help="when a new policy version takes over: at the next episode start, or at the next action chunk, mid-episode "
+            help="when a new policy version takes over: at the next episode start, or at the next action "
+            "chunk, mid-episode "
             "(default: %(default)s)",
         )
 
@@ -139,7 +148,8 @@ def add_ros_domain_argument(parser: argparse.ArgumentParser) -> None:
         type=_domain_arg,
         default=None,
         metavar="auto|env|ID",
-        help="DDS domain of the graph. Default: a simulated arm gets a free domain of its own with localhost-only discovery "
+        help="DDS domain of the graph. Default: a simulated arm gets a free domain of its own with "
+        "localhost-only discovery "
         "(unless ROS_DOMAIN_ID is set), so graphs on one host never cross; a real arm keeps the environment. "
         "auto: pick a free one; env: keep the environment; ID: that domain",
     )
@@ -161,14 +171,16 @@ def session_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """`wmpo teleop | deploy` flags -> `RobotSession` arguments."""
     kwargs: dict[str, Any] = {
         "robot": args.robot, "store": args.store, "bringup": args.command, "seed": args.seed,
-        "real_time_factor": args.real_time_factor, "max_steps": args.max_steps, "task": args.task, "ros_domain": args.ros_domain,
+        "real_time_factor": args.real_time_factor, "max_steps": args.max_steps, "task": args.task,
+        "ros_domain": args.ros_domain,
     }  # fmt: skip
     if args.command == "teleop":
         kwargs["device"] = args.device
     else:
         kwargs.update(
-            policy=args.policy, dry_run=args.dry_run, refill_threshold=args.refill_threshold, swap_at=args.swap_at,
-            learner_url=args.learner, token_file=args.learner_token_file or None, ca_file=args.learner_ca or None,
+            policy=args.policy, dry_run=args.dry_run, refill_threshold=args.refill_threshold,
+            swap_at=args.swap_at, learner_url=args.learner, token_file=args.learner_token_file or None,
+            ca_file=args.learner_ca or None,
         )  # fmt: skip
     return kwargs
 
@@ -213,6 +225,12 @@ def run(args: argparse.Namespace) -> int:
             "wmpo deploy: give --policy, or --learner to run the learner's deployed version", file=sys.stderr
         )
         return 2
+    if args.command == "deploy" and args.policy:
+        try:
+            resolve_policy_spec(args.policy)  # a typo fails here, before the arm comes up or a store is made
+        except PolicyLoadError as exc:
+            print(f"wmpo deploy: {exc}", file=sys.stderr)
+            return 2
     from wmpo_ros.dds import use_large_frames_profile
     from wmpo_ros.session import RobotSession
 
@@ -229,7 +247,8 @@ def run(args: argparse.Namespace) -> int:
             else:
                 if not args.policy:
                     print(
-                        f"waiting for the learner's deployed policy (status on {robot.names.sync_status}) ...",
+                        f"waiting for the learner's deployed policy (status on {robot.names.sync_status}) "
+                        "...",
                         file=sys.stderr,
                     )
                     print(
@@ -239,7 +258,8 @@ def run(args: argparse.Namespace) -> int:
                 metas = robot.run_episodes(args.episodes)
             if robot.dry_run:
                 print(
-                    f"dry run: {len(metas)} episodes, {sum(m['num_steps'] for m in metas)} actions proposed on "
+                    f"dry run: {len(metas)} episodes, {sum(m['num_steps'] for m in metas)} actions proposed "
+                    "on "
                     f"{robot.names.policy_dry_run_action}, none sent to the arm; nothing recorded",
                     file=sys.stderr,
                 )
