@@ -12,8 +12,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from wmpo_core.episode_store import EpisodeStore
+from wmpo_core.image_ops import resize_frames
+from wmpo_core.sim_rollout import write_video
 
 from wmpo_learner.stats import SuccessRate
+from wmpo_learner.world_model import WorldModel
 
 
 @dataclass(frozen=True)
@@ -79,13 +84,6 @@ def real_vs_imagined_video(
     """Side-by-side mp4: the recorded episode (left) and the world model replaying its first frame
     with the same recorded actions, open loop (right). How far they drift apart shows how much the
     policy can trust imagination for this kind of episode."""
-    import torch
-    from wmpo_core.episode_store import EpisodeStore
-    from wmpo_core.image_ops import resize_frames
-    from wmpo_core.sim_rollout import write_video
-
-    from wmpo_learner.world_model import WorldModel
-
     wm = WorldModel.load(world_model)
     episode = EpisodeStore.open(store_path).episode(episode_id)
     steps = min(max_steps, len(episode) - 1)

@@ -21,6 +21,13 @@ import time
 import urllib.parse
 from pathlib import Path
 
+from tqdm import tqdm
+from wmpo_core.episode_store import EpisodeStore
+from wmpo_core.protocol.token import TokenError
+
+from wmpo_ros.learner_client import LearnerClient
+from wmpo_ros.outbox import Backoff, Outbox, OutboxBusy, OutboxWorker, store_uploader
+
 POLL_S = 0.2
 """How often the progress bar looks at the queue."""
 DRAIN_BACKOFF_MAX_S = 10.0
@@ -69,8 +76,6 @@ def _outbox_path(args: argparse.Namespace) -> Path:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from wmpo_ros.outbox import Outbox
-
     path = _outbox_path(args)
     if not path.exists():
         print(f"wmpo outbox: no outbox at {path} (nothing was ever queued)", file=sys.stderr)
@@ -93,12 +98,6 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-    from wmpo_core.episode_store import EpisodeStore
-
-    from wmpo_ros.learner_client import LearnerClient
-    from wmpo_ros.outbox import Backoff, Outbox, OutboxWorker, store_uploader
-
     if not args.learner:
         print("wmpo outbox push: give the learner's URL with --learner", file=sys.stderr)
         return 2
@@ -191,10 +190,6 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wmpo_core.protocol.token import TokenError
-
-    from wmpo_ros.outbox import OutboxBusy
-
     try:
         return _status(args) if args.action == "status" else _push(args)
     except (OutboxBusy, TokenError, OSError, ValueError) as exc:

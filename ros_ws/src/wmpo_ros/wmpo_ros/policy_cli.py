@@ -23,6 +23,19 @@ import sys
 import time
 from collections.abc import Callable
 
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import SingleThreadedExecutor
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+from wmpo_core.robot_config import RobotConfigError, load_robot_config
+
+from wmpo_ros.dds import use_large_frames_profile
+from wmpo_ros.messages import LATCHED_QOS
+from wmpo_ros.names import graph_names
+from wmpo_ros.params import POLICY, SYNC
+from wmpo_ros.policy_holder import load_verified
+
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument(
@@ -57,12 +70,6 @@ def _spin_until(executor, predicate: Callable[[], bool], timeout_s: float) -> bo
 
 
 def _status(executor, node, names, timeout_s: float) -> int:
-    from diagnostic_msgs.msg import DiagnosticArray
-    from std_msgs.msg import String
-
-    from wmpo_ros.messages import LATCHED_QOS
-    from wmpo_ros.params import POLICY, SYNC
-
     found: dict[str, dict[str, str]] = {}
 
     def on_diagnostics(msg: DiagnosticArray) -> None:
@@ -107,8 +114,6 @@ def _status(executor, node, names, timeout_s: float) -> int:
 
 
 def _rollback(executor, node, names, timeout_s: float) -> int:
-    from std_srvs.srv import Trigger
-
     client = node.create_client(Trigger, names.policy_rollback)
     if not client.wait_for_service(timeout_sec=timeout_s):
         print(
@@ -130,9 +135,6 @@ def _rollback(executor, node, names, timeout_s: float) -> int:
 
 def _verify(spec: str | None, robot: str) -> int:
     """The policy node's pre-swap check on `spec`, for `robot`; 0 when it would be staged."""
-    from wmpo_core.robot_config import RobotConfigError, load_robot_config
-
-    from wmpo_ros.policy_holder import load_verified
 
     if not spec:
         print("wmpo policy verify: give the checkpoint directory to check", file=sys.stderr)
@@ -157,12 +159,6 @@ def _verify(spec: str | None, robot: str) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.action == "verify":
         return _verify(args.checkpoint, args.robot)
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from wmpo_core.robot_config import RobotConfigError, load_robot_config
-
-    from wmpo_ros.dds import use_large_frames_profile
-    from wmpo_ros.names import graph_names
 
     try:
         names = graph_names(load_robot_config(args.robot))

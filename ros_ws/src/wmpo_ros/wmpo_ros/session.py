@@ -55,8 +55,30 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+import rclpy
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from std_msgs.msg import Float64MultiArray, String
+from std_srvs.srv import SetBool, Trigger
+from tqdm import tqdm
+from wmpo_core.episode_store import EpisodeStore
+from wmpo_core.robot_config import GymSimDriver, load_robot_config
+
+from wmpo_ros.dds import use_large_frames_profile
+from wmpo_ros.graph import bringup_graph, recorder_source
 from wmpo_ros.isolation import DomainRequest, GraphIsolation, isolate_graph
+from wmpo_ros.lerobot_bridge_node import LeRobotBridgeNode
+from wmpo_ros.messages import LATCHED_QOS
+from wmpo_ros.names import graph_names
+from wmpo_ros.node_utils import parameter_overrides
 from wmpo_ros.params import POLICY, TELEOP
+from wmpo_ros.policy_node import PolicyNode
+from wmpo_ros.recorder_node import RecorderNode
+from wmpo_ros.sim_arm_node import SimArmNode
+from wmpo_ros.sync_node import SyncNode
+from wmpo_ros.teleop_devices import resolve_device
+from wmpo_ros.teleop_node import TeleopNode
 
 DRY_RUN_POLL_S = 0.01
 """How often a dry-run episode looks at the ROS clock for its time limit."""
@@ -77,33 +99,23 @@ SHUTDOWN_ORDER = (
 """Commanders first (the arm stops being told anything), the recorder (commits) and the driver last."""
 
 
+NODE_CLASSES = {
+    "sim_arm": SimArmNode,
+    "lerobot_bridge": LeRobotBridgeNode,
+    "policy_node": PolicyNode,
+    "recorder": RecorderNode,
+    "teleop": TeleopNode,
+    "sync_node": SyncNode,
+}
+"""The node class behind each console_scripts executable of the ROS package."""
+
+
 def node_class(executable: str):
-    """The node class behind a console_scripts executable (imported only when needed)."""
-    if executable == "sim_arm":
-        from wmpo_ros.sim_arm_node import SimArmNode
-
-        return SimArmNode
-    if executable == "lerobot_bridge":
-        from wmpo_ros.lerobot_bridge_node import LeRobotBridgeNode
-
-        return LeRobotBridgeNode
-    if executable == "policy_node":
-        from wmpo_ros.policy_node import PolicyNode
-
-        return PolicyNode
-    if executable == "recorder":
-        from wmpo_ros.recorder_node import RecorderNode
-
-        return RecorderNode
-    if executable == "teleop":
-        from wmpo_ros.teleop_node import TeleopNode
-
-        return TeleopNode
-    if executable == "sync_node":
-        from wmpo_ros.sync_node import SyncNode
-
-        return SyncNode
-    raise ValueError(f"no node class for executable '{executable}'")
+    """The node class behind a console_scripts executable."""
+    try:
+        return NODE_CLASSES[executable]
+    except KeyError:
+        raise ValueError(f"no node class for executable '{executable}'") from None
 
 
 class RunningGraph:
@@ -127,7 +139,6 @@ class RunningGraph:
         threads: int = 6,
         node_kwargs: dict[str, dict[str, Any]] | None = None,
     ):
-        from wmpo_ros.graph import bringup_graph
 
         self.context = context
         self.nodes: dict[str, Any] = {}
@@ -145,8 +156,6 @@ class RunningGraph:
         self._spin()
 
     def _spin(self) -> None:
-        from rclpy.executors import MultiThreadedExecutor
-
         self.executor = MultiThreadedExecutor(num_threads=self._threads, context=self.context)
         for node in self.nodes.values():
             self.executor.add_node(node)
@@ -164,8 +173,6 @@ class RunningGraph:
 
     def start_node(self, spec) -> Any:
         """Create the node of a `wmpo_ros.graph.NodeSpec` and add it to the running executor."""
-        from wmpo_ros.node_utils import parameter_overrides
-
         node = node_class(spec.executable)(
             parameter_overrides=parameter_overrides(spec.parameters),
             context=self.context,
@@ -201,14 +208,6 @@ class EpisodeRunner:
     """Drives episodes through the graph's services, like an operator with `ros2 service call`."""
 
     def __init__(self, config, sim: bool, task: str | None, context, store: Path):
-        from rclpy.node import Node
-        from rclpy.parameter import Parameter
-        from std_msgs.msg import Float64MultiArray, String
-        from std_srvs.srv import SetBool, Trigger
-
-        from wmpo_ros.messages import LATCHED_QOS
-        from wmpo_ros.names import graph_names
-
         self.config = config
         self.names = graph_names(config)
         self.store = store
@@ -254,8 +253,6 @@ class EpisodeRunner:
 
     def _in_own_store(self, episode_id: str) -> bool:
         """The recorder announces after the commit, so our own episodes are always in the store."""
-        from wmpo_core.episode_store import EpisodeStore
-
         if self._reader is None:
             if not (self.store / "zarr.json").exists():
                 return False
@@ -440,9 +437,6 @@ class RobotSession:
         device: str = TELEOP["device"].default,
         ros_domain: DomainRequest = None,
     ):
-        from wmpo_core.robot_config import GymSimDriver, load_robot_config
-
-        from wmpo_ros.names import graph_names
 
         if bringup not in ("deploy", "teleop"):
             raise ValueError(f"bringup must be 'deploy' or 'teleop', got '{bringup}'")
@@ -487,10 +481,6 @@ class RobotSession:
     def start(self) -> RobotSession:
         """Bring the graph up (the simulator loads last). Raises ValueError / RuntimeError / OSError
         with the reason when a node cannot start (bad policy, device, store, config)."""
-        import rclpy
-
-        from wmpo_ros.dds import use_large_frames_profile
-
         if self._graph is not None:
             return self
         use_large_frames_profile()
@@ -633,9 +623,6 @@ class RobotSession:
     ) -> list[dict[str, Any]]:
         """Record `count` teleoperated episodes (demonstrations) with `device` ("auto" = the
         scripted expert in a simulation that has one, else the keyboard); returns their metadata."""
-        from wmpo_ros.graph import bringup_graph, recorder_source
-        from wmpo_ros.teleop_devices import resolve_device
-
         resolved = resolve_device(device, self.config)
         if not self.sim and resolved == "keyboard":
             raise ValueError(
@@ -660,9 +647,6 @@ class RobotSession:
     def _episodes(
         self, commander: str, source: str, count: int, what: str, progress: bool, dry_run: bool = False
     ) -> list[dict[str, Any]]:
-        from rclpy.parameter import Parameter
-        from tqdm import tqdm
-
         if count < 0:
             raise ValueError(f"episode count must be >= 0, got {count}")
         recorder = self._node("recorder")
@@ -695,8 +679,6 @@ class RobotSession:
     def count_episodes(self, **select: Any) -> int:
         """Committed episodes in the robot's store matching `EpisodeStore.select(**select)`, e.g.
         `count_episodes(source={"teleop", "scripted"})` (all sessions, not only this one)."""
-        from wmpo_core.episode_store import EpisodeStore
-
         if not (self.store / "zarr.json").exists():
             return 0
         with EpisodeStore.open(self.store) as store:
