@@ -70,29 +70,9 @@ from wmpo_ros.node_inputs import subscribe_cameras, subscribe_joint_states
 from wmpo_ros.node_utils import run_node
 from wmpo_ros.params import POLICY
 from wmpo_ros.policy_holder import LoadedPolicy, PolicyHolder
+from wmpo_ros.policy_timing import ChunkQueue, InferenceTiming, captured_at, stale_input
 
 SWAP_POINTS = ("episode", "chunk")
-
-
-@dataclass
-class InferenceTiming:
-    """Wall (perf_counter) times of one inference, for diagnostics and bench/bench_policy_node.py."""
-
-    frame_arrival: float
-    requested: float
-    model_start: float = 0.0
-    model_end: float = 0.0
-    published: float | None = None
-    """Set when this chunk served a tick that was waiting for it."""
-
-    @property
-    def model_s(self) -> float:
-        return self.model_end - self.model_start
-
-    @property
-    def overhead_s(self) -> float | None:
-        """Tick -> command published, minus model time (only for chunks that served a waiting tick)."""
-        return None if self.published is None else self.published - self.requested - self.model_s
 
 
 @dataclass
@@ -131,7 +111,7 @@ class PolicyNode(Node):
         self._enabled = False
         self._token = 0
         self._inflight = False
-        self._queue: deque[tuple[float, np.ndarray]] = deque()
+        self._queue = ChunkQueue(self._period)
         self._pending_tick: float | None = None
         self._request_due: float | None = None
         self._last_tick: float = -np.inf
@@ -368,19 +348,6 @@ class PolicyNode(Node):
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
-    def _stale(self, now: float) -> str | None:
-        """Why the inputs are too old to act on, or None."""
-        for cam in self.config.camera_names:
-            if cam not in self._frames:
-                return f"no frame from camera '{cam}' yet"
-            if now - self._frames[cam][0] >= self._watchdog_s - 1e-6:
-                return f"camera '{cam}' frame is {now - self._frames[cam][0]:.3f} s old"
-        if self._state is None:
-            return "no joint state yet"
-        if now - self._state[0] >= self._watchdog_s - 1e-6:
-            return f"joint state is {now - self._state[0]:.3f} s old"
-        return None
-
     def _tick(self) -> None:
         with self._lock:
             if not self._enabled:
@@ -399,7 +366,7 @@ class PolicyNode(Node):
     def _serve(self, now: float, may_wait: bool) -> None:
         """Answer the tick at `now`: a hold if inputs are stale, else its queued action (or request one)."""
         self._awaiting = None
-        stale = self._stale(now)
+        stale = stale_input(self._frames, self._state, self.config.camera_names, now, self._watchdog_s)
         if stale is not None and may_wait and not self._inputs_at(now):
             self._awaiting = now  # served when its observation arrives (_request_if_inputs_arrived)
             return
@@ -412,7 +379,7 @@ class PolicyNode(Node):
             self._send(self._safety.hold(), hold=True)
             return
         self.watchdog_state = "ok"
-        action = self._take_for(now)
+        action = self._queue.take_for(now)
         if action is not None:
             self._send_proposal(action)
         else:
@@ -425,9 +392,7 @@ class PolicyNode(Node):
                 self._request(now)
 
     def _inputs_at(self, tick_time: float) -> bool:
-        """Every camera frame and the joint state captured at `tick_time` (or later) has arrived."""
-        stamps = [f[0] for f in self._frames.values()] + ([self._state[0]] if self._state is not None else [])
-        return len(stamps) == len(self.config.cameras) + 1 and min(stamps) >= tick_time - 1e-6
+        return captured_at(self._frames, self._state, self.config.camera_names, tick_time)
 
     def _request_if_inputs_arrived(self) -> None:
         if self._enabled and self._awaiting is not None and self._inputs_at(self._awaiting):
@@ -440,13 +405,6 @@ class PolicyNode(Node):
         ):
             tick_time, self._request_due = self._request_due, None
             self._request(tick_time)
-
-    def _take_for(self, tick_time: float) -> np.ndarray | None:
-        while self._queue and self._queue[0][0] < tick_time - self._period / 2:
-            self._queue.popleft()
-        if self._queue and self._queue[0][0] <= tick_time + self._period / 2:
-            return self._queue.popleft()[1]
-        return None
 
     def _request(self, tick_time: float) -> None:
         if self.swap_at == "chunk" and self.holder.staged is not None:
@@ -498,9 +456,9 @@ class PolicyNode(Node):
             self._inflight = False
             self.timings.append(request.timing)
             self._announce(request.loaded.version)
-            self._queue = deque((request.tick_time + j * self._period, a) for j, a in enumerate(chunk))
+            self._queue.load(request.tick_time, chunk)
             if self._pending_tick is not None:
-                action = self._take_for(self._pending_tick)
+                action = self._queue.take_for(self._pending_tick)
                 if action is not None:
                     self._pending_tick = None
                     self.counters["late_ticks"] += 1

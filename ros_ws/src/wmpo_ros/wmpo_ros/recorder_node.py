@@ -31,7 +31,6 @@ import math
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -53,6 +52,7 @@ from wmpo_ros.names import graph_names
 from wmpo_ros.node_inputs import subscribe_cameras, subscribe_joint_states
 from wmpo_ros.node_utils import run_node
 from wmpo_ros.params import RECORDER
+from wmpo_ros.recording import CadenceReport, EpisodeInProgress
 from wmpo_ros.step_sync import StepSynchronizer, SyncedStep
 
 SOURCES = ("teleop", "policy", "scripted")
@@ -60,62 +60,6 @@ RECORDER_QUEUE_S = 1.0
 """The recorder's camera subscriptions hold this much of a stream at control rate (at least the
 config's depth): measured, a 10-frame queue lost ~1% of 2 x 30 Hz 480x640 frames on a loaded
 2-core machine, a 1-second one none (docs/robot.md)."""
-
-
-@dataclass
-class CadenceReport:
-    """How well an episode kept the control rate; stored in the episode's `extra["cadence"]`."""
-
-    steps: int = 0
-    control_rate_hz: float = 0.0
-    effective_hz: float = 0.0
-    """Steps per second of ROS time (sim time in simulation)."""
-    wall_hz: float = 0.0
-    frames_received: dict[str, int] = field(default_factory=dict)
-    dropped_frames: dict[str, int] = field(default_factory=dict)
-    """Steps that had no new frame from this camera (the previous frame was recorded again)."""
-    late_frames: dict[str, int] = field(default_factory=dict)
-    """Steps whose frame was more than 1.5 control periods older than the command."""
-    skipped_frames: dict[str, int] = field(default_factory=dict)
-    """Frames received during the episode but never recorded (normal when the camera is faster)."""
-    unsettled_steps: int = 0
-    """Steps recorded on the settle timeout, before every input had caught up."""
-    unpaired_commands: int = 0
-    holds: int = 0
-    """Steps whose command was a hold, not a chosen action (their indices: extra["hold_steps"])."""
-    max_write_queue: int = 0
-
-    def line(self) -> str:
-        frames = ", ".join(
-            f"{cam}: {self.dropped_frames[cam]} dropped / {self.late_frames[cam]} late / "
-            f"{self.frames_received[cam]} received"
-            for cam in self.frames_received
-        )
-        return (
-            f"{self.steps} steps at {self.effective_hz:.2f} Hz (target {self.control_rate_hz:g}, "
-            f"wall {self.wall_hz:.2f} Hz); {frames}; {self.holds} holds, {self.unsettled_steps} unsettled, "
-            f"{self.unpaired_commands} unpaired commands, "
-            f"write queue max {self.max_write_queue}"
-        )
-
-
-@dataclass
-class _Episode:
-    index: int
-    started_ns: int = 0
-    """Wall time (ns) recording started; commands published before it are not part of the episode."""
-    success_seen: bool = False
-    label: tuple[bool, str] | None = None
-    steps: int = 0
-    first: tuple[float, float] | None = None
-    """(ROS time, wall time) of the first step."""
-    last: tuple[float, float] | None = None
-    last_frame_times: dict[str, float] = field(default_factory=dict)
-    recorded_frames: dict[str, set[float]] = field(default_factory=dict)
-    cadence: CadenceReport = field(default_factory=CadenceReport)
-    versions: list[str] = field(default_factory=list)
-    hold_steps: list[int] = field(default_factory=list)
-    dry_run_seen: bool = False
 
 
 class RecorderNode(Node):
@@ -136,7 +80,7 @@ class RecorderNode(Node):
         self._sync = StepSynchronizer(self.config.camera_names, settle_s=float(p["settle_s"]))
 
         self._lock = threading.Lock()
-        self._episode: _Episode | None = None
+        self._episode: EpisodeInProgress | None = None
         self._episodes_started = 0
         self._success_available = False
         self._env_seed: int | None = None
@@ -296,15 +240,9 @@ class RecorderNode(Node):
             if self._episode is not None:
                 raise StoreError(f"already recording episode #{self._episode.index}")
             self._sync.new_episode()
-            self._episode = _Episode(index=self._episodes_started, started_ns=time.time_ns())
-            self._episode.cadence = CadenceReport(
-                control_rate_hz=self.config.control_rate_hz,
-                frames_received={c: 0 for c in self.config.camera_names},
-                dropped_frames={c: 0 for c in self.config.camera_names},
-                late_frames={c: 0 for c in self.config.camera_names},
-                skipped_frames={c: 0 for c in self.config.camera_names},
+            self._episode = EpisodeInProgress.begin(
+                self._episodes_started, self.config.camera_names, self.config.control_rate_hz
             )
-            self._episode.recorded_frames = {c: set() for c in self.config.camera_names}
             self._episodes_started += 1
             return (
                 f"recording episode #{self._episode.index} (source {self.source}, "
@@ -356,35 +294,9 @@ class RecorderNode(Node):
         self._episode = None
         unpaired = self._sync.unpaired_commands
         self._sync.new_episode()
-        if episode.label is not None:
-            success, labeled_by = episode.label
-        elif self._success_available:
-            success, labeled_by = episode.success_seen, "env"
-        else:
-            success, labeled_by = None, None
-        cadence = episode.cadence
-        cadence.steps = episode.steps
-        if episode.first and episode.last and episode.steps > 1:
-            cadence.effective_hz = (episode.steps - 1) / max(episode.last[0] - episode.first[0], 1e-9)
-            cadence.wall_hz = (episode.steps - 1) / max(episode.last[1] - episode.first[1], 1e-9)
-        for cam in self.config.camera_names:
-            cadence.skipped_frames[cam] = max(
-                0, cadence.frames_received[cam] - len(episode.recorded_frames[cam])
-            )
-        cadence.unpaired_commands = unpaired
+        success, labeled_by = episode.outcome(self._success_available)
+        extra, version = episode.summary(reason, unpaired, self.source == "policy", self._policy_version)
         done = threading.Event()
-        extra = {"cadence": cadence.__dict__, "ended_by": reason}
-        if episode.hold_steps:
-            extra["hold_steps"] = episode.hold_steps
-        if len(set(episode.versions)) > 1:
-            extra["policy_versions"] = episode.versions
-        # The version the episode ran under (the policy node announces it when the episode starts;
-        # the announcement may reach us after the first command).
-        version = (
-            (episode.versions[0] if episode.versions else self._policy_version)
-            if self.source == "policy"
-            else None
-        )
         self._writes.put(
             ("commit", (episode, success, labeled_by, {"extra": extra, "policy_version": version}, done))
         )
@@ -407,22 +319,8 @@ class RecorderNode(Node):
                     self._end_locked("time_limit")
                     return
 
-    def _record_locked(self, episode: _Episode, step: SyncedStep) -> None:
-        cadence = episode.cadence
-        for cam, stamp in step.image_times.items():
-            if cam in episode.last_frame_times and stamp <= episode.last_frame_times[cam]:
-                cadence.dropped_frames[cam] += 1
-            if step.time - stamp > 1.5 * self._period:
-                cadence.late_frames[cam] += 1
-            episode.last_frame_times[cam] = stamp
-            episode.recorded_frames[cam].add(stamp)
-        cadence.unsettled_steps += not step.settled
-        if step.hold:
-            cadence.holds += 1
-            episode.hold_steps.append(episode.steps)
-        wall = time.time()
-        if episode.first is None:
-            episode.first = (step.time, wall)
+    def _record_locked(self, episode: EpisodeInProgress, step: SyncedStep) -> None:
+        if episode.add_step(step, self._period, self._policy_version):
             version = self._policy_version if self.source == "policy" else None
             meta = {
                 "task": self._instruction,
@@ -431,12 +329,8 @@ class RecorderNode(Node):
                 "source": self.source,
             }
             self._writes.put(("begin", (episode.index, meta)))
-        episode.last = (step.time, wall)
-        if self._policy_version and (not episode.versions or episode.versions[-1] != self._policy_version):
-            episode.versions.append(self._policy_version)
-        episode.steps += 1
         self._writes.put(("append", (episode.index, step)))
-        cadence.max_write_queue = max(cadence.max_write_queue, self._writes.qsize())
+        episode.cadence.max_write_queue = max(episode.cadence.max_write_queue, self._writes.qsize())
 
     # ------------------------------------------------------------------ services
 

@@ -1,0 +1,92 @@
+"""The rules the policy and recorder nodes are thin ROS shells around, checked without ROS:
+which chunk action serves a tick, when inputs are stale, and how an episode's steps are counted,
+labelled and summarised."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from wmpo_ros.policy_timing import ChunkQueue, captured_at, stale_input
+from wmpo_ros.recording import CadenceReport, EpisodeInProgress
+from wmpo_ros.step_sync import SyncedStep
+
+PERIOD = 0.1
+
+
+def test_a_chunk_serves_each_tick_once_in_order_and_skips_ticks_already_past():
+    queue = ChunkQueue(PERIOD)
+    queue.load(10.0, np.arange(5)[:, None] * 1.0)  # actions for ticks 10.0, 10.1, ..., 10.4
+    assert queue.take_for(10.0)[0] == 0.0
+    assert queue.take_for(10.0) is None  # never served twice
+    assert queue.take_for(10.2 + 0.04)[0] == 2.0  # within half a period; the one for 10.1 is dropped
+    assert len(queue) == 2
+    assert queue.take_for(9.0) is None and len(queue) == 2  # a tick before the queue takes nothing
+    assert queue.take_for(11.0) is None and len(queue) == 0  # all too old
+    queue.load(11.0, np.ones((3, 1)))
+    queue.clear()
+    assert queue.take_for(11.0) is None
+
+
+def test_inputs_are_stale_at_the_watchdog_age_and_say_which():
+    frames = {"front": (10.0, np.zeros(1), 0.0)}
+    cams = ["front", "wrist"]
+    assert stale_input(frames, (10.0, np.zeros(6)), cams, 10.0, 0.2) == "no frame from camera 'wrist' yet"
+    frames["wrist"] = (10.1, np.zeros(1), 0.0)
+    assert stale_input(frames, None, cams, 10.1, 0.2) == "no joint state yet"
+    assert stale_input(frames, (10.1, np.zeros(6)), cams, 10.19, 0.2) is None
+    assert stale_input(frames, (10.1, np.zeros(6)), cams, 10.2, 0.2) == "camera 'front' frame is 0.200 s old"
+    frames["front"] = (10.2, np.zeros(1), 0.0)
+    frames["wrist"] = (10.2, np.zeros(1), 0.0)
+    assert stale_input(frames, (10.0, np.zeros(6)), cams, 10.2, 0.2) == "joint state is 0.200 s old"
+
+
+def test_an_observation_counts_as_arrived_only_when_every_input_is_from_that_tick():
+    cams = ["front", "wrist"]
+    frames = {"front": (10.1, np.zeros(1), 0.0)}
+    assert not captured_at(frames, (10.1, np.zeros(6)), cams, 10.1)  # the wrist frame is missing
+    frames["wrist"] = (10.0, np.zeros(1), 0.0)
+    assert not captured_at(frames, (10.1, np.zeros(6)), cams, 10.1)  # the wrist frame is older
+    frames["wrist"] = (10.1, np.zeros(1), 0.0)
+    assert captured_at(frames, (10.1, np.zeros(6)), cams, 10.1)
+    assert not captured_at(frames, None, cams, 10.1)
+
+
+def step(t: float, frame_t: float, hold: bool = False, settled: bool = True) -> SyncedStep:
+    return SyncedStep(
+        time=t, action=np.zeros(4), images={"front": np.zeros((2, 2, 3), np.uint8)},
+        image_times={"front": frame_t}, state=np.zeros(6), state_time=frame_t,
+        success_seen=False, settled=settled, hold=hold,
+    )  # fmt: skip
+
+
+def test_episode_cadence_holds_versions_and_summary():
+    episode = EpisodeInProgress.begin(3, ["front"], control_rate_hz=10.0)
+    episode.cadence.frames_received["front"] = 6
+    firsts = [
+        episode.add_step(step(1.0, 1.0), PERIOD, None),
+        episode.add_step(step(1.1, 1.1, hold=True), PERIOD, "v1"),
+        episode.add_step(step(1.2, 1.1), PERIOD, "v1"),  # no new frame: dropped
+        episode.add_step(step(1.3, 1.1, settled=False), PERIOD, "v2"),  # 0.2 s old frame: late
+    ]
+    assert firsts == [True, False, False, False]
+    summary, version = episode.summary("time_limit", 1, policy_source=True, announced_version="v0")
+    cadence = CadenceReport(**summary["cadence"])
+    assert (cadence.steps, cadence.holds, cadence.unsettled_steps, cadence.unpaired_commands) == (4, 1, 1, 1)
+    assert cadence.dropped_frames == {"front": 2} and cadence.late_frames == {"front": 1}
+    assert cadence.skipped_frames == {"front": 6 - 2}  # two distinct frames recorded of 6 received
+    assert cadence.effective_hz == pytest.approx(10.0)
+    assert summary["ended_by"] == "time_limit" and summary["hold_steps"] == [1]
+    assert summary["policy_versions"] == ["v1", "v2"] and version == "v1"
+    assert episode.summary("stopped", 0, policy_source=False, announced_version="v0")[1] is None
+    assert "4 steps at 10.00 Hz" in cadence.line()
+
+
+def test_episode_label_a_human_label_wins_over_the_env():
+    episode = EpisodeInProgress.begin(0, ["front"], control_rate_hz=10.0)
+    assert episode.outcome(success_available=False) == (None, None)
+    episode.success_seen = True
+    assert episode.outcome(success_available=True) == (True, "env")
+    episode.label = (False, "human")
+    assert episode.outcome(success_available=True) == (False, "human")
+    # No step saw a version (the announcement came late): the announced one is the episode's.
+    assert episode.summary("stopped", 0, policy_source=True, announced_version="v7")[1] == "v7"
