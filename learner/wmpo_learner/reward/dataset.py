@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 from tqdm.auto import tqdm
+from wmpo_core.episode_arrays import load_episode
 from wmpo_core.episode_store import EpisodeMeta, EpisodeStore
-from wmpo_core.image_ops import resize_frames
 
 from wmpo_learner.reward.preprocessing import PreprocessSpec, preprocess
 from wmpo_learner.reward.windows import window_ends, window_frame_indices
@@ -130,7 +130,8 @@ class ClipDataset(Dataset):
         self._cache: dict[str, np.ndarray] = {}
         if sum(m.num_steps for m in self._metas.values()) * frame_bytes <= cache_bytes:
             for i in tqdm(episode_ids, desc="reading episodes", unit="ep", leave=False):
-                self._cache[i] = resize_frames(store.episode(i).frames(spec.camera), spec.image_size)
+                arrays = load_episode(store, self._metas[i], [spec.camera], spec.image_size, action=False)
+                self._cache[i] = arrays.frames[spec.camera]
         self.max_shift = max_shift
         self._store: EpisodeStore | None = None
         self._store_pid = -1

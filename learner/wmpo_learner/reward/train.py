@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from wmpo_core.episode_arrays import load_episode
 from wmpo_core.episode_store import EpisodeStore
-from wmpo_core.image_ops import resize_frames
 from wmpo_core.robot_config import RobotConfig
 
 from wmpo_learner.reward.checkpoint import RewardModelMetadata, TrainingRecord, Validation, save_checkpoint
@@ -65,8 +65,9 @@ def score_stored_episodes(
     """
     scores: list[np.ndarray] = []
     for start in tqdm(range(0, len(episode_ids), group), desc="scoring episodes", unit="group", leave=False):
+        camera, size = model.spec.camera, model.spec.image_size
         frames = [
-            resize_frames(store.episode(i).frames(model.spec.camera), model.spec.image_size)
+            load_episode(store, i, [camera], size, action=False).frames[camera]
             for i in episode_ids[start : start + group]
         ]
         scores += model.score_windows(frames, batch_size=batch_size)

@@ -5,25 +5,25 @@ Windows slide with stride 1 and exist for `e = n - 1 .. T - 1`. An episode short
 window (`T < n`) has exactly one window, ending at its last frame, padded at the start by
 repeating the first frame: such an episode is scored like any other, never counted as a failure
 because it is short (the public WMPO code's `min_steps=100` scored every short video as failure).
+The windows are `wmpo_core.window_sampler`'s with `pad_short=True`.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from wmpo_core.window_sampler import window_starts, window_steps
 
 
 def window_ends(num_steps: int, num_frames: int) -> np.ndarray:
     """End steps of all stride-1 windows of an episode with `num_steps` frames."""
-    if num_steps < 1:
-        raise ValueError(f"an episode needs at least one frame, got {num_steps}")
     if num_frames < 1:
         raise ValueError(f"a window needs at least one frame, got {num_frames}")
-    return np.arange(min(num_frames, num_steps) - 1, num_steps)
+    return window_starts(num_steps, num_frames, pad_short=True) + (num_frames - 1)
 
 
 def window_frame_indices(end: int, num_frames: int) -> np.ndarray:
     """Frame indices of the window ending at `end`; indices before 0 repeat frame 0 (padding)."""
-    return np.maximum(np.arange(end - num_frames + 1, end + 1), 0)
+    return window_steps(end - num_frames + 1, num_frames, end + 1)
 
 
 def first_detection(scores: np.ndarray, ends: np.ndarray, threshold: float) -> tuple[bool, int | None]:

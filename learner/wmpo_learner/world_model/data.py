@@ -4,7 +4,8 @@ A window of C context + P predicted frames starting at step s covers frames s ..
 episode; predicted frame s+j (j >= C) is conditioned on action s+j-1, the command that produced
 it. Windows are taken at stride 1 from s = 1-C (context = the first frame repeated, predicted =
 frames 1..P: exactly how an imagined rollout starts) to the last window inside the episode;
-indices before 0 are padded with the first frame. Context frames carry no action.
+indices before 0 are padded with the first frame (`wmpo_core.window_sampler` with pad_before =
+C-1). Context frames carry no action.
 
 Frames are encoded to latents once (the VAE is frozen while the transformer trains) and kept in
 memory, so a training step costs only the transformer: about 8 KB per frame for SDXL latents at
@@ -18,9 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from wmpo_core.episode_arrays import load_episode
 from wmpo_core.episode_store import EpisodeMeta, EpisodeStore
 from wmpo_core.image_ops import resize_frames
 from wmpo_core.normalization import ActionNormalizer
+from wmpo_core.window_sampler import WindowSampler
 
 
 def select_episodes(
@@ -56,17 +59,23 @@ def select_episodes(
     return [by_id[w] for w in wanted]
 
 
-def window_starts(num_steps: int, context: int, predicted: int) -> range:
-    """Valid window starts s of an episode (stride 1, early windows padded)."""
-    return range(1 - context, num_steps - context - predicted + 1)
+def latent_windows(episode_lengths: Sequence[int], context: int, predicted: int) -> WindowSampler:
+    """The world model's windows: C + P steps at stride 1, the context padded with frame 0 by up to
+    C - 1 steps (the first window is how an imagined rollout starts)."""
+    return WindowSampler(episode_lengths, context + predicted, pad_before=context - 1)
+
+
+def window_starts(num_steps: int, context: int, predicted: int) -> np.ndarray:
+    """Valid window starts s of one episode (stride 1, early windows padded)."""
+    return latent_windows([num_steps], context, predicted).start
 
 
 def read_episode(
     store: EpisodeStore, meta: EpisodeMeta, camera: str, resolution: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(frames (T, R, R, 3) uint8 at the model's resolution, actions (T, A) float64 robot units)."""
-    reader = store.episode(meta.episode_id)
-    return resize_frames(reader.frames(camera), resolution), reader.action().astype(np.float64)
+    arrays = load_episode(store, meta, [camera], resolution)
+    return arrays.frames[camera], arrays.action
 
 
 class FrameSampler:
@@ -109,32 +118,27 @@ class LatentWindowSampler:
     def __init__(self, episodes: Sequence[LatentEpisode], context: int, predicted: int):
         self.episodes = list(episodes)
         self.context, self.predicted = context, predicted
-        self._index = [
-            (e, s)
-            for e, ep in enumerate(self.episodes)
-            for s in window_starts(len(ep.latents), context, predicted)
-        ]
-        if not self._index:
+        self._windows = latent_windows([len(ep.latents) for ep in self.episodes], context, predicted)
+        if not len(self._windows):
             raise ValueError(
                 f"no training windows: every episode is shorter than {predicted + 1} steps "
                 f"(a window predicts {predicted} frames after the first)"
             )
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self._windows)
 
     def window(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Window i: latents (C+P, C, h, w) float32, actions (C+P, A) (zeros on context rows)."""
-        e, s = self._index[i]
-        ep = self.episodes[e]
-        frames = torch.arange(s, s + self.context + self.predicted).clamp_min(0)
+        ep = self.episodes[int(self._windows.episode[i])]
+        frames = torch.from_numpy(self._windows.steps(i))
         actions = torch.zeros(len(frames), ep.actions.shape[1])
         actions[self.context :] = ep.actions[frames[self.context :] - 1]
         return ep.latents[frames].float(), actions
 
     def sample(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C+P, C, h, w) latents and (B, C+P, A) actions, windows drawn uniformly with replacement."""
-        picks = torch.randint(len(self._index), (batch,), generator=generator).tolist()
+        picks = torch.randint(len(self._windows), (batch,), generator=generator).tolist()
         latents, actions = zip(*(self.window(i) for i in picks), strict=True)
         return torch.stack(latents), torch.stack(actions)
 
