@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
 
 import numpy as np
+from tqdm import tqdm
 
 from wmpo_core.episode_store import EpisodeMeta, EpisodeStore, Source
 from wmpo_core.lerobot_episode_meta import (
@@ -42,7 +43,7 @@ from wmpo_core.lerobot_units import vector_from_lerobot, vector_to_lerobot
 from wmpo_core.robot_config import LeRobotDriver, RobotConfig
 
 if TYPE_CHECKING:
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset  # heavy (seconds); only when used
 
 RECORDED: Final = "recorded"
 """For import's `source`/`success`: what the dataset recorded (our exports), else teleop/unknown."""
@@ -90,8 +91,7 @@ def export_lerobot(
     Their metadata and capture times go into LeRobot's per-episode table. If writing fails, the
     new directory is removed again.
     """
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-    from tqdm import tqdm
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset  # heavy (seconds); only when used
 
     ids = (
         list(episode_ids)
@@ -256,7 +256,7 @@ def check_lerobot_dataset(root: Path, repo_id: str, config: RobotConfig) -> Chec
     """Load a local LeRobotDataset v3 and check it against `config`: cameras, shapes, the names
     of the state and action values, the frame rate and, for our exports, the robot config each
     episode was recorded with. Raises LeRobotDatasetError naming the mismatch."""
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset  # heavy (seconds); only when used
 
     root = Path(root)
     if not (root / "meta" / "info.json").is_file():
@@ -355,8 +355,6 @@ def import_checked(
     episode is committed atomically; one that cannot be read is discarded and reported as a
     LeRobotDatasetError naming it (episodes committed before it stay, complete).
     """
-    from tqdm import tqdm
-
     dataset, root, config = checked.dataset, checked.root, checked.config
     present = sorted(r.episode_id for r in checked.recorded if r is not None and r.episode_id in store)
     if present:

@@ -22,6 +22,14 @@ from typing import Any
 import numpy as np
 
 from wmpo_core.durable import file_sha256
+from wmpo_core.episode_store import EpisodeStore, StoreError
+from wmpo_core.image_ops import resize_frames
+from wmpo_core.lerobot_units import (
+    UnitConversionError,
+    check_convertible,
+    vector_from_lerobot,
+    vector_to_lerobot,
+)
 from wmpo_core.policy import Observation, Policy, PolicyLoadError, register_directory_format, register_scheme
 from wmpo_core.robot_config import LeRobotDriver, RobotConfig
 
@@ -90,7 +98,6 @@ class ReplayPolicy:
 
 
 def load_replay(rest: str, config: RobotConfig) -> ReplayPolicy:
-    from wmpo_core.episode_store import EpisodeStore, StoreError
 
     store_path, episode_id = rest, None
     if not Path(rest).is_dir() and ":" in rest:
@@ -229,6 +236,7 @@ class LeRobotPolicy:
     chunk_size = 1
 
     def __init__(self, path: Path, config: RobotConfig, device: str = "cpu"):
+        # LeRobot takes seconds to import and only LeRobot policies need it
         import torch
         from lerobot.configs.policies import PreTrainedConfig
         from lerobot.policies.factory import get_policy_class, make_pre_post_processors
@@ -302,10 +310,7 @@ class LeRobotPolicy:
         self._post.reset()
 
     def predict_chunk(self, obs: Observation) -> np.ndarray:
-        from lerobot.policies.utils import prepare_observation_for_inference
-
-        from wmpo_core.image_ops import resize_frames
-        from wmpo_core.lerobot_units import vector_from_lerobot, vector_to_lerobot
+        from lerobot.policies.utils import prepare_observation_for_inference  # heavy, see above
 
         state = (
             vector_to_lerobot(obs.state, self._config)
@@ -336,8 +341,6 @@ def load_lerobot(path: str, config: RobotConfig) -> LeRobotPolicy:
             "model.safetensors)"
         )
     if config.action.space == "joint_position" and isinstance(config.driver, LeRobotDriver):
-        from wmpo_core.lerobot_units import UnitConversionError, check_convertible
-
         try:
             check_convertible(config)
         except UnitConversionError as exc:

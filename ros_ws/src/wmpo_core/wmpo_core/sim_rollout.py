@@ -27,11 +27,13 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
+from tqdm import tqdm
 
 from wmpo_core.episode_store import EpisodeStore, EpisodeWriter
-from wmpo_core.policy import Observation, Policy
-from wmpo_core.robot_config import RobotConfig
+from wmpo_core.policy import Observation, Policy, load_policy
+from wmpo_core.robot_config import RobotConfig, load_robot_config
 from wmpo_core.safety import SafetyFilter
 from wmpo_core.sim_env import SimArm
 
@@ -46,7 +48,8 @@ def train_seeds(count: int, offset: int = 0) -> list[int]:
     """`count` consecutive training seeds starting at `offset` inside the training range."""
     if count < 0 or offset < 0 or TRAIN_SEED_START + offset + count > EVAL_SEED_START:
         raise ValueError(
-            f"training seeds must stay in [{TRAIN_SEED_START}, {EVAL_SEED_START}); got offset {offset}, count {count}"
+            f"training seeds must stay in [{TRAIN_SEED_START}, {EVAL_SEED_START}); got offset {offset}, "
+            f"count {count}"
         )
     return list(range(TRAIN_SEED_START + offset, TRAIN_SEED_START + offset + count))
 
@@ -110,7 +113,8 @@ def rollout(
                 )
                 if predicted.ndim != 2 or predicted.shape[1] != config.action.dim or len(predicted) == 0:
                     raise ValueError(
-                        f"policy returned actions of shape {predicted.shape}, expected (K, {config.action.dim})"
+                        f"policy returned actions of shape {predicted.shape}, expected (K, "
+                        f"{config.action.dim})"
                     )
                 chunk = list(predicted)
             action = chunk.pop(0)
@@ -149,8 +153,6 @@ def run_episodes(
     refill_threshold: int = DEFAULT_REFILL_THRESHOLD,
 ) -> list[EpisodeResult]:
     """Episodes for every seed (policy=None: the scripted expert), optionally recorded and filmed."""
-    from tqdm import tqdm
-
     seeds = list(seeds)
     instruction = instruction or robot_config.tasks[0]
     if video_dir is not None:
@@ -246,8 +248,6 @@ def run_episodes_parallel(
     or a `functools.partial` of one); it returns None for the scripted expert. Results come back
     in the order of `seeds`, identical to a sequential run with the same policy.
     """
-    from tqdm import tqdm
-
     seeds = list(seeds)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -275,8 +275,6 @@ def run_episodes_parallel(
 
 def write_video(path: Path, frames: Sequence[np.ndarray], fps: float) -> None:
     """RGB frames -> mp4 (OpenCV's bundled FFmpeg, 'mp4v')."""
-    import cv2
-
     if not frames:
         raise ValueError("no frames to write")
     height, width = frames[0].shape[:2]
@@ -292,12 +290,11 @@ def write_video(path: Path, frames: Sequence[np.ndarray], fps: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from wmpo_core.policy import load_policy
-    from wmpo_core.robot_config import load_robot_config
 
     parser = argparse.ArgumentParser(
         prog="python -m wmpo_core.sim_rollout",
-        description="Record simulated episodes (scripted expert demonstrations by default) into an episode store, without ROS.",
+        description="Record simulated episodes (scripted expert demonstrations by default) into an episode "
+        "store, without ROS.",
     )
     parser.add_argument("--robot", default="so101_sim", help="robot config name or YAML path (a gym_sim arm)")
     parser.add_argument(
