@@ -1,6 +1,6 @@
 """The rules the policy and recorder nodes are thin ROS shells around, checked without ROS:
-which chunk action serves a tick, when inputs are stale, and how an episode's steps are counted,
-labelled and summarised."""
+which chunk action serves a tick, when inputs are stale, how an episode's steps are counted,
+labelled and summarised, and which seed the sim arm resets to."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from wmpo_ros.policy_timing import ChunkQueue, captured_at, stale_input
 from wmpo_ros.recording import CadenceReport, EpisodeInProgress
+from wmpo_ros.sim_seeds import SeedSequence
 from wmpo_ros.step_sync import SyncedStep
 
 PERIOD = 0.1
@@ -90,3 +91,15 @@ def test_episode_label_a_human_label_wins_over_the_env():
     assert episode.outcome(success_available=True) == (False, "human")
     # No step saw a version (the announcement came late): the announced one is the episode's.
     assert episode.summary("stopped", 0, policy_source=True, announced_version="v7")[1] == "v7"
+
+
+def test_seed_sequence_advances_only_after_the_scene_was_moved():
+    seeds = SeedSequence(7)
+    assert [seeds.next_seed(), seeds.next_seed()] == [7, 7]  # nothing moved the scene: same start
+    seeds.touch()
+    assert seeds.next_seed() == 8
+    seeds.touch()
+    seeds.touch()
+    assert [seeds.next_seed(), seeds.next_seed()] == [9, 9]
+    seeds.restart(100)
+    assert seeds.next_seed() == 100

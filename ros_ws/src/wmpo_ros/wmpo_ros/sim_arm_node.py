@@ -57,6 +57,7 @@ from wmpo_ros.names import graph_names
 from wmpo_ros.node_inputs import subscribe_commands
 from wmpo_ros.node_utils import run_node
 from wmpo_ros.params import SIM_ARM
+from wmpo_ros.sim_seeds import SeedSequence
 
 CLOCK_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -77,9 +78,7 @@ class SimArmNode(Node):
         self._rtf = float(p["real_time_factor"])
         self._lockstep = bool(p["lockstep"])
         self._stall_warning_s = float(p["stall_warning_s"])
-        self._seed_base = int(p["seed"])
-        self._episode = 0
-        self._scene_touched = False
+        self._seeds = SeedSequence(int(p["seed"]))
         self._period_ns = round(self.config.control_period_s * 1e9)
         self._sim_ns = (time.time_ns() // self._period_ns) * self._period_ns
         self.names = graph_names(self.config)
@@ -145,7 +144,7 @@ class SimArmNode(Node):
         for param in params:
             if param.name == "seed":
                 with self._cond:
-                    self._seed_base, self._episode, self._scene_touched = int(param.value), 0, False
+                    self._seeds.restart(int(param.value))
             elif param.name in SIM_ARM.names:
                 return SetParametersResult(
                     successful=False, reason=f"'{param.name}' is read at start-up only"
@@ -200,7 +199,9 @@ class SimArmNode(Node):
             self._sim_ns += self._period_ns
             if command is not None:
                 self._hold.last_command = command
-                self._episode_started = self._scene_touched = True
+                self._episode_started = True
+                with self._cond:
+                    self._seeds.touch()
             elif self._episode_started:
                 command = self._hold.hold()
             else:
@@ -253,12 +254,7 @@ class SimArmNode(Node):
 
     def _reset_scene(self) -> str:
         with self._cond:
-            # Episode k gets seed + k. A scene nothing has moved yet keeps its seed, so the first
-            # reset after start-up (or after setting `seed`) really starts at `seed`.
-            if self._scene_touched:
-                self._episode += 1
-            seed = self._seed_base + self._episode
-            self._scene_touched = False
+            seed = self._seeds.next_seed()
         self._last_obs = self._arm.reset(seed=seed)
         self._expert = self._arm.expert_action() if self._has_expert else None
         self._hold.reset()
