@@ -1,15 +1,18 @@
 """The rules the policy and recorder nodes are thin ROS shells around, checked without ROS:
 which chunk action serves a tick, when inputs are stale, how an episode's steps are counted,
-labelled and summarised, and which seed the sim arm resets to."""
+labelled, summarised and written to the store, and which seed the sim arm resets to."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from wmpo_core.episode_store import EpisodeStore, StoreError
+from wmpo_core.robot_config import load_robot_config
 from wmpo_ros.policy_timing import ChunkQueue, captured_at, stale_input
 from wmpo_ros.recording import CadenceReport, EpisodeInProgress
 from wmpo_ros.sim_seeds import SeedSequence
 from wmpo_ros.step_sync import SyncedStep
+from wmpo_ros.store_writer import StoreWriterThread
 
 PERIOD = 0.1
 
@@ -103,3 +106,57 @@ def test_seed_sequence_advances_only_after_the_scene_was_moved():
     assert [seeds.next_seed(), seeds.next_seed()] == [9, 9]
     seeds.restart(100)
     assert seeds.next_seed() == 100
+
+
+class ListLog:
+    def __init__(self):
+        self.lines: list[tuple[str, str]] = []
+
+    def info(self, message: str) -> None:
+        self.lines.append(("info", message))
+
+    def warning(self, message: str) -> None:
+        self.lines.append(("warning", message))
+
+    def error(self, message: str) -> None:
+        self.lines.append(("error", message))
+
+
+def test_store_writer_commits_in_order_survives_a_bad_step_and_never_half_commits(tmp_path):
+    config = load_robot_config("so101_sim")
+    store = EpisodeStore.open(tmp_path / "store", mode="a")
+    log, announced = ListLog(), []
+    writer = StoreWriterThread(store, config, log, announced.append)
+    with pytest.raises(StoreError, match="no episode recorded yet to label"):
+        writer.label_last(True)
+
+    def sim_step(t: float, bad: bool = False) -> SyncedStep:
+        frame = np.zeros((5, 5, 3) if bad else config.cameras[0].shape, np.uint8)
+        return SyncedStep(
+            time=t, action=np.zeros(4), images={"front": frame}, image_times={"front": t},
+            state=np.zeros(6), state_time=t, success_seen=False, settled=True,
+        )  # fmt: skip
+
+    meta = {"source": "scripted", "task": config.tasks[0], "policy_version": None, "env_seed": 4}
+    for index, bad_step in ((0, None), (1, 1), (2, None)):
+        episode = EpisodeInProgress.begin(index, ["front"], control_rate_hz=10.0)
+        writer.begin(index, meta)
+        for k in range(3):
+            step_k = sim_step(k * 0.1, bad=k == bad_step)
+            episode.add_step(step_k, PERIOD, None)
+            writer.append(index, step_k)
+        extra, version = episode.summary("time_limit", 0, policy_source=False, announced_version=None)
+        assert writer.commit(episode, True, "env", extra, version).wait(30)
+    # An unfinished episode at shutdown is discarded; the finished ones are in the store.
+    writer.begin(3, meta)
+    writer.append(3, sim_step(0.0))
+    assert writer.label_last(False).startswith("labelled ")
+    writer.stop()
+    committed = list(EpisodeStore.open(tmp_path / "store"))
+    assert [m.num_steps for m in committed] == [3, 3] and [m.env_seed for m in committed] == [4, 4]
+    assert [m.episode_id for m in committed] == [a["episode_id"] for a in announced]
+    assert writer.last_committed["episode_id"] == announced[-1]["episode_id"]
+    assert writer.last_committed["success"] is False  # the label reached the newest episode
+    errors = [m for kind, m in log.lines if kind == "error"]
+    assert errors[0].startswith("episode store write (append) failed")
+    assert errors[1] == "episode #1 not committed: an earlier write failed (see above)"

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import queue
 import threading
 import time
 from typing import Any
@@ -44,7 +43,7 @@ from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray, Int64, String
 from std_srvs.srv import SetBool, Trigger
-from wmpo_core.episode_store import EpisodeStore, EpisodeWriter, StoreError
+from wmpo_core.episode_store import EpisodeStore, StoreError
 from wmpo_core.robot_config import CameraSpec, load_robot_config
 
 from wmpo_ros.messages import LATCHED_QOS, CommandCodec, camera_subscription_qos, stamp_to_seconds
@@ -52,8 +51,9 @@ from wmpo_ros.names import graph_names
 from wmpo_ros.node_inputs import subscribe_cameras, subscribe_joint_states
 from wmpo_ros.node_utils import run_node
 from wmpo_ros.params import RECORDER
-from wmpo_ros.recording import CadenceReport, EpisodeInProgress
+from wmpo_ros.recording import EpisodeInProgress
 from wmpo_ros.step_sync import StepSynchronizer, SyncedStep
+from wmpo_ros.store_writer import StoreWriterThread
 
 SOURCES = ("teleop", "policy", "scripted")
 RECORDER_QUEUE_S = 1.0
@@ -87,11 +87,8 @@ class RecorderNode(Node):
         self._policy_version: str | None = None
         self._instruction = self.config.tasks[0]
         self._frames_received = {cam: 0 for cam in self.config.camera_names}
-        self.last_committed: dict[str, Any] | None = None
 
-        self._writes: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self._writer = threading.Thread(target=self._write_loop, name="recorder_writer", daemon=True)
-        self._writer.start()
+        self._writer = StoreWriterThread(self.store, self.config, self.get_logger(), self._publish_committed)
 
         # Each camera on its own callback group (frames are copied in parallel with everything else),
         # and queues deeper than a live consumer's: a recorder must ride out a slow moment, not drop.
@@ -272,7 +269,7 @@ class RecorderNode(Node):
                 raise StoreError("not recording: nothing to discard (committed episodes are never touched)")
             self._episode = None
             self._sync.new_episode()
-            self._writes.put(("discard", episode.index))
+            self._writer.discard(episode.index)
             return f"discarded episode #{episode.index} ({episode.steps} steps)"
 
     def label(self, success: bool) -> str:
@@ -280,13 +277,7 @@ class RecorderNode(Node):
             if self._episode is not None:
                 self._episode.label = (success, "human")
                 return f"episode #{self._episode.index} will be committed with success={success}"
-        done = threading.Event()
-        result: dict[str, str] = {}
-        self._writes.put(("label", (success, done, result)))
-        done.wait(30.0)
-        if "error" in result:
-            raise StoreError(result["error"])
-        return result.get("message", "labelling timed out")
+        return self._writer.label_last(success)
 
     def _end_locked(self, reason: str) -> threading.Event:
         episode = self._episode
@@ -296,11 +287,7 @@ class RecorderNode(Node):
         self._sync.new_episode()
         success, labeled_by = episode.outcome(self._success_available)
         extra, version = episode.summary(reason, unpaired, self.source == "policy", self._policy_version)
-        done = threading.Event()
-        self._writes.put(
-            ("commit", (episode, success, labeled_by, {"extra": extra, "policy_version": version}, done))
-        )
-        return done
+        return self._writer.commit(episode, success, labeled_by, extra, version)
 
     def _drain(self, final: bool = False) -> None:
         """Move synchronized steps to the writer; end the episode on success or time limit."""
@@ -328,9 +315,9 @@ class RecorderNode(Node):
                 "env_seed": self._env_seed,
                 "source": self.source,
             }
-            self._writes.put(("begin", (episode.index, meta)))
-        self._writes.put(("append", (episode.index, step)))
-        episode.cadence.max_write_queue = max(episode.cadence.max_write_queue, self._writes.qsize())
+            self._writer.begin(episode.index, meta)
+        self._writer.append(episode.index, step)
+        episode.cadence.max_write_queue = max(episode.cadence.max_write_queue, self._writer.qsize())
 
     # ------------------------------------------------------------------ services
 
@@ -366,84 +353,15 @@ class RecorderNode(Node):
             response.success, response.message = False, str(exc)
         return response
 
-    # ------------------------------------------------------------------ writer thread
+    # ------------------------------------------------------------------ committed episodes
 
-    def _write_loop(self) -> None:
-        writer: EpisodeWriter | None = None
-        writer_index = -1
-        while True:
-            kind, payload = self._writes.get()
-            try:
-                if kind == "stop":
-                    if writer is not None:
-                        writer.discard()
-                    return
-                if kind == "begin":
-                    writer_index, meta = payload
-                    writer = self.store.begin_episode(
-                        self.config,
-                        source=meta["source"],
-                        task=meta["task"],
-                        policy_version=meta["policy_version"],
-                        env_seed=meta["env_seed"],
-                    )
-                elif kind == "append":
-                    index, step = payload
-                    if writer is not None and index == writer_index:
-                        writer.append(
-                            step.images, step.state, step.action, step.time, step.image_times, step.state_time
-                        )
-                elif kind == "discard":
-                    if writer is not None and payload == writer_index:
-                        writer.discard()
-                        writer = None
-                elif kind == "commit":
-                    episode, success, labeled_by, update, done = payload
-                    extra = update["extra"]
-                    try:
-                        if writer is not None and episode.index == writer_index:
-                            writer.meta = writer.meta.model_copy(
-                                update={
-                                    "extra": {**writer.meta.extra, **extra},
-                                    "policy_version": update["policy_version"],
-                                }
-                            )
-                            meta = writer.commit(success=success, success_labeled_by=labeled_by)
-                            writer = None
-                            self.last_committed = meta.model_dump(mode="json")
-                            self._episodes_pub.publish(String(data=json.dumps(self.last_committed)))
-                            self.get_logger().info(
-                                f"committed {meta.episode_id}: success={meta.success} "
-                                f"({meta.success_labeled_by}); "
-                                f"{CadenceReport(**extra['cadence']).line()}"
-                            )
-                        elif episode.steps == 0:
-                            self.get_logger().warning(
-                                f"episode #{episode.index} ended ({extra['ended_by']}) with no steps; "
-                                "nothing committed"
-                            )
-                        else:
-                            self.get_logger().error(
-                                f"episode #{episode.index} not committed: an earlier write failed (see above)"
-                            )
-                    finally:
-                        done.set()
-                elif kind == "label":
-                    success, done, result = payload
-                    try:
-                        if self.last_committed is None:
-                            result["error"] = "no episode recorded yet to label"
-                        else:
-                            meta = self.store.set_success(self.last_committed["episode_id"], success, "human")
-                            self.last_committed = meta.model_dump(mode="json")
-                            result["message"] = f"labelled {meta.episode_id} success={success}"
-                    finally:
-                        done.set()
-            except Exception as exc:  # the writer must survive a bad step; say loudly what was lost
-                self.get_logger().error(f"episode store write ({kind}) failed: {exc}")
-                if kind in ("begin", "append", "commit") and writer is not None:
-                    writer.discard()
-                    writer = None
+    @property
+    def last_committed(self) -> dict[str, Any] | None:
+        """Metadata of the newest committed episode (JSON form)."""
+        return self._writer.last_committed
+
+    def _publish_committed(self, meta: dict[str, Any]) -> None:
+        self._episodes_pub.publish(String(data=json.dumps(meta)))
 
     def destroy_node(self) -> None:
         with self._lock:
@@ -454,9 +372,8 @@ class RecorderNode(Node):
                 f"({episode.steps} steps)"
             )
         if episode is not None:
-            self._writes.put(("discard", episode.index))
-        self._writes.put(("stop", None))
-        self._writer.join()  # finished episodes still queued are committed before we exit
+            self._writer.discard(episode.index)
+        self._writer.stop()  # finished episodes still queued are committed before we exit
         self.store.close()
         super().destroy_node()
 
