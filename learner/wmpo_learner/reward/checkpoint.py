@@ -4,6 +4,10 @@
 <dir>/model.safetensors    the weights
 <dir>/reward_model.json    RewardModelMetadata: preprocessing, threshold and its validation
                            metrics, what it was trained on, sha256 of the two files above
+
+The metadata file is the manifest of a `wmpo_core.checkpoint.CheckpointFormat`: written last,
+and loading refuses symlinked entries, files that differ from their sha256 and weights that do
+not fit the config (keys, shapes, dtypes) or are not finite.
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from safetensors.torch import load_file, save_file
 from transformers import VideoMAEConfig, VideoMAEForVideoClassification
-from wmpo_core.durable import atomic_write_json, file_sha256
+from wmpo_core.checkpoint import CheckpointError as BaseCheckpointError
+from wmpo_core.checkpoint import CheckpointFormat
 
 from wmpo_learner.reward.model import RewardModel
 from wmpo_learner.reward.preprocessing import PreprocessSpec
@@ -30,8 +34,18 @@ WEIGHTS_FILE = "model.safetensors"
 METADATA_FILE = "reward_model.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(BaseCheckpointError, RuntimeError):
     """A reward model checkpoint is missing, malformed or does not match its recorded hashes."""
+
+
+REWARD_FORMAT = CheckpointFormat(
+    name=FORMAT,
+    version=FORMAT_VERSION,
+    manifest=METADATA_FILE,
+    entries=(CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE),
+    label="reward model checkpoint",
+    error=CheckpointError,
+)
 
 
 class Validation(BaseModel):
@@ -92,27 +106,29 @@ def save_checkpoint(
     validation: Validation | None = None,
     training: TrainingRecord | None = None,
 ) -> RewardModelMetadata:
-    """Write the checkpoint; the metadata file is written last, so its presence means complete."""
+    """Write the checkpoint; the metadata file is written last, so its presence means complete.
+    Weights holding NaN or infinity are refused before anything is written."""
     directory = Path(directory)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.classifier.state_dict().items()}
+    REWARD_FORMAT.check_weights(state, state, source=f"{directory}: refusing to save")
     directory.mkdir(parents=True, exist_ok=True)
     (directory / METADATA_FILE).unlink(missing_ok=True)
     model.classifier.config.to_json_file(directory / CONFIG_FILE)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.classifier.state_dict().items()}
-    save_file(state, directory / WEIGHTS_FILE, metadata={"format": FORMAT})
+    REWARD_FORMAT.save_tensors(directory / WEIGHTS_FILE, state, metadata={"format": FORMAT})
     meta = RewardModelMetadata(
         preprocessing=model.spec,
         threshold=model.threshold,
         validation=validation,
         training=training,
-        sha256={name: file_sha256(directory / name) for name in (CONFIG_FILE, WEIGHTS_FILE)},
+        sha256=REWARD_FORMAT.file_hashes(directory, (CONFIG_FILE, WEIGHTS_FILE)),
         created=_dt.datetime.now(_dt.UTC).isoformat(),
     )
-    atomic_write_json(directory / METADATA_FILE, meta.model_dump(mode="json"))
+    REWARD_FORMAT.write_manifest(directory, meta.model_dump(mode="json"))
     return meta
 
 
 def is_checkpoint(path: str | os.PathLike[str]) -> bool:
-    return (Path(path) / METADATA_FILE).is_file()
+    return REWARD_FORMAT.is_checkpoint(path)
 
 
 def read_metadata(directory: str | os.PathLike[str]) -> RewardModelMetadata:
@@ -139,24 +155,24 @@ def read_metadata(directory: str | os.PathLike[str]) -> RewardModelMetadata:
 def load_checkpoint(
     directory: str | os.PathLike[str], device: str = "cpu"
 ) -> tuple[RewardModel, RewardModelMetadata]:
-    """Load and verify: both files must match their sha256 and the weights the config exactly."""
+    """Load and verify: no symlinked entries, both files match their sha256, the weights fit the
+    config exactly (keys, shapes, dtypes) and are finite."""
     directory = Path(directory)
+    REWARD_FORMAT.check_entries(directory)
     meta = read_metadata(directory)
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        path = directory / name
-        if not path.is_file():
-            raise CheckpointError(f"{directory}: {name} is missing")
-        expected = meta.sha256.get(name)
-        actual = file_sha256(path)
-        if expected != actual:
-            raise CheckpointError(
-                f"{path}: sha256 {actual} does not match the recorded {expected}; refusing to load"
-            )
+    REWARD_FORMAT.verify_file_hashes(
+        directory, {name: meta.sha256.get(name, "") for name in (CONFIG_FILE, WEIGHTS_FILE)}
+    )
+    tensors, _ = REWARD_FORMAT.load_tensors(directory / WEIGHTS_FILE)
     try:
         config = VideoMAEConfig.from_json_file(directory / CONFIG_FILE)
         classifier = VideoMAEForVideoClassification(config)
-        classifier.load_state_dict(load_file(directory / WEIGHTS_FILE), strict=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{directory}: cannot build the reward model ({exc})") from exc
+    REWARD_FORMAT.check_weights(tensors, classifier.state_dict(), source=str(directory))
+    try:
+        classifier.load_state_dict(tensors, strict=True)
         model = RewardModel(classifier, meta.preprocessing, threshold=meta.threshold)
-    except (OSError, ValueError, RuntimeError, TypeError) as exc:
+    except (ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{directory}: cannot build the reward model ({exc})") from exc
     return model.to(device).eval(), meta

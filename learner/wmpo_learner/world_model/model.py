@@ -14,7 +14,6 @@ it generates, one per action: predicted frame j results from action j.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.training_utils import compute_density_for_timestep_sampling
 from torch import nn
-from wmpo_core.durable import atomic_write_json
+from wmpo_core.checkpoint import CheckpointError, CheckpointFormat
 from wmpo_core.image_ops import resize_frames
 from wmpo_core.normalization import ActionNormalizer
 
@@ -39,8 +38,20 @@ CHECKPOINT_VERSION = 2  # 2: temporal blocks modulated by the frame conditioning
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class WorldModelLoadError(ValueError):
+class WorldModelLoadError(CheckpointError, ValueError):
     """A directory that is not a loadable world-model checkpoint; the message says why."""
+
+
+WEIGHT_DIRS = ("vae", "transformer", "scheduler")
+"""The diffusers folders of a checkpoint; every file in them is hashed into the manifest."""
+WM_FORMAT = CheckpointFormat(
+    name=CHECKPOINT_FORMAT,
+    version=CHECKPOINT_VERSION,
+    manifest=CHECKPOINT_FILE,
+    entries=(CHECKPOINT_FILE, *WEIGHT_DIRS),
+    label="world-model checkpoint",
+    error=WorldModelLoadError,
+)
 
 
 def build_vae(config: WorldModelConfig) -> AutoencoderKL:
@@ -125,9 +136,14 @@ class WorldModel(nn.Module):
         )
 
     def save(self, directory: str | Path) -> Path:
-        """Write a self-contained checkpoint (diffusers safetensors folders + JSON)."""
+        """Write a self-contained checkpoint (diffusers safetensors folders + JSON manifest with the
+        sha256 of every file). Weights holding NaN or infinity are refused before anything is written."""
         directory = Path(directory)
+        for part in (self.vae, self.transformer):
+            weights = part.state_dict()
+            WM_FORMAT.check_weights(weights, weights, source=f"{directory}: refusing to save")
         directory.mkdir(parents=True, exist_ok=True)
+        (directory / CHECKPOINT_FILE).unlink(missing_ok=True)  # incomplete until rewritten last
         self.vae.save_pretrained(directory / "vae")
         self.transformer.save_pretrained(directory / "transformer")
         self.scheduler.save_pretrained(directory / "scheduler")
@@ -141,26 +157,21 @@ class WorldModel(nn.Module):
             "action_normalizer": self.normalizer.to_dict(),
             "action_normalizer_hash": self.normalizer.content_hash,
             "provenance": self.provenance,
+            "sha256": WM_FORMAT.file_hashes(directory, WEIGHT_DIRS),
         }
-        # The marker appears last: a readable file means a complete checkpoint.
-        atomic_write_json(directory / CHECKPOINT_FILE, meta)
+        WM_FORMAT.write_manifest(directory, meta)  # last: a readable manifest means a complete checkpoint
         return directory
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> WorldModel:
+        """Load and verify: no symlinked entries, this format and version, every file of the
+        diffusers folders as hashed at save time (checkpoints written before hashes were recorded
+        have none to check), finite weights."""
         directory = Path(directory)
         meta_path = directory / CHECKPOINT_FILE
-        if not meta_path.is_file():
-            raise WorldModelLoadError(f"{directory}: not a world-model checkpoint (no {CHECKPOINT_FILE})")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except ValueError as exc:
-            raise WorldModelLoadError(f"{meta_path}: unreadable ({exc})") from None
-        if meta.get("format") != CHECKPOINT_FORMAT or meta.get("format_version") != CHECKPOINT_VERSION:
-            raise WorldModelLoadError(
-                f"{meta_path}: format {meta.get('format')!r} v{meta.get('format_version')!r}; "
-                f"this version reads {CHECKPOINT_FORMAT!r} v{CHECKPOINT_VERSION}"
-            )
+        WM_FORMAT.check_entries(directory)
+        meta = WM_FORMAT.read_manifest(directory)
+        WM_FORMAT.verify_file_hashes(directory, meta.get("sha256", {}))
         normalizer = ActionNormalizer.from_dict(meta["action_normalizer"])
         if normalizer.content_hash != meta.get("action_normalizer_hash"):
             raise WorldModelLoadError(f"{meta_path}: action normalizer does not match its recorded hash")
@@ -173,6 +184,9 @@ class WorldModel(nn.Module):
         transformer = ActionConditionedVideoTransformer.from_pretrained(
             directory / "transformer", low_cpu_mem_usage=False
         )
+        for part in (vae, transformer):
+            weights = part.state_dict()
+            WM_FORMAT.check_weights(weights, weights, source=str(directory))
         model = cls(
             config,
             vae,

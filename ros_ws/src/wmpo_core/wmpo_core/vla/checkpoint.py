@@ -20,6 +20,9 @@ the loader would rebuild from the saved config, so a diverged run never writes a
 Anything else in the directory (e.g. a trainer's `training/` state) is not part of the policy and
 is ignored.
 
+The manifest, entry, hash and weight checks are `wmpo_core.checkpoint`'s, shared with the world
+model and reward model checkpoints; the robot layout check is this format's own.
+
 Importing this module registers the format with `wmpo_core.policy.load_policy`.
 """
 
@@ -30,7 +33,6 @@ import hashlib
 import json
 import os
 import shutil
-import stat
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,6 +40,8 @@ from typing import Any
 
 import torch
 
+from wmpo_core.checkpoint import CheckpointError as BaseCheckpointError
+from wmpo_core.checkpoint import CheckpointFormat, canonical_json, tensors_sha256
 from wmpo_core.devices import choose_device
 from wmpo_core.durable import atomic_write_json, tagged_sha256
 from wmpo_core.normalization import ActionNormalizer
@@ -58,86 +62,18 @@ CHECKPOINT_ENTRIES = (MANIFEST, WEIGHTS, CONFIG, BACKBONE_DIR, TOKENIZER_DIR, NO
 """The files and directories that make up the policy (what to copy when shipping it)."""
 
 
-class CheckpointError(PolicyLoadError):
+class CheckpointError(BaseCheckpointError, PolicyLoadError):
     """A VLA checkpoint that is missing, damaged, tampered with or made for another robot."""
 
 
-def _canonical(data: Any) -> bytes:
-    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-
-
-def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
-    """Hash of names, dtypes, shapes and raw bytes of every tensor, in sorted-name order."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().to("cpu").contiguous()
-        digest.update(_canonical([name, str(tensor.dtype), list(tensor.shape)]))
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
-    return "sha256:" + digest.hexdigest()
-
-
-def check_weights(
-    tensors: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: str
-) -> None:
-    """Refuse weights that do not fit the model: missing or unexpected keys, other shapes, other
-    dtypes (load_state_dict would cast int8 or float16 silently), NaN or infinite values."""
-    missing_keys = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    common = sorted(set(expected) & set(tensors))
-    bad_shapes = [
-        f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in common
-        if tensors[k].shape != expected[k].shape
-    ]
-    bad_dtypes = [
-        f"{k}: stored as {tensors[k].dtype}, model has {expected[k].dtype}"
-        for k in common
-        if tensors[k].dtype != expected[k].dtype
-    ]
-    non_finite = [
-        k
-        for k in common
-        if (tensors[k].is_floating_point() or tensors[k].is_complex())
-        and not bool(torch.isfinite(tensors[k]).all())
-    ]
-    parts = []
-    if missing_keys:
-        parts.append(f"missing {len(missing_keys)} weights (e.g. {missing_keys[:3]})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected weights (e.g. {unexpected[:3]})")
-    if bad_shapes:
-        parts.append(f"{len(bad_shapes)} shape mismatches (e.g. {bad_shapes[:3]})")
-    if bad_dtypes:
-        parts.append(f"{len(bad_dtypes)} dtype mismatches (e.g. {bad_dtypes[:3]})")
-    if non_finite:
-        parts.append(f"{len(non_finite)} tensors hold NaN or infinite values (e.g. {non_finite[:3]})")
-    if parts:
-        raise CheckpointError(
-            f"{source}: weights do not fit the model its config describes: " + "; ".join(parts)
-        )
-
-
-def check_entries(root: Path) -> None:
-    """Refuse a checkpoint whose policy entries are, or contain, symlinks or non-regular files:
-    loading reads only regular files that really are inside `root`."""
-    base = root.resolve()
-    for entry in CHECKPOINT_ENTRIES:
-        top = root / entry
-        paths = [top]
-        if top.is_dir() and not top.is_symlink():
-            for dirpath, dirnames, filenames in os.walk(top):  # does not follow symlinked directories
-                paths += [Path(dirpath) / name for name in dirnames + filenames]
-        for path in paths:
-            try:
-                mode = path.lstat().st_mode
-            except FileNotFoundError:
-                continue  # a missing entry is reported as such by the caller
-            if stat.S_ISLNK(mode):
-                raise CheckpointError(
-                    f"{path}: is a symlink (to {os.readlink(path)}); a checkpoint must hold its own files"
-                )
-            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)) or not path.resolve().is_relative_to(base):
-                raise CheckpointError(f"{path}: not a regular file inside the checkpoint directory")
+VLA_FORMAT = CheckpointFormat(
+    name=FORMAT,
+    version=FORMAT_VERSION,
+    manifest=MANIFEST,
+    entries=CHECKPOINT_ENTRIES,
+    label="VLA checkpoint",
+    error=CheckpointError,
+)
 
 
 def _rebuild(
@@ -165,7 +101,7 @@ def config_sha256(root: Path) -> str:
     """Hash of the config and tokenizer files (relative names and bytes)."""
     digest = hashlib.sha256()
     for path in _config_files(root):
-        digest.update(_canonical(str(path.relative_to(root))))
+        digest.update(canonical_json(str(path.relative_to(root))))
         digest.update(path.read_bytes())
     return "sha256:" + digest.hexdigest()
 
@@ -210,8 +146,6 @@ def save_checkpoint(
     The manifest is written last, so a save interrupted half-way leaves a directory that fails
     verification, never a wrong policy.
     """
-    from safetensors.torch import save_file
-
     root = Path(path)
     # Checked first: a model that does not fit the robot, or whose weights are not finite or not of
     # the dtypes the loader rebuilds, is never written (and an existing checkpoint there is untouched).
@@ -221,7 +155,7 @@ def save_checkpoint(
     normalization = _normalization_dict(model)
     with torch.device("meta"):  # what load_checkpoint will rebuild: shapes and dtypes, no memory
         reference = _rebuild(model.config, model.backbone.config, model.tokenizer, normalization).state_dict()
-    check_weights(tensors, reference, source=f"{root}: refusing to save")
+    VLA_FORMAT.check_weights(tensors, reference, source=f"{root}: refusing to save")
     root.mkdir(parents=True, exist_ok=True)
     tensor_hash = tensors_sha256(tensors)
     version = version or f"{version_prefix}-{tensor_hash.split(':')[1][:12]}"
@@ -243,12 +177,10 @@ def save_checkpoint(
         "version": version,
         "parent_version": parent_version or "",
         "tensors_sha256": tensor_hash,
-        "normalization_sha256": tagged_sha256(_canonical(normalization)),
+        "normalization_sha256": tagged_sha256(canonical_json(normalization)),
         "config_sha256": config_sha256(root),
     }
-    tmp_weights = root / (WEIGHTS + ".tmp")
-    save_file(tensors, str(tmp_weights), metadata=metadata)
-    os.replace(tmp_weights, root / WEIGHTS)
+    VLA_FORMAT.save_tensors(root / WEIGHTS, tensors, metadata)
 
     manifest = {
         "format": FORMAT,
@@ -263,39 +195,17 @@ def save_checkpoint(
         "tensors_sha256": tensor_hash,
         "provenance": dict(provenance or {}),
     }
-    atomic_write_json(root / MANIFEST, manifest, sort_keys=True)
+    VLA_FORMAT.write_manifest(root, manifest)
     model.version, model.parent_version = version, parent_version
     return manifest
 
 
 def is_vla_checkpoint(path: Path) -> bool:
-    manifest = Path(path) / MANIFEST
-    if manifest.is_symlink():
-        return True  # never followed: load_checkpoint refuses it and says why
-    if not manifest.is_file():
-        return False
-    try:
-        return json.loads(manifest.read_text()).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
+    return VLA_FORMAT.is_checkpoint(path)
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
-    root = Path(path)
-    try:
-        manifest = json.loads((root / MANIFEST).read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{root}: not a VLA checkpoint (no {MANIFEST})") from None
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{root}/{MANIFEST}: unreadable ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{root}: {MANIFEST} is not a '{FORMAT}' manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{root}: checkpoint format version {manifest.get('format_version')!r}; this version reads "
-            f"{FORMAT_VERSION}"
-        )
-    return manifest
+    return VLA_FORMAT.read_manifest(path)
 
 
 def update_provenance(path: str | os.PathLike[str], **entries: Any) -> dict[str, Any]:
@@ -303,7 +213,7 @@ def update_provenance(path: str | os.PathLike[str], **entries: Any) -> dict[str,
     root = Path(path)
     manifest = read_manifest(root)
     manifest["provenance"] = {**manifest.get("provenance", {}), **entries}
-    atomic_write_json(root / MANIFEST, manifest, sort_keys=True)
+    VLA_FORMAT.write_manifest(root, manifest)
     return manifest
 
 
@@ -314,21 +224,11 @@ def load_checkpoint(
 ) -> VLA:
     """Load and verify a checkpoint for `robot_config` (None skips only the robot check, for tools
     that inspect checkpoints). The model is returned in eval mode with `version` set."""
-    from safetensors import SafetensorError, safe_open
-
     root = Path(path)
-    check_entries(root)
+    VLA_FORMAT.check_entries(root)
     manifest = read_manifest(root)
-    missing = [e for e in CHECKPOINT_ENTRIES if not (root / e).exists()]
-    if missing:
-        raise CheckpointError(f"{root}: checkpoint is incomplete, missing {missing}")
-
-    try:
-        with safe_open(str(root / WEIGHTS), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (not a dict, not iterable)
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{root}/{WEIGHTS}: unreadable safetensors file ({exc})") from None
+    VLA_FORMAT.check_complete(root)
+    tensors, metadata = VLA_FORMAT.load_tensors(root / WEIGHTS)
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{root}/{WEIGHTS}: metadata does not identify a '{FORMAT}' checkpoint")
     for key, expected in (
@@ -353,7 +253,7 @@ def load_checkpoint(
         normalization = json.loads((root / NORMALIZATION).read_text())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{root}/{NORMALIZATION}: unreadable ({exc})") from None
-    if tagged_sha256(_canonical(normalization)) != metadata.get("normalization_sha256"):
+    if tagged_sha256(canonical_json(normalization)) != metadata.get("normalization_sha256"):
         raise CheckpointError(
             f"{root}/{NORMALIZATION}: statistics do not match the hash recorded with the weights; "
             "the policy would decode actions with statistics it was not trained with"
@@ -378,7 +278,7 @@ def load_checkpoint(
         raise CheckpointError(f"{root}: cannot rebuild the model from its config ({exc})") from None
     if robot_config is not None:
         _check_robot(manifest.get("robot") or {}, robot_config, model, source=str(root))
-    check_weights(tensors, model.state_dict(), source=str(root))
+    VLA_FORMAT.check_weights(tensors, model.state_dict(), source=str(root))
     model.load_state_dict(tensors, strict=True)
     model.version = str(manifest["version"])
     model.parent_version = manifest.get("parent_version")
