@@ -142,6 +142,10 @@ def test_a_gamepad_stay_sends_a_delta_gripper_no_increment() -> None:
         ),
         ({"env_kwargs": {"image_obs": False, "render_mode": "human"}}, "needs render_mode 'rgb_array'"),
         (
+            {"scripted_expert": "wmpo_core.sim_tasks:NoSuchExpert"},
+            "driver.scripted_expert: cannot import 'wmpo_core.sim_tasks:NoSuchExpert'",
+        ),
+        (
             {"wrappers": []},  # no wrapper: the env's gripper takes an absolute opening in [0, 1]
             None,
         ),
