@@ -87,7 +87,7 @@ def square_world(tmp_path_factory):
             str(config),
             "--out",
             str(out),
-            "--episodes",
+            "--select",
             f"first:{TRAIN_EPISODES}",
             "--device",
             "cpu",
@@ -197,7 +197,7 @@ def test_align_resumes_exactly_and_wm_eval_reports(square_world, tmp_path):
         base,
         "--robot",
         robot,
-        "--episodes",
+        "--select",
         f"first:{TRAIN_EPISODES // 2}",
         "--device",
         "cpu",
@@ -231,7 +231,19 @@ def test_align_resumes_exactly_and_wm_eval_reports(square_world, tmp_path):
     out = tmp_path / "eval"
     assert (
         wmpo(
-            ["wm-eval", "--store", store, "--wm", base, "--out", str(out), "--videos", "2", "--device", "cpu"]
+            [
+                "wm-eval",
+                "--store",
+                store,
+                "--wm",
+                base,
+                "--out",
+                str(out),
+                "--video-count",
+                "2",
+                "--device",
+                "cpu",
+            ]
         )
         == 0
     )

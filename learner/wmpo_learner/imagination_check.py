@@ -23,13 +23,15 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
-from wmpo_core.cli_args import add_device_argument
+from wmpo_core.cli_args import DEVICE_HELP, torch_device
+from wmpo_core.config_cli import add_config_arguments, config_from_args, option
 from wmpo_core.episode_store import EpisodeMeta, EpisodeStore, StoreError
 
 from wmpo_learner.reward.threshold import select_threshold
@@ -219,68 +221,52 @@ def policy_ranking(
     }
 
 
-def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.description = __doc__.split("\n\n")[0]
-    parser.add_argument(
-        "--store", type=Path, required=True, help="episode store holding real rollouts of the policy"
+@dataclass
+class ImaginationCheckConfig:
+    """`wmpo imagination-check`: outcome agreement (and optionally policy ranking) on real rollouts."""
+
+    store: Path = option(help="episode store holding real rollouts of the policy")
+    wm: Path = option(help="world-model checkpoint")
+    reward: Path = option(help="reward-model checkpoint")
+    robot: str | None = option(None, "robot config name or YAML (None: the world model's)")
+    policy_version: str | None = option(
+        None, "check on the rollouts of this policy version (None: every policy rollout)"
     )
-    parser.add_argument("--wm", type=Path, required=True, help="world-model checkpoint")
-    parser.add_argument("--reward", type=Path, required=True, help="reward-model checkpoint")
-    parser.add_argument(
-        "--robot", default=None, help="robot config name or YAML (default: the world model's)"
+    include_trained: bool = option(
+        False,
+        "also use episodes the world model or reward model were trained on (the result is then marked "
+        "held_out=false); without it, only held-out episodes are used",
     )
-    parser.add_argument(
-        "--policy-version",
-        default=None,
-        help="check on the rollouts of this policy version (default: every policy rollout)",
-    )
-    parser.add_argument(
-        "--include-trained",
-        action="store_true",
-        help="also use episodes the world model or reward model were trained on (the result is then "
-        "marked held_out=false); without it, only held-out episodes are used",
-    )
-    parser.add_argument(
-        "--max-episodes", type=int, default=64, help="use at most this many (newest) episodes (default 64)"
-    )
-    parser.add_argument(
-        "--rank",
-        action="append",
-        default=[],
+    max_episodes: int = option(64, "use at most this many (newest) episodes")
+    rank: list[str] = option(
+        [],
+        "a policy checkpoint and its measured real success (`wmpo eval --json` output); give 3 or more",
         metavar="POLICY_DIR=EVAL_JSON",
-        help="a policy checkpoint and its measured real success (`wmpo eval --json` output); give 3 or more",
+        repeat=True,
     )
-    parser.add_argument(
-        "--rank-frames", type=int, default=32, help="real start frames for the policy ranking (default 32)"
+    rank_frames: int = option(32, "real start frames for the policy ranking")
+    horizon: int | None = option(
+        None, "imagined steps in the policy ranking (None: the robot's episode limit)"
     )
-    parser.add_argument(
-        "--horizon",
-        type=int,
-        default=None,
-        help="imagined steps in the policy ranking (default: the robot's episode limit)",
-    )
-    parser.add_argument(
-        "--sampling-steps", type=int, default=None, help="world-model sampling steps (default: its config)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="world-model noise seed")
-    add_device_argument(parser, default="cpu")
-    parser.add_argument("--json", type=Path, default=None, help="write the result here as JSON")
-    parser.add_argument(
-        "--calibrate-on",
-        type=Path,
-        default=None,
-        metavar="STORE",
-        help="first re-threshold the reward model on world-model replays of this store's labelled policy "
+    sampling_steps: int | None = option(None, "world-model sampling steps (None: its config)")
+    seed: int = option(0, "world-model noise seed")
+    device: str = option("cpu", DEVICE_HELP, type=torch_device)
+    json: Path | None = option(None, "write the result here as JSON")
+    calibrate_on: Path | None = option(
+        None,
+        "first re-threshold the reward model on world-model replays of this store's labelled policy "
         "rollouts (of --policy-version; typically the ones the world model was aligned on), then check with "
         "it",
+        metavar="STORE",
     )
-    parser.add_argument(
-        "--calibrated-reward",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="with --calibrate-on: write the re-thresholded reward model here (for GRPO)",
+    calibrated_reward: Path | None = option(
+        None, "with --calibrate-on: write the re-thresholded reward model here (for GRPO)", metavar="DIR"
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.description = __doc__.split("\n\n")[0]
+    add_config_arguments(parser, ImaginationCheckConfig)
 
 
 def _fail(message: str) -> int:
@@ -288,7 +274,8 @@ def _fail(message: str) -> int:
     return 2
 
 
-def run(args: argparse.Namespace) -> int:
+def imagination_check(config: ImaginationCheckConfig) -> int:
+    """The `imagination_check` stage; returns the exit status."""
     from wmpo_core.robot_config import RobotConfigError, load_robot_config
     from wmpo_core.vla.checkpoint import load_checkpoint as load_vla
 
@@ -298,12 +285,12 @@ def run(args: argparse.Namespace) -> int:
     from wmpo_learner.reward.checkpoint import save_checkpoint as save_reward
     from wmpo_learner.world_model.model import WorldModel, WorldModelLoadError
 
-    if args.max_episodes < 1 or args.rank_frames < 1:
+    if config.max_episodes < 1 or config.rank_frames < 1:
         return _fail("--max-episodes and --rank-frames must be >= 1")
-    if args.device == "cuda" and not torch.cuda.is_available():
+    if config.device == "cuda" and not torch.cuda.is_available():
         return _fail("--device cuda: no CUDA device is available on this machine")
     ranked: list[tuple[str, Path, float]] = []
-    for item in args.rank:
+    for item in config.rank:
         directory, sep, eval_json = item.partition("=")
         if not sep:
             return _fail(f"--rank expects POLICY_DIR=EVAL_JSON, got {item!r}")
@@ -320,52 +307,54 @@ def run(args: argparse.Namespace) -> int:
     if ranked and len(ranked) < 3:
         return _fail(f"--rank needs 3 or more policies for a rank correlation, got {len(ranked)}")
     try:
-        wm = WorldModel.load(args.wm, device=args.device).eval()
-        rm, rm_meta = load_reward(args.reward, device=args.device)
-        robot = load_robot_config(args.robot or wm.robot_config_name)
-        store = EpisodeStore.open(args.store)
+        wm = WorldModel.load(config.wm, device=config.device).eval()
+        rm, rm_meta = load_reward(config.reward, device=config.device)
+        robot = load_robot_config(config.robot or wm.robot_config_name)
+        store = EpisodeStore.open(config.store)
         metas = [
             m
-            for m in select_episodes(store, None, source="policy", policy_version=args.policy_version)
+            for m in select_episodes(store, None, source="policy", policy_version=config.policy_version)
             if m.robot_config_name == robot.name and m.success is not None
         ]
         seen = trained_on(wm, rm_meta)
         held = [m for m in metas if m.episode_id not in seen]
-        if not args.include_trained:
+        if not config.include_trained:
             metas = held
-        metas = metas[-args.max_episodes :]
+        metas = metas[-config.max_episodes :]
         if not metas:
             return _fail(
-                f"no {'held-out ' if not args.include_trained else ''}labelled policy rollouts in "
-                f"{args.store}"
-                f"{' of version ' + args.policy_version if args.policy_version else ''} (pass "
+                f"no {'held-out ' if not config.include_trained else ''}labelled policy rollouts in "
+                f"{config.store}"
+                f"{' of version ' + config.policy_version if config.policy_version else ''} (pass "
                 "--include-trained to use trained-on ones)"
             )
         calibration = None
-        if args.calibrate_on is not None:
-            if args.calibrated_reward is None:
+        if config.calibrate_on is not None:
+            if config.calibrated_reward is None:
                 return _fail(
                     "--calibrate-on needs --calibrated-reward DIR to write the re-thresholded reward model to"
                 )
-            source = EpisodeStore.open(args.calibrate_on)
+            source = EpisodeStore.open(config.calibrate_on)
             chosen = [
                 m
-                for m in select_episodes(source, None, source="policy", policy_version=args.policy_version)
+                for m in select_episodes(source, None, source="policy", policy_version=config.policy_version)
                 if m.robot_config_name == robot.name and m.success is not None
             ]
             calibration = calibrate_threshold(
-                wm, rm, source, chosen[-args.max_episodes :], args.sampling_steps, args.seed
+                wm, rm, source, chosen[-config.max_episodes :], config.sampling_steps, config.seed
             )
             rm.threshold = calibration["threshold"]
-            save_reward(rm, args.calibrated_reward, validation=rm_meta.validation, training=rm_meta.training)
+            save_reward(
+                rm, config.calibrated_reward, validation=rm_meta.validation, training=rm_meta.training
+            )
             calibration["store"], calibration["reward_model"] = (
-                str(args.calibrate_on),
-                str(args.calibrated_reward),
+                str(config.calibrate_on),
+                str(config.calibrated_reward),
             )
         result: dict[str, Any] = {
-            "store": str(args.store),
-            "world_model": str(args.wm),
-            "reward_model": str(args.reward),
+            "store": str(config.store),
+            "world_model": str(config.wm),
+            "reward_model": str(config.reward),
             "calibration": calibration,
             "outcome_agreement": outcome_agreement(
                 wm,
@@ -373,15 +362,15 @@ def run(args: argparse.Namespace) -> int:
                 store,
                 metas,
                 held_out=not any(m.episode_id in seen for m in metas),
-                sampling_steps=args.sampling_steps,
-                seed=args.seed,
+                sampling_steps=config.sampling_steps,
+                seed=config.seed,
             ),
         }
         if ranked:
-            frames, texts, _ = initial_frames(args.store, robot, wm.camera, "policy")
-            frames, texts = frames[-args.rank_frames :], texts[-args.rank_frames :]
+            frames, texts, _ = initial_frames(config.store, robot, wm.camera, "policy")
+            frames, texts = frames[-config.rank_frames :], texts[-config.rank_frames :]
             policies = [
-                (name, load_vla(path, robot, device=args.device), real) for name, path, real in ranked
+                (name, load_vla(path, robot, device=config.device), real) for name, path, real in ranked
             ]
             result["policy_ranking"] = policy_ranking(
                 wm,
@@ -389,9 +378,9 @@ def run(args: argparse.Namespace) -> int:
                 policies,
                 frames,
                 texts,
-                args.horizon or robot.max_episode_steps,
-                args.sampling_steps,
-                args.seed,
+                config.horizon or robot.max_episode_steps,
+                config.sampling_steps,
+                config.seed,
             )
     except (
         StoreError,
@@ -403,10 +392,14 @@ def run(args: argparse.Namespace) -> int:
     ) as exc:
         return _fail(str(exc))
     print(format_report(result))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if config.json is not None:
+        config.json.parent.mkdir(parents=True, exist_ok=True)
+        config.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return imagination_check(config_from_args(ImaginationCheckConfig, args))
 
 
 def _num(value: float | None) -> str:

@@ -16,8 +16,9 @@ re-chooses the reward threshold on world-model replays of the aligned-on rollout
 (GRPO then scores imagination with that threshold). `--set promote=always`
 deploys every round's policy regardless (the robot-side rollback in `wmpo run` still applies).
 
-Each stage runs the same code as its own command (`wmpo align`, `wmpo reward`, `wmpo grpo`,
-`wmpo eval`), so a round can also be run, inspected or repeated stage by stage. Stage outputs go
+Each stage is the function behind its own command (`wmpo align`, `wmpo reward`, `wmpo grpo`,
+`wmpo eval`), called here with its config object, so a round can also be run, inspected or
+repeated stage by stage. Stage outputs go
 to sub-directories of `--out`; a stage whose output already exists is skipped (re-running a round
 resumes it).
 """
@@ -25,118 +26,110 @@ resumes it).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from wmpo_core.cli_args import add_device_argument
+from wmpo_core.cli_args import DEVICE_HELP, torch_device
+from wmpo_core.config_cli import add_config_arguments, config_from_args, option
 
-# Sizes of the stages. "cpu" is what a 2-core machine finishes in minutes with the tiny models;
-# "paper" follows the WMPO paper's settings and needs GPUs. horizon 0 = the robot's episode limit.
-PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": {
-        "align_steps": 300,
-        "align_batch": 8,
-        "align_vae_steps": 50,
-        "reward_steps": 300,
-        "grpo_iterations": 6,
-        "group_size": 8,
-        "groups_per_batch": 4,
-        "minibatch": 16,
-        "lr": 5e-5,
-        "sampling_steps": 4,
-        "max_resample_rounds": 2,
-        "horizon": 0,
-        "eval_episodes": 20,
-        "guard_frames": 16,
-        "min_agreement": 0.7,
-        "promote": "evidence",
-        "calibrate_reward": 0,
-    },
-    "paper": {
-        "align_steps": 5000,
-        "align_batch": 128,
-        "align_vae_steps": 0,
-        "reward_steps": 3000,
-        "grpo_iterations": 100,
-        "group_size": 8,
-        "groups_per_batch": 64,
-        "minibatch": 128,
-        "lr": 5e-6,
-        "sampling_steps": 30,
-        "max_resample_rounds": 8,
-        "horizon": 0,
-        "eval_episodes": 128,
-        "guard_frames": 64,
-        "min_agreement": 0.8,
-        "promote": "evidence",
-        "calibrate_reward": 0,
-    },
+from wmpo_learner.grpo.algorithm import GRPOConfig
+from wmpo_learner.grpo.run import GRPORunConfig, grpo
+from wmpo_learner.imagination_check import ImaginationCheckConfig, imagination_check
+from wmpo_learner.reward.cli import RewardConfig, train_reward
+from wmpo_learner.sim_eval import EvalConfig, evaluate
+from wmpo_learner.world_model.train import AlignConfig, train_world_model
+
+_PAPER_GRPO = GRPOConfig()
+
+
+@dataclass(frozen=True)
+class StageSizes:
+    """Sizes of a round's stages (the `cpu` preset's values are the defaults). horizon 0 = the robot's
+    episode limit; promote: 'evidence' (module docstring) or 'always'; calibrate_reward 1 = on."""
+
+    align_steps: int = 300
+    align_batch: int = 8
+    align_vae_steps: int = 50
+    reward_steps: int = 300
+    grpo_iterations: int = 6
+    group_size: int = 8
+    groups_per_batch: int = 4
+    minibatch: int = 16
+    lr: float = 5e-5
+    sampling_steps: int = 4
+    max_resample_rounds: int = 2
+    horizon: int = 0
+    eval_episodes: int = 20
+    guard_frames: int = 16
+    min_agreement: float = 0.7
+    promote: str = "evidence"
+    calibrate_reward: int = 0
+
+
+PRESETS: dict[str, StageSizes] = {
+    # What a 2-core machine finishes in minutes with the tiny models.
+    "cpu": StageSizes(),
+    # The WMPO paper's settings (GRPO's are `GRPOConfig`'s defaults); needs GPUs.
+    "paper": StageSizes(
+        align_steps=5000,
+        align_batch=128,
+        align_vae_steps=0,
+        reward_steps=3000,
+        grpo_iterations=_PAPER_GRPO.iterations,
+        group_size=_PAPER_GRPO.group_size,
+        groups_per_batch=_PAPER_GRPO.groups_per_batch,
+        minibatch=_PAPER_GRPO.minibatch_trajectories,
+        lr=_PAPER_GRPO.lr,
+        sampling_steps=30,
+        max_resample_rounds=_PAPER_GRPO.max_resample_rounds,
+        eval_episodes=128,
+        guard_frames=64,
+        min_agreement=0.8,
+    ),
 }
+
+
+@dataclass
+class IterateConfig:
+    """`wmpo iterate`: one lifelong round; the stage sizes are a preset with `--set` overrides."""
+
+    store: Path = option(help="the learner's episode store (demos + every round's rollouts)")
+    policy: Path = option(help="the current policy checkpoint (the one that recorded the rollouts)")
+    wm: Path = option(help="the current world-model checkpoint (pretrained or last round's)")
+    out: Path = option(help="round directory: world_model/, reward_model/, policy/, eval.json, round.json")
+    robot: str = option("so101_sim", "robot config name or YAML")
+    reward: Path | None = option(None, "last round's reward model to continue from (None: train a new one)")
+    policy_version: str | None = option(
+        None, "align on the rollouts of this version (None: the policy's version)"
+    )
+    version: str | None = option(None, "version string of the new policy (None: derived from its weights)")
+    preset: Literal["cpu", "paper"] = option("cpu", "stage sizes")
+    overrides: list[str] = option(
+        [],
+        "override one stage size of the preset, e.g. --set grpo_iterations=10 --set eval_episodes=0 "
+        f"(keys: {', '.join(f.name for f in dataclasses.fields(StageSizes))})",
+        flag="--set",
+        metavar="KEY=VALUE",
+        repeat=True,
+    )
+    check_store: Path | None = option(
+        None,
+        "held-out real rollouts of the policy for the imagination check (None: --store, where the check "
+        "falls back to episodes the models were trained on, and says so)",
+    )
+    seed: int = option(0, "seed of every stage")
+    device: str = option("auto", DEVICE_HELP, type=torch_device)
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.description = __doc__.split("\n\n")[0]
-    parser.add_argument(
-        "--store",
-        type=Path,
-        required=True,
-        help="the learner's episode store (demos + every round's rollouts)",
-    )
-    parser.add_argument("--robot", default="so101_sim", help="robot config name or YAML (default: so101_sim)")
-    parser.add_argument(
-        "--policy",
-        type=Path,
-        required=True,
-        help="the current policy checkpoint (the one that recorded the rollouts)",
-    )
-    parser.add_argument(
-        "--wm",
-        type=Path,
-        required=True,
-        help="the current world-model checkpoint (pretrained or last round's)",
-    )
-    parser.add_argument(
-        "--reward",
-        type=Path,
-        default=None,
-        help="last round's reward model to continue from (default: train a new one)",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        required=True,
-        help="round directory: world_model/, reward_model/, policy/, eval.json, round.json",
-    )
-    parser.add_argument(
-        "--policy-version",
-        default=None,
-        help="align on the rollouts of this version (default: the policy's version)",
-    )
-    parser.add_argument(
-        "--version", default=None, help="version string of the new policy (default: derived from its weights)"
-    )
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="stage sizes (default: cpu)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one stage size of the preset, e.g. --set grpo_iterations=10 --set eval_episodes=0 "
-        f"(keys: {', '.join(PRESETS['cpu'])})",
-    )
-    parser.add_argument(
-        "--check-store",
-        type=Path,
-        default=None,
-        help="held-out real rollouts of the policy for the imagination check (default: --store, "
-        "where the check falls back to episodes the models were trained on, and says so)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    add_device_argument(parser)
+    add_config_arguments(parser, IterateConfig)
 
 
 @dataclass
@@ -172,7 +165,8 @@ class Round:
 
 
 def stage_sizes(preset: str, overrides: list[str]) -> dict[str, Any]:
-    sizes = dict(PRESETS[preset])
+    """The preset's sizes with `KEY=VALUE` overrides, each checked against the preset's type."""
+    sizes = dataclasses.asdict(PRESETS[preset])
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or key not in sizes:
@@ -184,196 +178,139 @@ def stage_sizes(preset: str, overrides: list[str]) -> dict[str, Any]:
     return sizes
 
 
-def _stage(round_: Round, name: str, done: Path, argv: list[str]) -> None:
-    """Run one `wmpo` command in-process unless its output exists; raise on failure."""
-    from wmpo_core.cli import main
-
+def _stage(round_: Round, name: str, done: Path, stage: Callable[[Any], Any], config: Any) -> None:
+    """Run one stage function on its config unless its output exists; raise on failure."""
     if done.exists():
         round_.stages.append({"stage": name, "skipped": True, "output": str(done)})
         print(f"[iterate] {name}: {done} exists, skipping")
         return
-    print(f"[iterate] {name}: wmpo {' '.join(argv)}", flush=True)
+    print(f"[iterate] {name}: {config}", flush=True)
     t0 = time.time()
-    code = main(argv)
-    if code != 0:
-        raise RuntimeError(f"stage '{name}' failed (wmpo {argv[0]} exited with {code})")
+    result = stage(config)
+    if isinstance(result, int) and result != 0:
+        raise RuntimeError(f"stage '{name}' failed (exit status {result})")
     round_.stages.append({"stage": name, "seconds": round(time.time() - t0, 1), "output": str(done)})
 
 
-def run_round(args: argparse.Namespace) -> dict[str, Any]:
+def _grpo_stage(config: GRPORunConfig) -> int:
+    print(json.dumps(grpo(config), indent=2))
+    return 0
+
+
+def run_round(config: IterateConfig) -> dict[str, Any]:
+    """The `iterate` stage: align, reward, check, GRPO, evaluate; writes and returns round.json."""
     from wmpo_core.robot_config import GymSimDriver, load_robot_config
     from wmpo_core.vla.checkpoint import read_manifest, update_provenance
 
-    sizes = stage_sizes(args.preset, args.set)
-    robot = load_robot_config(args.robot)
-    parent = read_manifest(args.policy)
-    policy_version = args.policy_version or parent["version"]
-    r = Round(args.out)
-    args.out.mkdir(parents=True, exist_ok=True)
-    device = ["--device", args.device]
+    sizes = StageSizes(**stage_sizes(config.preset, config.overrides))
+    robot = load_robot_config(config.robot)
+    parent = read_manifest(config.policy)
+    policy_version = config.policy_version or parent["version"]
+    r = Round(config.out)
+    config.out.mkdir(parents=True, exist_ok=True)
 
     interrupted = r.world_model.is_dir() and any(r.world_model.iterdir())  # an align stopped midway continues
-    _stage(
-        r,
-        "align",
-        r.world_model / "world_model.json",
-        [
-            "align",
-            "--store",
-            str(args.store),
-            "--from",
-            str(args.wm),
-            "--out",
-            str(r.world_model),
-            "--robot",
-            args.robot,
-            "--policy-version",
-            policy_version,
-            "--steps",
-            str(sizes["align_steps"]),
-            "--batch-size",
-            str(sizes["align_batch"]),
-            "--vae-steps",
-            str(sizes["align_vae_steps"]),
-            "--seed",
-            str(args.seed),
-            *device,
-            *(["--resume"] if interrupted else []),
-        ],
+    align = AlignConfig(
+        store=config.store,
+        init_from=config.wm,
+        out=r.world_model,
+        robot=config.robot,
+        policy_version=policy_version,
+        steps=sizes.align_steps,
+        batch_size=sizes.align_batch,
+        vae_steps=sizes.align_vae_steps,
+        seed=config.seed,
+        device=config.device,
+        resume=interrupted,
     )
-    reward_argv = [
-        "reward",
-        "--store",
-        str(args.store),
-        "--robot",
-        args.robot,
-        "--out",
-        str(r.reward_model),
-        "--steps",
-        str(sizes["reward_steps"]),
-        "--seed",
-        str(args.seed),
-    ]
-    if args.reward is not None:
-        reward_argv += ["--from", str(args.reward)]
-    _stage(r, "reward", r.reward_model / "reward_model.json", reward_argv)
-    check_argv = [
-        "imagination-check",
-        "--store",
-        str(args.check_store or args.store),
-        "--wm",
-        str(r.world_model),
-        "--reward",
-        str(r.reward_model),
-        "--robot",
-        args.robot,
-        "--policy-version",
-        policy_version,
-        "--json",
-        str(r.check_json),
-        "--sampling-steps",
-        str(sizes["sampling_steps"]),
-        "--seed",
-        str(args.seed),
-        "--device",
-        "cuda" if args.device == "cuda" else "cpu",
-    ]
-    if args.check_store is None:
-        check_argv.append("--include-trained")
-    if sizes["calibrate_reward"]:
-        check_argv += ["--calibrate-on", str(args.store), "--calibrated-reward", str(r.calibrated_reward)]
-    _stage(r, "check", r.check_json, check_argv)
-    grpo_reward = r.calibrated_reward if sizes["calibrate_reward"] else r.reward_model
-    grpo_argv = [
-        "grpo",
-        "--policy",
-        str(args.policy),
-        "--robot",
-        args.robot,
-        "--out",
-        str(r.policy),
-        "--env",
-        "imagination",
-        "--wm",
-        str(r.world_model),
-        "--reward",
-        str(grpo_reward),
-        "--store",
-        str(args.store),
-        "--iterations",
-        str(sizes["grpo_iterations"]),
-        "--group-size",
-        str(sizes["group_size"]),
-        "--groups-per-batch",
-        str(sizes["groups_per_batch"]),
-        "--minibatch",
-        str(sizes["minibatch"]),
-        "--lr",
-        str(sizes["lr"]),
-        "--sampling-steps",
-        str(sizes["sampling_steps"]),
-        "--max-resample-rounds",
-        str(sizes["max_resample_rounds"]),
-        "--guard-frames",
-        str(sizes["guard_frames"]),
-        "--seed",
-        str(args.seed),
-        *device,
-    ]
-    if sizes["horizon"] > 0:
-        grpo_argv += ["--horizon", str(sizes["horizon"])]
-    if args.version:
-        grpo_argv += ["--version", args.version]
-    _stage(r, "grpo", r.policy / "manifest.json", grpo_argv)
+    _stage(r, "align", r.world_model / "world_model.json", train_world_model, align)
+    reward = RewardConfig(
+        store=config.store,
+        robot=config.robot,
+        out=r.reward_model,
+        steps=sizes.reward_steps,
+        seed=config.seed,
+        init=str(config.reward) if config.reward is not None else None,
+    )
+    _stage(r, "reward", r.reward_model / "reward_model.json", train_reward, reward)
+    check = ImaginationCheckConfig(
+        store=config.check_store or config.store,
+        wm=r.world_model,
+        reward=r.reward_model,
+        robot=config.robot,
+        policy_version=policy_version,
+        json=r.check_json,
+        sampling_steps=sizes.sampling_steps,
+        seed=config.seed,
+        device="cuda" if config.device == "cuda" else "cpu",
+        include_trained=config.check_store is None,
+        calibrate_on=config.store if sizes.calibrate_reward else None,
+        calibrated_reward=r.calibrated_reward if sizes.calibrate_reward else None,
+    )
+    _stage(r, "check", r.check_json, imagination_check, check)
+    grpo_config = GRPORunConfig(
+        policy=config.policy,
+        robot=config.robot,
+        out=r.policy,
+        env="imagination",
+        wm=r.world_model,
+        reward=r.calibrated_reward if sizes.calibrate_reward else r.reward_model,
+        store=config.store,
+        horizon=sizes.horizon if sizes.horizon > 0 else None,
+        sampling_steps=sizes.sampling_steps,
+        guard_frames=sizes.guard_frames,
+        seed=config.seed,
+        device=config.device,
+        version=config.version,
+        algorithm=GRPOConfig(
+            iterations=sizes.grpo_iterations,
+            group_size=sizes.group_size,
+            groups_per_batch=sizes.groups_per_batch,
+            minibatch_trajectories=sizes.minibatch,
+            lr=sizes.lr,
+            max_resample_rounds=sizes.max_resample_rounds,
+        ),
+    )
+    _stage(r, "grpo", r.policy / "manifest.json", _grpo_stage, grpo_config)
     update_provenance(
-        r.policy, aligned_on={"store": str(args.store), "policy_version": policy_version}, round=str(args.out)
+        r.policy,
+        aligned_on={"store": str(config.store), "policy_version": policy_version},
+        round=str(config.out),
     )
 
-    if isinstance(robot.driver, GymSimDriver) and sizes["eval_episodes"] > 0:
-        _stage(
-            r,
-            "eval",
-            r.eval_json,
-            [
-                "eval",
-                "--policy",
-                str(r.policy),
-                "--robot",
-                args.robot,
-                "--episodes",
-                str(sizes["eval_episodes"]),
-                "--json",
-                str(r.eval_json),
-            ],
+    if isinstance(robot.driver, GymSimDriver) and sizes.eval_episodes > 0:
+        evaluation = EvalConfig(
+            policy=str(r.policy), robot=config.robot, episodes=sizes.eval_episodes, json=r.eval_json
         )
+        _stage(r, "eval", r.eval_json, evaluate, evaluation)
     manifest = read_manifest(r.policy)
-    check = json.loads(r.check_json.read_text())["outcome_agreement"]
-    grpo = json.loads((r.policy / "training" / "grpo_summary.json").read_text())
-    if sizes["promote"] not in ("evidence", "always"):
-        raise ValueError(f"--set promote: expected 'evidence' or 'always', got {sizes['promote']!r}")
-    promoted, reason = promotion(grpo, check, sizes["min_agreement"])
-    if sizes["promote"] == "always" and not promoted:
+    agreement = json.loads(r.check_json.read_text())["outcome_agreement"]
+    grpo_summary = json.loads((r.policy / "training" / "grpo_summary.json").read_text())
+    if sizes.promote not in ("evidence", "always"):
+        raise ValueError(f"--set promote: expected 'evidence' or 'always', got {sizes.promote!r}")
+    promoted, reason = promotion(grpo_summary, agreement, sizes.min_agreement)
+    if sizes.promote == "always" and not promoted:
         promoted, reason = True, f"promote=always (the evidence alone would not have: {reason})"
     print(f"[iterate] {'promoted' if promoted else 'not promoted'}: {reason}", flush=True)
     summary = {
-        "round": str(args.out),
+        "round": str(config.out),
         "parent_version": parent["version"],
         "version": manifest["version"],
         "promoted": promoted,
         "reason": reason,
-        "next_policy": str(r.policy if promoted else args.policy),
-        "grpo_updates": grpo["updates"],
-        "guard": grpo["guard"],
-        "check": {k: v for k, v in check.items() if k != "episode_ids"},
+        "next_policy": str(r.policy if promoted else config.policy),
+        "grpo_updates": grpo_summary["updates"],
+        "guard": grpo_summary["guard"],
+        "check": {k: v for k, v in agreement.items() if k != "episode_ids"},
         "policy": str(r.policy),
         "world_model": str(r.world_model),
         "reward_model": str(r.reward_model),
         "aligned_on": policy_version,
-        "preset": args.preset,
+        "preset": config.preset,
         "stages": r.stages,
         "eval": json.loads(r.eval_json.read_text())["success"] if r.eval_json.exists() else None,
     }
-    (args.out / "round.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (config.out / "round.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -405,7 +342,7 @@ def promotion(grpo: dict[str, Any], check: dict[str, Any], min_agreement: float)
 
 def run(args: argparse.Namespace) -> int:
     try:
-        summary = run_round(args)
+        summary = run_round(config_from_args(IterateConfig, args))
     except (RuntimeError, ValueError, FileNotFoundError) as exc:
         print(f"wmpo iterate: {exc}", file=sys.stderr)
         return 1

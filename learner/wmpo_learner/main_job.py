@@ -20,7 +20,8 @@
 
 Everything lands under --out: the robot's and the learner's stores, the registry, each stage's
 checkpoints, logs and the report. Re-running with the same --out resumes: finished stages are
-skipped (each stage is a `wmpo` command that writes its output last).
+skipped (each stage is the function behind a `wmpo` command, given its config object; it writes its
+output last).
 
 Nothing outlives the job or leaks into another: the learner service child dies with it, however
 it dies (kill -9 included), and a resume ends a service an earlier job left behind
@@ -41,7 +42,10 @@ from typing import Any
 
 from wmpo_core.cli_args import add_device_argument
 
+from wmpo_learner.iterate import IterateConfig, run_round
+from wmpo_learner.sft import SFTConfig, train_sft
 from wmpo_learner.stats import one_sided_worse_p_value
+from wmpo_learner.world_model.train import WorldModelTrainConfig, train_world_model
 
 # Sizes for one machine. "cpu": tiny models a 2-core machine runs in minutes (a demonstration of
 # the loop, not of the paper's numbers); "gpu": the realistic VLA and world-model sizes.
@@ -224,15 +228,10 @@ class Progress:
         return f"{s // 60}:{s % 60:02d}"
 
 
-def wmpo(*argv: str) -> None:
-    """Run one `wmpo` command in-process; a non-zero exit ends the run with the command named."""
-    from wmpo_core.cli import main
-
-    code = main([str(a) for a in argv])
+def stage(name: str, code: int) -> None:
+    """A stage function's exit status; non-zero ends the run with the stage named."""
     if code != 0:
-        raise RuntimeError(
-            f"`wmpo {' '.join(str(a) for a in argv[:1])}` failed (exit {code}); its output is above"
-        )
+        raise RuntimeError(f"`wmpo {name}` failed (exit {code}); its output is above")
 
 
 def publish_and_deploy(client, checkpoint: Path, reason: str) -> str:
@@ -290,8 +289,6 @@ def run_loop(args: argparse.Namespace) -> Path:
         f"{paths.root}"
     )
     progress = Progress(total=6 + 2 * args.rounds)
-    # "auto": every command picks CUDA when present by itself (not all of them spell it "auto").
-    device = [] if args.device == "auto" else ["--device", args.device]
     results: list[VersionResult] = []
     notes: list[str] = []
 
@@ -321,50 +318,46 @@ def run_loop(args: argparse.Namespace) -> Path:
                     wait_for_learner_episodes(
                         learner_store, sizes["demos"], 600, source=["teleop", "scripted"]
                     )
-            store_arg = str(learner_store) if learner_store is not None else None
-            if store_arg is None:
+            if learner_store is None:
                 raise RuntimeError(
                     "--learner: training against a remote learner's store is not supported by `wmpo run`; "
                     "run the learner jobs there"
                 )
             with progress.stage("SFT of the VLA on the demonstrations"):
                 if not (paths.sft / "manifest.json").exists():
-                    wmpo(
+                    stage(
                         "sft",
-                        "--store",
-                        store_arg,
-                        "--robot",
-                        args.robot,
-                        "--config",
-                        sizes["vla_recipe"],
-                        "--out",
-                        paths.sft,
-                        *(["--steps", sizes["sft_steps"]] if sizes["sft_steps"] else []),
-                        "--seed",
-                        args.seed,
-                        *device,
+                        train_sft(
+                            SFTConfig(
+                                store=learner_store,
+                                robot=args.robot,
+                                config=sizes["vla_recipe"],
+                                out=paths.sft,
+                                steps=sizes["sft_steps"] or None,
+                                seed=args.seed,
+                                device=args.device,
+                            )
+                        ),
                     )
                 current = paths.sft
                 version = publish_and_deploy(client, current, "SFT on the seed demonstrations")
             with progress.stage("pretrain the world model on the demonstrations"):
                 if not (paths.world_model / "world_model.json").exists():
-                    wmpo(
+                    stage(
                         "wm-train",
-                        "--store",
-                        store_arg,
-                        "--robot",
-                        args.robot,
-                        "--config",
-                        sizes["wm_preset"],
-                        "--out",
-                        paths.world_model,
-                        "--source",
-                        "any",
-                        *(["--steps", sizes["wm_steps"]] if sizes["wm_steps"] else []),
-                        *(["--vae-steps", sizes["wm_vae_steps"]] if sizes["wm_vae_steps"] else []),
-                        "--seed",
-                        args.seed,
-                        *device,
+                        train_world_model(
+                            WorldModelTrainConfig(
+                                store=learner_store,
+                                robot=args.robot,
+                                config=sizes["wm_preset"],
+                                out=paths.world_model,
+                                source="any",
+                                steps=sizes["wm_steps"] or None,
+                                vae_steps=sizes["wm_vae_steps"] or None,
+                                seed=args.seed,
+                                device=args.device,
+                            )
+                        ),
                     )
                 world_model = paths.world_model
             with progress.stage(f"the robot loads {version} and records {sizes['rollouts']} rollouts"):
@@ -373,31 +366,20 @@ def run_loop(args: argparse.Namespace) -> Path:
             for k in range(1, args.rounds + 1):
                 out = paths.round(k)
                 with progress.stage(f"round {k}: align, reward model, GRPO in imagination (wmpo iterate)"):
-                    argv = [
-                        "iterate",
-                        "--store",
-                        store_arg,
-                        "--robot",
-                        args.robot,
-                        "--policy",
-                        current,
-                        "--wm",
-                        world_model,
-                        "--out",
-                        out,
-                        "--preset",
-                        sizes["iterate_preset"],
-                        "--set",
-                        "eval_episodes=0",
-                        "--seed",
-                        args.seed + k,
-                        *device,
-                    ]
-                    for item in iterate_sets:
-                        argv += ["--set", item]
-                    if reward is not None:
-                        argv += ["--reward", reward]
-                    wmpo(*argv)
+                    run_round(
+                        IterateConfig(
+                            store=learner_store,
+                            robot=args.robot,
+                            policy=current,
+                            wm=world_model,
+                            out=out,
+                            preset=sizes["iterate_preset"],
+                            overrides=["eval_episodes=0", *iterate_sets],
+                            seed=args.seed + k,
+                            device=args.device,
+                            reward=reward,
+                        )
+                    )
                     world_model, reward = out / "world_model", out / "reward_model"
                     summary = json.loads((out / "round.json").read_text())
                     parent, parent_version = current, version

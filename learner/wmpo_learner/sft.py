@@ -23,66 +23,49 @@ import hashlib
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from wmpo_core.cli_args import add_device_argument
+from wmpo_core.cli_args import DEVICE_HELP, torch_device
+from wmpo_core.config_cli import add_config_arguments, config_from_args, option
 
 TRAINING_DIR = "training"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
 
 
+@dataclass
+class SFTConfig:
+    """`wmpo sft`: behaviour cloning of the VLA; unset optimisation sizes come from the recipe."""
+
+    store: Path = option(help="episode store with the demonstrations")
+    out: Path = option(help="checkpoint directory to write (the trained policy)")
+    robot: str = option("so101_sim", "robot config name or YAML path the policy is for")
+    config: str = option("tiny", "VLA recipe: 'tiny', 'realistic' or a JSON file (model + sft settings)")
+    init_from: Path | None = option(
+        None,
+        "start from this checkpoint (its architecture and action statistics) instead of a new model",
+        flag="--from",
+    )
+    resume: bool = option(False, "continue the run in --out from its last periodic save")
+    steps: int | None = option(None, "total optimizer steps (None: the recipe's)")
+    batch_size: int | None = option(None, "chunks per step (None: the recipe's)")
+    lr: float | None = option(None, "peak learning rate (None: the recipe's)")
+    save_every: int | None = option(None, "steps between checkpoints (None: the recipe's)")
+    source: list[Literal["teleop", "scripted", "policy"]] = option(
+        ["teleop", "scripted"], "which episodes to imitate, by source"
+    )
+    max_episodes: int | None = option(
+        None, "use only the first N matching episodes, oldest first (None: all)"
+    )
+    include_failures: bool = option(False, "also imitate episodes labelled unsuccessful")
+    device: str = option("auto", DEVICE_HELP, type=torch_device)
+    seed: int = option(0, "seed for initialization, batch sampling and augmentation")
+
+
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("--store", type=Path, required=True, help="episode store with the demonstrations")
-    parser.add_argument(
-        "--robot", default="so101_sim", help="robot config name or YAML path the policy is for"
-    )
-    parser.add_argument(
-        "--config",
-        default="tiny",
-        help="VLA recipe: 'tiny', 'realistic' or a JSON file (model + sft settings)",
-    )
-    parser.add_argument(
-        "--out", type=Path, required=True, help="checkpoint directory to write (the trained policy)"
-    )
-    parser.add_argument(
-        "--from",
-        dest="init_from",
-        type=Path,
-        default=None,
-        help="start from this checkpoint (its architecture and action statistics) instead of a new model",
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its last periodic save"
-    )
-    parser.add_argument(
-        "--steps", type=int, default=None, help="total optimizer steps (default: the recipe's)"
-    )
-    parser.add_argument(
-        "--batch-size", type=int, default=None, help="chunks per step (default: the recipe's)"
-    )
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
-    parser.add_argument(
-        "--save-every", type=int, default=None, help="steps between checkpoints (default: the recipe's)"
-    )
-    parser.add_argument(
-        "--source",
-        nargs="+",
-        default=["teleop", "scripted"],
-        choices=["teleop", "scripted", "policy"],
-        help="which episodes to imitate, by source (default: teleop scripted)",
-    )
-    parser.add_argument(
-        "--max-episodes", type=int, default=None, help="use only the first N matching episodes (oldest first)"
-    )
-    parser.add_argument(
-        "--include-failures", action="store_true", help="also imitate episodes labelled unsuccessful"
-    )
-    add_device_argument(parser)
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed for initialization, batch sampling and augmentation"
-    )
+    add_config_arguments(parser, SFTConfig)
 
 
 @dataclasses.dataclass
@@ -217,7 +200,8 @@ def load_optimizer(optimizer, path: Path) -> None:
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def run(args: argparse.Namespace) -> int:
+def train_sft(config: SFTConfig) -> int:
+    """The `train_sft` stage; returns the exit status."""
     import numpy as np
     import torch
     from torch.utils.tensorboard import SummaryWriter
@@ -230,15 +214,15 @@ def run(args: argparse.Namespace) -> int:
     from wmpo_core.vla.model import VLA, cross_entropy, resolve_cameras
 
     try:
-        robot = load_robot_config(args.robot)
-        recipe = load_recipe(args.config)
+        robot = load_robot_config(config.robot)
+        recipe = load_recipe(config.config)
         overrides = {
             k: v
             for k, v in (
-                ("steps", args.steps),
-                ("batch_size", args.batch_size),
-                ("lr", args.lr),
-                ("save_every", args.save_every),
+                ("steps", config.steps),
+                ("batch_size", config.batch_size),
+                ("lr", config.lr),
+                ("save_every", config.save_every),
             )
             if v is not None
         }
@@ -246,26 +230,26 @@ def run(args: argparse.Namespace) -> int:
         for name in ("steps", "batch_size", "save_every"):
             if getattr(settings, name) < 1:
                 raise SystemExit(f"wmpo sft: --{name.replace('_', '-')} must be >= 1")
-        device = torch.device(default_device() if args.device == "auto" else args.device)
-        out: Path = args.out
+        device = torch.device(default_device() if config.device == "auto" else config.device)
+        out: Path = config.out
         training_dir = out / TRAINING_DIR
-        if args.resume and args.init_from is not None:
+        if config.resume and config.init_from is not None:
             raise SystemExit(
                 "wmpo sft: --resume continues the run in --out; it cannot be combined with --from"
             )
-        if args.resume and not (training_dir / STATE_FILE).is_file():
+        if config.resume and not (training_dir / STATE_FILE).is_file():
             raise SystemExit(f"wmpo sft: nothing to resume in {out} (no {TRAINING_DIR}/{STATE_FILE})")
-        if not args.resume and (training_dir / STATE_FILE).is_file():
+        if not config.resume and (training_dir / STATE_FILE).is_file():
             raise SystemExit(
                 f"wmpo sft: {out} already holds a training run; pass --resume to continue it or choose "
                 "another --out"
             )
-        torch.manual_seed(args.seed)
+        torch.manual_seed(config.seed)
 
         # Model first (its cameras and image size decide how the demonstrations are preloaded).
         start_step, rng_state, history = 0, None, []
         parent_version = None
-        if args.resume:
+        if config.resume:
             trainer_state = json.loads((training_dir / STATE_FILE).read_text())
             model = load_checkpoint(out, robot, device=device)
             start_step, rng_state, history = (
@@ -275,17 +259,23 @@ def run(args: argparse.Namespace) -> int:
             )
             parent_version = model.parent_version
             recipe_name = trainer_state["recipe"]
-        elif args.init_from is not None:
-            model = load_checkpoint(args.init_from, robot, device=device)
+        elif config.init_from is not None:
+            model = load_checkpoint(config.init_from, robot, device=device)
             parent_version = model.version
-            recipe_name = f"from:{args.init_from}"
+            recipe_name = f"from:{config.init_from}"
         else:
             model = None
             recipe_name = recipe.name
         cameras = model.cameras if model is not None else resolve_cameras(recipe.model, robot)
         image_size = model.image_size if model is not None else recipe.model.image_size
         demos = load_demonstrations(
-            args.store, robot, cameras, image_size, args.source, args.include_failures, args.max_episodes
+            config.store,
+            robot,
+            cameras,
+            image_size,
+            config.source,
+            config.include_failures,
+            config.max_episodes,
         )
     except (ValueError, StoreError) as exc:  # robot config, recipe, checkpoint, store
         raise SystemExit(f"wmpo sft: {exc}") from None
@@ -298,9 +288,9 @@ def run(args: argparse.Namespace) -> int:
     tokens_all = model.actions_to_tokens(demos.actions)  # (N, A), with the model's own statistics
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    if args.resume:
+    if config.resume:
         load_optimizer(optimizer, training_dir / OPTIMIZER_FILE)
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(config.seed)
     if rng_state is not None:
         rng.bit_generator.state = rng_state
     autocast = (
@@ -312,8 +302,8 @@ def run(args: argparse.Namespace) -> int:
     data_hash = hashlib.sha256("\n".join(demos.episode_ids).encode()).hexdigest()
     provenance = {
         "sft": {
-            "store": str(Path(args.store).resolve()),
-            "sources": list(args.source),
+            "store": str(Path(config.store).resolve()),
+            "sources": list(config.source),
             "episodes": len(demos.episode_ids),
             "steps_of_data": len(demos),
             "episode_ids_sha256": "sha256:" + data_hash,
@@ -397,3 +387,7 @@ def run(args: argparse.Namespace) -> int:
         f"final loss {history[-1][1] if history else float('nan'):.3f}"
     )
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return train_sft(config_from_args(SFTConfig, args))

@@ -11,78 +11,61 @@ import argparse
 import json
 import os
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from wmpo_core.cli_args import add_device_argument
+from wmpo_core.cli_args import DEVICE_HELP, torch_device
+from wmpo_core.config_cli import add_config_arguments, config_from_args, option
+
+
+@dataclass
+class EvalConfig:
+    """`wmpo eval`: a policy's success rate in the simulator, on evaluation seeds only."""
+
+    policy: str = option(
+        help="policy checkpoint directory, a registered 'scheme:...' spec, or 'expert' (the scripted expert)"
+    )
+    robot: str = option("so101_sim", "robot config name or YAML path (must be a simulated arm)")
+    episodes: int = option(50, "number of evaluation episodes (one eval seed each)")
+    seed_offset: int = option(
+        0,
+        "first eval seed = EVAL_SEED_START + offset (use different offsets for independent evaluations)",
+    )
+    videos: Path | None = option(None, "save an mp4 of every episode into this directory (None: no videos)")
+    sample: bool = option(False, "sample actions at --temperature instead of greedy decoding (VLA only)")
+    temperature: float = option(1.6, "sampling temperature with --sample")
+    refill_threshold: int = option(
+        1, "request the next chunk when this many actions remain, as the policy node does"
+    )
+    device: str = option("auto", DEVICE_HELP, type=torch_device)
+    json: Path | None = option(None, "also write the summary (and per-episode results) as JSON here")
+    workers: int = option(
+        os.cpu_count() or 1,
+        "episodes run in this many processes at once (1 = in this process; default: one per CPU core)",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument(
-        "--policy",
-        required=True,
-        help="policy checkpoint directory, a registered 'scheme:...' spec, or 'expert' (the scripted expert)",
-    )
-    parser.add_argument(
-        "--robot", default="so101_sim", help="robot config name or YAML path (must be a simulated arm)"
-    )
-    parser.add_argument(
-        "--episodes", type=int, default=50, help="number of evaluation episodes (one eval seed each)"
-    )
-    parser.add_argument(
-        "--seed-offset",
-        type=int,
-        default=0,
-        help="first eval seed = EVAL_SEED_START + offset (use different offsets for independent evaluations)",
-    )
-    parser.add_argument(
-        "--videos", type=Path, default=None, help="save an mp4 of every episode into this directory"
-    )
-    parser.add_argument(
-        "--sample",
-        action="store_true",
-        help="sample actions at --temperature instead of greedy decoding (VLA only)",
-    )
-    parser.add_argument(
-        "--temperature", type=float, default=1.6, help="sampling temperature with --sample (default 1.6)"
-    )
-    parser.add_argument(
-        "--refill-threshold",
-        type=int,
-        default=1,
-        help="request the next chunk when this many actions remain, as the policy node does (default: "
-        "%(default)s)",
-    )
-    add_device_argument(parser)
-    parser.add_argument(
-        "--json",
-        type=Path,
-        default=None,
-        help="also write the summary (and per-episode results) as JSON here",
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=os.cpu_count() or 1,
-        help="episodes run in this many processes at once (default: one per CPU core; 1 = in this process)",
-    )
+    add_config_arguments(parser, EvalConfig)
 
 
-def run(args: argparse.Namespace) -> int:
+def evaluate(config: EvalConfig) -> int:
+    """The `evaluate` stage; returns the exit status."""
     import numpy as np
     from wmpo_core.robot_config import GymSimDriver, load_robot_config
     from wmpo_core.sim_rollout import eval_seeds, run_episodes, run_episodes_parallel
 
     from wmpo_learner.stats import SuccessRate
 
-    if args.episodes < 1:
+    if config.episodes < 1:
         raise SystemExit("wmpo eval: --episodes must be >= 1")
-    if args.refill_threshold < 0:
+    if config.refill_threshold < 0:
         raise SystemExit("wmpo eval: --refill-threshold must be >= 0")
-    if args.workers < 1:
+    if config.workers < 1:
         raise SystemExit("wmpo eval: --workers must be >= 1")
     try:
-        robot = load_robot_config(args.robot)
+        robot = load_robot_config(config.robot)
     except ValueError as exc:
         raise SystemExit(f"wmpo eval: {exc}") from None
     if not isinstance(robot.driver, GymSimDriver):
@@ -91,28 +74,28 @@ def run(args: argparse.Namespace) -> int:
         )
     make_policy = partial(
         load_eval_policy,
-        args.policy,
-        args.sample,
-        args.temperature,
-        args.seed_offset,
-        None if args.device == "auto" else args.device,
+        config.policy,
+        config.sample,
+        config.temperature,
+        config.seed_offset,
+        None if config.device == "auto" else config.device,
     )
     try:
         policy = make_policy(robot)  # loaded here too: a bad checkpoint fails before any worker starts
     except ValueError as exc:  # PolicyLoadError and its checkpoint errors
         raise SystemExit(f"wmpo eval: {exc}") from None
     version = "scripted-expert" if policy is None else policy.version
-    mode = "expert" if policy is None else (f"sampled T={args.temperature}" if args.sample else "greedy")
-    seeds = eval_seeds(args.episodes, args.seed_offset)
+    mode = "expert" if policy is None else (f"sampled T={config.temperature}" if config.sample else "greedy")
+    seeds = eval_seeds(config.episodes, config.seed_offset)
     t0 = time.time()
-    if args.workers == 1:
+    if config.workers == 1:
         results = run_episodes(
             robot,
             policy,
             seeds,
-            video_dir=args.videos,
+            video_dir=config.videos,
             desc=f"eval {version}",
-            refill_threshold=args.refill_threshold,
+            refill_threshold=config.refill_threshold,
         )
     else:
         del policy
@@ -120,10 +103,10 @@ def run(args: argparse.Namespace) -> int:
             robot,
             make_policy,
             seeds,
-            min(args.workers, len(seeds)),
-            video_dir=args.videos,
+            min(config.workers, len(seeds)),
+            video_dir=config.videos,
             desc=f"eval {version}",
-            refill_threshold=args.refill_threshold,
+            refill_threshold=config.refill_threshold,
         )
     minutes = (time.time() - t0) / 60
 
@@ -139,27 +122,31 @@ def run(args: argparse.Namespace) -> int:
         f"  mean episode length {np.mean(lengths):.1f} steps"
         + (f" (successful episodes: {np.mean(success_lengths):.1f})" if success_lengths else "")
     )
-    print(f"  {len(results) / max(minutes, 1e-9):.1f} episodes/min with {args.workers} worker(s)")
-    if args.videos is not None:
-        print(f"  videos in {args.videos}")
-    if args.json is not None:
+    print(f"  {len(results) / max(minutes, 1e-9):.1f} episodes/min with {config.workers} worker(s)")
+    if config.videos is not None:
+        print(f"  videos in {config.videos}")
+    if config.json is not None:
         summary = {
-            "policy": str(args.policy),
+            "policy": str(config.policy),
             "version": version,
             "robot": robot.name,
             "mode": mode,
-            "refill_threshold": args.refill_threshold,
+            "refill_threshold": config.refill_threshold,
             "seeds": [seeds[0], seeds[-1]],
             "success": rate.to_dict(),
             "mean_length": float(np.mean(lengths)),
             "mean_success_length": float(np.mean(success_lengths)) if success_lengths else None,
-            "workers": args.workers,
+            "workers": config.workers,
             "episodes_per_minute": len(results) / max(minutes, 1e-9),
             "episodes": [{"seed": r.seed, "success": r.success, "steps": r.num_steps} for r in results],
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+        config.json.parent.mkdir(parents=True, exist_ok=True)
+        config.json.write_text(json.dumps(summary, indent=2) + "\n")
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return evaluate(config_from_args(EvalConfig, args))
 
 
 def load_eval_policy(spec: str, sample: bool, temperature: float, seed: int, device: str | None, robot):

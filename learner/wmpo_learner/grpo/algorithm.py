@@ -16,25 +16,53 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from wmpo_core.config_cli import option
+
+GROUP = "GRPO"
 
 
 @dataclass(frozen=True)
 class GRPOConfig:
-    group_size: int = 8
-    """G: imagined rollouts per initial frame."""
-    groups_per_batch: int = 64
-    """Initial frames per iteration (64 x 8 = 512 trajectories in the paper)."""
-    minibatch_trajectories: int = 128
-    epochs: int = 1
-    lr: float = 5e-6
-    max_grad_norm: float = 1.0
-    clip_low: float = 0.20
-    clip_high: float = 0.28
-    temperature: float = 1.6
-    iterations: int = 100
-    advantage_eps: float = 1e-6
-    max_resample_rounds: int = 8
-    """Dynamic sampling gives up (and trains on what it has) after this many extra rounds."""
+    """The algorithm's hyper-parameters; the defaults are the WMPO paper's."""
+
+    group_size: int = option(8, "G: rollouts per initial state", group=GROUP)
+    groups_per_batch: int = option(
+        64, "informative groups per iteration (64 x 8 = 512 trajectories in the paper)", group=GROUP
+    )
+    minibatch_trajectories: int = option(
+        128, "trajectories per optimizer step", flag="--minibatch", group=GROUP
+    )
+    epochs: int = option(1, "passes over each iteration's batch", group=GROUP)
+    lr: float = option(5e-6, "AdamW learning rate", group=GROUP)
+    max_grad_norm: float = option(1.0, "gradient-norm clip", group=GROUP)
+    clip_low: float = option(0.20, "lower clip of the importance ratio (1 - eps_low)", group=GROUP)
+    clip_high: float = option(
+        0.28, "upper clip of the importance ratio (1 + eps_high, clip-higher)", group=GROUP
+    )
+    temperature: float = option(1.6, "sampling temperature of the rollouts", group=GROUP)
+    iterations: int = option(100, "GRPO iterations", group=GROUP)
+    advantage_eps: float = option(1e-6, "added to the group's std in the advantage", group=GROUP)
+    max_resample_rounds: int = option(
+        8,
+        "dynamic sampling: extra sampling rounds per iteration before training on fewer groups",
+        group=GROUP,
+    )
+
+    def problems(self) -> list[str]:
+        """What is out of range, named by flag (empty when the config can run)."""
+        return [
+            message
+            for message, ok in [
+                ("--group-size must be >= 2", self.group_size >= 2),
+                ("--groups-per-batch must be >= 1", self.groups_per_batch >= 1),
+                ("--minibatch must be >= 1", self.minibatch_trajectories >= 1),
+                ("--iterations must be >= 1", self.iterations >= 1),
+                ("--temperature must be > 0", self.temperature > 0),
+                ("--clip-low must be in (0, 1)", 0 < self.clip_low < 1),
+                ("--clip-high must be > 0", self.clip_high > 0),
+            ]
+            if not ok
+        ]
 
 
 def informative_groups(rewards: torch.Tensor) -> torch.Tensor:

@@ -9,17 +9,105 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from wmpo_core.cli_args import DEVICE_HELP, torch_device
+from wmpo_core.config_cli import option
 from wmpo_core.episode_store import EpisodeStore
-from wmpo_core.robot_config import RobotConfig
+from wmpo_core.robot_config import RobotConfig, load_robot_config
 from wmpo_core.sim_rollout import train_seeds
 
 from wmpo_learner.grpo.algorithm import GRPOConfig
 from wmpo_learner.imagination_check import imagined_success
+
+IMAGINATION = "imagination (--env imagination)"
+SIM = "simulator baseline (--env sim)"
+
+
+@dataclass
+class GRPORunConfig:
+    """`wmpo grpo`: one GRPO run of a VLA checkpoint, in imagination (WMPO) or in the simulator."""
+
+    policy: Path = option(
+        help="VLA checkpoint directory to start from (--policy: the old spelling)",
+        flag="--from",
+        aliases=("--policy",),
+        metavar="CHECKPOINT",
+    )
+    out: Path = option(help="directory for the improved checkpoint (and logs/)")
+    robot: str = option("so101_sim", "robot config name or YAML")
+    env: Literal["imagination", "sim"] = option("imagination", "where rollouts happen")
+    version: str | None = option(None, "version string of the new policy (None: derived from its weights)")
+    wm: Path | None = option(None, "world-model checkpoint (aligned to this policy)", group=IMAGINATION)
+    reward: Path | None = option(None, "reward-model checkpoint", group=IMAGINATION)
+    store: Path | None = option(
+        None, "episode store whose episodes give the initial frames", group=IMAGINATION
+    )
+    initial_source: Literal["policy", "any"] = option(
+        "policy",
+        "episodes whose first frames start imagination: the policy's rollouts, or any",
+        group=IMAGINATION,
+    )
+    horizon: int | None = option(
+        None, "imagined steps per rollout (None: the robot's episode limit)", group=IMAGINATION
+    )
+    sampling_steps: int | None = option(
+        None, "world-model sampling steps (None: its config)", group=IMAGINATION
+    )
+    guard_frames: int = option(
+        16,
+        "collapse guard: real start frames on which the greedy policy's imagined success is measured "
+        "after every iteration; the best iterate (or the parent) is kept. 0 = off",
+        group=IMAGINATION,
+    )
+    budget: int = option(128, "real episodes the baseline may spend (P)", group=SIM)
+    seed_offset: int = option(
+        100_000, "first training-range seed of the baseline's initial states", group=SIM
+    )
+    microbatch: int = option(16, "trajectories per forward pass (memory only)", group="GRPO")
+    seed: int = option(0, "seed of sampling and initialization", group="GRPO")
+    device: str = option("auto", DEVICE_HELP, type=torch_device, group="GRPO")
+    algorithm: GRPOConfig = field(default_factory=GRPOConfig)
+    """The algorithm's hyper-parameters (their flags come from `GRPOConfig`)."""
+
+
+def grpo(
+    config: GRPORunConfig, episode_ids: list[str] | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """The `wmpo grpo` stage: check the config, then `run_grpo`. Raises ValueError naming the flag."""
+    problems = config.algorithm.problems()
+    if config.microbatch < 1:
+        problems.append("--microbatch must be >= 1")
+    if config.guard_frames < 0:
+        problems.append("--guard-frames must be >= 0")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return run_grpo(
+        policy=config.policy,
+        robot_config=load_robot_config(config.robot),
+        out=config.out,
+        config=config.algorithm,
+        env=config.env,
+        world_model=config.wm,
+        reward_model=config.reward,
+        store=config.store,
+        initial_source=config.initial_source,
+        episode_ids=episode_ids,
+        horizon=config.horizon,
+        sampling_steps=config.sampling_steps,
+        budget=config.budget,
+        seed_offset=config.seed_offset,
+        seed=config.seed,
+        device=config.device,
+        microbatch=config.microbatch,
+        version=config.version,
+        progress=progress,
+        guard_frames=config.guard_frames,
+    )
 
 
 def initial_frames(

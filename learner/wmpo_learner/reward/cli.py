@@ -10,79 +10,69 @@ wmpo reward --store data/test --robot so101_sim --from runs/reward --evaluate   
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
-from wmpo_core.cli_args import add_device_argument
+from wmpo_core.cli_args import DEVICE_HELP, torch_device
+from wmpo_core.config_cli import add_config_arguments, config_from_args, option
 
 if TYPE_CHECKING:
     from wmpo_learner.reward.threshold import EpisodeMetrics
 
 
-def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument(
-        "--store", required=True, help="episode store (Zarr directory) with success-labelled episodes"
+@dataclass
+class RewardConfig:
+    """`wmpo reward`: train (or only re-threshold, or only evaluate) the success reward model."""
+
+    store: Path = option(help="episode store (Zarr directory) with success-labelled episodes")
+    robot: str = option(help="robot config name or YAML path; only its episodes are used")
+    out: Path | None = option(None, "directory to write the checkpoint to (required unless --evaluate)")
+    config: Literal["tiny", "base"] | None = option(
+        None, "model size when training from scratch (None: tiny; 'tiny' = 64 px, CPU-sized)"
     )
-    parser.add_argument(
-        "--robot", required=True, help="robot config name or YAML path; only its episodes are used"
-    )
-    parser.add_argument("--out", help="directory to write the checkpoint to (required unless --evaluate)")
-    parser.add_argument(
-        "--config",
-        choices=["tiny", "base"],
-        default=None,
-        help="model size when training from scratch (default: tiny; 'tiny' = 64 px, CPU-sized)",
-    )
-    parser.add_argument(
-        "--from",
-        dest="init",
+    init: str | None = option(
+        None,
+        "start from a reward model checkpoint directory (continue training; its training episodes are "
+        "never held out) or a pretrained VideoMAE id/path such as MCG-NJU/videomae-base (224 px; needs "
+        "the hub or a local copy)",
+        flag="--from",
         metavar="CKPT_OR_PRETRAINED",
-        help="start from a reward model checkpoint directory (continue training; its training "
-        "episodes are never held out) or a pretrained VideoMAE id/path such as "
-        "MCG-NJU/videomae-base (224 px; needs the hub or a local copy)",
     )
-    parser.add_argument(
-        "--camera", help="camera to classify (default: the checkpoint's, else the robot config's first)"
+    camera: str | None = option(
+        None, "camera to classify (None: the checkpoint's, else the robot config's first)"
     )
-    parser.add_argument(
-        "--steps", type=int, default=1000, help="optimizer steps (default 1000; 0 = only re-threshold --from)"
+    steps: int = option(1000, "optimizer steps (0 = only re-threshold --from)")
+    batch_size: int = option(16, "clips per step, half positive (even)")
+    lr: float | None = option(
+        None, "AdamW learning rate (None: 1e-4 as in the paper when fine-tuning --from, 5e-4 from scratch)"
     )
-    parser.add_argument(
-        "--batch-size", type=int, default=16, help="clips per step, half positive (even; default 16)"
+    weight_decay: float = option(1e-4, "AdamW weight decay")
+    holdout_fraction: float = option(
+        0.25, "fraction of successful and of failed episodes held out to choose the threshold"
     )
-    parser.add_argument(
-        "--lr",
-        type=float,
-        default=None,
-        help="AdamW learning rate (default: 1e-4 as in the paper when fine-tuning --from, 5e-4 from scratch)",
+    keep_overlapping_negatives: bool = option(
+        False,
+        "also use windows of successful episodes that overlap the final (positive) window as negatives "
+        "(by default they are left out as ambiguous)",
     )
-    parser.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")
-    parser.add_argument(
-        "--holdout-fraction",
-        type=float,
-        default=0.25,
-        help="fraction of successful and of failed episodes held out to choose the threshold (default 0.25)",
-    )
-    parser.add_argument(
-        "--keep-overlapping-negatives",
-        action="store_true",
-        help="also use windows of successful episodes that overlap the final (positive) window as "
-        "negatives (default: leave them out as ambiguous)",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the split, initialization and batches (default 0)"
-    )
-    add_device_argument(parser)
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
-    parser.add_argument("--tensorboard", help="TensorBoard log directory (default: OUT/tensorboard)")
-    parser.add_argument(
-        "--evaluate",
-        action="store_true",
-        help="only evaluate the --from checkpoint on every labelled episode of --store at its "
-        "saved threshold; writes nothing",
+    seed: int = option(0, "seed of the split, initialization and batches")
+    device: str = option("auto", DEVICE_HELP, type=torch_device)
+    num_workers: int = option(0, "DataLoader worker processes")
+    tensorboard: Path | None = option(None, "TensorBoard log directory (None: OUT/tensorboard)")
+    evaluate: bool = option(
+        False,
+        "only evaluate the --from checkpoint on every labelled episode of --store at its saved threshold; "
+        "writes nothing",
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    add_config_arguments(parser, RewardConfig)
+
+
+def train_reward(config: RewardConfig) -> int:
+    """The `train_reward` stage; returns the exit status."""
     import logging
     import sys
 
@@ -102,50 +92,50 @@ def run(args: argparse.Namespace) -> int:
         print(f"wmpo reward: {message}", file=sys.stderr)
         return 2
 
-    if not args.evaluate and not args.out:
+    if not config.evaluate and not config.out:
         return fail("--out is required (where to save the checkpoint)")
-    if args.evaluate and not (args.init and is_checkpoint(args.init)):
+    if config.evaluate and not (config.init and is_checkpoint(config.init)):
         return fail("--evaluate needs --from <reward model checkpoint directory>")
-    if args.steps < 0 or args.batch_size < 2 or args.batch_size % 2:
+    if config.steps < 0 or config.batch_size < 2 or config.batch_size % 2:
         return fail("--steps must be >= 0 and --batch-size an even number >= 2")
-    if not 0.0 < args.holdout_fraction < 1.0:
-        return fail(f"--holdout-fraction must be in (0, 1), got {args.holdout_fraction}")
-    if args.init and args.config:
+    if not 0.0 < config.holdout_fraction < 1.0:
+        return fail(f"--holdout-fraction must be in (0, 1), got {config.holdout_fraction}")
+    if config.init and config.config:
         return fail("give either --config (train from scratch) or --from, not both")
-    if args.steps == 0 and not args.init:
+    if config.steps == 0 and not config.init:
         return fail("--steps 0 only re-thresholds an existing model: add --from <checkpoint>")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
 
     try:
-        robot = load_robot_config(args.robot)
-        store = EpisodeStore.open(args.store, mode="r")
+        robot = load_robot_config(config.robot)
+        store = EpisodeStore.open(config.store, mode="r")
     except (RobotConfigError, StoreError, FileNotFoundError) as exc:
         return fail(str(exc))
 
-    torch.manual_seed(args.seed)  # the initialization of a new model's weights and head
+    torch.manual_seed(config.seed)  # the initialization of a new model's weights and head
     already_trained_on: list[str] = []
     try:
-        if args.init and is_checkpoint(args.init):
-            model, meta = load_checkpoint(args.init, device=device)
-            if args.camera and args.camera != model.spec.camera:
+        if config.init and is_checkpoint(config.init):
+            model, meta = load_checkpoint(config.init, device=device)
+            if config.camera and config.camera != model.spec.camera:
                 return fail(
-                    f"checkpoint {args.init} classifies camera '{model.spec.camera}', not '{args.camera}'"
+                    f"checkpoint {config.init} classifies camera '{model.spec.camera}', not '{config.camera}'"
                 )
             already_trained_on = meta.training.episodes if meta.training else []
-            init = f"checkpoint:{args.init}"
+            init = f"checkpoint:{config.init}"
         else:
-            camera = args.camera or robot.camera_names[0]
+            camera = config.camera or robot.camera_names[0]
             robot.camera(camera)  # raises with the list of cameras
-            if args.init:
-                model, init = RewardModel.from_pretrained(args.init, camera), args.init
+            if config.init:
+                model, init = RewardModel.from_pretrained(config.init, camera), config.init
             else:
-                preset = args.config or "tiny"
+                preset = config.config or "tiny"
                 model, init = RewardModel.from_preset(preset, camera), f"preset:{preset}"
             model.to(device)
     except (CheckpointError, KeyError, OSError) as exc:
         return fail(str(exc))
 
-    if args.evaluate:
+    if config.evaluate:
         try:
             metas = labelled_episodes(store, robot.name, model.spec.camera)
         except ValueError as exc:
@@ -155,25 +145,25 @@ def run(args: argparse.Namespace) -> int:
         metrics = episode_metrics(
             [s.max() for s in scores], [bool(m.success) for m in metas], model.threshold
         )
-        _print_metrics(f"{len(ids)} episodes of {args.store}", metrics)
+        _print_metrics(f"{len(ids)} episodes of {config.store}", metrics)
         return 0
 
     from torch.utils.tensorboard import SummaryWriter
 
-    lr = args.lr if args.lr is not None else (1e-4 if args.init else 5e-4)
+    lr = config.lr if config.lr is not None else (1e-4 if config.init else 5e-4)
     settings = TrainSettings(
-        steps=args.steps,
-        batch_size=args.batch_size,
+        steps=config.steps,
+        batch_size=config.batch_size,
         learning_rate=lr,
-        weight_decay=args.weight_decay,
-        holdout_fraction=args.holdout_fraction,
-        seed=args.seed,
-        exclude_overlapping_negatives=not args.keep_overlapping_negatives,
-        num_workers=args.num_workers,
+        weight_decay=config.weight_decay,
+        holdout_fraction=config.holdout_fraction,
+        seed=config.seed,
+        exclude_overlapping_negatives=not config.keep_overlapping_negatives,
+        num_workers=config.num_workers,
     )
-    writer = SummaryWriter(args.tensorboard or f"{args.out}/tensorboard")
+    writer = SummaryWriter(str(config.tensorboard or f"{config.out}/tensorboard"))
     try:
-        meta = train_reward_model(model, store, robot, settings, args.out, init, already_trained_on, writer)
+        meta = train_reward_model(model, store, robot, settings, config.out, init, already_trained_on, writer)
     except ValueError as exc:
         return fail(str(exc))
     finally:
@@ -181,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
     val = meta.validation
     assert val is not None and meta.training is not None
     print(
-        f"\nreward model saved to {args.out} ({init}, {meta.training.steps} steps in "
+        f"\nreward model saved to {config.out} ({init}, {meta.training.steps} steps in "
         f"{meta.training.seconds:.0f} s)"
     )
     _print_metrics(f"{len(val.episodes)} held-out episodes, threshold chosen on them", val.metrics)
@@ -192,6 +182,10 @@ def run(args: argparse.Namespace) -> int:
             "held-out successes"
         )
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return train_reward(config_from_args(RewardConfig, args))
 
 
 def _print_metrics(title: str, m: EpisodeMetrics) -> None:

@@ -12,7 +12,7 @@ compared with the real frame at the same step:
   and its real-action prediction is closer to the real frames than the mirrored one.
 Side-by-side videos real | imagined | imagined with mirrored actions are written as mp4.
 
-    wmpo wm-eval --store data/rollouts --wm data/wm/aligned --episodes last:8 --out data/wm/eval
+    wmpo wm-eval --store data/rollouts --wm data/wm/aligned --select last:8 --out data/wm/eval
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--store", required=True, help="episode store holding the held-out episodes")
     parser.add_argument("--wm", required=True, type=Path, help="world-model checkpoint directory")
     parser.add_argument(
-        "--episodes",
+        "--select",
         default="held-out",
         help="held-out (every episode of the model's robot it was not trained on), first:N, last:N, "
         "or comma-separated episode ids",
@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=8, help="episodes imagined together")
     parser.add_argument(
-        "--videos", type=int, default=4, help="how many episodes to write as side-by-side mp4"
+        "--video-count", type=int, default=4, help="how many episodes to write as side-by-side mp4"
     )
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
     add_device_argument(parser)
@@ -262,14 +262,14 @@ def run(args: argparse.Namespace) -> int:
         wm = WorldModel.load(args.wm, device)
         store = EpisodeStore.open(args.store)
         trained_on = {e for h in wm.provenance.get("history", []) for e in h.get("episodes", [])}
-        spec = None if args.episodes == "held-out" else args.episodes
+        spec = None if args.select == "held-out" else args.select
         source = None if args.source == "any" else args.source
         episodes = [
             m
             for m in select_episodes(store, spec, source=source)
             if m.robot_config_name == wm.robot_config_name
         ]
-        if args.episodes == "held-out":
+        if args.select == "held-out":
             episodes = [m for m in episodes if m.episode_id not in trained_on]
     except (StoreError, WorldModelLoadError, ValueError) as exc:
         return fail(str(exc))
@@ -292,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
         horizon=args.horizon,
         sampling_steps=args.sampling_steps,
         batch_size=args.batch_size,
-        videos=args.videos,
+        videos=args.video_count,
         seed=args.seed,
         label=str(args.wm),
     )

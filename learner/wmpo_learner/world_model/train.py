@@ -11,89 +11,98 @@ docs/world_model.md explains the model, the stages and the checkpoint layout.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
-from wmpo_core.cli_args import add_device_argument
+from wmpo_core.cli_args import DEVICE_HELP, torch_device
+from wmpo_core.config_cli import add_config_arguments, config_from_args, option
 
-TRAIN_FLAGS = {
-    # flag: (TrainConfig field, type, help)
-    "--steps": ("steps", int, "transformer optimiser steps"),
-    "--batch-size": ("batch_size", int, "windows per step per process"),
-    "--lr": ("lr", float, "transformer peak learning rate (AdamW)"),
-    "--warmup-steps": ("warmup_steps", int, "linear learning-rate warm-up steps"),
-    "--grad-clip": ("grad_clip", float, "gradient-norm clip"),
-    "--ema-decay": (
-        "ema_decay",
-        float,
-        "EMA decay of the transformer weights (the saved weights are the EMA)",
-    ),
-    "--vae-steps": (
-        "vae_steps",
-        int,
-        "VAE optimiser steps before the transformer stage (0 = keep the VAE as is)",
-    ),
-    "--vae-batch-size": ("vae_batch_size", int, "frames per VAE step per process"),
-    "--vae-lr": ("vae_lr", float, "VAE learning rate"),
-    "--checkpoint-every": ("checkpoint_every", int, "steps between checkpoints (per stage)"),
-    "--keep-checkpoints": ("keep_checkpoints", int, "how many checkpoints to keep"),
-    "--log-every": ("log_every", int, "steps between TensorBoard/progress-bar updates"),
-    "--seed": ("seed", int, "random seed"),
-}
+OVERRIDES = "training overrides (None: the preset's, or for align the preset's fine-tuning values)"
+
+
+@dataclass(kw_only=True)
+class TrainOverrides:
+    """Optimisation settings that replace the preset's `TrainConfig` values when set."""
+
+    steps: int | None = option(None, "transformer optimiser steps", group=OVERRIDES)
+    batch_size: int | None = option(None, "windows per step per process", group=OVERRIDES)
+    lr: float | None = option(None, "transformer peak learning rate (AdamW)", group=OVERRIDES)
+    warmup_steps: int | None = option(None, "linear learning-rate warm-up steps", group=OVERRIDES)
+    grad_clip: float | None = option(None, "gradient-norm clip", group=OVERRIDES)
+    ema_decay: float | None = option(
+        None, "EMA decay of the transformer weights (the saved weights are the EMA)", group=OVERRIDES
+    )
+    vae_steps: int | None = option(
+        None, "VAE optimiser steps before the transformer stage (0 = keep the VAE as is)", group=OVERRIDES
+    )
+    vae_batch_size: int | None = option(None, "frames per VAE step per process", group=OVERRIDES)
+    vae_lr: float | None = option(None, "VAE learning rate", group=OVERRIDES)
+    checkpoint_every: int | None = option(None, "steps between checkpoints (per stage)", group=OVERRIDES)
+    keep_checkpoints: int | None = option(None, "how many checkpoints to keep", group=OVERRIDES)
+    log_every: int | None = option(None, "steps between TensorBoard/progress-bar updates", group=OVERRIDES)
+    seed: int | None = option(None, "random seed", group=OVERRIDES)
+
+    def overrides(self) -> dict[str, Any]:
+        """The `TrainConfig` values this run sets."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(TrainOverrides)
+            if getattr(self, f.name) is not None
+        }
+
+
+@dataclass(kw_only=True)
+class WorldModelTrainConfig(TrainOverrides):
+    """`wmpo wm-train`: pretrain a world model on stored episodes."""
+
+    store: Path = option(help="episode store to train on")
+    out: Path = option(help="run directory; the finished world model is written here")
+    config: str = option("tiny", "model preset (tiny, xl) or a JSON config file")
+    robot: str = option("so101_sim", "robot config name or path")
+    camera: str | None = option(None, "camera to model (None: the robot's first camera)")
+    source: Literal["policy", "teleop", "scripted", "any"] = option("any", "episode source filter")
+    select: str = option(
+        "all", "episode selection after the filters: all, first:N, last:N, or comma-separated episode ids"
+    )
+    success: Literal["any", "true", "false"] = option("any", "filter by success label")
+    resume: bool = option(False, "continue from the newest checkpoint in --out")
+    device: str = option("auto", DEVICE_HELP, type=torch_device)
+
+
+@dataclass(kw_only=True)
+class AlignConfig(TrainOverrides):
+    """`wmpo align`: Policy Behavior Alignment, fine-tuning a world model on a policy's rollouts."""
+
+    store: Path = option(help="episode store to train on")
+    out: Path = option(help="run directory; the finished world model is written here")
+    init_from: Path = option(help="world-model checkpoint to fine-tune", flag="--from", metavar="CHECKPOINT")
+    policy_version: str | None = option(None, "only episodes recorded by this policy version (None: any)")
+    source: Literal["policy", "teleop", "scripted", "any"] = option("policy", "episode source to align on")
+    robot: str | None = option(None, "robot config name or path (None: the checkpoint's)")
+    select: str = option(
+        "all", "episode selection after the filters: all, first:N, last:N, or comma-separated episode ids"
+    )
+    success: Literal["any", "true", "false"] = option(
+        "any", "filter by success label (alignment keeps failures)"
+    )
+    resume: bool = option(False, "continue from the newest checkpoint in --out")
+    device: str = option("auto", DEVICE_HELP, type=torch_device)
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("--store", required=True, help="episode store to train on")
-    parser.add_argument(
-        "--out", required=True, type=Path, help="run directory; the finished world model is written here"
-    )
-    if command == "align":
-        parser.add_argument(
-            "--from",
-            dest="init_from",
-            metavar="CHECKPOINT",
-            required=True,
-            type=Path,
-            help="world-model checkpoint to fine-tune",
-        )
-        parser.add_argument(
-            "--policy-version", help="only episodes recorded by this policy version (default: any)"
-        )
-        parser.add_argument(
-            "--source",
-            default="policy",
-            choices=["policy", "teleop", "scripted", "any"],
-            help="episode source to align on (default: policy rollouts)",
-        )
-        parser.add_argument("--robot", help="robot config name or path (default: the checkpoint's)")
-    else:
-        parser.add_argument("--config", default="tiny", help="model preset (tiny, xl) or a JSON config file")
-        parser.add_argument("--robot", default="so101_sim", help="robot config name or path")
-        parser.add_argument("--camera", help="camera to model (default: the robot's first camera)")
-        parser.add_argument(
-            "--source",
-            default="any",
-            choices=["policy", "teleop", "scripted", "any"],
-            help="episode source filter",
-        )
-    parser.add_argument(
-        "--episodes",
-        default="all",
-        help="episode selection after the filters: all, first:N, last:N, or comma-separated episode ids",
-    )
-    parser.add_argument(
-        "--success",
-        default="any",
-        choices=["any", "true", "false"],
-        help="filter by success label (alignment keeps failures: the default is any)",
-    )
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    add_device_argument(parser)
-    group = parser.add_argument_group("training overrides (defaults come from the preset)")
-    for flag, (_, kind, help_text) in TRAIN_FLAGS.items():
-        group.add_argument(flag, type=kind, help=help_text)
+    add_config_arguments(parser, AlignConfig if command == "align" else WorldModelTrainConfig)
 
 
 def run(args: argparse.Namespace) -> int:
+    return train_world_model(
+        config_from_args(AlignConfig if args.command == "align" else WorldModelTrainConfig, args)
+    )
+
+
+def train_world_model(config: WorldModelTrainConfig | AlignConfig) -> int:
+    """The `wm-train` or `align` stage (by the config's type); returns the exit status."""
     import sys
 
     from pydantic import ValidationError
@@ -107,50 +116,47 @@ def run(args: argparse.Namespace) -> int:
     from .model import WorldModel, WorldModelLoadError
     from .trainer import TrainingPlan, WorldModelTrainer, latest_checkpoint
 
+    command = "align" if isinstance(config, AlignConfig) else "wm-train"
+
     def fail(message: str) -> int:
-        print(f"wmpo {args.command}: {message}", file=sys.stderr)
+        print(f"wmpo {command}: {message}", file=sys.stderr)
         return 2
 
-    out: Path = args.out
-    if not args.resume and out.exists() and any(out.iterdir()):
+    out: Path = config.out
+    if not config.resume and out.exists() and any(out.iterdir()):
         return fail(f"{out} is not empty; pass --resume to continue that run or choose another --out")
-    if args.resume and latest_checkpoint(out) is None:
+    if config.resume and latest_checkpoint(out) is None:
         print(
-            f"wmpo {args.command}: no checkpoint in {out}/checkpoints yet; starting from the beginning",
+            f"wmpo {command}: no checkpoint in {out}/checkpoints yet; starting from the beginning",
             file=sys.stderr,
         )
     try:
-        if args.command == "align":
-            parent = WorldModel.load(args.init_from)
-            robot = load_robot_config(args.robot or parent.robot_config_name)
+        if command == "align":
+            parent = WorldModel.load(config.init_from)
+            robot = load_robot_config(config.robot or parent.robot_config_name)
             model_config, camera = parent.config, parent.camera
             train = align_train_config(parent.config)
             calibrate = False
             del parent
         else:
-            robot = load_robot_config(args.robot)
-            model_config, train = load_preset(args.config)
-            camera = args.camera or robot.camera_names[0]
+            robot = load_robot_config(config.robot)
+            model_config, train = load_preset(config.config)
+            camera = config.camera or robot.camera_names[0]
             calibrate = model_config.vae.pretrained is None
         if camera not in robot.camera_names:
             return fail(f"robot '{robot.name}' has no camera '{camera}' (cameras: {robot.camera_names})")
-        overrides = {
-            field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in TRAIN_FLAGS.items()
-        }
-        train = train.model_validate(
-            {**train.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
-        )
-        store = EpisodeStore.open(args.store)
-        success = {"any": None, "true": True, "false": False}[args.success]
-        source = None if args.source == "any" else args.source
+        train = train.model_validate({**train.model_dump(), **config.overrides()})
+        store = EpisodeStore.open(config.store)
+        success = {"any": None, "true": True, "false": False}[config.success]
+        source = None if config.source == "any" else config.source
         episodes = [
             m
             for m in select_episodes(
                 store,
-                args.episodes,
+                config.select,
                 source=source,
                 success=success,
-                policy_version=getattr(args, "policy_version", None),
+                policy_version=getattr(config, "policy_version", None),
             )
             if m.robot_config_name == robot.name
         ]
@@ -159,22 +165,22 @@ def run(args: argparse.Namespace) -> int:
     except (StoreError, RobotConfigError, WorldModelLoadError, ValueError) as exc:
         return fail(str(exc))
     if not episodes:
-        return fail(f"no episodes of robot '{robot.name}' in {args.store} match the selection")
+        return fail(f"no episodes of robot '{robot.name}' in {config.store} match the selection")
     plan = TrainingPlan(
-        command=args.command,
-        store=Path(args.store),
+        command=command,
+        store=Path(config.store),
         out=out,
         robot=robot,
         camera=camera,
         episodes=episodes,
         model_config=model_config,
         train=train,
-        init_from=getattr(args, "init_from", None),
-        resume=args.resume,
+        init_from=getattr(config, "init_from", None),
+        resume=config.resume,
         calibrate_latents=calibrate,
     )
     try:
-        ctx = distributed.setup(args.device)
+        ctx = distributed.setup(config.device)
     except (ValueError, RuntimeError) as exc:
         return fail(str(exc))
     try:

@@ -24,5 +24,8 @@ setup(
     maintainer_email="wmpo-stack@users.noreply.github.com",
     description="Shared core of the WMPO stack: robot configs, episode store, policy I/O, safety filter.",
     license="Apache-2.0",
-    entry_points={"console_scripts": ["wmpo = wmpo_core.cli:main"]},
+    entry_points={
+        "console_scripts": ["wmpo = wmpo_core.cli:main"],
+        "wmpo.commands": ["wmpo_core = wmpo_core.commands:COMMANDS"],
+    },
 )

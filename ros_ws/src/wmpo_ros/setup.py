@@ -41,5 +41,6 @@ setup(
             "record_keys = wmpo_ros.record_keys:main",
             "sync_node = wmpo_ros.sync_node:main",
         ],
+        "wmpo.commands": ["wmpo_ros = wmpo_ros.commands:COMMANDS"],
     },
 )

@@ -1,8 +1,9 @@
 """The `wmpo` command: one entry point for the robot side, the data store and the learner.
 
-Subcommands live in the package that owns them and are imported only when used, so
-`wmpo --help` is instant and a robot machine without the learner installed still gets the
-robot commands. Each subcommand module defines `add_arguments(parser, command)` and
+Subcommands live in the package that owns them, which registers them under the `wmpo.commands`
+entry point (pyproject.toml; each ROS package's setup.py for a colcon install). They are imported
+only when used, so `wmpo --help` is instant and a robot machine without the learner installed gets
+the robot commands only. Each subcommand module defines `add_arguments(parser, command)` and
 `run(args) -> int` (`args.command` names the subcommand when one module serves several).
 """
 
@@ -11,43 +12,23 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from importlib.metadata import distributions
 
-# name -> (module, one-line help). Order is the order shown in --help.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("wmpo_learner.main_job", "the whole lifelong loop on one machine (the main job)"),
-    "robot": ("wmpo_ros.bringup", "bring up an arm (sim or real) behind the standard topics"),
-    "teleop": ("wmpo_ros.bringup", "bring up the arm and teleoperate it to record demonstrations"),
-    "deploy": ("wmpo_ros.bringup", "bring up the arm and run a policy on it, recording episodes"),
-    "outbox": (
-        "wmpo_ros.outbox_cli",
-        "a store's upload queue: push it to the learner with no robot running, or show it",
-    ),
-    "policy": (
-        "wmpo_ros.policy_cli",
-        "the robot's running policy: show its versions, roll back to the previous one",
-    ),
-    "store": ("wmpo_core.store_cli", "inspect, verify, import and export episode stores"),
-    "sft": ("wmpo_learner.sft", "behaviour cloning of the VLA on demonstrations"),
-    "eval": ("wmpo_learner.sim_eval", "evaluate a policy checkpoint in the simulator"),
-    "wm-train": ("wmpo_learner.world_model.train", "pretrain the video world model on stored episodes"),
-    "align": (
-        "wmpo_learner.world_model.train",
-        "Policy Behavior Alignment: fine-tune the world model on rollouts",
-    ),
-    "wm-eval": ("wmpo_learner.world_model.evaluate", "world-model quality on held-out episodes"),
-    "wm-few-step": (
-        "wmpo_learner.world_model.few_step",
-        "measure few-step samplers against the default on held-out rollouts; certify the cheapest match",
-    ),
-    "reward": ("wmpo_learner.reward.cli", "train and threshold the success reward model"),
-    "grpo": ("wmpo_learner.grpo.cli", "GRPO of the policy in imagination (or in the simulator)"),
-    "imagination-check": (
-        "wmpo_learner.imagination_check",
-        "can GRPO trust imagination? outcome agreement and policy ranking on real rollouts",
-    ),
-    "iterate": ("wmpo_learner.iterate", "one lifelong round: align, reward, GRPO, evaluate, new version"),
-    "serve": ("wmpo_learner.service.app", "the learner service: episode ingestion and policy registry"),
-}
+ENTRY_POINT_GROUP = "wmpo.commands"
+"""Each installed package of the stack registers its `COMMANDS` dict (name -> (module, one-line
+help)) here: `wmpo_core.commands`, `wmpo_ros.commands`, `wmpo_learner.commands`."""
+
+
+def installed_commands() -> dict[str, tuple[str, str]]:
+    """Every registered command, by package (core, learner, robot side), in each package's order."""
+    # Every distribution's entries, not `entry_points(group=...)`: that keeps one distribution per
+    # name, and under `python -m` a stale `wmpo_stack.egg-info` in the working directory (left by an
+    # older `pip install -e`) would hide the installed registrations.
+    entries = {e.name: e for d in distributions() for e in d.entry_points if e.group == ENTRY_POINT_GROUP}
+    found: dict[str, tuple[str, str]] = {}
+    for name in sorted(entries):
+        found.update(entries[name].load())
+    return found
 
 
 class _MissingCommand(Exception):
@@ -55,7 +36,7 @@ class _MissingCommand(Exception):
 
 
 def _load(name: str):
-    module_name, _ = COMMANDS[name]
+    module_name, _ = installed_commands()[name]
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -74,7 +55,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "world model, push the new weights back. `wmpo <command> --help` explains each command.",
     )
     sub = parser.add_subparsers(dest="command", metavar="<command>")
-    for name, (_, help_text) in COMMANDS.items():
+    for name, (_, help_text) in installed_commands().items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == only:
             _load(name).add_arguments(p, name)
@@ -84,7 +65,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     name = next((a for a in argv if not a.startswith("-")), None)
-    if name is not None and name not in COMMANDS:
+    if name is not None and name not in installed_commands():
         build_parser().parse_args(argv)  # argparse prints the valid choices and exits 2
     try:
         parser = build_parser(only=name)

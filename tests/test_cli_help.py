@@ -1,0 +1,106 @@
+"""The `wmpo` command: each package registers its own commands (entry points), every command's
+`--help` works, and a stage's flags are its config's fields, each listed with its default.
+
+Real parts: the installed entry points and the real argparse parser of `wmpo`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+from wmpo_core.cli import build_parser, installed_commands
+from wmpo_core.config_cli import config_from_args, flag_of
+from wmpo_learner.grpo.algorithm import GRPOConfig
+from wmpo_learner.grpo.run import GRPORunConfig
+from wmpo_learner.imagination_check import ImaginationCheckConfig
+from wmpo_learner.iterate import IterateConfig
+from wmpo_learner.reward.cli import RewardConfig
+from wmpo_learner.sft import SFTConfig
+from wmpo_learner.sim_eval import EvalConfig
+from wmpo_learner.world_model.train import AlignConfig, WorldModelTrainConfig
+
+STAGE_CONFIGS: dict[str, tuple[type, ...]] = {
+    "sft": (SFTConfig,),
+    "eval": (EvalConfig,),
+    "wm-train": (WorldModelTrainConfig,),
+    "align": (AlignConfig,),
+    "reward": (RewardConfig,),
+    "grpo": (GRPORunConfig, GRPOConfig),
+    "imagination-check": (ImaginationCheckConfig,),
+    "iterate": (IterateConfig,),
+}
+
+
+def help_text(command: str) -> str:
+    parser = build_parser(only=command)
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    return " ".join(sub.format_help().split())
+
+
+def test_each_package_registers_its_own_commands():
+    commands = installed_commands()
+    assert {"store", "robot", "teleop", "deploy", "sft", "grpo", "iterate", "run", "serve"} <= set(commands)
+    for name, (module, _) in commands.items():
+        owner = module.split(".")[0]
+        assert owner in ("wmpo_core", "wmpo_ros", "wmpo_learner"), name
+    robot_side = {n for n, (m, _) in commands.items() if m.startswith("wmpo_ros.")}
+    assert robot_side == {"robot", "teleop", "deploy", "outbox", "policy"}
+
+
+@pytest.mark.parametrize("command", sorted(installed_commands()))
+def test_every_command_has_a_help(command):
+    text = help_text(command)
+    assert text.startswith(f"usage: wmpo {command}")
+
+
+@pytest.mark.parametrize("command", sorted(STAGE_CONFIGS))
+def test_a_stage_help_lists_every_config_field_with_its_default(command):
+    text = help_text(command)
+    for cls in STAGE_CONFIGS[command]:
+        for field in dataclasses.fields(cls):
+            if "help" not in field.metadata:
+                continue
+            flag = flag_of(field)
+            assert re.search(rf"{re.escape(flag)}\b", text), (command, flag)
+            default = field.default
+            if default in (dataclasses.MISSING, None, False) or field.type == "bool":
+                continue
+            assert f"(default: {default})" in text, (command, flag, default)
+
+
+def test_argv_and_a_config_built_in_code_are_the_same_config(tmp_path):
+    argv = ["grpo", "--policy", str(tmp_path / "p"), "--out", str(tmp_path / "o"), "--env", "sim"]
+    argv += ["--group-size", "4", "--minibatch", "8", "--budget", "12", "--device", "cpu"]
+    args = build_parser(only="grpo").parse_args(argv)
+    parsed = config_from_args(GRPORunConfig, args, algorithm=config_from_args(GRPOConfig, args))
+    built = GRPORunConfig(
+        policy=tmp_path / "p",
+        out=tmp_path / "o",
+        env="sim",
+        budget=12,
+        device="cpu",
+        algorithm=GRPOConfig(group_size=4, minibatch_trajectories=8),
+    )
+    assert parsed == built
+    args = build_parser(only="iterate").parse_args(
+        [
+            "iterate",
+            "--store",
+            "s",
+            "--policy",
+            "p",
+            "--wm",
+            "w",
+            "--out",
+            "o",
+            "--set",
+            "a=1",
+            "--set",
+            "b=2",
+        ]
+    )
+    config = config_from_args(IterateConfig, args)
+    assert config.overrides == ["a=1", "b=2"] and config.store == Path("s")
