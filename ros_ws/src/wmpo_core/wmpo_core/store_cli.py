@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         "info", help="summary of a store: episodes by source, success, robot, policy version"
     )
     info.add_argument("store", type=Path, help="path of the episode store (a .zarr directory)")
-    info.add_argument("--episodes", action="store_true", help="also list every episode")
+    info.add_argument("--list", action="store_true", help="also list every episode")
 
     verify = sub.add_parser(
         "verify", help="decode every array of every episode; exit 1 if anything is unreadable"
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.store_command == "info":
-            return _info(EpisodeStore.open(args.store), args.episodes)
+            return _info(EpisodeStore.open(args.store), args.list)
         if args.store_command == "verify":
             return _verify(EpisodeStore.open(args.store))
         if args.store_command == "label":

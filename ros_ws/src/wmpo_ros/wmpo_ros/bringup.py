@@ -82,15 +82,25 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     )
     if command == "teleop":
         parser.add_argument(
-            "--device",
+            "--teleop-device",
             default=TELEOP["device"].default,
             choices=["auto", "scripted", "keyboard", "gamepad", "so101_leader"],
             help="teleop device; auto = the scripted expert in a simulation that has one, else keyboard "
             "(default: %(default)s)",
         )
-        parser.add_argument("--device-port", default="", help="serial port of a leader arm (so101_leader)")
         parser.add_argument(
-            "--device-id", default="", help="LeRobot id of a leader arm (its calibration file)"
+            "--teleop-port",
+            "--device-port",  # deprecated spelling, same meaning
+            dest="teleop_port",
+            default="",
+            help="serial port of a leader arm (so101_leader)",
+        )
+        parser.add_argument(
+            "--teleop-id",
+            "--device-id",  # deprecated spelling, same meaning
+            dest="teleop_id",
+            default="",
+            help="LeRobot id of a leader arm (its calibration file)",
         )
     else:
         parser.add_argument(
@@ -175,7 +185,7 @@ def session_arguments(args: argparse.Namespace) -> dict[str, Any]:
         "ros_domain": args.ros_domain,
     }  # fmt: skip
     if args.command == "teleop":
-        kwargs["device"] = args.device
+        kwargs["device"] = args.teleop_device
     else:
         kwargs.update(
             policy=args.policy, dry_run=args.dry_run, refill_threshold=args.refill_threshold,
@@ -242,7 +252,10 @@ def run(args: argparse.Namespace) -> int:
         with RobotSession(**session_arguments(args)) as robot:
             if args.command == "teleop":
                 metas = robot.teleop(
-                    args.episodes, device=args.device, device_port=args.device_port, device_id=args.device_id
+                    args.episodes,
+                    device=args.teleop_device,
+                    device_port=args.teleop_port,
+                    device_id=args.teleop_id,
                 )
             else:
                 if not args.policy:
