@@ -8,13 +8,10 @@ import os
 import pytest
 import torch
 from test_world_model import fresh_model
-from transformers import VideoMAEConfig, VideoMAEForVideoClassification
 from wmpo_core.checkpoint import CheckpointError, CheckpointFormat, tensors_sha256, weight_problems
 from wmpo_learner.reward.checkpoint import CheckpointError as RewardCheckpointError
 from wmpo_learner.reward.checkpoint import load_checkpoint as load_reward
 from wmpo_learner.reward.checkpoint import save_checkpoint as save_reward
-from wmpo_learner.reward.model import RewardModel
-from wmpo_learner.reward.preprocessing import PreprocessSpec
 from wmpo_learner.world_model import WorldModel
 from wmpo_learner.world_model.model import WorldModelLoadError
 
@@ -107,25 +104,7 @@ def test_weight_problems_cover_keys_shapes_dtypes_and_non_finite_values():
         TOY.check_weights({}, {"a": torch.zeros(1)}, source="here")
 
 
-def tiny_reward_model() -> RewardModel:
-    torch.manual_seed(0)
-    config = VideoMAEConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_frames=8,
-        tubelet_size=2,
-        num_labels=1,
-        problem_type="multi_label_classification",
-    )
-    spec = PreprocessSpec(camera="front", image_size=32, num_frames=8)
-    return RewardModel(VideoMAEForVideoClassification(config), spec).eval()
-
-
-def test_reward_checkpoints_refuse_symlinks_and_non_finite_weights(tmp_path):
+def test_reward_checkpoints_refuse_symlinks_and_non_finite_weights(tiny_reward_model, tmp_path):
     model = tiny_reward_model()
     save_reward(model, tmp_path / "rm")
     load_reward(tmp_path / "rm")

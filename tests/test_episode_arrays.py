@@ -5,22 +5,19 @@ import pytest
 from wmpo_core.episode_arrays import load_episode
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.image_ops import resize_frames
-from wmpo_core.robot_config import load_robot_config
-
-ROBOT = load_robot_config("so101_sim")
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("arrays") / "store"
+def store(tmp_path_factory, write_episode_store):
     rng = np.random.default_rng(0)
-    with EpisodeStore.open(path, mode="a", durable=False) as writer:
-        episode = writer.begin_episode(ROBOT, source="scripted", task="pick up the cube", episode_id="ep_a")
-        for t in range(6):
-            frame = rng.integers(0, 256, size=(128, 128, 3), dtype=np.uint8)
-            episode.append({"front": frame}, np.full(6, 0.1 * t), np.full(4, 0.25 * t), time=1000.0 + 0.1 * t)
-        episode.commit(success=True, success_labeled_by="env")
-    return EpisodeStore.open(path, mode="r")
+    episode = {
+        "frames": rng.integers(0, 256, size=(6, 128, 128, 3), dtype=np.uint8),
+        "states": np.arange(6)[:, None] * np.full((6, 6), 0.1),
+        "actions": np.arange(6)[:, None] * np.full((6, 4), 0.25),
+        "source": "scripted",
+        "episode_id": "ep_a",
+    }
+    return EpisodeStore.open(write_episode_store(tmp_path_factory.mktemp("arrays") / "store", [episode]))
 
 
 def test_frames_are_resized_once_and_arrays_are_float64(store):

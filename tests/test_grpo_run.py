@@ -8,34 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from wmpo_core.normalization import ActionNormalizer
-from wmpo_core.robot_config import parse_robot_config
-from wmpo_core.vla.checkpoint import load_checkpoint, read_manifest, save_checkpoint
-from wmpo_core.vla.config import load_recipe
-from wmpo_core.vla.model import VLA
+from wmpo_core.vla.checkpoint import load_checkpoint, read_manifest
 from wmpo_learner.grpo.algorithm import GRPOConfig
 from wmpo_learner.grpo.rollouts import BudgetExhausted, SimSource
 from wmpo_learner.grpo.run import run_grpo
 
 
-@pytest.fixture(scope="module")
-def short_robot():
-    """so101_sim with 1.6 s episodes (16 steps = 2 chunks): real MuJoCo, test-sized."""
-    data = yaml.safe_load((Path(__file__).parents[1] / "robot_configs" / "so101_sim.yaml").read_text())
-    data["episode_time_limit_s"] = 1.6
-    return parse_robot_config(data, source="so101_sim (short episodes)")
-
-
-def tiny_vla_checkpoint(robot, path: Path, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    vla = VLA.create(load_recipe("tiny").model, robot, ActionNormalizer([-1, -1, -1, 0], [1, 1, 1, 1]))
-    save_checkpoint(vla, path, robot, version=f"test-base-{seed}")
-    return path
-
-
-def test_sim_source_groups_share_a_seed_and_respect_the_budget(short_robot, tmp_path: Path) -> None:
-    vla = load_checkpoint(tiny_vla_checkpoint(short_robot, tmp_path / "base"), short_robot)
+def test_sim_source_groups_share_a_seed_and_respect_the_budget(
+    tiny_vla_checkpoint, short_robot, tmp_path: Path
+) -> None:
+    vla = load_checkpoint(
+        tiny_vla_checkpoint(short_robot, tmp_path / "base", version="test-base-0"), short_robot
+    )
     source = SimSource(short_robot, seeds=[11, 12], budget_episodes=6)
     generator = torch.Generator().manual_seed(0)
     try:
@@ -54,8 +39,10 @@ def test_sim_source_groups_share_a_seed_and_respect_the_budget(short_robot, tmp_
         source.close()
 
 
-def test_sim_baseline_spends_exactly_its_budget_and_records_provenance(short_robot, tmp_path: Path) -> None:
-    base = tiny_vla_checkpoint(short_robot, tmp_path / "base")
+def test_sim_baseline_spends_exactly_its_budget_and_records_provenance(
+    tiny_vla_checkpoint, short_robot, tmp_path: Path
+) -> None:
+    base = tiny_vla_checkpoint(short_robot, tmp_path / "base", version="test-base-0")
     config = GRPOConfig(
         group_size=2,
         groups_per_batch=2,
@@ -82,7 +69,7 @@ def test_sim_baseline_spends_exactly_its_budget_and_records_provenance(short_rob
 # ---------------------------------------------------------------------------- imagination
 
 
-def _imagination_parts(robot, tmp_path: Path):
+def _imagination_parts(robot, tmp_path: Path, tiny_vla_checkpoint):
     """Untrained but real tiny world model, reward model and VLA, plus a store of real first frames."""
     from wmpo_core.episode_store import EpisodeStore
     from wmpo_learner.reward.checkpoint import save_checkpoint as save_reward
@@ -111,14 +98,16 @@ def _imagination_parts(robot, tmp_path: Path):
         writer.commit(success=False, success_labeled_by="env")
     store.close()
     return (
-        tiny_vla_checkpoint(robot, tmp_path / "base"),
+        tiny_vla_checkpoint(robot, tmp_path / "base", version="test-base-0"),
         tmp_path / "wm",
         tmp_path / "reward",
         tmp_path / "store.zarr",
     )
 
 
-def test_imagined_groups_scored_by_the_reward_model_drive_the_update(short_robot, tmp_path: Path) -> None:
+def test_imagined_groups_scored_by_the_reward_model_drive_the_update(
+    tiny_vla_checkpoint, short_robot, tmp_path: Path
+) -> None:
     from wmpo_learner.grpo.algorithm import group_advantages, informative_groups
     from wmpo_learner.grpo.rollouts import ImaginationSource
     from wmpo_learner.grpo.run import initial_frames
@@ -126,7 +115,7 @@ def test_imagined_groups_scored_by_the_reward_model_drive_the_update(short_robot
     from wmpo_learner.reward.checkpoint import load_checkpoint as load_reward
     from wmpo_learner.world_model import WorldModel
 
-    base, wm_path, reward_path, store = _imagination_parts(short_robot, tmp_path)
+    base, wm_path, reward_path, store = _imagination_parts(short_robot, tmp_path, tiny_vla_checkpoint)
     vla = load_checkpoint(base, short_robot)
     frames, texts, ids = initial_frames(store, short_robot, "front")
     assert frames.shape == (3, 128, 128, 3) and len(ids) == 3
@@ -178,8 +167,10 @@ def test_imagined_groups_scored_by_the_reward_model_drive_the_update(short_robot
     assert change[advantages > 0].mean() > 0 > change[advantages < 0].mean()
 
 
-def test_grpo_in_imagination_writes_a_new_version_naming_its_sources(short_robot, tmp_path: Path) -> None:
-    base, wm_path, reward_path, store = _imagination_parts(short_robot, tmp_path)
+def test_grpo_in_imagination_writes_a_new_version_naming_its_sources(
+    tiny_vla_checkpoint, short_robot, tmp_path: Path
+) -> None:
+    base, wm_path, reward_path, store = _imagination_parts(short_robot, tmp_path, tiny_vla_checkpoint)
     config = GRPOConfig(
         group_size=2, groups_per_batch=2, minibatch_trajectories=4, iterations=1, max_resample_rounds=0
     )

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_grpo_run import _imagination_parts, short_robot, tiny_vla_checkpoint  # noqa: F401  (fixture)
+from test_grpo_run import _imagination_parts
 from wmpo_core.cli import main as wmpo
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.vla.checkpoint import load_checkpoint
@@ -44,7 +44,7 @@ def _labelled_store(robot, path: Path) -> Path:
 
 
 def _with_threshold(reward_path: Path, threshold: float, out: Path) -> Path:
-    model, meta = load_reward(reward_path)
+    model, _ = load_reward(reward_path)
     model.threshold = threshold
     save_reward(model, out)
     return out
@@ -52,16 +52,17 @@ def _with_threshold(reward_path: Path, threshold: float, out: Path) -> Path:
 
 @pytest.mark.parametrize(("threshold", "predicted"), [(0.0, True), (1.0, False)])
 def test_outcome_agreement_counts_every_episode_against_its_real_label(
-    short_robot, tmp_path: Path, threshold, predicted
+    tiny_vla_checkpoint, short_robot, tmp_path: Path, threshold, predicted
 ) -> None:
-    base, wm, reward, _ = _imagination_parts(short_robot, tmp_path)
+    _, wm, reward, _ = _imagination_parts(short_robot, tmp_path, tiny_vla_checkpoint)
     store = _labelled_store(short_robot, tmp_path / "rollouts.zarr")
     reward = _with_threshold(reward, threshold, tmp_path / "reward_t")
     evals = []
     for i, rate in enumerate((0.1, 0.2, 0.3)):
         (tmp_path / f"eval{i}.json").write_text(json.dumps({"success": {"rate": rate}}))
         evals.append(
-            f"{tiny_vla_checkpoint(short_robot, tmp_path / f'p{i}', seed=i)}={tmp_path / f'eval{i}.json'}"
+            f"{tiny_vla_checkpoint(short_robot, tmp_path / f'p{i}', seed=i, version=f'test-base-{i}')}="
+            f"{tmp_path / f'eval{i}.json'}"
         )
     out = tmp_path / "check.json"
     robot_yaml = tmp_path / "so101_sim.yaml"
@@ -113,8 +114,10 @@ def test_outcome_agreement_counts_every_episode_against_its_real_label(
     assert ranking["spearman"] is None  # constant imagined success has no rank correlation
 
 
-def test_imagination_check_refuses_bad_input_in_one_line(short_robot, tmp_path: Path, capsys) -> None:
-    _, wm, reward, store = _imagination_parts(short_robot, tmp_path)
+def test_imagination_check_refuses_bad_input_in_one_line(
+    tiny_vla_checkpoint, short_robot, tmp_path: Path, capsys
+) -> None:
+    _, wm, reward, store = _imagination_parts(short_robot, tmp_path, tiny_vla_checkpoint)
     assert (
         wmpo(
             [
@@ -150,8 +153,10 @@ def test_imagination_check_refuses_bad_input_in_one_line(short_robot, tmp_path: 
     assert err.startswith("wmpo imagination-check:") and "\n" not in err
 
 
-def test_collapse_guard_keeps_the_best_iterate_or_the_parent(short_robot, tmp_path: Path) -> None:
-    base, wm_path, reward_path, store = _imagination_parts(short_robot, tmp_path)
+def test_collapse_guard_keeps_the_best_iterate_or_the_parent(
+    tiny_vla_checkpoint, short_robot, tmp_path: Path
+) -> None:
+    base, wm_path, reward_path, store = _imagination_parts(short_robot, tmp_path, tiny_vla_checkpoint)
     reward, _ = load_reward(reward_path)
     frames, texts, _ = initial_frames(store, short_robot, "front")
     config = GRPOConfig(
@@ -206,8 +211,10 @@ def test_collapse_guard_keeps_the_best_iterate_or_the_parent(short_robot, tmp_pa
     assert all(torch.equal(v, snapshots[0][k]) for k, v in vla.state_dict().items())  # the parent's weights
 
 
-def test_grpo_in_imagination_records_what_the_guard_kept(short_robot, tmp_path: Path) -> None:
-    base, wm_path, reward_path, store = _imagination_parts(short_robot, tmp_path)
+def test_grpo_in_imagination_records_what_the_guard_kept(
+    tiny_vla_checkpoint, short_robot, tmp_path: Path
+) -> None:
+    base, wm_path, reward_path, store = _imagination_parts(short_robot, tmp_path, tiny_vla_checkpoint)
     config = GRPOConfig(
         group_size=2, groups_per_batch=2, minibatch_trajectories=4, iterations=2, max_resample_rounds=0
     )
@@ -230,8 +237,10 @@ def test_grpo_in_imagination_records_what_the_guard_kept(short_robot, tmp_path: 
     assert saved["guard"]["best_iteration"] in (-1, 0, 1) and saved["iterations"] == 2
 
 
-def test_calibration_rethresholds_the_reward_model_on_imagined_replays(short_robot, tmp_path: Path) -> None:
-    _, wm, reward, _ = _imagination_parts(short_robot, tmp_path)
+def test_calibration_rethresholds_the_reward_model_on_imagined_replays(
+    tiny_vla_checkpoint, short_robot, tmp_path: Path
+) -> None:
+    _, wm, reward, _ = _imagination_parts(short_robot, tmp_path, tiny_vla_checkpoint)
     store = _labelled_store(short_robot, tmp_path / "rollouts.zarr")
     robot_yaml = tmp_path / "so101_sim.yaml"
     data = yaml.safe_load((Path(__file__).parents[1] / "robot_configs" / "so101_sim.yaml").read_text())

@@ -26,11 +26,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from std_msgs.msg import String
 from wmpo_core.cli import main as wmpo_main
-from wmpo_core.normalization import ActionNormalizer
 from wmpo_core.robot_config import load_robot_config
 from wmpo_core.vla.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, tensors_sha256
-from wmpo_core.vla.config import load_recipe
-from wmpo_core.vla.model import VLA
 from wmpo_ros.messages import LATCHED_QOS, CommandCodec
 from wmpo_ros.policy_node import PolicyNode
 
@@ -86,11 +83,10 @@ BAD = {
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> dict[str, Path]:
+def checkpoints(tmp_path_factory, tiny_vla) -> dict[str, Path]:
     """A good tiny checkpoint ('good'), a second good one ('good-v2'), each bad kind, and 'symlink'."""
     root = tmp_path_factory.mktemp("verify")
-    torch.manual_seed(0)
-    model = VLA.create(load_recipe("tiny").model, SIM, ActionNormalizer([-1, -1, -1, 0], [1, 1, 1, 1])).eval()
+    model = tiny_vla(SIM)
     save_checkpoint(model, root / "good", SIM, version="good-v1")
     with torch.no_grad():
         for p in model.action_head.parameters():
@@ -172,9 +168,8 @@ def test_wmpo_policy_verify_accepts_a_good_checkpoint_as_a_command(checkpoints):
     assert bad.returncode == 1 and EXPECTED["all-nan"] in bad.stderr
 
 
-def test_save_refuses_non_finite_or_other_dtype_weights_and_writes_nothing(tmp_path):
-    torch.manual_seed(0)
-    model = VLA.create(load_recipe("tiny").model, SIM, ActionNormalizer([-1, -1, -1, 0], [1, 1, 1, 1])).eval()
+def test_save_refuses_non_finite_or_other_dtype_weights_and_writes_nothing(tiny_vla, tmp_path):
+    model = tiny_vla(SIM)
     with torch.no_grad():
         model.action_queries[0, 0] = float("nan")
     with pytest.raises(
@@ -185,7 +180,7 @@ def test_save_refuses_non_finite_or_other_dtype_weights_and_writes_nothing(tmp_p
     with torch.no_grad():
         model.action_queries[0, 0] = 0.0
     model.action_head.half()
-    with pytest.raises(CheckpointError, match="stored as torch.float16, model has torch.float32"):
+    with pytest.raises(CheckpointError, match=r"stored as torch.float16, model has torch.float32"):
         save_checkpoint(model, tmp_path / "half", SIM)
     assert not (tmp_path / "half").exists()
 

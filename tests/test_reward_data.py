@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 from wmpo_core.episode_store import EpisodeStore
-from wmpo_core.robot_config import load_robot_config
 from wmpo_learner.reward.dataset import (
     BalancedBatchSampler,
     Clip,
@@ -20,22 +19,12 @@ from wmpo_learner.reward.preprocessing import PreprocessSpec, preprocess
 from wmpo_learner.reward.windows import window_ends, window_frame_indices
 
 N = 8
-ROBOT = load_robot_config("so101_sim")
 
 
 def step_frames(episode: int, num_steps: int) -> np.ndarray:
     """Frame t of episode k is uniformly (10 k + t): every stored frame is identifiable."""
     values = (10 * episode + np.arange(num_steps)).astype(np.uint8)
     return np.broadcast_to(values[:, None, None, None], (num_steps, 128, 128, 3)).copy()
-
-
-def write_episode(store: EpisodeStore, frames: np.ndarray, success: bool | None, episode_id: str) -> None:
-    writer = store.begin_episode(
-        robot_config=ROBOT, source="policy", task="pick up the cube", episode_id=episode_id
-    )
-    for t, frame in enumerate(frames):
-        writer.append({"front": frame}, np.zeros(6), np.zeros(4), time=1000.0 + 0.1 * t)
-    writer.commit(success=success, success_labeled_by="env" if success is not None else None)
 
 
 # (episode id, steps, success)
@@ -50,12 +39,13 @@ EPISODES = [
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, write_episode_store):
     path = tmp_path_factory.mktemp("reward_data") / "store"
-    with EpisodeStore.open(path, mode="a") as writer:
-        for k, (episode_id, steps, success) in enumerate(EPISODES):
-            write_episode(writer, step_frames(k, steps), success, episode_id)
-    return EpisodeStore.open(path, mode="r")
+    episodes = [
+        {"frames": step_frames(k, steps), "success": success, "episode_id": episode_id}
+        for k, (episode_id, steps, success) in enumerate(EPISODES)
+    ]
+    return EpisodeStore.open(write_episode_store(path, episodes), mode="r")
 
 
 def test_window_geometry():
@@ -84,7 +74,7 @@ def test_labelled_episodes_skip_unlabelled_and_check_the_camera(store):
     assert sorted(m.episode_id for m in metas) == sorted(e for e, _, s in EPISODES if s is not None)
     with pytest.raises(ValueError, match="no camera 'wrist'"):
         labelled_episodes(store, "so101_sim", "wrist")
-    with pytest.raises(ValueError, match="no episodes recorded with robot config 'ur5e'.*so101_sim"):
+    with pytest.raises(ValueError, match=r"no episodes recorded with robot config 'ur5e'.*so101_sim"):
         labelled_episodes(store, "ur5e", "front")
 
 

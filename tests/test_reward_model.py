@@ -21,24 +21,6 @@ from wmpo_learner.reward.windows import window_ends, window_frame_indices
 N = 8
 
 
-def small_model(seed: int = 0, threshold: float = 0.5) -> RewardModel:
-    torch.manual_seed(seed)
-    config = VideoMAEConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_frames=N,
-        tubelet_size=2,
-        num_labels=1,
-        problem_type="multi_label_classification",
-    )
-    spec = PreprocessSpec(camera="front", image_size=32, num_frames=N)
-    return RewardModel(VideoMAEForVideoClassification(config), spec, threshold=threshold).eval()
-
-
 def random_episode(steps: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (steps, 48, 48, 3), dtype=np.uint8)
 
@@ -53,7 +35,7 @@ def test_tiny_preset_is_videomae_with_one_logit():
         RewardModel.from_preset("huge", camera="front")
 
 
-def test_inconsistent_configs_are_refused():
+def test_inconsistent_configs_are_refused(tiny_reward_model):
     spec = PreprocessSpec(camera="front", image_size=32, num_frames=N)
     two_logits = VideoMAEConfig(
         image_size=32,
@@ -68,11 +50,11 @@ def test_inconsistent_configs_are_refused():
     with pytest.raises(ValueError, match=r"num_labels=2.*problem_type=None"):
         RewardModel(VideoMAEForVideoClassification(two_logits), spec)
     with pytest.raises(ValueError, match="image_size=32 but preprocessing uses 64"):
-        RewardModel(small_model().classifier, spec.model_copy(update={"image_size": 64}))
+        RewardModel(tiny_reward_model().classifier, spec.model_copy(update={"image_size": 64}))
 
 
-def test_training_loss_and_scoring_use_the_same_rule():
-    model = small_model()
+def test_training_loss_and_scoring_use_the_same_rule(tiny_reward_model):
+    model = tiny_reward_model()
     clips = np.stack([random_episode(N, s) for s in range(4)])
     labels = torch.tensor([1.0, 0.0, 1.0, 0.0])
     pixels = preprocess(clips, model.spec)
@@ -95,8 +77,8 @@ def test_training_loss_and_scoring_use_the_same_rule():
     )
 
 
-def test_training_with_the_loss_moves_the_score_the_right_way():
-    model = small_model().train()
+def test_training_with_the_loss_moves_the_score_the_right_way(tiny_reward_model):
+    model = tiny_reward_model().train()
     clips = np.stack([random_episode(N, 10), random_episode(N, 11)])
     labels = torch.tensor([1.0, 0.0])
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -110,8 +92,8 @@ def test_training_with_the_loss_moves_the_score_the_right_way():
     assert scores[0] > 0.9 and scores[1] < 0.1
 
 
-def test_scores_cover_every_stride_1_window():
-    model = small_model()
+def test_scores_cover_every_stride_1_window(tiny_reward_model):
+    model = tiny_reward_model()
     episode = random_episode(20, 1)
     detection = model.detect(episode)
     ends = window_ends(20, N)
@@ -128,8 +110,8 @@ def test_scores_cover_every_stride_1_window():
     assert (none.success, none.finish_step) == (False, None)
 
 
-def test_short_episodes_are_scored_not_failed():
-    model = small_model()
+def test_short_episodes_are_scored_not_failed(tiny_reward_model):
+    model = tiny_reward_model()
     for steps in (1, 3, 7):
         episode = random_episode(steps, steps)
         detection = model.detect(episode, threshold=0.0)
@@ -144,8 +126,8 @@ def test_short_episodes_are_scored_not_failed():
         assert not model.detect(episode, threshold=min(score + 1e-3, 1.0 + 1e-3)).success
 
 
-def test_batched_detection_equals_one_by_one():
-    model = small_model()
+def test_batched_detection_equals_one_by_one(tiny_reward_model):
+    model = tiny_reward_model()
     episodes = [random_episode(t, 100 + t) for t in (3, 8, 9, 20, 31)]
     one_by_one = [model.detect(e) for e in episodes]
     for batch_size in (1, 5, 64):
@@ -169,8 +151,8 @@ def test_batched_detection_equals_one_by_one():
         model.detect(padded[0].astype(np.float32))
 
 
-def test_checkpoint_round_trip(tmp_path):
-    model = small_model(seed=1, threshold=0.37)
+def test_checkpoint_round_trip(tiny_reward_model, tmp_path):
+    model = tiny_reward_model(seed=1, threshold=0.37)
     meta = save_checkpoint(model, tmp_path / "ckpt")
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
         "config.json",
@@ -189,9 +171,9 @@ def test_checkpoint_round_trip(tmp_path):
     assert raw["preprocessing"]["mean"] == list(model.spec.mean) and raw["threshold"] == 0.37
 
 
-def test_tampered_checkpoints_are_refused(tmp_path):
+def test_tampered_checkpoints_are_refused(tiny_reward_model, tmp_path):
     ckpt = tmp_path / "ckpt"
-    save_checkpoint(small_model(), ckpt)
+    save_checkpoint(tiny_reward_model(), ckpt)
     weights = ckpt / "model.safetensors"
     original = weights.read_bytes()
     corrupted = bytearray(original)
@@ -209,11 +191,11 @@ def test_tampered_checkpoints_are_refused(tmp_path):
         load_checkpoint(ckpt)
 
 
-def test_weights_missing_a_tensor_are_refused_even_with_matching_hashes(tmp_path):
+def test_weights_missing_a_tensor_are_refused_even_with_matching_hashes(tiny_reward_model, tmp_path):
     """A weights file that does not fit the config never loads with random stand-ins."""
 
     ckpt = tmp_path / "ckpt"
-    save_checkpoint(small_model(), ckpt)
+    save_checkpoint(tiny_reward_model(), ckpt)
     state = load_file(ckpt / "model.safetensors")
     state.pop("classifier.weight")
     save_file(state, ckpt / "model.safetensors")

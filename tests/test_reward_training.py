@@ -2,14 +2,10 @@
 
 import numpy as np
 import pytest
-import torch
-from transformers import VideoMAEConfig, VideoMAEForVideoClassification
 from wmpo_core.cli import main as wmpo
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.robot_config import load_robot_config
 from wmpo_learner.reward.checkpoint import load_checkpoint
-from wmpo_learner.reward.model import RewardModel
-from wmpo_learner.reward.preprocessing import PreprocessSpec
 from wmpo_learner.reward.train import TrainSettings, train_reward_model
 
 ROBOT = load_robot_config("so101_sim")
@@ -30,17 +26,8 @@ def synthetic_episode(steps: int, outcome: str, rng: np.random.Generator) -> np.
     return frames
 
 
-def write_store(path, episodes) -> None:
-    with EpisodeStore.open(path, mode="a") as store:
-        for frames, success in episodes:
-            writer = store.begin_episode(robot_config=ROBOT, source="policy", task="pick up the cube")
-            for t, frame in enumerate(frames):
-                writer.append({"front": frame}, np.zeros(6), np.zeros(4), time=1000.0 + 0.1 * t)
-            writer.commit(success=success, success_labeled_by="env")
-
-
 @pytest.fixture(scope="module")
-def store_path(tmp_path_factory):
+def store_path(tmp_path_factory, write_episode_store):
     rng = np.random.default_rng(0)
     episodes = [(synthetic_episode(int(rng.integers(10, 25)), "success", rng), True) for _ in range(10)]
     episodes += [(synthetic_episode(5, "success", rng), True) for _ in range(2)]  # shorter than a window
@@ -48,33 +35,13 @@ def store_path(tmp_path_factory):
         (synthetic_episode(int(rng.integers(10, 31)), kind, rng), False) for kind in ["still", "halfway"] * 6
     ]
     path = tmp_path_factory.mktemp("reward_training") / "store"
-    write_store(path, episodes)
-    return path
-
-
-def small_model() -> RewardModel:
-    torch.manual_seed(0)
-    config = VideoMAEConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_frames=8,
-        tubelet_size=2,
-        num_labels=1,
-        problem_type="multi_label_classification",
-    )
-    return RewardModel(
-        VideoMAEForVideoClassification(config), PreprocessSpec(camera="front", image_size=32, num_frames=8)
-    )
+    return write_episode_store(path, [{"frames": frames, "success": success} for frames, success in episodes])
 
 
 @pytest.mark.slow
-def test_short_training_reaches_high_f1_on_held_out_episodes(store_path, tmp_path):
+def test_short_training_reaches_high_f1_on_held_out_episodes(tiny_reward_model, store_path, tmp_path):
     store = EpisodeStore.open(store_path)
-    model = small_model()
+    model = tiny_reward_model()
     settings = TrainSettings(steps=300, batch_size=16, learning_rate=1e-3, holdout_fraction=0.3, log_every=50)
     meta = train_reward_model(model, store, ROBOT, settings, str(tmp_path / "ckpt"), init="test")
     val = meta.validation
@@ -148,11 +115,14 @@ def test_cli_errors_name_the_problem(store_path, tmp_path, capsys):
         assert message in capsys.readouterr().err, argv
 
 
-def test_a_store_without_enough_labelled_episodes_is_refused(tmp_path, capsys):
+def test_a_store_without_enough_labelled_episodes_is_refused(write_episode_store, tmp_path, capsys):
     rng = np.random.default_rng(1)
-    write_store(
+    write_episode_store(
         tmp_path / "store",
-        [(synthetic_episode(12, "success", rng), True), (synthetic_episode(12, "still", rng), False)],
+        [
+            {"frames": synthetic_episode(12, "success", rng), "success": True},
+            {"frames": synthetic_episode(12, "still", rng), "success": False},
+        ],
     )
     assert (
         wmpo(

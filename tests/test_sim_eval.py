@@ -4,17 +4,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from wmpo_core.cli import main
 from wmpo_core.episode_store import EpisodeStore
-from wmpo_core.normalization import ActionNormalizer
 from wmpo_core.policy import Observation
 from wmpo_core.robot_config import load_robot_config
 from wmpo_core.sim_env import SimArm
 from wmpo_core.sim_rollout import EVAL_SEED_START, eval_seeds, rollout, train_seeds
 from wmpo_core.vla.checkpoint import save_checkpoint
-from wmpo_core.vla.config import load_recipe
-from wmpo_core.vla.model import VLA
 from wmpo_learner.stats import SuccessRate, difference_interval, wilson_interval
 
 
@@ -93,9 +89,8 @@ def test_rollout_clamps_records_and_replans_like_the_policy_node(robot, tmp_path
 
 
 @pytest.mark.slow
-def test_eval_reports_success_rate_with_interval_on_eval_seeds(robot, tmp_path, capsys):
-    torch.manual_seed(0)
-    model = VLA.create(load_recipe("tiny").model, robot, ActionNormalizer([-1, -1, -1, 0], [1, 1, 1, 1]))
+def test_eval_reports_success_rate_with_interval_on_eval_seeds(tiny_vla, robot, tmp_path, capsys):
+    model = tiny_vla(robot)
     ckpt = tmp_path / "policy"
     save_checkpoint(model, ckpt, robot)
     summary_path = tmp_path / "eval.json"
@@ -158,10 +153,8 @@ def test_eval_refuses_a_real_arm(tmp_path):
         main(["eval", "--policy", "expert", "--robot", "so101_real", "--episodes", "1"])
 
 
-def test_parallel_eval_gives_the_sequential_results_in_seed_order(robot, tmp_path):
-    torch.manual_seed(1)
-    model = VLA.create(load_recipe("tiny").model, robot, ActionNormalizer([-1, -1, -1, 0], [1, 1, 1, 1]))
-    save_checkpoint(model, tmp_path / "policy", robot)
+def test_parallel_eval_gives_the_sequential_results_in_seed_order(tiny_vla_checkpoint, robot, tmp_path):
+    tiny_vla_checkpoint(robot, tmp_path / "policy", seed=1)
     runs = {}
     for workers in (1, 2):
         out = tmp_path / f"eval{workers}.json"

@@ -30,12 +30,9 @@ from service_harness import TOKEN, Learner, start_learner
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from wmpo_core.episode_store import EpisodeStore
-from wmpo_core.normalization import ActionNormalizer
 from wmpo_core.policy import load_policy
 from wmpo_core.robot_config import load_robot_config
 from wmpo_core.vla.checkpoint import save_checkpoint, tensors_sha256
-from wmpo_core.vla.config import load_recipe
-from wmpo_core.vla.model import VLA
 from wmpo_ros.learner_client import LearnerClient
 from wmpo_ros.messages import LATCHED_QOS
 from wmpo_ros.policy_node import PolicyNode
@@ -51,11 +48,10 @@ PERIOD_NS = round(SIM.control_period_s * 1e9)
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> Path:
+def checkpoints(tmp_path_factory, tiny_vla) -> Path:
     """Two real tiny VLA checkpoints for so101_sim: sync-v1, and sync-v2 (v1 after a weight update)."""
     root = tmp_path_factory.mktemp("checkpoints")
-    torch.manual_seed(0)
-    model = VLA.create(load_recipe("tiny").model, SIM, ActionNormalizer([-1, -1, -1, 0], [1, 1, 1, 1])).eval()
+    model = tiny_vla(SIM)
     save_checkpoint(model, root / "sync-v1", SIM, version="sync-v1")
     with torch.no_grad():
         for p in model.action_head.parameters():

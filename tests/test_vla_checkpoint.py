@@ -12,7 +12,6 @@ import torch
 import wmpo_core.vla as vla_package
 from safetensors import safe_open
 from safetensors.torch import save_file
-from wmpo_core.normalization import ActionNormalizer
 from wmpo_core.policy import Observation, PolicyLoadError, load_policy
 from wmpo_core.robot_config import load_robot_config, parse_robot_config
 from wmpo_core.vla.checkpoint import (
@@ -22,8 +21,6 @@ from wmpo_core.vla.checkpoint import (
     save_checkpoint,
     update_provenance,
 )
-from wmpo_core.vla.config import load_recipe
-from wmpo_core.vla.model import VLA
 from wmpo_core.vla.policy import VLAPolicy
 
 
@@ -33,11 +30,8 @@ def robot():
 
 
 @pytest.fixture(scope="module")
-def saved(robot, tmp_path_factory):
-    torch.manual_seed(0)
-    model = VLA.create(
-        load_recipe("tiny").model, robot, ActionNormalizer([-1, -1, -1, 0], [1, 1, 1, 1])
-    ).eval()
+def saved(robot, tmp_path_factory, tiny_vla):
+    model = tiny_vla(robot)
     path = tmp_path_factory.mktemp("ckpt") / "policy"
     save_checkpoint(model, path, robot, parent_version="sft-parent", provenance={"data": "unit test"})
     return model, path
@@ -111,7 +105,7 @@ def test_tampered_tensor_bytes_are_refused(copy, robot):
 def _rewrite_metadata(path: Path, **changes: str) -> None:
     with safe_open(str(path / "model.safetensors"), "pt") as f:
         meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safetensors handle is not iterable)
     save_file(tensors, str(path / "model.safetensors"), metadata={**meta, **changes})
 
 
@@ -125,7 +119,7 @@ def test_tampered_tensors_with_recomputed_file_are_refused(copy, robot):
     # Rewriting the whole file with changed weights but the old metadata is caught by the tensor hash.
     with safe_open(str(copy / "model.safetensors"), "pt") as f:
         meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safetensors handle is not iterable)
     tensors["action_queries"] = tensors["action_queries"] + 1e-3
     save_file(tensors, str(copy / "model.safetensors"), metadata=meta)
     with pytest.raises(CheckpointError, match="recorded sha256"):

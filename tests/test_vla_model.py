@@ -21,9 +21,8 @@ def robot():
 
 
 @pytest.fixture(scope="module")
-def model(robot):
-    torch.manual_seed(0)
-    vla = VLA.create(load_recipe("tiny").model, robot, ActionNormalizer([-1, -1, -1, 0], [1, 1, 1, 1])).eval()
+def model(robot, tiny_vla):
+    vla = tiny_vla(robot)
     with torch.no_grad():  # a fresh head is nearly uniform; spread its logits as training would
         vla.action_head[-1].weight.mul_(40.0)
     return vla
