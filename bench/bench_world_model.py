@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from wmpo_core.normalization import ActionNormalizer
 from wmpo_learner.world_model import WorldModel, load_preset
-from wmpo_learner.world_model.config import VAESpec
+from wmpo_learner.world_model.config import VAEConfig
 from wmpo_learner.world_model.few_step import RECORD_FILE, parse_candidate
 from wmpo_learner.world_model.sampling import SAMPLERS
 
@@ -62,7 +62,7 @@ def build(args: argparse.Namespace) -> WorldModel:
         return WorldModel.load(args.wm, args.device)
     config, _ = load_preset(args.config)
     if config.vae.pretrained is not None:
-        config = config.model_copy(update={"vae": VAESpec(config=SDXL_VAE_ARCHITECTURE)})
+        config = config.model_copy(update={"vae": VAEConfig(config=SDXL_VAE_ARCHITECTURE)})
     dim = args.action_dim
     torch.manual_seed(0)
     wm = WorldModel.from_config(

@@ -25,7 +25,7 @@ from wmpo_learner.grpo.rollouts import ImaginationSource
 from wmpo_learner.reward.checkpoint import save_checkpoint as save_reward
 from wmpo_learner.reward.model import RewardModel
 from wmpo_learner.world_model import WorldModel, WorldModelConfig
-from wmpo_learner.world_model.config import TransformerSpec, VAESpec
+from wmpo_learner.world_model.config import TransformerConfig, VAEConfig
 from wmpo_learner.world_model.few_step import (
     RECORD_FILE,
     RECORD_FORMAT,
@@ -57,7 +57,7 @@ def fresh_model(
         context_frames=2,
         predicted_frames=4,
         sampling_steps=8,
-        vae=VAESpec(
+        vae=VAEConfig(
             config={
                 "down_block_types": ["DownEncoderBlock2D"] * 2,
                 "up_block_types": ["UpDecoderBlock2D"] * 2,
@@ -68,7 +68,7 @@ def fresh_model(
                 "sample_size": 32,
             }
         ),
-        transformer=TransformerSpec(patch_size=4, hidden_size=32, depth=1, num_heads=2, qk_norm=None),
+        transformer=TransformerConfig(patch_size=4, hidden_size=32, depth=1, num_heads=2, qk_norm=None),
     )
     normalizer = normalizer or ActionNormalizer([-1.0, -1.0, 0.0], [1.0, 1.0, 1.0])
     return WorldModel.from_config(config, normalizer, "front", robot, robot_hash)

@@ -20,7 +20,7 @@ from wmpo_core.image_ops import resize_frames
 from wmpo_core.normalization import ActionNormalizer
 from wmpo_core.robot_config import load_robot_config
 from wmpo_learner.world_model import ImaginedRollouts, WorldModel, WorldModelConfig, imagine
-from wmpo_learner.world_model.config import TransformerSpec, VAESpec, load_preset
+from wmpo_learner.world_model.config import TransformerConfig, VAEConfig, load_preset
 from wmpo_learner.world_model.data import LatentEpisode, LatentWindowSampler, select_episodes, window_starts
 from wmpo_learner.world_model.imagine import ChunkSamplingPolicy
 from wmpo_learner.world_model.metrics import psnr, ssim
@@ -123,7 +123,7 @@ def square_model_config(**overrides) -> WorldModelConfig:
     settings.update(overrides)
     return WorldModelConfig(
         **settings,
-        vae=VAESpec(
+        vae=VAEConfig(
             config={
                 "down_block_types": ["DownEncoderBlock2D"] * 2,
                 "up_block_types": ["UpDecoderBlock2D"] * 2,
@@ -135,7 +135,7 @@ def square_model_config(**overrides) -> WorldModelConfig:
             }
         ),
         # 32 px -> 4x16x16 latents (a 2x VAE keeps the 6 px square) -> 4x4 = 16 tokens per frame.
-        transformer=TransformerSpec(
+        transformer=TransformerConfig(
             patch_size=4, hidden_size=96, depth=2, num_heads=4, mlp_ratio=2.0, qk_norm=None
         ),
     )

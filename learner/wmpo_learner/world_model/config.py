@@ -20,7 +20,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class VAESpec(_Strict):
+class VAEConfig(_Strict):
     """Either a pretrained diffusers VAE (`pretrained`, e.g. an SDXL VAE) or a config built from scratch."""
 
     pretrained: str | None = None
@@ -30,14 +30,15 @@ class VAESpec(_Strict):
     """`AutoencoderKL.from_config` kwargs; the VAE is trained by `wmpo wm-train`."""
 
     @model_validator(mode="after")
-    def _one_source(self) -> VAESpec:
+    def _one_source(self) -> VAEConfig:
         if (self.pretrained is None) == (self.config is None):
             raise ValueError("vae needs exactly one of 'pretrained' (a diffusers id or path) or 'config'")
         return self
 
 
-class TransformerSpec(_Strict):
-    """Hyper-parameters of `ActionConditionedVideoTransformer` (latent size and action dim come from elsewhere)."""
+class TransformerConfig(_Strict):
+    """Hyper-parameters of `ActionConditionedVideoTransformer` (latent size and action dim come from
+    elsewhere)."""
 
     patch_size: int = Field(2, ge=1)
     hidden_size: int = Field(128, ge=8)
@@ -48,7 +49,7 @@ class TransformerSpec(_Strict):
     qk_norm: str | None = "rms_norm"
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> TransformerSpec:
+    def _heads_divide(self) -> TransformerConfig:
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}"
@@ -76,8 +77,8 @@ class WorldModelConfig(_Strict):
     noisy frame itself shows where things are. Unshifted logit-normal training draws σ > 0.95 for
     one window in 600, while sampling starts at σ = 1; with s = 3 it is one in 30, and 4 of 8
     sampling steps start at σ >= 0.8. 1 = no shift."""
-    vae: VAESpec
-    transformer: TransformerSpec = TransformerSpec()
+    vae: VAEConfig
+    transformer: TransformerConfig = TransformerConfig()
 
     @property
     def window(self) -> int:
@@ -118,7 +119,7 @@ PRESETS: dict[str, tuple[WorldModelConfig, TrainConfig]] = {
             preset="tiny",
             resolution=64,
             sampling_steps=10,
-            vae=VAESpec(
+            vae=VAEConfig(
                 config={
                     "in_channels": 3,
                     "out_channels": 3,
@@ -131,8 +132,9 @@ PRESETS: dict[str, tuple[WorldModelConfig, TrainConfig]] = {
                     "sample_size": 64,
                 }
             ),
-            # 64 px -> 4x16x16 latents -> 4x4 = 16 tokens per frame (patch 4), 192 per window; 2.1 M parameters.
-            transformer=TransformerSpec(patch_size=4, hidden_size=128, depth=4, num_heads=4, qk_norm=None),
+            # 64 px -> 4x16x16 latents -> 4x4 = 16 tokens per frame (patch 4), 192 per window;
+            # 2.1 M parameters.
+            transformer=TransformerConfig(patch_size=4, hidden_size=128, depth=4, num_heads=4, qk_norm=None),
         ),
         TrainConfig(steps=3000, batch_size=8, vae_steps=400, vae_batch_size=8, checkpoint_every=500),
     ),
@@ -141,8 +143,8 @@ PRESETS: dict[str, tuple[WorldModelConfig, TrainConfig]] = {
             preset="xl",
             resolution=256,
             sampling_steps=30,
-            vae=VAESpec(pretrained="stabilityai/sdxl-vae"),
-            transformer=TransformerSpec(patch_size=2, hidden_size=1152, depth=28, num_heads=16),
+            vae=VAEConfig(pretrained="stabilityai/sdxl-vae"),
+            transformer=TransformerConfig(patch_size=2, hidden_size=1152, depth=28, num_heads=16),
         ),
         TrainConfig(
             steps=20000,
