@@ -27,8 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from wmpo_core.cli_args import DEVICE_HELP, torch_device
 from wmpo_core.config_cli import add_config_arguments, config_from_args, option
+from wmpo_core.devices import choose_device
+from wmpo_core.episode_arrays import load_episode
+from wmpo_core.vla.config import SFTSettings
+from wmpo_core.window_sampler import WindowSampler
 
 TRAINING_DIR = "training"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -63,6 +68,15 @@ class SFTConfig:
     device: str = option("auto", DEVICE_HELP, type=torch_device)
     seed: int = option(0, "seed for initialization, batch sampling and augmentation")
 
+    def recipe_overrides(self) -> dict[str, Any]:
+        """The recipe's `SFTSettings` values this run replaces (the fields of both that are set)."""
+        own = {f.name for f in dataclasses.fields(self)}
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(SFTSettings)
+            if f.name in own and getattr(self, f.name) is not None
+        }
+
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     add_config_arguments(parser, SFTConfig)
@@ -92,10 +106,8 @@ def load_demonstrations(
     include_failures: bool,
     max_episodes: int | None,
 ) -> Demonstrations:
-    import numpy as np
     from tqdm import tqdm
     from wmpo_core.episode_store import EpisodeStore
-    from wmpo_core.image_ops import resize_frames
 
     store = EpisodeStore.open(store_path, mode="r")
     metas = [
@@ -123,11 +135,11 @@ def load_demonstrations(
     actions, states, instructions, ends = [], [], [], []
     total = 0
     for meta in tqdm(metas, desc="loading episodes", unit="ep"):
-        episode = store.episode(meta.episode_id)
+        arrays = load_episode(store, meta, cameras, image_size, state=True)
         for cam in cameras:
-            pixels[cam].append(resize_frames(episode.frames(cam), image_size))
-        actions.append(episode.action().astype(np.float64))
-        states.append(episode.state().astype(np.float64))
+            pixels[cam].append(arrays.frames[cam])
+        actions.append(arrays.action)
+        states.append(arrays.state)
         instructions.extend([meta.task] * meta.num_steps)
         total += meta.num_steps
         ends.append(np.full(meta.num_steps, total, dtype=np.int64))
@@ -141,18 +153,15 @@ def load_demonstrations(
     )
 
 
-def chunk_indices(starts, episode_end, chunk_size: int):
-    """(B, K) step indices of the chunks starting at `starts`, repeating each episode's last step."""
-    import numpy as np
-
-    idx = starts[:, None] + np.arange(chunk_size)[None, :]
-    return np.minimum(idx, episode_end[starts][:, None] - 1)
+def chunk_windows(episode_end: np.ndarray, chunk_size: int) -> WindowSampler:
+    """The action chunks: one window of K steps per step (window i starts at step i of the
+    concatenated episodes), padded past an episode's end by repeating its last step."""
+    lengths = np.diff(np.unique(episode_end), prepend=0)
+    return WindowSampler(lengths, chunk_size, pad_after=chunk_size - 1)
 
 
 def random_shift(frames, pad: int, rng):
     """DrQ-style augmentation: replicate-pad by `pad` px and crop back at a random offset per sample."""
-    import numpy as np
-
     if pad <= 0:
         return frames
     n, h, w, _ = frames.shape
@@ -202,35 +211,24 @@ def load_optimizer(optimizer, path: Path) -> None:
 
 def train_sft(config: SFTConfig) -> int:
     """The `train_sft` stage; returns the exit status."""
-    import numpy as np
     import torch
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
     from wmpo_core.episode_store import StoreError
     from wmpo_core.normalization import ActionNormalizer
     from wmpo_core.robot_config import load_robot_config
-    from wmpo_core.vla.checkpoint import default_device, load_checkpoint, save_checkpoint
+    from wmpo_core.vla.checkpoint import load_checkpoint, save_checkpoint
     from wmpo_core.vla.config import load_recipe
     from wmpo_core.vla.model import VLA, cross_entropy, resolve_cameras
 
     try:
         robot = load_robot_config(config.robot)
         recipe = load_recipe(config.config)
-        overrides = {
-            k: v
-            for k, v in (
-                ("steps", config.steps),
-                ("batch_size", config.batch_size),
-                ("lr", config.lr),
-                ("save_every", config.save_every),
-            )
-            if v is not None
-        }
-        settings = dataclasses.replace(recipe.sft, **overrides)
+        settings = dataclasses.replace(recipe.sft, **config.recipe_overrides())
         for name in ("steps", "batch_size", "save_every"):
             if getattr(settings, name) < 1:
                 raise SystemExit(f"wmpo sft: --{name.replace('_', '-')} must be >= 1")
-        device = torch.device(default_device() if config.device == "auto" else config.device)
+        device = choose_device(config.device)
         out: Path = config.out
         training_dir = out / TRAINING_DIR
         if config.resume and config.init_from is not None:
@@ -345,9 +343,10 @@ def train_sft(config: SFTConfig) -> int:
     window: list[float] = []
     t_start = time.time()
     step = start_step
+    windows = chunk_windows(demos.episode_end, model.chunk_size)
     for step in bar:
         starts = rng.integers(0, len(demos), size=settings.batch_size)
-        chunks = chunk_indices(starts, demos.episode_end, model.chunk_size)
+        chunks = windows.flat_steps(starts)
         frames = {c: random_shift(demos.pixels[c][starts], settings.augment_shift_px, rng) for c in cameras}
         inputs = model.encode_inputs(
             frames,
