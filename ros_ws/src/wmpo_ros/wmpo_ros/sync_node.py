@@ -32,6 +32,11 @@ keeps running. It is not retried until the learner deploys something else.
 One mechanism for both topologies: the policy node's holder is never shared, only its ROS
 parameter, so the sync node works the same in the policy node's process (`wmpo deploy
 --learner`) or in its own (`ros2 launch ... learner_url:=...`).
+
+This node holds the ROS side and the two worker threads; its rules are ROS-free modules:
+`wmpo_ros.own_episodes` (which episodes are this robot's, the upload call), `wmpo_ros.policy_versions`
+(manifest check, which deployments need staging, cache pruning) and `wmpo_ros.sync_status` (the
+status and its /diagnostics summary).
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ import random
 import shutil
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,98 +57,26 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
 from std_msgs.msg import String
-from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.ids import UnsafeNameError, child_path
-from wmpo_core.robot_config import RobotConfig, load_robot_config
+from wmpo_core.robot_config import load_robot_config
 
 from wmpo_ros.learner_client import IntegrityError, LearnerClient, LearnerError, LearnerRejected
 from wmpo_ros.messages import LATCHED_QOS
 from wmpo_ros.names import graph_names
 from wmpo_ros.node_utils import run_node
-from wmpo_ros.outbox import (
-    Backoff,
-    Outbox,
-    OutboxEntry,
-    OutboxWorker,
-    PermanentUploadError,
-    UploadFn,
-    store_uploader,
-)
+from wmpo_ros.outbox import Backoff, Outbox, OutboxEntry, OutboxWorker
+from wmpo_ros.own_episodes import OwnEpisodes, announced_episode_id
 from wmpo_ros.params import POLICY, SYNC
+from wmpo_ros.policy_versions import VersionRejected, check_manifest, settled_state, versions_to_prune
+from wmpo_ros.sync_status import Rejection, SyncStatus
 
-MANIFEST = "manifest.json"
 PROBE_INTERVAL_S = 2.0
 """While the learner does not answer, its health endpoint is probed this often (jittered), so the
 work resumes within seconds of its return instead of at the end of a long backoff."""
 
 
-class VersionRejected(Exception):
-    """A deployed version that must not run on this robot; the message says why."""
-
-
 class RetryLater(Exception):
     """A step that failed for a reason that may pass (learner or policy node unavailable)."""
-
-
-def check_manifest(path: Path, version: str, config: RobotConfig) -> None:
-    """Raise VersionRejected unless the checkpoint's manifest names `version` and this robot config.
-
-    Directories without a manifest.json (e.g. LeRobot checkpoints) have nothing to check here;
-    their loader checks them against the robot config. A VLA checkpoint's loader checks the
-    robot config's name but only warns on a changed content hash; a pushed update is stricter:
-    it runs only on exactly the config it was trained for.
-    """
-    file = path / MANIFEST
-    if not file.is_file():
-        return
-    try:
-        manifest = json.loads(file.read_text())
-    except (OSError, ValueError) as exc:
-        raise VersionRejected(f"{MANIFEST} is unreadable ({exc})") from None
-    if not isinstance(manifest, dict):
-        raise VersionRejected(f"{MANIFEST} is not a JSON object")
-    if "version" in manifest and manifest["version"] != version:
-        raise VersionRejected(
-            f"the checkpoint calls itself '{manifest['version']}' but was deployed as '{version}'; episodes are stamped "
-            "with the checkpoint's version, so publish it under that name"
-        )
-    robot = manifest.get("robot")
-    if isinstance(robot, dict):
-        if robot.get("name") != config.name:
-            raise VersionRejected(
-                f"trained for robot config '{robot.get('name')}', this robot is '{config.name}'"
-            )
-        if robot.get("content_hash") != config.content_hash:
-            raise VersionRejected(
-                f"trained for a different version of robot config '{config.name}' "
-                f"({robot.get('content_hash')}, this robot has {config.content_hash})"
-            )
-
-
-@dataclass(frozen=True)
-class Rejection:
-    version: str
-    reason: str
-    at: float
-
-
-@dataclass(frozen=True)
-class SyncStatus:
-    """What `<ns>/sync/status` carries (JSON, latched) and /diagnostics summarises."""
-
-    learner_url: str
-    learner_reachable: bool | None = None
-    state: str = "waiting"
-    """waiting | downloading | loading | staged | running | rejected | retrying | uploads only"""
-    deployed_version: str | None = None
-    """The learner's deployed version this node last saw."""
-    active_version: str | None = None
-    """The policy node's running version (`<ns>/policy/version`)."""
-    staged_version: str | None = None
-    """The last version the policy node staged (`<ns>/policy/staged`)."""
-    last_rejection: Rejection | None = None
-    message: str = ""
-    outbox: dict[str, Any] = field(default_factory=dict)
 
 
 class SyncNode(Node):
@@ -189,10 +122,9 @@ class SyncNode(Node):
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         inputs = MutuallyExclusiveCallbackGroup()
 
-        self._store: EpisodeStore | None = None
+        self._episodes = OwnEpisodes(self.store_path, self.client)
         self.outbox: Outbox | None = None
         self._uploads: OutboxWorker | None = None
-        self._uploader: UploadFn | None = None
         if p["upload"]:
             self.outbox = Outbox(p["outbox"] or f"{self.store_path}.outbox.sqlite")
             self._uploads = OutboxWorker(
@@ -256,31 +188,13 @@ class SyncNode(Node):
     def diagnostics(self) -> DiagnosticStatus:
         self._update()  # refreshes the outbox counts (and republishes the status if they changed)
         s = self.status
-        values = {
-            "learner_url": s.learner_url,
-            "learner_reachable": str(s.learner_reachable),
-            "state": s.state,
-            "deployed_version": s.deployed_version or "",
-            "active_version": s.active_version or "",
-            "staged_version": s.staged_version or "",
-            "last_rejected_version": s.last_rejection.version if s.last_rejection else "",
-            "last_rejection": s.last_rejection.reason if s.last_rejection else "",
-            **{f"outbox_{k}": str(v) for k, v in s.outbox.items()},
-        }
+        values = s.diagnostic_values()
         if self.outbox is not None:
             oldest = self.outbox.stats().oldest_pending_s
             values["outbox_oldest_pending_s"] = "" if oldest is None else f"{oldest:.1f}"
-        if s.state == "rejected":
-            level, message = (
-                DiagnosticStatus.ERROR,
-                f"deployed version {s.deployed_version} rejected; running {s.active_version}",
-            )
-        elif s.learner_reachable is False or s.outbox.get("parked"):
-            level, message = DiagnosticStatus.WARN, s.message or "learner unreachable"
-        else:
-            level, message = DiagnosticStatus.OK, s.state
+        level, message = s.health()
         return DiagnosticStatus(
-            level=level,
+            level=getattr(DiagnosticStatus, level),
             name=f"wmpo/{self.get_name()}",
             message=message,
             hardware_id=self.config.name,
@@ -298,10 +212,7 @@ class SyncNode(Node):
 
     def _enqueue_local_store(self) -> None:
         """Episodes committed while this node was not running (e.g. before a restart)."""
-        if not (self.store_path / "zarr.json").exists():
-            return
-        with EpisodeStore.open(self.store_path) as store:
-            new = [eid for eid in store.episode_ids if self.outbox.enqueue(eid)]
+        new = self._episodes.enqueue_stored(self.outbox)
         if new:
             self.get_logger().info(
                 f"queued {len(new)} episode(s) from {self.store_path} that the learner may not have yet"
@@ -309,47 +220,25 @@ class SyncNode(Node):
 
     def _on_committed(self, msg: String) -> None:
         try:
-            episode_id = str(json.loads(msg.data)["episode_id"])
+            episode_id = announced_episode_id(msg.data)
         except (ValueError, KeyError, TypeError) as exc:
             self.get_logger().error(
                 f"unreadable episode announcement on {self.names.recorder_episodes}: {exc}"
             )
             return
-        if not self._in_own_store(episode_id):
+        if not self._episodes.holds(episode_id):
             self.get_logger().warning(
-                f"ignoring episode {episode_id} announced on {self.names.recorder_episodes}: it is not in this robot's "
-                f"store {self.store_path} (another robot graph on this ROS network?); only this robot's episodes are uploaded"
+                f"ignoring episode {episode_id} announced on {self.names.recorder_episodes}: it is not in "
+                f"this robot's store {self.store_path} (another robot graph on this ROS network?); only "
+                "this robot's episodes are uploaded"
             )
             return
         if self.outbox.enqueue(episode_id):
             self._uploads.wake()
         self._update()
 
-    def _local_store(self) -> EpisodeStore | None:
-        """The robot's store, read-only; None until the recorder has created it."""
-        with self._lock:
-            if self._store is None and (self.store_path / "zarr.json").exists():
-                self._store = EpisodeStore.open(self.store_path)
-            return self._store
-
-    def _in_own_store(self, episode_id: str) -> bool:
-        """The recorder announces an episode after committing it, so this robot's own are all there."""
-        store = self._local_store()
-        if store is None:
-            return False
-        if episode_id not in store:
-            store.refresh()
-        return episode_id in store
-
     def _upload(self, episode_id: str) -> str:
-        if self._uploader is None:  # the recorder creates the store; it may not exist when we start
-            store = self._local_store()
-            if store is None:
-                raise PermanentUploadError(
-                    f"episode '{episode_id}': there is no local store at {self.store_path}"
-                )
-            self._uploader = store_uploader(self.client, store)
-        result = self._uploader(episode_id)
+        result = self._episodes.upload(episode_id)
         self.get_logger().info(f"episode {episode_id} uploaded ({result})")
         return result
 
@@ -361,8 +250,7 @@ class SyncNode(Node):
     # ------------------------------------------------------------------ policies down
 
     def _on_active(self, msg: String) -> None:
-        running = msg.data and msg.data == self.status.deployed_version and self.status.state == "staged"
-        self._update(active_version=msg.data or None, **({"state": "running"} if running else {}))
+        self._update(**self.status.on_active(msg.data))
 
     def _on_staged(self, msg: String) -> None:
         self._update(staged_version=msg.data or None)
@@ -446,11 +334,9 @@ class SyncNode(Node):
     def _apply(self, version: str) -> None:
         """Download, verify and stage one deployed version; a rejection is reported, not raised."""
         self._update(deployed_version=version, message="")
-        active, staged = self.status.active_version, self.status.staged_version
-        # `staged` is the last version staged: pending when it differs from the active one. A
-        # deployment back to the running version while another is pending stages it again.
-        if version == staged or (version == active and staged in (None, active)):
-            self._update(state="running" if version == active else "staged")
+        settled = settled_state(version, self.status.active_version, self.status.staged_version)
+        if settled is not None:
+            self._update(state=settled)
             return
         try:
             self._update(state="downloading")
@@ -519,14 +405,8 @@ class SyncNode(Node):
         self._update(state="rejected", last_rejection=Rejection(version, reason, time.time()))
 
     def _prune_cache(self, keep: str) -> None:
-        versions = sorted(
-            (d for d in self.cache.iterdir() if d.is_dir() and not d.name.startswith(".")),
-            key=lambda d: d.stat().st_mtime,
-        )
-        protected = {keep, self.status.active_version}
-        for old in versions[: max(0, len(versions) - self._keep_versions)]:
-            if old.name not in protected:
-                shutil.rmtree(old, ignore_errors=True)
+        for old in versions_to_prune(self.cache, {keep, self.status.active_version}, self._keep_versions):
+            shutil.rmtree(old, ignore_errors=True)
 
     # ------------------------------------------------------------------ shutdown
 
@@ -544,8 +424,7 @@ class SyncNode(Node):
             self._updates.join(timeout=5.0)
         if self.outbox is not None:
             self.outbox.close()  # an upload still finishing is simply sent again at the next start
-        if self._store is not None:
-            self._store.close()
+        self._episodes.close()
         super().destroy_node()
 
 

@@ -1,0 +1,145 @@
+"""The rules the sync node is a thin ROS shell around, checked without ROS: a deployed version's
+manifest check, which deployments need staging, which cached versions are pruned, the status and
+its /diagnostics summary, and which episodes are this robot's to upload (a real store, a real
+outbox and, for the upload itself, a real learner service over HTTP)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from service_harness import TOKEN, start_learner
+from wmpo_core.episode_store import EpisodeStore
+from wmpo_core.robot_config import load_robot_config
+from wmpo_ros.learner_client import LearnerClient
+from wmpo_ros.outbox import Outbox, PermanentUploadError
+from wmpo_ros.own_episodes import OwnEpisodes, announced_episode_id
+from wmpo_ros.policy_versions import VersionRejected, check_manifest, settled_state, versions_to_prune
+from wmpo_ros.sync_status import Rejection, SyncStatus
+
+ROBOT = load_robot_config("so101_sim")
+
+
+def write_manifest(path, **manifest) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_manifest_must_name_the_deployed_version_and_exactly_this_robot_config(tmp_path):
+    check_manifest(tmp_path / "lerobot", "v1", ROBOT)  # no manifest: the loader checks it
+    robot = {"name": ROBOT.name, "content_hash": ROBOT.content_hash}
+    write_manifest(tmp_path / "ok", version="v1", robot=robot)
+    check_manifest(tmp_path / "ok", "v1", ROBOT)
+    cases = {
+        "renamed": ({"version": "v0", "robot": robot}, "calls itself 'v0' but was deployed as 'v1'"),
+        "other_robot": (
+            {"robot": {**robot, "name": "so101_real"}},
+            f"trained for robot config 'so101_real', this robot is '{ROBOT.name}'",
+        ),
+        "edited_config": (
+            {"robot": {**robot, "content_hash": "0" * 8}},
+            f"different version of robot config '{ROBOT.name}' \\(00000000",
+        ),
+    }
+    for name, (manifest, reason) in cases.items():
+        write_manifest(tmp_path / name, **manifest)
+        with pytest.raises(VersionRejected, match=reason):
+            check_manifest(tmp_path / name, "v1", ROBOT)
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / "manifest.json").write_text("[]")
+    with pytest.raises(VersionRejected, match=r"manifest\.json is not a JSON object"):
+        check_manifest(tmp_path / "list", "v1", ROBOT)
+    (tmp_path / "list" / "manifest.json").write_text("{")
+    with pytest.raises(VersionRejected, match=r"manifest\.json is unreadable"):
+        check_manifest(tmp_path / "list", "v1", ROBOT)
+
+
+def test_a_deployment_already_running_or_staged_is_not_staged_again():
+    assert settled_state("v2", active="v2", staged=None) == "running"
+    assert settled_state("v2", active="v2", staged="v2") == "running"
+    assert settled_state("v3", active="v2", staged="v3") == "staged"
+    assert settled_state("v3", active="v2", staged="v2") is None  # new: stage it
+    assert settled_state("v3", active=None, staged=None) is None
+    # Back to the running version while another waits staged: stage the running one again.
+    assert settled_state("v2", active="v2", staged="v3") is None
+
+
+def test_the_cache_keeps_the_newest_versions_and_never_the_staged_or_running_one(tmp_path):
+    for age, name in enumerate(["v5", "v4", "v3", "v2", "v1"]):  # v1 oldest
+        (tmp_path / name).mkdir()
+        os.utime(tmp_path / name, (1000.0 - age, 1000.0 - age))
+    (tmp_path / ".v6.download").mkdir()  # a download in progress
+    (tmp_path / "stray.txt").write_text("")
+    pruned = versions_to_prune(tmp_path, {"v5", "v2"}, keep_versions=2)
+    assert [p.name for p in pruned] == ["v1", "v3"]  # oldest first; v2 runs, v4/v5 are the newest
+    assert versions_to_prune(tmp_path, {"v5", None}, keep_versions=5) == []
+
+
+def test_the_status_becomes_running_when_the_staged_deployment_goes_active():
+    status = SyncStatus("http://learner", state="staged", deployed_version="v2", active_version="v1")
+    assert status.on_active("v2") == {"active_version": "v2", "state": "running"}
+    assert status.on_active("v1") == {"active_version": "v1"}
+    assert status.on_active("") == {"active_version": None}
+    waiting = SyncStatus("http://learner", state="downloading", deployed_version="v2")
+    assert waiting.on_active("v2") == {"active_version": "v2"}  # not staged by us (yet)
+
+
+def test_diagnostics_say_error_on_a_rejection_warn_when_the_learner_is_away_ok_otherwise():
+    ok = SyncStatus("http://learner", learner_reachable=True, state="running", active_version="v1")
+    assert ok.health() == ("OK", "running")
+    values = ok.diagnostic_values()
+    assert values["active_version"] == "v1" and values["deployed_version"] == ""
+    assert values["learner_reachable"] == "True" and values["last_rejection"] == ""
+    away = SyncStatus("http://learner", learner_reachable=False, state="retrying", message="down; retrying")
+    assert away.health() == ("WARN", "down; retrying")
+    parked = SyncStatus("http://learner", outbox={"pending": 0, "sent": 3, "parked": 1})
+    assert parked.health() == ("WARN", "learner unreachable")
+    assert parked.diagnostic_values()["outbox_parked"] == "1"
+    rejected = SyncStatus(
+        "http://learner",
+        learner_reachable=False,
+        state="rejected",
+        deployed_version="v3",
+        active_version="v2",
+        last_rejection=Rejection("v3", "bad weights", 0.0),
+    )
+    assert rejected.health() == ("ERROR", "deployed version v3 rejected; running v2")
+    assert rejected.diagnostic_values()["last_rejected_version"] == "v3"
+    assert rejected.diagnostic_values()["last_rejection"] == "bad weights"
+
+
+def test_announcements_name_an_episode_or_fail_loudly():
+    assert announced_episode_id('{"episode_id": "ep-1", "steps": 3}') == "ep-1"
+    for bad, error in (("not json", ValueError), ("{}", KeyError), ("[1]", TypeError)):
+        with pytest.raises(error):
+            announced_episode_id(bad)
+
+
+def test_only_this_robots_stored_episodes_are_queued_and_uploaded(tmp_path, write_episode_store):
+    frames = np.zeros((3, 128, 128, 3), np.uint8)
+    store_path, outbox = tmp_path / "robot.zarr", Outbox(tmp_path / "outbox.sqlite")
+    learner = start_learner(tmp_path / "learner")
+    client = LearnerClient(learner.url, TOKEN)
+    episodes = OwnEpisodes(store_path, client)
+    try:
+        # Before the recorder created the store: nothing is this robot's, nothing can be sent.
+        assert not episodes.holds("ep-a") and episodes.enqueue_stored(outbox) == []
+        with pytest.raises(PermanentUploadError, match=f"there is no local store at {store_path}"):
+            episodes.upload("ep-a")
+        write_episode_store(store_path, [{"frames": frames, "episode_id": "ep-a"}])
+        assert episodes.holds("ep-a") and not episodes.holds("ep-foreign")
+        assert episodes.enqueue_stored(outbox) == ["ep-a"]
+        assert episodes.enqueue_stored(outbox) == []  # already queued
+        # Committed after the store was opened (the recorder's next episode): found on a refresh.
+        write_episode_store(store_path, [{"frames": frames, "episode_id": "ep-b"}])
+        assert episodes.holds("ep-b")
+        assert episodes.upload("ep-b") == "stored"
+        with EpisodeStore.open(learner.store) as received:
+            assert received.episode_ids == ["ep-b"]
+    finally:
+        episodes.close()
+        client.close()
+        outbox.close()
+        learner.stop()
