@@ -10,7 +10,7 @@ from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.robot_config import load_robot_config
 from wmpo_core.sim_rollout import run_episodes, train_seeds
 from wmpo_core.vla.checkpoint import load_checkpoint, read_manifest
-from wmpo_learner.sft import chunk_indices, load_optimizer, lr_at, random_shift, save_optimizer
+from wmpo_learner.sft import chunk_windows, load_optimizer, lr_at, random_shift, save_optimizer
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_short_sft_lowers_the_loss_and_writes_a_loadable_policy(demo_store, robo
 
 
 def test_no_matching_episodes_is_a_clear_error(demo_store, tmp_path):
-    with pytest.raises(SystemExit, match="no episodes .* with source in \\['teleop'\\]"):
+    with pytest.raises(SystemExit, match=r"no episodes .* with source in \['teleop'\]"):
         sft(demo_store, tmp_path / "x", "--steps", "1", "--source", "teleop")
     with pytest.raises(SystemExit, match="nothing to resume"):
         sft(demo_store, tmp_path / "y", "--steps", "1", "--resume")
@@ -93,7 +93,7 @@ def test_no_matching_episodes_is_a_clear_error(demo_store, tmp_path):
 
 def test_chunks_past_the_episode_end_repeat_the_last_action():
     ends = np.array([3, 3, 3, 5, 5])  # episodes [0, 3) and [3, 5)
-    idx = chunk_indices(np.array([0, 2, 3, 4]), ends, chunk_size=4)
+    idx = chunk_windows(ends, chunk_size=4).flat_steps(np.array([0, 2, 3, 4]))
     assert idx.tolist() == [[0, 1, 2, 2], [2, 2, 2, 2], [3, 4, 4, 4], [4, 4, 4, 4]]
 
 
