@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 from wmpo_core.cli_args import DEVICE_HELP, torch_device
 from wmpo_core.config_cli import add_config_arguments, config_from_args, option
+from wmpo_core.devices import DeviceError, choose_device
 from wmpo_core.episode_store import EpisodeMeta, EpisodeStore, StoreError
 
 from wmpo_learner.reward.threshold import select_threshold
@@ -287,8 +288,10 @@ def imagination_check(config: ImaginationCheckConfig) -> int:
 
     if config.max_episodes < 1 or config.rank_frames < 1:
         return _fail("--max-episodes and --rank-frames must be >= 1")
-    if config.device == "cuda" and not torch.cuda.is_available():
-        return _fail("--device cuda: no CUDA device is available on this machine")
+    try:
+        device = choose_device(config.device)
+    except DeviceError as exc:
+        return _fail(f"--device {exc}")
     ranked: list[tuple[str, Path, float]] = []
     for item in config.rank:
         directory, sep, eval_json = item.partition("=")
@@ -307,8 +310,8 @@ def imagination_check(config: ImaginationCheckConfig) -> int:
     if ranked and len(ranked) < 3:
         return _fail(f"--rank needs 3 or more policies for a rank correlation, got {len(ranked)}")
     try:
-        wm = WorldModel.load(config.wm, device=config.device).eval()
-        rm, rm_meta = load_reward(config.reward, device=config.device)
+        wm = WorldModel.load(config.wm, device=device).eval()
+        rm, rm_meta = load_reward(config.reward, device=str(device))
         robot = load_robot_config(config.robot or wm.robot_config_name)
         store = EpisodeStore.open(config.store)
         metas = [
@@ -369,9 +372,7 @@ def imagination_check(config: ImaginationCheckConfig) -> int:
         if ranked:
             frames, texts, _ = initial_frames(config.store, robot, wm.camera, "policy")
             frames, texts = frames[-config.rank_frames :], texts[-config.rank_frames :]
-            policies = [
-                (name, load_vla(path, robot, device=config.device), real) for name, path, real in ranked
-            ]
+            policies = [(name, load_vla(path, robot, device=device), real) for name, path, real in ranked]
             result["policy_ranking"] = policy_ranking(
                 wm,
                 rm,

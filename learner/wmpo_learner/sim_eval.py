@@ -151,15 +151,16 @@ def run(args: argparse.Namespace) -> int:
 
 def load_eval_policy(spec: str, sample: bool, temperature: float, seed: int, device: str | None, robot):
     """The policy `wmpo eval` runs (None = the scripted expert); module-level so workers can load it."""
+    from wmpo_core.devices import choose_device  # imports torch: kept out of `wmpo --help`
     from wmpo_core.policy import load_policy
-    from wmpo_core.vla.checkpoint import default_device, is_vla_checkpoint, load_checkpoint
+    from wmpo_core.vla.checkpoint import is_vla_checkpoint, load_checkpoint
     from wmpo_core.vla.policy import VLAPolicy
 
     if spec == "expert":
         return None
     path = Path(spec)
     if path.is_dir() and is_vla_checkpoint(path):
-        model = load_checkpoint(path, robot, device=device or default_device())
+        model = load_checkpoint(path, robot, device=choose_device(device or "auto"))
         return VLAPolicy(model, robot, greedy=not sample, temperature=temperature, seed=seed)
     if sample:
         raise SystemExit("wmpo eval: --sample applies to VLA checkpoints only")

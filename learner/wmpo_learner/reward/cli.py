@@ -77,6 +77,7 @@ def train_reward(config: RewardConfig) -> int:
     import sys
 
     import torch
+    from wmpo_core.devices import choose_device  # imports torch: kept out of `wmpo --help`
     from wmpo_core.episode_store import EpisodeStore, StoreError
     from wmpo_core.robot_config import RobotConfigError, load_robot_config
 
@@ -104,7 +105,7 @@ def train_reward(config: RewardConfig) -> int:
         return fail("give either --config (train from scratch) or --from, not both")
     if config.steps == 0 and not config.init:
         return fail("--steps 0 only re-thresholds an existing model: add --from <checkpoint>")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+    device = str(choose_device(config.device))
 
     try:
         robot = load_robot_config(config.robot)

@@ -247,7 +247,7 @@ def format_report(result: dict[str, Any], predicted_frames: int) -> str:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    import torch
+    from wmpo_core.devices import choose_device  # imports torch: kept out of `wmpo --help`
     from wmpo_core.episode_store import EpisodeStore, StoreError
 
     from .data import select_episodes
@@ -257,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wmpo wm-eval: {message}", file=sys.stderr)
         return 2
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = choose_device(args.device)
     try:
         wm = WorldModel.load(args.wm, device)
         store = EpisodeStore.open(args.store)

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm import tqdm
+from wmpo_core.devices import DeviceError, choose_device
 
 from wmpo_learner.stats import Confusion, rank_auc
 from wmpo_learner.world_model.data import read_episode, select_episodes
@@ -265,13 +266,15 @@ def run(args: argparse.Namespace) -> int:
         return _fail("--max-episodes and --batch-size must be >= 1")
     if args.max_psnr_drop < 0 or args.max_ba_drop < 0:
         return _fail("--max-psnr-drop and --max-ba-drop must be >= 0")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        return _fail("--device cuda: no CUDA device is available on this machine")
+    try:
+        device = choose_device(args.device)
+    except DeviceError as exc:
+        return _fail(f"--device {exc}")
     try:
         candidates = [parse_candidate(c) for c in args.candidates]
-        wm = WorldModel.load(args.wm, device=args.device).eval()
+        wm = WorldModel.load(args.wm, device=device).eval()
         reference = parse_candidate(args.reference or f"euler:{wm.config.sampling_steps}")
-        rm, rm_meta = load_reward(args.reward, device=args.device)
+        rm, rm_meta = load_reward(args.reward, device=str(device))
         store = EpisodeStore.open(args.store)
         metas = [
             m

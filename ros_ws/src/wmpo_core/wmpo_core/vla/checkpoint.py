@@ -49,6 +49,7 @@ from wmpo_core.policy import PolicyLoadError, register_directory_format
 from wmpo_core.robot_config import RobotConfig
 from wmpo_core.vla.config import VLAConfig, VLAConfigError
 from wmpo_core.vla.model import VLA
+from wmpo_core.vla.policy import VLAPolicy
 
 FORMAT = "wmpo-vla"
 FORMAT_VERSION = 1
@@ -81,7 +82,7 @@ def _rebuild(
 ) -> VLA:
     """The model these configs describe, with fresh weights, as the loader builds it (on the
     current default device: under `torch.device("meta")` only shapes and dtypes, no memory)."""
-    from transformers import AutoModel
+    from transformers import AutoModel  # seconds to import: only when a model is built, as in vla.model
 
     action_norm = ActionNormalizer.from_dict(normalization["action"])
     state_norm = ActionNormalizer.from_dict(normalization["state"]) if normalization.get("state") else None
@@ -264,7 +265,7 @@ def load_checkpoint(
             "weights"
         )
 
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer  # seconds to import: only when loading
 
     try:
         config = VLAConfig.from_dict(json.loads((root / CONFIG).read_text()))
@@ -332,14 +333,7 @@ def _check_robot(layout: Mapping[str, Any], robot_config: RobotConfig, model: VL
 
 
 def _load_policy(path: str, robot_config: RobotConfig):
-    from wmpo_core.vla.policy import VLAPolicy
-
     return VLAPolicy(load_checkpoint(path, robot_config, device=choose_device()), robot_config)
-
-
-def default_device() -> str:
-    """`wmpo_core.devices.choose_device("auto")` as a string, for callers that pass strings."""
-    return str(choose_device("auto"))
 
 
 register_directory_format(is_vla_checkpoint, _load_policy)
