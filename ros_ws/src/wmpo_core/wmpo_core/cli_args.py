@@ -13,29 +13,17 @@ DEVICE_HELP = "torch device: auto (cuda when a GPU is visible, else cpu), cpu, c
 
 
 def torch_device(text: str) -> str:
-    """argparse type of `--device`: 'auto' or a torch device this machine has, else a one-line error."""
+    """argparse type of `--device`: 'auto' or a torch device this machine has, else a one-line error
+    (the rule is `wmpo_core.devices.choose_device`'s, applied while parsing)."""
     if text == "auto":
         return text
     # torch only when a device is named: `wmpo --help` and the robot commands stay light.
-    import torch
+    from wmpo_core.devices import DeviceError, choose_device
 
     try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(
-            f"'{text}' is not a torch device (auto, cpu, cuda, cuda:N)"
-        ) from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(
-                f"'{text}': CUDA is not available on this machine (use cpu or auto)"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise argparse.ArgumentTypeError(
-                f"'{text}': this machine has {torch.cuda.device_count()} CUDA device(s)"
-            )
-    elif device.type not in ("cpu", "mps"):
-        raise argparse.ArgumentTypeError(f"'{text}': device type '{device.type}' is not supported")
+        choose_device(text)
+    except DeviceError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 
