@@ -140,7 +140,8 @@ class FakeArm(Node):
         delivered: Callable[[float], bool] | None = None,
         timeout: float = 20.0,
     ) -> np.ndarray | None:
-        """Advance one control period: observation at the new time, then /clock; returns the command answering it.
+        """Advance one control period: observation at the new time, then /clock; returns the command
+        answering it.
 
         `delivered(t)`, if given, is polled until true before /clock is published: a camera frame
         takes time to render and arrive, so a real clock never runs ahead of delivery the way an

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -38,7 +39,8 @@ def teleop(store: Path, seed: int) -> subprocess.Popen:
     """`wmpo teleop` as a user runs it: no ROS_DOMAIN_ID, no discovery range in the environment."""
     env = {k: v for k, v in os.environ.items() if k not in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")}
     return subprocess.Popen(
-        [sys.executable, "-m", "wmpo_core.cli", "teleop", "--robot", ROBOT, "--episodes", str(EPISODES), "--max-steps", str(STEPS),
+        [sys.executable, "-m", "wmpo_core.cli", "teleop", "--robot", ROBOT, "--episodes", str(EPISODES),
+         "--max-steps", str(STEPS),
          "--seed", str(seed), "--store", str(store)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
@@ -98,7 +100,7 @@ def test_ros_domain_values_and_defaults(monkeypatch) -> None:
     )  # an explicit id, no lease needed
     second.release()
     monkeypatch.setenv("ROS_DOMAIN_ID", "seven")
-    with pytest.raises(ValueError, match="ROS_DOMAIN_ID must be a domain id 0..232, got 'seven'"):
+    with pytest.raises(ValueError, match=re.escape("ROS_DOMAIN_ID must be a domain id 0..232, got 'seven'")):
         isolate_graph(None, sim=True)
 
 
@@ -192,7 +194,8 @@ def test_a_node_removed_mid_session_leaves_the_rest_running_and_nothing_on_stder
 ) -> None:
     """teleop() then a dry run: the teleop node (a commander the lockstep sim would wait for) is
     destroyed between episodes while the graph runs on; the session still ends cleanly."""
-    with RobotSession("so101_sim", store=tmp_path / "robot.zarr", policy="scripted:ros_harness:ConstantPolicy", dry_run=True,
+    with RobotSession("so101_sim", store=tmp_path / "robot.zarr",
+                      policy="scripted:ros_harness:ConstantPolicy", dry_run=True,
                       max_steps=3) as robot:  # fmt: skip
         (demo,) = robot.teleop(1, progress=False)
         assert robot._node("teleop") is not None

@@ -48,9 +48,11 @@ def test_clipped_loss_matches_hand_computation() -> None:
     adv = torch.tensor([1.0, -2.0])
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
     out = clipped_policy_loss(new, old, adv, mask, clip_low=0.2, clip_high=0.28)
-    # trajectory 0 (A=+1): ratio 1.5 -> min(1.5, 1.28) = 1.28; 1.1 -> 1.1; 0.5 -> min(0.5, 0.8) = 0.5 (unclipped branch)
+    # trajectory 0 (A=+1): ratio 1.5 -> min(1.5, 1.28) = 1.28; 1.1 -> 1.1; 0.5 -> min(0.5, 0.8) = 0.5
+    # (unclipped branch)
     # per-token loss = -A * chosen: -1.28, -1.1, -0.5
-    # trajectory 1 (A=-2): ratio 1.5 -> max(-2*-1.5=3.0, -2*-1.28=2.56) = 3.0; 0.7 -> max(1.4, 1.6) = 1.6; third masked
+    # trajectory 1 (A=-2): ratio 1.5 -> max(-2*-1.5=3.0, -2*-1.28=2.56) = 3.0; 0.7 -> max(1.4, 1.6) = 1.6;
+    # third masked
     expected = (-1.28 - 1.1 - 0.5 + 3.0 + 1.6) / 5
     assert math.isclose(out.loss.item(), expected, rel_tol=1e-6)
     assert math.isclose(out.clip_fraction.item(), 2 / 5, rel_tol=1e-6)  # the 1.5 (A>0) and 0.7 (A<0) tokens

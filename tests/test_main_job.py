@@ -102,7 +102,8 @@ def test_kill_9_mid_stage_takes_the_learner_service_along_and_the_resume_complet
     left running on the same store (as jobs did before the guard) is ended by the resume, which
     then completes with every episode on both sides exactly once."""
     out = tmp_path / "run"
-    argv = [sys.executable, "-m", "wmpo_core.cli", "run", "--out", str(out), "--robot", "so101_sim_near", "--rounds", "0",
+    argv = [sys.executable, "-m", "wmpo_core.cli", "run", "--out", str(out), "--robot", "so101_sim_near",
+            "--rounds", "0",
             "--demos", "2", "--rollouts", "2", "--device", "cpu"]  # fmt: skip
     for item in TOY_SIZES:
         argv += ["--set", item]
@@ -127,8 +128,10 @@ def test_kill_9_mid_stage_takes_the_learner_service_along_and_the_resume_complet
 
     # A service left over by an older job on this run's store (no guard: started directly).
     leftover = subprocess.Popen(
-        [sys.executable, "-m", "wmpo_core.cli", "serve", "--store", str(store), "--registry", str(out / "learner" / "registry"),
-         "--robot", "so101_sim_near", "--port", str(port), "--token-file", str(out / "learner" / "learner.token")],
+        [sys.executable, "-m", "wmpo_core.cli", "serve", "--store", str(store),
+         "--registry", str(out / "learner" / "registry"),
+         "--robot", "so101_sim_near", "--port", str(port),
+         "--token-file", str(out / "learner" / "learner.token")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
@@ -141,8 +144,8 @@ def test_kill_9_mid_stage_takes_the_learner_service_along_and_the_resume_complet
         resumed = subprocess.run(argv, capture_output=True, text=True, timeout=900)
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
         assert (
-            f"ending a learner service left running by an earlier job on {out / 'learner'} (pid {leftover.pid})"
-            in resumed.stderr
+            f"ending a learner service left running by an earlier job on {out / 'learner'} (pid "
+            f"{leftover.pid})" in resumed.stderr
         )
         assert leftover.wait(timeout=5) is not None
     finally:

@@ -252,7 +252,8 @@ def test_outbox_push_delivers_a_store_with_no_robot_as_soon_as_the_learner_answe
     # Nothing was ever queued (the robot ran without a learner): push queues the whole store.
     push = subprocess.Popen(
         [sys.executable, "-m", "wmpo_core.cli", "outbox", "push", "--store", str(path), "--learner", f"http://127.0.0.1:{port}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "WMPO_LEARNER_TOKEN": TOKEN},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "WMPO_LEARNER_TOKEN": TOKEN},
     )  # fmt: skip
     try:
         outbox_db = tmp_path / "robot.zarr.outbox.sqlite"

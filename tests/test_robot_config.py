@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -103,10 +104,10 @@ def test_ros2_control_command_topic_must_be_the_controllers(tmp_path: Path) -> N
 
 
 def test_unknown_names_and_bad_files(tmp_path: Path) -> None:
-    with pytest.raises(RobotConfigError, match="no robot config named 'so102_sim'.*available: .*so101_sim"):
+    with pytest.raises(RobotConfigError, match=r"no robot config named 'so102_sim'.*available: .*so101_sim"):
         load_robot_config("so102_sim")
     (tmp_path / "broken.yaml").write_text("name: [unclosed")
-    with pytest.raises(RobotConfigError, match="broken.yaml: not valid YAML"):
+    with pytest.raises(RobotConfigError, match=re.escape("broken.yaml: not valid YAML")):
         load_robot_config(tmp_path / "broken.yaml")
     (tmp_path / "listy.yaml").write_text("- a\n- b\n")
     with pytest.raises(RobotConfigError, match="a robot config is a YAML mapping"):

@@ -112,7 +112,7 @@ def test_image_to_msg_checks_shape_for_the_encoding():
 def test_joint_order_comes_from_the_config_not_the_message():
     cfg = load_robot_config("so101_sim")
     msg = JointState(
-        name=list(reversed(cfg.joint_names)) + ["extra_joint"], position=[6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 9.0]
+        name=[*list(reversed(cfg.joint_names)), "extra_joint"], position=[6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 9.0]
     )
     np.testing.assert_allclose(joint_positions(msg, cfg.joint_names), [1, 2, 3, 4, 5, 6])
     with pytest.raises(JointOrderError, match=r"lacks joints \['gripper'\]"):

@@ -207,10 +207,12 @@ def test_dry_run_publishes_nothing_to_the_arm_and_switches_only_between_episodes
         wait_until(lambda before=before: len(proposed) > before, what="a dry-run action")
     assert arm.num_commands == 0
     np.testing.assert_allclose(proposed[-1].data, moving)
-    # Going live mid-episode is refused: the safety filter's last command is a proposal the arm never executed.
+    # Going live mid-episode is refused: the safety filter's last command is a proposal the arm never
+    # executed.
     refused = node.set_parameters([Parameter("dry_run", value=False)])[0]
     assert not refused.successful and "between episodes" in refused.reason and node.dry_run
-    # Between episodes it switches; the next episode commands the arm, and nothing more goes to the dry-run topic.
+    # Between episodes it switches; the next episode commands the arm, and nothing more goes to the dry-run
+    # topic.
     node.enable(False)
     assert node.set_parameters([Parameter("dry_run", value=False)])[0].successful
     wait_until(

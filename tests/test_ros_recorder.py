@@ -277,7 +277,8 @@ def test_a_dry_run_moves_nothing_records_nothing_and_ends_each_episode_at_the_ti
 def test_wmpo_deploy_dry_run_finishes_its_episodes_and_says_nothing_was_recorded(tmp_path, capsys):
     config = tiny_reach_config(tmp_path)
     store = tmp_path / "rollouts"
-    rc = wmpo(["deploy", "--robot", config, "--policy", "scripted:ros_harness:ConstantPolicy", "--dry-run", "--episodes", "2",
+    rc = wmpo(["deploy", "--robot", config, "--policy", "scripted:ros_harness:ConstantPolicy",
+               "--dry-run", "--episodes", "2",
                "--max-steps", "5", "--store", str(store)])  # fmt: skip
     err = capsys.readouterr().err
     assert rc == 0, err

@@ -89,7 +89,7 @@ def sim(tmp_path):
 
 
 def test_seed_sequence_and_reset(sim):
-    graph, node, probe = sim
+    _graph, _node, probe = sim
     assert probe.reset() == "seed 5"
     assert probe.reset() == "seed 5"  # nothing moved the scene: it keeps its seed
     wait_until(lambda: probe.seeds and probe.seeds[-1] == 5, what="the seed topic")
@@ -101,7 +101,7 @@ def test_seed_sequence_and_reset(sim):
 
 
 def test_lockstep_one_step_and_one_period_per_command_and_none_without_one(sim):
-    graph, node, probe = sim
+    _graph, node, probe = sim
     probe.reset()
     before = len(probe.states)
     # Before the first command the sim waits: the scene is re-published unchanged, time stands still.
@@ -151,7 +151,7 @@ def test_lockstep_one_step_and_one_period_per_command_and_none_without_one(sim):
 
 
 def test_frames_and_success(sim):
-    graph, node, probe = sim
+    _graph, _node, probe = sim
     probe.reset()
     for _ in range(12):
         probe.step([1.0, 1.0])

@@ -328,11 +328,16 @@ def test_tls_end_to_end_with_a_private_ca(tmp_path):
         with LearnerClient(learner.url, TOKEN, verify=str(cert)) as client:
             assert client.health().auth_required
             assert client.create_run("sft").state == "running"
-        with LearnerClient(learner.url, TOKEN) as untrusting:  # the system CAs do not vouch for it
-            with pytest.raises(LearnerUnavailable, match="unreachable"):
-                untrusting.health()
-        with LearnerClient(learner.url.replace("https", "http"), TOKEN) as plain:
-            with pytest.raises(LearnerUnavailable):
-                plain.health()
+        # The system CAs do not vouch for it.
+        with (
+            LearnerClient(learner.url, TOKEN) as untrusting,
+            pytest.raises(LearnerUnavailable, match="unreachable"),
+        ):
+            untrusting.health()
+        with (
+            LearnerClient(learner.url.replace("https", "http"), TOKEN) as plain,
+            pytest.raises(LearnerUnavailable),
+        ):
+            plain.health()
     finally:
         learner.stop()

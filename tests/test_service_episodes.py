@@ -139,7 +139,8 @@ def _episode_copy(store, episode_id: str, tmp_path: Path) -> Path:
 
 
 def _bad_uploads(store, ids, other_arm, tmp_path) -> dict[str, tuple[str, bytes, str | None, str, int, str]]:
-    """name -> (episode id in the URL, body, sha header (None: correct one), content type, status, message)."""
+    """name -> (episode id in the URL, body, sha header (None: correct one), content type, status,
+    message)."""
     target = ids[2]
     good = archive_bytes(store.episode_path(target), target)
     cases = {

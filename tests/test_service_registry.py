@@ -7,6 +7,7 @@ import filecmp
 import hashlib
 import io
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -135,7 +136,7 @@ def test_tampered_registry_file_is_refused_by_the_client_and_by_deploy(learner, 
     weights.write_bytes(bytes(tampered))
     try:
         staging = tmp_path / "staging"
-        with pytest.raises(IntegrityError, match="model.safetensors"):
+        with pytest.raises(IntegrityError, match=re.escape("model.safetensors")):
             client.download_version("v3", staging)
         assert list(staging.iterdir()) == []  # nothing half-downloaded, nothing unverified
         with pytest.raises(LearnerRejected) as refused:

@@ -127,23 +127,25 @@ def test_the_client_refuses_traversal_versions_before_asking_writing_or_deleting
     outside.mkdir()
     (outside / "keep.txt").write_text("keep")
     listing = {"version": "v1", "published_at": time.time(), "files": [], "total_bytes": 0, "manifest": None}
-    with serve(FakeLearner(TRAVERSALS, files={"v1": listing})) as fake:
-        with LearnerClient(fake.url, TOKEN) as client:
-            # The deployment answer itself is refused, naming the field: nothing acts on it.
-            for _ in TRAVERSALS:
-                with pytest.raises(
-                    LearnerUnavailable, match=r"schema errors; first: version: String should match pattern"
-                ):
-                    client.deployment()
-            for name in TRAVERSALS:
-                with pytest.raises(UnsafeNameError):
-                    client.download_version(name, cache)
-            assert not any(p.startswith("/v1/policies") for p in fake.paths), fake.paths
-            # A symlink planted in the cache under a valid name is not followed to delete its target.
-            cache.mkdir(exist_ok=True)
-            (cache / "v1").symlink_to(outside)
-            with pytest.raises(UnsafeNameError, match="outside"):
-                client.download_version("v1", cache)
+    with (
+        serve(FakeLearner(TRAVERSALS, files={"v1": listing})) as fake,
+        LearnerClient(fake.url, TOKEN) as client,
+    ):
+        # The deployment answer itself is refused, naming the field: nothing acts on it.
+        for _ in TRAVERSALS:
+            with pytest.raises(
+                LearnerUnavailable, match=r"schema errors; first: version: String should match pattern"
+            ):
+                client.deployment()
+        for name in TRAVERSALS:
+            with pytest.raises(UnsafeNameError):
+                client.download_version(name, cache)
+        assert not any(p.startswith("/v1/policies") for p in fake.paths), fake.paths
+        # A symlink planted in the cache under a valid name is not followed to delete its target.
+        cache.mkdir(exist_ok=True)
+        (cache / "v1").symlink_to(outside)
+        with pytest.raises(UnsafeNameError, match="outside"):
+            client.download_version("v1", cache)
     assert (victim / "precious.txt").read_text() == "robot data"
     assert (outside / "keep.txt").read_text() == "keep"
 

@@ -102,7 +102,8 @@ class WorldModelTrainer:
     def __init__(self, plan: TrainingPlan, ctx: Distributed):
         if ctx.world_size > len(plan.episodes):
             raise ValueError(
-                f"{ctx.world_size} processes but only {len(plan.episodes)} episodes: each process needs at least one"
+                f"{ctx.world_size} processes but only {len(plan.episodes)} episodes: each process needs at "
+                "least one"
             )
         self.plan = plan
         self.ctx = ctx
@@ -136,7 +137,8 @@ class WorldModelTrainer:
             )
         if wm.camera != plan.camera or wm.normalizer.dim != plan.robot.action.dim:
             raise ValueError(
-                f"world model sees camera '{wm.camera}' with {wm.normalizer.dim}-D actions; the episodes have camera "
+                f"world model sees camera '{wm.camera}' with {wm.normalizer.dim}-D actions; the episodes "
+                "have camera "
                 f"'{plan.camera}' and {plan.robot.action.dim}-D actions"
             )
         return wm.to(self.ctx.device)
@@ -193,7 +195,8 @@ class WorldModelTrainer:
                 range(self.stage_step, cfg.vae_steps), desc="vae", disable=not ctx.is_main, dynamic_ncols=True
             )
             for step in bar:
-                # Every step draws from its own seed: a resumed run sees exactly the data of an uninterrupted one.
+                # Every step draws from its own seed: a resumed run sees exactly the data of an uninterrupted
+                # one.
                 pixels = wm.to_pixels(
                     frames.sample(
                         cfg.vae_batch_size, np.random.default_rng(_seed(cfg.seed, ctx.rank, step, 1))
@@ -238,7 +241,8 @@ class WorldModelTrainer:
         mean, std = float(moments[0]), float((moments[1] - moments[0] ** 2).clamp_min(1e-12).sqrt())
         wm.vae.register_to_config(shift_factor=mean, scaling_factor=1.0 / std)
         self._log(
-            f"latent statistics: mean {mean:.4f}, std {std:.4f} -> shift_factor {mean:.4f}, scaling_factor {1 / std:.4f}"
+            f"latent statistics: mean {mean:.4f}, std {std:.4f} -> shift_factor {mean:.4f}, scaling_factor "
+            f"{1 / std:.4f}"
         )
 
     # ------------------------------------------------------------------ stage 2: transformer

@@ -68,7 +68,8 @@ def msg_to_image(msg: Image) -> np.ndarray:
     buffer = np.frombuffer(msg.data, dtype=np.uint8)
     if buffer.size < msg.step * msg.height:
         raise ImageEncodingError(
-            f"image data has {buffer.size} bytes, {msg.height} rows of step {msg.step} need {msg.step * msg.height}"
+            f"image data has {buffer.size} bytes, {msg.height} rows of step {msg.step} need "
+            f"{msg.step * msg.height}"
         )
     rows = buffer[: msg.step * msg.height].reshape(msg.height, msg.step)[:, :row]
     frame = rows.reshape(msg.height, msg.width, channels)

@@ -54,7 +54,8 @@ class GraphNames:
     """std_msgs/String (JSON): one message per committed episode (metadata and cadence report)."""
     # sync node
     sync_status: str
-    """std_msgs/String (JSON), latched: the learner link (deployment followed, staged, rejected, upload backlog)."""
+    """std_msgs/String (JSON), latched: the learner link (deployment followed, staged, rejected,
+    upload backlog)."""
 
 
 def robot_namespace(config: RobotConfig) -> str:

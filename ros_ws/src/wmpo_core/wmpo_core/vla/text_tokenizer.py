@@ -30,7 +30,8 @@ def build_byte_bpe_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> Pr
     minimum = len(pre_tokenizers.ByteLevel.alphabet()) + len(SPECIAL_TOKENS)
     if vocab_size < minimum:
         raise ValueError(
-            f"a byte-level tokenizer needs vocab_size >= {minimum} (256 bytes + special tokens), got {vocab_size}"
+            f"a byte-level tokenizer needs vocab_size >= {minimum} (256 bytes + special tokens), got "
+            f"{vocab_size}"
         )
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
