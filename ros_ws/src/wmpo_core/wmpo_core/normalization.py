@@ -7,11 +7,12 @@ and are hashed into its metadata, so a policy is never run with statistics it wa
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable
 
 import numpy as np
+
+from wmpo_core.durable import tagged_sha256
 
 _EPS = 1e-6
 
@@ -67,4 +68,4 @@ class ActionNormalizer:
     @property
     def content_hash(self) -> str:
         text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+        return tagged_sha256(text.encode())

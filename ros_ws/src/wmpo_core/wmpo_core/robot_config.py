@@ -7,7 +7,6 @@ the order of `joints:`; it is never taken from the order of a JointState message
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -25,6 +24,8 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
+
+from wmpo_core.durable import tagged_sha256
 
 _IDENT = r"^[a-z][a-z0-9_]*$"
 _TOPIC = r"^/?[A-Za-z][A-Za-z0-9_/]*$"
@@ -309,7 +310,7 @@ class RobotConfig(_Strict):
     @property
     def content_hash(self) -> str:
         """sha256 of the validated content; stamped into every episode recorded with this config."""
-        return "sha256:" + hashlib.sha256(self.canonical_json().encode()).hexdigest()
+        return tagged_sha256(self.canonical_json().encode())
 
 
 def _format_errors(source: str, exc: ValidationError) -> str:
