@@ -1,7 +1,8 @@
-"""The rules the sync node is a thin ROS shell around, checked without ROS: a deployed version's
-manifest check, which deployments need staging, which cached versions are pruned, the status and
-its /diagnostics summary, and which episodes are this robot's to upload (a real store, a real
-outbox and, for the upload itself, a real learner service over HTTP)."""
+"""The rules the sync node is a thin ROS shell around, checked without ROS: the policy node's
+load outcomes it waits for (and the specs refused before any load), a deployed version's manifest
+check, which deployments need staging, which cached versions are pruned, the status and its
+/diagnostics summary, and which episodes are this robot's to upload (a real store, a real outbox
+and, for the upload itself, a real learner service over HTTP)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from wmpo_core.robot_config import load_robot_config
 from wmpo_ros.learner_client import LearnerClient
 from wmpo_ros.outbox import Outbox, PermanentUploadError
 from wmpo_ros.own_episodes import OwnEpisodes, announced_episode_id
+from wmpo_ros.policy_loads import LoadOutcome, spec_refusal
 from wmpo_ros.policy_versions import VersionRejected, check_manifest, settled_state, versions_to_prune
 from wmpo_ros.sync_status import Rejection, SyncStatus
 
@@ -143,3 +145,25 @@ def test_only_this_robots_stored_episodes_are_queued_and_uploaded(tmp_path, writ
         client.close()
         outbox.close()
         learner.stop()
+
+
+def test_a_policy_spec_is_refused_at_once_only_when_empty_or_a_missing_directory(tmp_path):
+    assert spec_refusal("") == "policy not loaded: no policy given (empty spec)"
+    missing = tmp_path / "nope"
+    assert spec_refusal(str(missing)) == (
+        f"policy not loaded: '{missing}' is neither an existing checkpoint directory nor a scheme spec"
+    )
+    assert spec_refusal(str(tmp_path)) is None
+    assert spec_refusal("scripted:so101") is None  # a scheme spec: its loader judges it
+
+
+def test_load_outcomes_round_trip_and_a_malformed_one_is_not_an_outcome():
+    staged = LoadOutcome.staged("/cache/v2", "v2")
+    assert json.loads(staged.to_json()) == {"spec": "/cache/v2", "ok": True, "version": "v2", "reason": ""}
+    assert LoadOutcome.from_json(staged.to_json()) == staged
+    refused = LoadOutcome.refused("/cache/v3", "tensor hash mismatch")
+    assert LoadOutcome.from_json(refused.to_json()) == refused
+    assert LoadOutcome.from_json("not json") is None and LoadOutcome.from_json("[1]") is None
+    # Missing fields read as refused without a reason; a non-string reason is kept as text.
+    assert LoadOutcome.from_json('{"spec": "/cache/v4"}') == LoadOutcome("/cache/v4", False, None, "")
+    assert LoadOutcome.from_json('{"spec": "/x", "ok": 0, "reason": 5}').reason == "5"

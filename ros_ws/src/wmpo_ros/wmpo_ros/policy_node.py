@@ -41,13 +41,11 @@ Control loop (a timer at the config's control rate, on the ROS clock, so sim tim
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -70,6 +68,7 @@ from wmpo_ros.node_inputs import subscribe_cameras, subscribe_joint_states
 from wmpo_ros.node_utils import run_node
 from wmpo_ros.params import POLICY
 from wmpo_ros.policy_holder import LoadedPolicy, PolicyHolder
+from wmpo_ros.policy_loads import LoadOutcome, spec_refusal
 from wmpo_ros.policy_timing import ChunkQueue, InferenceTiming, captured_at, stale_input
 
 SWAP_POINTS = ("episode", "chunk")
@@ -270,16 +269,9 @@ class PolicyNode(Node):
         for param in params:
             if param.name == "policy":
                 spec = str(param.value)
-                if not spec:
-                    return SetParametersResult(
-                        successful=False, reason="policy not loaded: no policy given (empty spec)"
-                    )
-                if ":" not in spec and not Path(spec).exists():
-                    return SetParametersResult(
-                        successful=False,
-                        reason=f"policy not loaded: '{spec}' is neither an existing checkpoint directory "
-                        "nor a scheme spec",
-                    )
+                refused = spec_refusal(spec)
+                if refused:
+                    return SetParametersResult(successful=False, reason=refused)
                 self._loads.put(spec)
                 return SetParametersResult(
                     successful=True,
@@ -326,18 +318,12 @@ class PolicyNode(Node):
             except Exception as exc:  # any failure refuses the candidate; it must never take the node down
                 running = self.holder.active.version if self.holder.active else "no policy"
                 self.get_logger().warning(f"policy '{spec}' not loaded, still running {running}: {exc}")
-                self._loads_pub.publish(
-                    String(data=json.dumps({"spec": spec, "ok": False, "version": None, "reason": str(exc)}))
-                )
+                self._loads_pub.publish(String(data=LoadOutcome.refused(spec, str(exc)).to_json()))
                 continue
             self.holder.stage(candidate)
             self._staged_pub.publish(String(data=candidate.version))
             self.get_logger().info(f"staged policy {candidate.version}; active from the next {self.swap_at}")
-            self._loads_pub.publish(
-                String(
-                    data=json.dumps({"spec": spec, "ok": True, "version": candidate.version, "reason": ""})
-                )
-            )
+            self._loads_pub.publish(String(data=LoadOutcome.staged(spec, candidate.version).to_json()))
             if self._autostart and self.holder.active is None:
                 self.enable(
                     True

@@ -67,6 +67,7 @@ from wmpo_ros.node_utils import run_node
 from wmpo_ros.outbox import Backoff, Outbox, OutboxEntry, OutboxWorker
 from wmpo_ros.own_episodes import OwnEpisodes, announced_episode_id
 from wmpo_ros.params import POLICY, SYNC
+from wmpo_ros.policy_loads import LoadOutcome
 from wmpo_ros.policy_versions import VersionRejected, check_manifest, settled_state, versions_to_prune
 from wmpo_ros.sync_status import Rejection, SyncStatus
 
@@ -112,7 +113,7 @@ class SyncNode(Node):
 
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._load_wait: tuple[str, threading.Event, dict[str, Any]] | None = None
+        self._load_wait: tuple[str, threading.Event, list[LoadOutcome]] | None = None
         """(spec asked of the policy node, set when its outcome arrives, the outcome)."""
         self.status = SyncStatus(
             learner_url=self.client.base_url, state="waiting" if p["update_policy"] else "uploads only"
@@ -256,13 +257,12 @@ class SyncNode(Node):
         self._update(staged_version=msg.data or None)
 
     def _on_load(self, msg: String) -> None:
-        try:
-            outcome = json.loads(msg.data)
-        except ValueError:
+        outcome = LoadOutcome.from_json(msg.data)
+        if outcome is None:
             return
         with self._lock:
-            if self._load_wait is not None and outcome.get("spec") == self._load_wait[0]:
-                self._load_wait[2].update(outcome)
+            if self._load_wait is not None and outcome.spec == self._load_wait[0]:
+                self._load_wait[2].append(outcome)
                 self._load_wait[1].set()
 
     def _see_policy_node(self) -> None:
@@ -365,9 +365,9 @@ class SyncNode(Node):
         if not self._policy_params.wait_for_services(timeout_sec=10.0):
             raise RetryLater(f"the policy node ({POLICY.node_name}) is not running")
         spec = str(path.resolve())
-        loaded, outcome = threading.Event(), {}
+        loaded, outcomes = threading.Event(), []
         with self._lock:
-            self._load_wait = (spec, loaded, outcome)
+            self._load_wait = (spec, loaded, outcomes)
         try:
             future = self._policy_params.set_parameters([Parameter("policy", value=spec)])
             answered = threading.Event()
@@ -390,8 +390,8 @@ class SyncNode(Node):
         finally:
             with self._lock:
                 self._load_wait = None
-        if not outcome.get("ok"):
-            raise VersionRejected(str(outcome.get("reason") or "the policy node refused it"))
+        if not outcomes[-1].ok:
+            raise VersionRejected(outcomes[-1].reason or "the policy node refused it")
 
     def _reject(self, version: str, reason: str) -> None:
         running = self.status.active_version or "no policy"

@@ -1,0 +1,64 @@
+"""Loading a new policy into the policy node, free of ROS: which `policy` parameter values are
+refused at once, and the outcome message the loader thread sends on `<ns>/policy/loads`.
+
+The outcome is the contract between the policy node (which writes it) and the sync node (which
+waits for the one answering the spec it set), so both read and write it here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+def spec_refusal(spec: str) -> str | None:
+    """Why a `policy` parameter value is refused before any load is queued, or None.
+
+    A spec is a checkpoint directory that exists or a scheme spec ("scheme:..."); the loader
+    checks everything else (and reports on `<ns>/policy/loads`).
+    """
+    if not spec:
+        return "policy not loaded: no policy given (empty spec)"
+    if ":" not in spec and not Path(spec).exists():
+        return f"policy not loaded: '{spec}' is neither an existing checkpoint directory nor a scheme spec"
+    return None
+
+
+@dataclass(frozen=True)
+class LoadOutcome:
+    """One load's outcome: the spec asked for, whether it was staged, its version, why not."""
+
+    spec: str
+    ok: bool
+    version: str | None
+    reason: str
+
+    @classmethod
+    def staged(cls, spec: str, version: str) -> LoadOutcome:
+        return cls(spec, True, version, "")
+
+    @classmethod
+    def refused(cls, spec: str, reason: str) -> LoadOutcome:
+        return cls(spec, False, None, reason)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> LoadOutcome | None:
+        """The outcome in a `<ns>/policy/loads` message; None for one that is not a JSON object.
+        Missing fields read as not staged, without a reason (the waiter then says so itself)."""
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        version = data.get("version")
+        return cls(
+            spec=str(data.get("spec", "")),
+            ok=bool(data.get("ok")),
+            version=None if version is None else str(version),
+            reason=str(data.get("reason") or ""),
+        )
