@@ -35,8 +35,8 @@ parameter, so the sync node works the same in the policy node's process (`wmpo d
 
 This node holds the ROS side and the two worker threads; its rules are ROS-free modules:
 `wmpo_ros.own_episodes` (which episodes are this robot's, the upload call), `wmpo_ros.policy_versions`
-(manifest check, which deployments need staging, cache pruning) and `wmpo_ros.sync_status` (the
-status and its /diagnostics summary).
+(manifest check, which deployments need staging, cache pruning), `wmpo_ros.sync_status` (the
+status and its /diagnostics summary) and `wmpo_ros.policy_loads` (the load outcome it waits for).
 """
 
 from __future__ import annotations
