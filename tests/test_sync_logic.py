@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from wmpo_core.robot_config import load_robot_config
 from wmpo_ros.learner_client import LearnerClient
 from wmpo_ros.outbox import Outbox, PermanentUploadError
 from wmpo_ros.own_episodes import OwnEpisodes, announced_episode_id
-from wmpo_ros.policy_loads import LoadOutcome, spec_refusal
+from wmpo_ros.policy_loads import LoadOutcome, LoadWaiter, spec_refusal
 from wmpo_ros.policy_versions import VersionRejected, check_manifest, settled_state, versions_to_prune
 from wmpo_ros.sync_status import Rejection, SyncStatus
 
@@ -167,3 +168,22 @@ def test_load_outcomes_round_trip_and_a_malformed_one_is_not_an_outcome():
     # Missing fields read as refused without a reason; a non-string reason is kept as text.
     assert LoadOutcome.from_json('{"spec": "/cache/v4"}') == LoadOutcome("/cache/v4", False, None, "")
     assert LoadOutcome.from_json('{"spec": "/x", "ok": 0, "reason": 5}').reason == "5"
+
+
+def test_the_sync_node_waits_for_the_outcome_of_its_own_load_only():
+    waiter = LoadWaiter()
+    waiter.deliver(LoadOutcome.staged("/cache/v2", "v2"))  # nothing asked yet: ignored
+    pending = waiter.expect("/cache/v2")
+    assert not pending.arrived.is_set()
+    waiter.deliver(LoadOutcome.staged("/elsewhere/v2", "v2"))  # another caller's load
+    assert not pending.arrived.wait(0.05) and pending.outcome is None
+    refused = LoadOutcome.refused("/cache/v2", "probe gave NaN")
+    threading.Timer(0.05, waiter.deliver, (refused,)).start()  # from another thread, as the executor
+    assert pending.arrived.wait(5.0) and pending.outcome == refused
+    waiter.forget()
+    later = waiter.expect("/cache/v3")
+    waiter.wake()  # shutdown: the wait ends without an outcome
+    assert later.arrived.is_set() and later.outcome is None
+    waiter.forget()
+    waiter.deliver(LoadOutcome.staged("/cache/v3", "v3"))
+    assert later.outcome is None  # forgotten: a late outcome changes nothing

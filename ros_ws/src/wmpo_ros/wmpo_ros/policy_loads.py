@@ -1,5 +1,6 @@
 """Loading a new policy into the policy node, free of ROS: which `policy` parameter values are
-refused at once, and the outcome message the loader thread sends on `<ns>/policy/loads`.
+refused at once, the outcome message the loader thread sends on `<ns>/policy/loads`, and the
+sync node's wait for the outcome of the load it asked for.
 
 The outcome is the contract between the policy node (which writes it) and the sync node (which
 waits for the one answering the spec it set), so both read and write it here.
@@ -8,7 +9,8 @@ waits for the one answering the spec it set), so both read and write it here.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import threading
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
@@ -62,3 +64,42 @@ class LoadOutcome:
             version=None if version is None else str(version),
             reason=str(data.get("reason") or ""),
         )
+
+
+@dataclass
+class PendingLoad:
+    """A load asked of the policy node: `arrived` is set when its outcome (or a wake-up) comes."""
+
+    spec: str
+    arrived: threading.Event = field(default_factory=threading.Event)
+    outcome: LoadOutcome | None = None
+
+
+class LoadWaiter:
+    """The sync node's wait for the outcome of the one load it asked for. Outcomes arrive on an
+    executor thread; those for another spec (another caller's, a stale one) are ignored; `wake`
+    ends a wait at shutdown, with no outcome."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: PendingLoad | None = None
+
+    def expect(self, spec: str) -> PendingLoad:
+        with self._lock:
+            self._pending = PendingLoad(spec)
+            return self._pending
+
+    def deliver(self, outcome: LoadOutcome) -> None:
+        with self._lock:
+            if self._pending is not None and outcome.spec == self._pending.spec:
+                self._pending.outcome = outcome
+                self._pending.arrived.set()
+
+    def wake(self) -> None:
+        with self._lock:
+            if self._pending is not None:
+                self._pending.arrived.set()
+
+    def forget(self) -> None:
+        with self._lock:
+            self._pending = None

@@ -67,7 +67,7 @@ from wmpo_ros.node_utils import run_node
 from wmpo_ros.outbox import Backoff, Outbox, OutboxEntry, OutboxWorker
 from wmpo_ros.own_episodes import OwnEpisodes, announced_episode_id
 from wmpo_ros.params import POLICY, SYNC
-from wmpo_ros.policy_loads import LoadOutcome
+from wmpo_ros.policy_loads import LoadOutcome, LoadWaiter
 from wmpo_ros.policy_versions import VersionRejected, check_manifest, settled_state, versions_to_prune
 from wmpo_ros.sync_status import Rejection, SyncStatus
 
@@ -113,8 +113,7 @@ class SyncNode(Node):
 
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._load_wait: tuple[str, threading.Event, list[LoadOutcome]] | None = None
-        """(spec asked of the policy node, set when its outcome arrives, the outcome)."""
+        self._loads = LoadWaiter()
         self.status = SyncStatus(
             learner_url=self.client.base_url, state="waiting" if p["update_policy"] else "uploads only"
         )
@@ -260,10 +259,7 @@ class SyncNode(Node):
         outcome = LoadOutcome.from_json(msg.data)
         if outcome is None:
             return
-        with self._lock:
-            if self._load_wait is not None and outcome.spec == self._load_wait[0]:
-                self._load_wait[2].append(outcome)
-                self._load_wait[1].set()
+        self._loads.deliver(outcome)
 
     def _see_policy_node(self) -> None:
         """Before the first deployment: find the policy node and the version it runs (latched, so
@@ -365,9 +361,7 @@ class SyncNode(Node):
         if not self._policy_params.wait_for_services(timeout_sec=10.0):
             raise RetryLater(f"the policy node ({POLICY.node_name}) is not running")
         spec = str(path.resolve())
-        loaded, outcomes = threading.Event(), []
-        with self._lock:
-            self._load_wait = (spec, loaded, outcomes)
+        pending = self._loads.expect(spec)
         try:
             future = self._policy_params.set_parameters([Parameter("policy", value=spec)])
             answered = threading.Event()
@@ -381,17 +375,16 @@ class SyncNode(Node):
                 raise RetryLater(f"setting the policy node's 'policy' parameter failed: {exc}") from None
             if not result.successful:
                 raise VersionRejected(result.reason)
-            if not loaded.wait(self._stage_timeout_s):
+            if not pending.arrived.wait(self._stage_timeout_s):
                 raise RetryLater(
                     f"the policy node did not finish loading within {self._stage_timeout_s:.0f} s"
                 )
             if self._stopping.is_set():
                 raise RetryLater("the sync node is shutting down")
         finally:
-            with self._lock:
-                self._load_wait = None
-        if not outcomes[-1].ok:
-            raise VersionRejected(outcomes[-1].reason or "the policy node refused it")
+            self._loads.forget()
+        if not pending.outcome.ok:
+            raise VersionRejected(pending.outcome.reason or "the policy node refused it")
 
     def _reject(self, version: str, reason: str) -> None:
         running = self.status.active_version or "no policy"
@@ -415,8 +408,7 @@ class SyncNode(Node):
         of, a destroyed node dies with rclpy's InvalidHandle traceback."""
         with self._lock:  # no status publish is in flight once this returns, and none starts after
             self._stopping.set()
-            if self._load_wait is not None:
-                self._load_wait[1].set()
+            self._loads.wake()
         if self._uploads is not None:
             self._uploads.stop(timeout_s=2.0)
         self.client.close()  # ends a long-poll or an upload in flight
