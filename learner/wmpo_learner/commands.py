@@ -5,7 +5,6 @@ name -> (module, one-line help); the module defines `add_arguments(parser, comma
 """
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("wmpo_learner.main_job", "the whole lifelong loop on one machine (the main job)"),
     "sft": ("wmpo_learner.sft", "behaviour cloning of the VLA on demonstrations"),
     "eval": ("wmpo_learner.sim_eval", "evaluate a policy checkpoint in the simulator"),
     "wm-train": ("wmpo_learner.world_model.train", "pretrain the video world model on stored episodes"),

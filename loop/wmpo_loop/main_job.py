@@ -41,11 +41,18 @@ from pathlib import Path
 from typing import Any
 
 from wmpo_core.cli_args import add_device_argument
-
-from wmpo_learner.iterate import IterateConfig, run_round
+from wmpo_core.episode_store import EpisodeStore
+from wmpo_core.robot_config import GymSimDriver, load_robot_config
+from wmpo_core.vla.checkpoint import read_manifest
+from wmpo_learner.iterate import IterateConfig, run_round, stage_sizes
+from wmpo_learner.report import VersionResult, real_vs_imagined_video, write_report
+from wmpo_learner.service.local import LocalService
 from wmpo_learner.sft import SFTConfig, train_sft
 from wmpo_learner.stats import one_sided_worse_p_value
 from wmpo_learner.world_model.train import WorldModelTrainConfig, train_world_model
+from wmpo_ros.bringup import add_ros_domain_argument
+from wmpo_ros.learner_client import LearnerClient
+from wmpo_ros.session import RobotSession
 
 # Sizes for one machine. "cpu": tiny models a 2-core machine runs in minutes (a demonstration of
 # the loop, not of the paper's numbers); "gpu": the realistic VLA and world-model sizes.
@@ -82,8 +89,6 @@ GRPO iterations, which keeps a round near 20 minutes on 2 cores. `--set` items c
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    from wmpo_ros.bringup import add_ros_domain_argument
-
     parser.description = __doc__.split("\n\n")[0]
     parser.epilog = "Example: wmpo run --out runs/first --rounds 2"
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -168,8 +173,6 @@ class RunPaths:
 
 def sizes_for(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
     """This job's sizes, and the `--set` items meant for `wmpo iterate` (checked there too)."""
-    from wmpo_learner.iterate import stage_sizes
-
     sizes = dict(SIZES[args.size])
     if args.demos is not None:
         sizes["demos"] = args.demos
@@ -236,8 +239,6 @@ def stage(name: str, code: int) -> None:
 
 def publish_and_deploy(client, checkpoint: Path, reason: str) -> str:
     """Publish a checkpoint under its own version (idempotent on resume) and mark it deployed."""
-    from wmpo_core.vla.checkpoint import read_manifest
-
     version = read_manifest(checkpoint)["version"]
     if version not in {v.version for v in client.list_versions()}:
         client.publish_version(checkpoint, version)
@@ -249,8 +250,6 @@ def publish_and_deploy(client, checkpoint: Path, reason: str) -> str:
 def wait_for_learner_episodes(store_path: Path, count: int, timeout_s: float, **select: Any) -> list[str]:
     """Until the learner's store holds `count` episodes matching `select` (they arrive through the
     robot's outbox); returns their ids."""
-    from wmpo_core.episode_store import EpisodeStore
-
     deadline = time.monotonic() + timeout_s
     while True:
         ids = (
@@ -268,13 +267,6 @@ def wait_for_learner_episodes(store_path: Path, count: int, timeout_s: float, **
 
 
 def run_loop(args: argparse.Namespace) -> Path:
-    from wmpo_core.robot_config import GymSimDriver, load_robot_config
-    from wmpo_ros.learner_client import LearnerClient
-    from wmpo_ros.session import RobotSession
-
-    from wmpo_learner.report import VersionResult, real_vs_imagined_video, write_report
-    from wmpo_learner.service.local import LocalService
-
     sizes, iterate_sets = sizes_for(args)
     robot = load_robot_config(args.robot)
     sim = isinstance(robot.driver, GymSimDriver)
@@ -468,16 +460,12 @@ def run_loop(args: argparse.Namespace) -> Path:
 
 
 def _episodes(store_path: Path, version: str):
-    from wmpo_core.episode_store import EpisodeStore
-
     return EpisodeStore.open(store_path).select(source="policy", policy_version=version)
 
 
 def rollouts(robot_side, learner_store: Path, version: str, count: int, label: str, already: int = 0):
     """Have the robot run `count` new episodes with `version` (recorded and streamed) after the
     `already` that earlier stages measured, then score just those `count`."""
-    from wmpo_learner.report import VersionResult
-
     robot_side.wait_for_version(version, timeout_s=600)
     want = already + count
     have = len(_episodes(learner_store, version))
@@ -491,8 +479,6 @@ def rollouts(robot_side, learner_store: Path, version: str, count: int, label: s
 
 def merged(results, version: str):
     """Every measured episode of `version` so far, as one result."""
-    from wmpo_learner.report import VersionResult
-
     mine = [r for r in results if r.version == version]
     return VersionResult(version, version, sum(r.successes for r in mine), sum(r.trials for r in mine))
 
