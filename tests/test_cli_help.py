@@ -45,9 +45,11 @@ def test_each_package_registers_its_own_commands():
     assert {"store", "robot", "teleop", "deploy", "sft", "grpo", "iterate", "run", "serve"} <= set(commands)
     for name, (module, _) in commands.items():
         owner = module.split(".")[0]
-        assert owner in ("wmpo_core", "wmpo_ros", "wmpo_learner"), name
+        assert owner in ("wmpo_core", "wmpo_ros", "wmpo_learner", "wmpo_loop"), name
     robot_side = {n for n, (m, _) in commands.items() if m.startswith("wmpo_ros.")}
     assert robot_side == {"robot", "teleop", "deploy", "outbox", "policy"}
+    top_layer = {n for n, (m, _) in commands.items() if m.startswith("wmpo_loop.")}
+    assert top_layer == {"run"}
 
 
 @pytest.mark.parametrize("command", sorted(installed_commands()))
