@@ -33,7 +33,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from wmpo_core.durable import atomic_write_json, file_sha256, fsync_dir
+from wmpo_core.durable import atomic_output, atomic_write_json, file_sha256
 
 StrPath = str | os.PathLike[str]
 
@@ -219,17 +219,8 @@ class CheckpointFormat:
         self, path: StrPath, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
     ) -> None:
         """Write a safetensors file through a fsynced temporary and one atomic rename."""
-        target = Path(path)
-        tmp = target.with_name(f".{target.name}.tmp")
-        try:
+        with atomic_output(path) as tmp:
             save_file(dict(tensors), str(tmp), metadata=dict(metadata) if metadata is not None else None)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(target.parent)
 
     def load_tensors(self, path: StrPath) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """(tensors on the CPU, header metadata) of a safetensors file; unreadable is refused."""

@@ -14,6 +14,8 @@ import hashlib
 import json
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,20 +43,31 @@ def fsync_tree(root: StrPath) -> None:
         fsync_dir(dirpath)
 
 
-def atomic_write_bytes(path: StrPath, data: bytes) -> None:
-    """Replace `path` with `data`: readers see the old file or the new one, even after a power cut."""
+@contextmanager
+def atomic_output(path: StrPath) -> Iterator[Path]:
+    """A temporary sibling of `path` to write (by any library); on leaving the block it is fsynced
+    and renamed over `path`, then the directory entry is fsynced. On an error it is removed and
+    `path` is untouched."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: StrPath, data: bytes) -> None:
+    """Replace `path` with `data`: readers see the old file or the new one, even after a power cut."""
+    with atomic_output(path) as tmp, open(tmp, "xb") as f:
+        f.write(data)
 
 
 def atomic_write_text(path: StrPath, text: str) -> None:
