@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
@@ -33,6 +32,7 @@ from wmpo_ros.messages import (
 )
 from wmpo_ros.names import graph_names
 from wmpo_ros.node_utils import parameter_overrides
+from wmpo_ros.pausable_executor import PausableExecutor
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
@@ -44,35 +44,35 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, what: str =
 
 
 class Graph:
-    """rclpy initialised, a MultiThreadedExecutor spinning in a thread, nodes added and destroyed."""
+    """rclpy initialised, a PausableExecutor spinning in a thread, nodes added and destroyed."""
 
     def __init__(self):
         rclpy.init()
-        self.executor = MultiThreadedExecutor(num_threads=6)
+        self.executor = PausableExecutor()
         self.nodes: list[Node] = []
-        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self._thread.start()
+        self.executor.resume()
 
     def add(self, node: Node) -> Node:
         self.nodes.append(node)
-        self.executor.add_node(node)
+        self.executor.add(node)
         return node
 
     def make(self, cls: type, **params: Any) -> Any:
         return self.add(cls(parameter_overrides=parameter_overrides(params)))
 
     def remove(self, node: Node) -> None:
+        """Destroy `node` while the others keep running (they pause for a moment)."""
+        self.executor.pause()
         self.nodes.remove(node)
-        self.executor.remove_node(node)
+        self.executor.forget(node)
         node.destroy_node()
+        self.executor.resume()
 
     def close(self) -> None:
-        for node in reversed(list(self.nodes)):
-            self.remove(node)
-        self.executor.shutdown(timeout_sec=5.0)
-        self._thread.join(
-            timeout=5.0
-        )  # spin() must be out before the context goes, or it fails building its next wait set
+        self.executor.pause()
+        for node in reversed(self.nodes):
+            node.destroy_node()
+        self.nodes.clear()
         rclpy.shutdown()
 
 

@@ -9,6 +9,7 @@ import random
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -333,3 +334,40 @@ def test_learner_outage_during_recording_every_episode_delivered_and_a_clean_shu
     assert "the learner answers again; retrying the queue now" in caplog.text
     err = capfd.readouterr().err
     assert "Traceback" not in err and "InvalidHandle" not in err
+
+
+def test_the_queue_is_consistent_when_node_callbacks_and_the_worker_use_it_at_once(tmp_path):
+    """The sync node reads stats on the executor thread while the worker marks episodes sent on its
+    own thread: every read returns whole rows and the counts add up."""
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    errors: list[BaseException] = []
+    n = 200
+
+    def enqueue_and_read(prefix: str) -> None:
+        try:
+            for i in range(n):
+                outbox.enqueue(f"{prefix}{i}")
+                stats = outbox.stats()
+                assert stats.pending + stats.sent <= 2 * n
+        except BaseException as exc:
+            errors.append(exc)
+
+    def send() -> None:
+        try:
+            sent = 0
+            while sent < 2 * n:
+                for episode_id in outbox.due():
+                    outbox.mark_sent(episode_id, "stored")
+                    sent += 1
+                outbox.next_due_at()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=enqueue_and_read, args=(p,)) for p in ("a", "b")]
+    threads.append(threading.Thread(target=send))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert outbox.stats().sent == 2 * n and outbox.stats().pending == 0

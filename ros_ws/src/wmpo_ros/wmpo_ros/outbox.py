@@ -116,52 +116,60 @@ class Outbox:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _execute(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
+    def _rows(self, sql: str, args: tuple = ()) -> list[tuple]:
+        """Run a query and fetch every row under the mutex: a cursor read after the mutex is released
+        races with another thread's statement on the same connection and can return garbage rows."""
         with self._mutex:
             if self._closed:
                 raise OutboxClosed(f"the outbox {self.path} is closed")
-            return self._db.execute(sql, args)
+            return self._db.execute(sql, args).fetchall()
+
+    def _write(self, sql: str, args: tuple = ()) -> int:
+        """Run a statement; returns the number of rows it changed."""
+        with self._mutex:
+            if self._closed:
+                raise OutboxClosed(f"the outbox {self.path} is closed")
+            return self._db.execute(sql, args).rowcount
 
     def enqueue(self, episode_id: str, now: float | None = None) -> bool:
         """Queue an episode for upload, due now. False when it was already queued (any state)."""
         now = time.time() if now is None else now
-        cur = self._execute(
+        changed = self._write(
             "INSERT OR IGNORE INTO outbox (episode_id, state, enqueued_at, updated_at, next_attempt_at) "
             "VALUES (?, 'pending', ?, ?, ?)",
             (episode_id, now, now, now),
         )
-        return cur.rowcount == 1
+        return changed == 1
 
     def entry(self, episode_id: str) -> OutboxEntry | None:
-        row = self._execute("SELECT * FROM outbox WHERE episode_id = ?", (episode_id,)).fetchone()
-        return _entry(row) if row else None
+        rows = self._rows("SELECT * FROM outbox WHERE episode_id = ?", (episode_id,))
+        return _entry(rows[0]) if rows else None
 
     def entries(self, state: EntryState | None = None) -> list[OutboxEntry]:
         if state is None:
-            rows = self._execute("SELECT * FROM outbox ORDER BY enqueued_at, episode_id").fetchall()
+            rows = self._rows("SELECT * FROM outbox ORDER BY enqueued_at, episode_id")
         else:
-            rows = self._execute(
+            rows = self._rows(
                 "SELECT * FROM outbox WHERE state = ? ORDER BY enqueued_at, episode_id", (state,)
-            ).fetchall()
+            )
         return [_entry(r) for r in rows]
 
     def due(self, now: float | None = None, limit: int = 100) -> list[str]:
         """Pending episode ids whose next attempt is due, oldest first."""
         now = time.time() if now is None else now
-        rows = self._execute(
+        rows = self._rows(
             "SELECT episode_id FROM outbox WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY "
             "enqueued_at, episode_id LIMIT ?",
             (now, limit),
-        ).fetchall()
+        )
         return [r[0] for r in rows]
 
     def next_due_at(self) -> float | None:
-        row = self._execute("SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'").fetchone()
-        return row[0]
+        return self._rows("SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'")[0][0]
 
     def mark_sent(self, episode_id: str, result: str, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        self._execute(
+        self._write(
             "UPDATE outbox SET state = 'sent', result = ?, last_error = NULL, attempts = attempts + 1, "
             "updated_at = ? WHERE episode_id = ?",
             (result, now, episode_id),
@@ -170,16 +178,16 @@ class Outbox:
     def mark_failed(self, episode_id: str, error: str, retry_at: float, now: float | None = None) -> int:
         """Record a failed attempt; returns the number of attempts so far."""
         now = time.time() if now is None else now
-        self._execute(
+        self._write(
             "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, updated_at = ? "
             "WHERE episode_id = ?",
             (error, retry_at, now, episode_id),
         )
-        return self._execute("SELECT attempts FROM outbox WHERE episode_id = ?", (episode_id,)).fetchone()[0]
+        return self._rows("SELECT attempts FROM outbox WHERE episode_id = ?", (episode_id,))[0][0]
 
     def park(self, episode_id: str, reason: str, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        self._execute(
+        self._write(
             "UPDATE outbox SET state = 'parked', last_error = ?, attempts = attempts + 1, updated_at = ? "
             "WHERE episode_id = ?",
             (reason, now, episode_id),
@@ -188,32 +196,32 @@ class Outbox:
     def requeue(self, episode_id: str, now: float | None = None) -> bool:
         """Put a parked episode back in the queue (after fixing what the learner refused)."""
         now = time.time() if now is None else now
-        cur = self._execute(
+        changed = self._write(
             "UPDATE outbox SET state = 'pending', next_attempt_at = ?, updated_at = ? WHERE episode_id = ? "
             "AND state = 'parked'",
             (now, now, episode_id),
         )
-        return cur.rowcount == 1
+        return changed == 1
 
     def make_all_due(self, now: float | None = None) -> None:
         """Retry every pending episode now (e.g. when the process starts or the link comes back)."""
         now = time.time() if now is None else now
-        self._execute(
+        self._write(
             "UPDATE outbox SET next_attempt_at = ? WHERE state = 'pending' AND next_attempt_at > ?",
             (now, now),
         )
 
     def defer_pending(self, until: float) -> None:
         """No pending episode is tried before `until` (the learner is down: wait together)."""
-        self._execute(
+        self._write(
             "UPDATE outbox SET next_attempt_at = ? WHERE state = 'pending' AND next_attempt_at < ?",
             (until, until),
         )
 
     def stats(self, now: float | None = None) -> OutboxStats:
         now = time.time() if now is None else now
-        counts = dict(self._execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall())
-        oldest = self._execute("SELECT MIN(enqueued_at) FROM outbox WHERE state = 'pending'").fetchone()[0]
+        counts = dict(self._rows("SELECT state, COUNT(*) FROM outbox GROUP BY state"))
+        oldest = self._rows("SELECT MIN(enqueued_at) FROM outbox WHERE state = 'pending'")[0][0]
         return OutboxStats(
             pending=counts.get("pending", 0),
             sent=counts.get("sent", 0),

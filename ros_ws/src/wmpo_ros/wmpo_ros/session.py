@@ -56,7 +56,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_msgs.msg import Float64MultiArray, String
@@ -73,6 +72,7 @@ from wmpo_ros.messages import LATCHED_QOS
 from wmpo_ros.names import graph_names
 from wmpo_ros.node_utils import parameter_overrides
 from wmpo_ros.params import POLICY, TELEOP
+from wmpo_ros.pausable_executor import PausableExecutor
 from wmpo_ros.policy_node import PolicyNode
 from wmpo_ros.recorder_node import RecorderNode
 from wmpo_ros.sim_arm_node import SimArmNode
@@ -119,16 +119,12 @@ def node_class(executable: str):
 
 
 class RunningGraph:
-    """The nodes of one bring-up, spinning on a MultiThreadedExecutor in a background thread.
+    """The nodes of one bring-up, spinning on a `PausableExecutor` in a background thread.
 
     `context`: the rclpy context (initialised) the nodes live in. `node_kwargs`: constructor
     arguments by executable that are not ROS parameters (the sync node's learner token).
-
-    A node is destroyed only while no executor spins: destroying one whose timer or subscription
-    callback runs, or whose handles the executor's wait set holds, ends in rclpy's "InvalidHandle:
-    cannot use Destroyable because destruction was requested" traceback on the executor thread.
-    So `remove()` pauses the executor (a new one takes over with the remaining nodes) and
-    `shutdown()` stops it before destroying anything."""
+    A node is destroyed only while the executor is paused (`wmpo_ros.pausable_executor` says why):
+    `remove()` pauses, destroys and resumes; `shutdown()` pauses before destroying anything."""
 
     def __init__(
         self,
@@ -139,12 +135,9 @@ class RunningGraph:
         threads: int = 6,
         node_kwargs: dict[str, dict[str, Any]] | None = None,
     ):
-
         self.context = context
         self.nodes: dict[str, Any] = {}
-        self._threads = threads
-        self.executor = None
-        self._thread: threading.Thread | None = None
+        self.executor = PausableExecutor(context, threads)
         self._node_kwargs = node_kwargs or {}
         try:
             # The arm last: a bad policy, device or store fails in seconds, before the simulator loads.
@@ -153,23 +146,7 @@ class RunningGraph:
         except BaseException:
             self.shutdown()
             raise
-        self._spin()
-
-    def _spin(self) -> None:
-        self.executor = MultiThreadedExecutor(num_threads=self._threads, context=self.context)
-        for node in self.nodes.values():
-            self.executor.add_node(node)
-        self._thread = threading.Thread(target=self.executor.spin, name="executor", daemon=True)
-        self._thread.start()
-
-    def _stop_spinning(self) -> None:
-        """Out of spin(), every callback finished (the executor's thread pool is joined)."""
-        if self.executor is not None:
-            self.executor.shutdown(timeout_sec=5.0)
-            self.executor = None
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)  # out of spin() before the caller shuts the context down
-            self._thread = None
+        self.executor.resume()
 
     def start_node(self, spec) -> Any:
         """Create the node of a `wmpo_ros.graph.NodeSpec` and add it to the running executor."""
@@ -183,21 +160,22 @@ class RunningGraph:
 
     def add(self, name: str, node) -> None:
         self.nodes[name] = node
-        if self.executor is not None:
-            self.executor.add_node(node)
+        self.executor.add(node)
 
     def remove(self, name: str) -> None:
         """Destroy one node while the rest keep running (they pause for the swap of executors)."""
         if name not in self.nodes:
             return
-        spinning = self.executor is not None
-        self._stop_spinning()
-        self.nodes.pop(name).destroy_node()
+        spinning = self.executor.spinning
+        self.executor.pause()
+        node = self.nodes.pop(name)
+        self.executor.forget(node)
+        node.destroy_node()
         if spinning:
-            self._spin()
+            self.executor.resume()
 
     def shutdown(self) -> None:
-        self._stop_spinning()
+        self.executor.pause()
         for name in [*SHUTDOWN_ORDER, *self.nodes]:
             node = self.nodes.pop(name, None)
             if node is not None:
