@@ -89,6 +89,22 @@ def test_one_round_from_teleop_to_hot_swapped_policy_and_report(tmp_path: Path) 
     assert manifest["provenance"]["aligned_on"]["policy_version"] == sft["version"]
 
 
+def _children(pid: int) -> list[int]:
+    return [
+        int(child)
+        for children in Path(f"/proc/{pid}/task").glob("*/children")
+        for child in children.read_text().split()
+    ]
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie has exited; its parent, the killed job, is gone too)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _learner_answers(port: int) -> bool:
     try:
         return httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=2.0).status_code == 200
@@ -110,21 +126,27 @@ def test_kill_9_mid_stage_takes_the_learner_service_along_and_the_resume_complet
     store = out / "learner" / "learner.zarr"
     job = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
-    for line in job.stdout:  # until the SFT stage begins: demonstrations recorded and streamed
+    for line in job.stdout:  # until SFT runs: demonstrations recorded and streamed, stages started
         lines.append(line)
-        if "SFT of the VLA" in line:
+        if "SFT: started in a child process" in line:
             break
     assert job.poll() is None, "".join(lines)[-3000:]
     (service,) = serving_processes(store)
+    stage_children = set(_children(job.pid)) - {service}
+    assert stage_children, "SFT and world-model pretraining run in child processes"
     cmdline = Path(f"/proc/{service}/cmdline").read_bytes().split(b"\0")
     port = int(cmdline[cmdline.index(b"--port") + 1])
     assert _learner_answers(port)
     job.kill()  # SIGKILL: no finally, no atexit
     job.wait()
+    killed_at = time.monotonic()
     deadline = time.monotonic() + 30.0
     while serving_processes(store) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert serving_processes(store) == [] and not _learner_answers(port)
+    while any(_alive(pid) for pid in stage_children) and time.monotonic() < killed_at + 5.0:
+        time.sleep(0.2)
+    assert not [pid for pid in stage_children if _alive(pid)], "a training child outlived its job"
 
     # A service left over by an older job on this run's store (no guard: started directly).
     leftover = subprocess.Popen(

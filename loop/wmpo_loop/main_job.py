@@ -5,8 +5,8 @@
       1. seed demonstrations with teleop (the scripted expert in simulation)
       2. the sync node streams them to the learner          -> learner store
       3. SFT of the VLA on the demos                          -> policy v1, published and deployed
-      4. pretrain the world model on the demos
-      5. the robot loads v1 and records P rollouts            -> streamed to the learner
+      4. the robot loads v1 and records P rollouts            -> streamed to the learner
+      5. pretrain the world model on the demos (on CPU it runs in a child process beside 3 and 4)
       then, per round:
       6. `wmpo iterate`: align the world model on those rollouts, retrain the reward model,
          GRPO in imagination                                   -> policy v(k+1), published and deployed
@@ -18,8 +18,11 @@
          nothing says why in the report, and the robot records P more rollouts of its policy.
     report: success per version with Wilson intervals, a plot, real-vs-imagined videos
 
+While the learner trains, the robot's graph pauses (`RobotSession.paused`): on one machine the
+idle graph would otherwise take a quarter of a core from training.
+
 Everything lands under --out: the robot's and the learner's stores, the registry, each stage's
-checkpoints, logs and the report. Re-running with the same --out resumes: finished stages are
+checkpoints, logs (logs/: the stages in child processes) and the report. Re-running with the same --out resumes: finished stages are
 skipped (each stage is the function behind a `wmpo` command, given its config object; it writes its
 output last).
 
@@ -41,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from wmpo_core.cli_args import add_device_argument
+from wmpo_core.devices import choose_device
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.robot_config import GymSimDriver, load_robot_config
 from wmpo_core.vla.checkpoint import read_manifest
@@ -53,6 +57,8 @@ from wmpo_learner.world_model.train import WorldModelTrainConfig, train_world_mo
 from wmpo_ros.bringup import add_ros_domain_argument
 from wmpo_ros.learner_client import LearnerClient
 from wmpo_ros.session import RobotSession
+
+from wmpo_loop.child_stage import ChildStage
 
 # Sizes for one machine. "cpu": tiny models a 2-core machine runs in minutes (a demonstration of
 # the loop, not of the paper's numbers); "gpu": the realistic VLA and world-model sizes.
@@ -165,6 +171,10 @@ class RunPaths:
 
     def round(self, k: int) -> Path:
         return self.root / "rounds" / f"round_{k}"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
 
     @property
     def report(self) -> Path:
@@ -315,49 +325,66 @@ def run_loop(args: argparse.Namespace) -> Path:
                     "--learner: training against a remote learner's store is not supported by `wmpo run`; "
                     "run the learner jobs there"
                 )
+            sft_config = SFTConfig(
+                store=learner_store,
+                robot=args.robot,
+                config=sizes["vla_recipe"],
+                out=paths.sft,
+                steps=sizes["sft_steps"] or None,
+                seed=args.seed,
+                device=args.device,
+            )
+            wm_config = WorldModelTrainConfig(
+                store=learner_store,
+                robot=args.robot,
+                config=sizes["wm_preset"],
+                out=paths.world_model,
+                source="any",
+                steps=sizes["wm_steps"] or None,
+                vae_steps=sizes["wm_vae_steps"] or None,
+                seed=args.seed,
+                device=args.device,
+            )
+            sft_done = (paths.sft / "manifest.json").exists()
+            world_model_done = (paths.world_model / "world_model.json").exists()
+            # On CPU the two pretrainings share the cores in two processes (`wmpo_loop.child_stage`).
+            side_by_side = not sft_done and not world_model_done and choose_device(args.device).type == "cpu"
+            pretraining = None
             with progress.stage("SFT of the VLA on the demonstrations"):
-                if not (paths.sft / "manifest.json").exists():
-                    stage(
-                        "sft",
-                        train_sft(
-                            SFTConfig(
-                                store=learner_store,
-                                robot=args.robot,
-                                config=sizes["vla_recipe"],
-                                out=paths.sft,
-                                steps=sizes["sft_steps"] or None,
-                                seed=args.seed,
-                                device=args.device,
-                            )
-                        ),
-                    )
+                # The robot idles until the SFT policy exists: its graph pauses so training gets the cores.
+                with robot_side.paused():
+                    if side_by_side:
+                        pretraining = ChildStage(
+                            "world-model pretraining",
+                            train_world_model,
+                            wm_config,
+                            paths.logs / "wm-train.log",
+                            1,
+                        )
+                        stage(
+                            "sft",
+                            ChildStage("SFT", train_sft, sft_config, paths.logs / "sft.log", 1).result(),
+                        )
+                    elif not sft_done:
+                        stage("sft", train_sft(sft_config))
                 current = paths.sft
                 version = publish_and_deploy(client, current, "SFT on the seed demonstrations")
-            with progress.stage("pretrain the world model on the demonstrations"):
-                if not (paths.world_model / "world_model.json").exists():
-                    stage(
-                        "wm-train",
-                        train_world_model(
-                            WorldModelTrainConfig(
-                                store=learner_store,
-                                robot=args.robot,
-                                config=sizes["wm_preset"],
-                                out=paths.world_model,
-                                source="any",
-                                steps=sizes["wm_steps"] or None,
-                                vae_steps=sizes["wm_vae_steps"] or None,
-                                seed=args.seed,
-                                device=args.device,
-                            )
-                        ),
-                    )
-                world_model = paths.world_model
             with progress.stage(f"the robot loads {version} and records {sizes['rollouts']} rollouts"):
                 results.append(rollouts(robot_side, learner_store, version, sizes["rollouts"], "SFT"))
+            with progress.stage("pretrain the world model on the demonstrations"):
+                if pretraining is not None:
+                    stage("wm-train", pretraining.result())
+                elif not world_model_done:
+                    with robot_side.paused():
+                        stage("wm-train", train_world_model(wm_config))
+                world_model = paths.world_model
             reward = None
             for k in range(1, args.rounds + 1):
                 out = paths.round(k)
-                with progress.stage(f"round {k}: align, reward model, GRPO in imagination (wmpo iterate)"):
+                with (
+                    progress.stage(f"round {k}: align, reward model, GRPO in imagination (wmpo iterate)"),
+                    robot_side.paused(),
+                ):
                     run_round(
                         IterateConfig(
                             store=learner_store,

@@ -52,6 +52,8 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -500,6 +502,21 @@ class RobotSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """No callback of the graph runs inside this block; for a job that trains on the robot's own
+        machine while the robot is idle (`wmpo run`). An idle graph still takes every frame, joint
+        state and clock message the arm publishes: about a quarter of a core on the 2-core VM,
+        measured, which training would otherwise lose. Uploads go on (the outbox has its own
+        thread); episodes and version swaps wait for the end of the block."""
+        if self._graph is None:
+            raise RuntimeError("the robot session is not started (use `with RobotSession(...)` or .start())")
+        self._graph.executor.pause()
+        try:
+            yield
+        finally:
+            self._graph.executor.resume()
 
     def _node(self, name: str):
         if self._graph is None:
