@@ -22,9 +22,9 @@ While the learner trains, the robot's graph pauses (`RobotSession.paused`): on o
 idle graph would otherwise take a quarter of a core from training.
 
 Everything lands under --out: the robot's and the learner's stores, the registry, each stage's
-checkpoints, logs (logs/: the stages in child processes) and the report. Re-running with the same --out resumes: finished stages are
-skipped (each stage is the function behind a `wmpo` command, given its config object; it writes its
-output last).
+checkpoints, logs (logs/: the stages in child processes) and the report. Re-running with the same
+--out resumes: finished stages are skipped (each stage is the function behind a `wmpo` command,
+given its config object; it writes its output last).
 
 Nothing outlives the job or leaks into another: the learner service child dies with it, however
 it dies (kill -9 included), and a resume ends a service an earlier job left behind
@@ -91,7 +91,8 @@ ITERATE_SETS: dict[str, list[str]] = {"cpu": ["horizon=48", "grpo_iterations=3"]
 ROLLBACK_P = 0.05
 """A promoted version whose real rollouts are below its parent's with one-sided p < this is rolled back."""
 """`wmpo iterate` overrides per size: on CPU, imagine 48 steps (the expert needs ~37) and run 3
-GRPO iterations, which keeps a round near 20 minutes on 2 cores. `--set` items come after these."""
+GRPO iterations, which keeps a round near 6 minutes on 2 cores (docs/wmpo.md). `--set` items come
+after these."""
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
