@@ -328,10 +328,10 @@ def main() -> None:
     config_path = bench_config(workdir)
 
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
     from wmpo_core.policy import register_scheme
     from wmpo_core.robot_config import load_robot_config
     from wmpo_ros.dds import use_large_frames_profile
+    from wmpo_ros.executor import GraphExecutor
     from wmpo_ros.node_utils import parameter_overrides
     from wmpo_ros.policy_node import PolicyNode
 
@@ -355,7 +355,7 @@ def main() -> None:
             {"robot": str(config_path), "policy": "bench_echo:", "refill_threshold": 0, "autostart": False}
         )
     )
-    executor = MultiThreadedExecutor(num_threads=4)
+    executor = GraphExecutor(num_threads=4)  # what run_node spins a deployed node on
     executor.add_node(node)
     threading.Thread(target=executor.spin, daemon=True).start()
     if not ready.wait(60) or (echo is not None and not echo[1].wait(60)):

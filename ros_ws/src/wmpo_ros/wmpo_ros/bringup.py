@@ -2,7 +2,7 @@
 
 `launch_ros` is not installable from PyPI, so a pip-installed stack brings the same graph up here:
 the nodes of `wmpo_ros.graph.bringup_graph` (same config, same parameters as launch/*.launch.py)
-on one MultiThreadedExecutor, talking over real ROS 2 topics. teleop and deploy then run an
+on one `GraphExecutor`, talking over real ROS 2 topics. teleop and deploy then run an
 episode loop through the nodes' own services (`wmpo_ros.session.RobotSession`, the same API a
 Python program uses): reset the scene (sim) or wait for the operator (real arm) -> start recording
 -> enable the teleop device / policy -> the recorder ends the episode on success or at the time

@@ -7,11 +7,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from wmpo_ros.dds import use_large_frames_profile
+from wmpo_ros.executor import GraphExecutor
 
 
 def parameter_overrides(values: Mapping[str, Any]) -> list[Parameter]:
@@ -26,7 +27,7 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None, threads
     node = None
     try:
         node = factory()
-        executor = MultiThreadedExecutor(num_threads=threads)
+        executor = GraphExecutor(num_threads=threads)
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

@@ -1,4 +1,4 @@
-"""A MultiThreadedExecutor in a background thread that can be paused, so nodes can be destroyed.
+"""A `GraphExecutor` in a background thread that can be paused, so nodes can be destroyed.
 
 rclpy cannot destroy a node while an executor spins it (its wait set holds the node's handles and
 the executor thread dies on "InvalidHandle: cannot use Destroyable because destruction was
@@ -25,9 +25,10 @@ import time
 from collections.abc import Iterable
 
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.task import Future
+
+from wmpo_ros.executor import GraphExecutor
 
 
 class PausableExecutor:
@@ -40,7 +41,7 @@ class PausableExecutor:
         self.threads = threads
         self.stop_timeout_s = stop_timeout_s
         self.nodes: list[Node] = []
-        self._executor: MultiThreadedExecutor | None = None
+        self._executor: GraphExecutor | None = None
         self._thread: threading.Thread | None = None
         self._stop: Future | None = None
 
@@ -62,7 +63,7 @@ class PausableExecutor:
     def resume(self) -> None:
         if self._executor is not None:
             return
-        self._executor = MultiThreadedExecutor(num_threads=self.threads, context=self.context)
+        self._executor = GraphExecutor(num_threads=self.threads, context=self.context)
         for node in self.nodes:
             self._executor.add_node(node)
         self._stop = Future()
