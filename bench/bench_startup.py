@@ -2,7 +2,8 @@
 
 `--help` builds the command's parser, which imports the command's module and what it imports at
 its top, and exits: the cost a user pays before any command does its work (issue 14, item 3).
-`python -c pass` and `wmpo --help` (no command module imported) are the baselines in the same run.
+`python -c pass`, `import torch` (what every training command needs) and `wmpo --help` (no command
+module imported) are the baselines in the same run.
 Each figure is the median of `--repeats` runs; the slowest imports are named with
 `python -X importtime` for the slowest command.
 
@@ -52,13 +53,14 @@ def main() -> None:
     print(f"machine: {describe()}")
     cli = [sys.executable, "-m", "wmpo_core.cli"]
     rows = [("python -c pass", seconds([sys.executable, "-c", "pass"], args.repeats))]
+    rows.append(("python -c 'import torch'", seconds([sys.executable, "-c", "import torch"], args.repeats)))
     rows.append(("wmpo --help", seconds([*cli, "--help"], args.repeats)))
     for name in commands:
         rows.append((f"wmpo {name} --help", seconds([*cli, name, "--help"], args.repeats)))
     print(f"\n{'command':32s} {'seconds':>8s}  (median of {args.repeats})")
     for label, value in rows:
         print(f"{label:32s} {value:8.2f}")
-    slowest = max(rows[2:], key=lambda row: row[1])[0].split()[1]
+    slowest = max(rows[3:], key=lambda row: row[1])[0].split()[1]
     print(f"\nslowest imports of `wmpo {slowest} --help` (cumulative s, -X importtime):")
     for value, module in slowest_imports(["-m", "wmpo_core.cli", slowest, "--help"]):
         print(f"  {value:6.2f}  {module}")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,20 @@ def test_each_package_registers_its_own_commands():
 def test_every_command_has_a_help(command):
     text = help_text(command)
     assert text.startswith(f"usage: wmpo {command}")
+
+
+def test_no_command_help_imports_the_world_model_code():
+    """diffusers costs ~5 s of import; `wmpo <command> --help` only builds a parser (issue 14)."""
+    script = (
+        "import sys\n"
+        "from wmpo_core.cli import build_parser, installed_commands\n"
+        "for name in installed_commands():\n"
+        "    build_parser(only=name)\n"
+        "heavy = sorted(m for m in ('diffusers', 'wmpo_learner.world_model.model') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
 
 
 @pytest.mark.parametrize("command", sorted(STAGE_CONFIGS))

@@ -19,10 +19,10 @@ from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.image_ops import resize_frames
 from wmpo_core.normalization import ActionNormalizer
 from wmpo_core.robot_config import load_robot_config
-from wmpo_learner.world_model import ImaginedRollouts, WorldModel, WorldModelConfig, imagine
+from wmpo_learner.world_model import ImaginedRollouts, WorldModel, WorldModelConfig
 from wmpo_learner.world_model.config import TransformerConfig, VAEConfig, load_preset
 from wmpo_learner.world_model.data import LatentEpisode, LatentWindowSampler, select_episodes, window_starts
-from wmpo_learner.world_model.imagine import ChunkSamplingPolicy
+from wmpo_learner.world_model.imagine import ChunkSamplingPolicy, imagine
 from wmpo_learner.world_model.metrics import psnr, ssim
 from wmpo_learner.world_model.model import WorldModelLoadError
 

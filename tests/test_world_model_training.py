@@ -30,7 +30,8 @@ from test_world_model import (
 )
 from wmpo_core.cli import main as wmpo
 from wmpo_core.episode_store import EpisodeStore
-from wmpo_learner.world_model import WorldModel, imagine
+from wmpo_learner.world_model import WorldModel
+from wmpo_learner.world_model.imagine import imagine
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,6 @@ from wmpo_core.image_ops import resize_frames
 from wmpo_core.sim_rollout import write_video
 
 from wmpo_learner.stats import SuccessRate
-from wmpo_learner.world_model import WorldModel
 
 
 @dataclass(frozen=True)
@@ -84,6 +83,9 @@ def real_vs_imagined_video(
     """Side-by-side mp4: the recorded episode (left) and the world model replaying its first frame
     with the same recorded actions, open loop (right). How far they drift apart shows how much the
     policy can trust imagination for this kind of episode."""
+    # Imported here: the model pulls in diffusers (5 s), which `wmpo run --help` should not wait for.
+    from wmpo_learner.world_model.model import WorldModel
+
     wm = WorldModel.load(world_model)
     episode = EpisodeStore.open(store_path).episode(episode_id)
     steps = min(max_steps, len(episode) - 1)

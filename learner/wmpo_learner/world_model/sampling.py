@@ -21,13 +21,10 @@ curved field.
 
 from __future__ import annotations
 
-from diffusers import (
-    DPMSolverMultistepScheduler,
-    FlowMatchEulerDiscreteScheduler,
-    FlowMatchHeunDiscreteScheduler,
-    UniPCMultistepScheduler,
-)
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 SAMPLERS = ("euler", "heun", "dpm++2m", "unipc")
 """Names accepted wherever a sampler is chosen (`--sampler`, `predict_window(sampler=...)`)."""
@@ -35,6 +32,15 @@ SAMPLERS = ("euler", "heun", "dpm++2m", "unipc")
 
 def make_scheduler(name: str, shift: float, num_train_timesteps: int = 1000) -> SchedulerMixin:
     """A fresh diffusers scheduler for solver `name` on the model's shifted flow-matching noise levels."""
+    # Imported here: diffusers costs 2.5 s, and the sampler names and costs above are all that
+    # `wmpo wm-few-step --help` and the benches need from this module.
+    from diffusers import (
+        DPMSolverMultistepScheduler,
+        FlowMatchEulerDiscreteScheduler,
+        FlowMatchHeunDiscreteScheduler,
+        UniPCMultistepScheduler,
+    )
+
     if name == "euler":
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps, shift=shift)
     if name == "heun":
