@@ -318,6 +318,13 @@ def main() -> None:
         help="the bare rclpy echo baseline: at the same time as the node (default), alone after it, or not "
         "at all",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="executor threads of the node; 1 = single-threaded (default: policy_node.EXECUTOR_THREADS, "
+        "what `ros2 run` and the launch files use)",
+    )
     args = parser.parse_args()
     print(f"machine: {describe()}")
     print(f"load average at start: {loadavg()}", flush=True)
@@ -331,9 +338,8 @@ def main() -> None:
     from wmpo_core.policy import register_scheme
     from wmpo_core.robot_config import load_robot_config
     from wmpo_ros.dds import use_large_frames_profile
-    from wmpo_ros.executor import GraphExecutor
-    from wmpo_ros.node_utils import parameter_overrides
-    from wmpo_ros.policy_node import PolicyNode
+    from wmpo_ros.node_utils import node_executor, parameter_overrides
+    from wmpo_ros.policy_node import EXECUTOR_THREADS, PolicyNode
 
     register_scheme("bench_echo", lambda rest, config: EchoPolicy(config))
     ctx = mp.get_context("spawn")
@@ -355,7 +361,8 @@ def main() -> None:
             {"robot": str(config_path), "policy": "bench_echo:", "refill_threshold": 0, "autostart": False}
         )
     )
-    executor = GraphExecutor(num_threads=4)  # what run_node spins a deployed node on
+    threads = EXECUTOR_THREADS if args.threads is None else args.threads
+    executor = node_executor(threads)
     executor.add_node(node)
     threading.Thread(target=executor.spin, daemon=True).start()
     if not ready.wait(60) or (echo is not None and not echo[1].wait(60)):
@@ -416,7 +423,7 @@ def main() -> None:
     print(f"load average at end: {loadavg()}")
     print(
         f"workload: 1 x 480x640 rgb8 camera + joint state at {FPS} Hz for {args.seconds:.0f} s; policy node "
-        f"at {FPS} Hz, "
+        f"at {FPS} Hz on {threads} executor thread(s), "
         f"chunk 1 requested every tick, model time {args.model_ms:g} ms; bare rclpy echo: {args.echo}"
     )
     print(

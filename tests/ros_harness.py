@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import rclpy
+from rclpy.executors import Executor
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
@@ -31,7 +32,7 @@ from wmpo_ros.messages import (
     nanoseconds_to_stamp,
 )
 from wmpo_ros.names import graph_names
-from wmpo_ros.node_utils import parameter_overrides
+from wmpo_ros.node_utils import node_executor, parameter_overrides
 from wmpo_ros.pausable_executor import PausableExecutor
 
 
@@ -44,32 +45,49 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, what: str =
 
 
 class Graph:
-    """rclpy initialised, a PausableExecutor spinning in a thread, nodes added and destroyed."""
+    """rclpy initialised, a PausableExecutor spinning in a thread, nodes added and destroyed.
+
+    `add(node, threads=n)` spins that node on an executor of its own instead, the one its process
+    gets from `run_node` (`node_executor(n)`), so a node is tested as it is deployed."""
 
     def __init__(self):
         rclpy.init()
         self.executor = PausableExecutor()
         self.nodes: list[Node] = []
+        self.own_executors: dict[Node, Executor] = {}
         self.executor.resume()
 
-    def add(self, node: Node) -> Node:
+    def add(self, node: Node, threads: int | None = None) -> Node:
         self.nodes.append(node)
-        self.executor.add(node)
+        if threads is None:
+            self.executor.add(node)
+            return node
+        executor = node_executor(threads)
+        executor.add_node(node)
+        self.own_executors[node] = executor
+        threading.Thread(target=executor.spin, daemon=True).start()
         return node
 
-    def make(self, cls: type, **params: Any) -> Any:
-        return self.add(cls(parameter_overrides=parameter_overrides(params)))
+    def make(self, cls: type, threads: int | None = None, **params: Any) -> Any:
+        return self.add(cls(parameter_overrides=parameter_overrides(params)), threads)
 
     def remove(self, node: Node) -> None:
         """Destroy `node` while the others keep running (they pause for a moment)."""
-        self.executor.pause()
         self.nodes.remove(node)
+        if node in self.own_executors:
+            self.own_executors.pop(node).shutdown()
+            node.destroy_node()
+            return
+        self.executor.pause()
         self.executor.forget(node)
         node.destroy_node()
         self.executor.resume()
 
     def close(self) -> None:
         self.executor.pause()
+        for executor in self.own_executors.values():
+            executor.shutdown()
+        self.own_executors.clear()
         for node in reversed(self.nodes):
             node.destroy_node()
         self.nodes.clear()

@@ -2,6 +2,7 @@
 
 A `FakeArm` node owns the ROS clock, so the policy node (use_sim_time) runs exactly one control
 tick per `tick(arm, node)` however loaded the machine is: the assertions are about ticks, not seconds.
+The node spins on an executor of its own with `EXECUTOR_THREADS`, as `ros2 run` starts it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from std_msgs.msg import Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 from wmpo_core.robot_config import load_robot_config
 from wmpo_ros.messages import LATCHED_QOS, CommandCodec
-from wmpo_ros.policy_node import PolicyNode
+from wmpo_ros.policy_node import EXECUTOR_THREADS, PolicyNode
 
 SIM = load_robot_config("so101_sim")
 UR5E = load_robot_config("ur5e_ros2_control")
@@ -32,7 +33,13 @@ def graph():
 def start(graph: Graph, config, policy: str, **params) -> tuple[FakeArm, PolicyNode]:
     arm = graph.add(FakeArm(config))
     node = graph.make(
-        PolicyNode, robot=config.name, policy=policy, use_sim_time=True, autostart=False, **params
+        PolicyNode,
+        threads=EXECUTOR_THREADS,  # on its own executor, as its process spins it
+        robot=config.name,
+        policy=policy,
+        use_sim_time=True,
+        autostart=False,
+        **params,
     )
     wait_until(
         lambda: (

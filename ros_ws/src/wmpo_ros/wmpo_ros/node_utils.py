@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import rclpy
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
@@ -20,14 +20,20 @@ def parameter_overrides(values: Mapping[str, Any]) -> list[Parameter]:
     return [Parameter(name, value=value) for name, value in values.items()]
 
 
+def node_executor(threads: int) -> Executor:
+    """What a node process spins on: one thread runs every callback itself (rclpy's
+    `SingleThreadedExecutor`, no hand-off to a pool), more share a `GraphExecutor` pool."""
+    return SingleThreadedExecutor() if threads == 1 else GraphExecutor(num_threads=threads)
+
+
 def run_node(factory: Callable[[], Node], args: list[str] | None = None, threads: int = 4) -> int:
-    """`ros2 run` entry point: build the node, spin it on a multi-threaded executor until Ctrl-C."""
+    """`ros2 run` entry point: build the node, spin it on `node_executor(threads)` until Ctrl-C."""
     use_large_frames_profile()
     rclpy.init(args=args if args is not None else sys.argv)
     node = None
     try:
         node = factory()
-        executor = GraphExecutor(num_threads=threads)
+        executor = node_executor(threads)
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

@@ -37,6 +37,10 @@ Control loop (a timer at the config's control rate, on the ROS clock, so sim tim
   serving ticks until the new one arrives, so no tick waits). `<ns>/policy/rollback` stages the
   previously active policy again (still loaded in memory).
 - /diagnostics (1 Hz, wall clock): inference latency, queue depth, versions, watchdog state.
+- Executor: one thread (`EXECUTOR_THREADS`). Inference and loading have threads of their own and
+  every callback only copies inputs or flips state under the lock, so nothing waits on a pool;
+  a pool hand-off cost each frame about 1.4 ms at p50 before the tick saw it
+  (`bench/bench_policy_node.py`, docs/robot.md).
 """
 
 from __future__ import annotations
@@ -72,6 +76,9 @@ from wmpo_ros.policy_loads import LoadOutcome, spec_refusal
 from wmpo_ros.policy_timing import ChunkQueue, InferenceTiming, captured_at, stale_input
 
 SWAP_POINTS = ("episode", "chunk")
+
+EXECUTOR_THREADS = 1
+"""The node process spins on one thread (module docstring: Executor)."""
 
 
 @dataclass
@@ -523,4 +530,4 @@ class PolicyNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    return run_node(PolicyNode, args)
+    return run_node(PolicyNode, args, threads=EXECUTOR_THREADS)
