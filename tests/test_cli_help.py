@@ -22,6 +22,7 @@ from wmpo_learner.iterate import IterateConfig
 from wmpo_learner.reward.cli import RewardConfig
 from wmpo_learner.sft import SFTConfig
 from wmpo_learner.sim_eval import EvalConfig
+from wmpo_learner.world_model.few_step import FewStepConfig
 from wmpo_learner.world_model.train import AlignConfig, WorldModelTrainConfig
 
 STAGE_CONFIGS: dict[str, tuple[type, ...]] = {
@@ -29,6 +30,7 @@ STAGE_CONFIGS: dict[str, tuple[type, ...]] = {
     "eval": (EvalConfig,),
     "wm-train": (WorldModelTrainConfig,),
     "align": (AlignConfig,),
+    "wm-few-step": (FewStepConfig,),
     "reward": (RewardConfig,),
     "grpo": (GRPORunConfig, GRPOConfig),
     "imagination-check": (ImaginationCheckConfig,),

@@ -57,6 +57,7 @@ def test_one_round_aligns_rethresholds_improves_and_evaluates(tmp_path: Path) ->
         "horizon=24",
         "eval_episodes=2",
         "guard_frames=2",
+        "few_step=1",
     ]
     argv = [
         "iterate",
@@ -86,7 +87,11 @@ def test_one_round_aligns_rethresholds_improves_and_evaluates(tmp_path: Path) ->
         "round1-v2",
         "base-v1",
     )
-    assert [s["stage"] for s in summary["stages"]] == ["align", "reward", "check", "grpo", "eval"]
+    assert [s["stage"] for s in summary["stages"]] == ["align", "reward", "check", "few_step", "grpo", "eval"]
+    # All rollouts failed, so no sampler can be certified: GRPO keeps the preset's sampler, and says so.
+    why_not = json.loads((tmp_path / "round1" / "few_step.json").read_text())
+    assert why_not["chosen"] is None and "needs successes and failures" in why_not["why_not"]
+    assert summary["imagination_sampler"] == {"sampler": "euler", "steps": 1, "why": "asked for"}
     assert summary["eval"]["trials"] == 2
     # The untrained policy's rollouts all failed: the check cannot tell outcomes apart, so no promotion.
     assert summary["check"]["episodes"] == 3 and summary["check"]["real_success"] == 0.0

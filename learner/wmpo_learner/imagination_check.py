@@ -166,9 +166,11 @@ def imagined_success(
     horizon: int,
     sampling_steps: int | None = None,
     seed: int = 0,
+    sampler: str | None = None,
 ) -> float:
     """Success rate of `policy` acting greedily inside the world model from each of `first_frames`,
-    with the world model's noise seeded by `seed` (the same seed gives every policy the same noise)."""
+    with the world model's noise seeded by `seed` (the same seed gives every policy the same noise)
+    and its ODE solver `sampler` at `sampling_steps` (default: Euler at the model's steps)."""
     from wmpo_learner.world_model.imagine import imagine
 
     was_training = policy.training
@@ -183,6 +185,7 @@ def imagined_success(
         greedy=True,
         generator=torch.Generator(device=world_model.device).manual_seed(seed),
         sampling_steps=sampling_steps,
+        sampler=sampler,
     )
     policy.train(was_training)
     return float(np.mean([d.success for d in reward_model.detect_batch(rollouts.frames)]))

@@ -226,9 +226,17 @@ def run_grpo(
             guard_frames_, guard_texts = frames[pick], [texts[i] for i in pick]
             guard_horizon = horizon or robot_config.max_episode_steps
 
-            def guard(model) -> float:
+            def guard(model) -> float:  # scored with the sampler training imagines with
                 return imagined_success(
-                    wm, rm, model, guard_frames_, guard_texts, guard_horizon, sampling_steps, seed=seed + 7
+                    wm,
+                    rm,
+                    model,
+                    guard_frames_,
+                    guard_texts,
+                    guard_horizon,
+                    source.sampling_steps,
+                    seed=seed + 7,
+                    sampler=source.sampler,
                 )
 
         provenance.update(

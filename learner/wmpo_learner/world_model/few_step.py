@@ -27,12 +27,15 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
+from wmpo_core.cli_args import DEVICE_HELP, torch_device
+from wmpo_core.config_cli import add_config_arguments, config_from_args, option
 from wmpo_core.devices import DeviceError, choose_device
 
 from wmpo_learner.stats import Confusion, rank_auc
@@ -202,51 +205,37 @@ def certify(
     }
 
 
+@dataclass
+class FewStepConfig:
+    """`wmpo wm-few-step`: measure candidate samplers against the reference; certify the cheapest match."""
+
+    wm: Path = option(help="world-model checkpoint (the record is written here)")
+    reward: Path = option(help="reward-model checkpoint that scores imagined video")
+    store: Path = option(help="episode store with labelled policy rollouts")
+    policy_version: str | None = option(None, "only this policy version's rollouts (None: every version)")
+    include_trained: bool = option(
+        False, "also use episodes either model was trained on (default: held-out episodes only)"
+    )
+    max_episodes: int = option(64, "use at most this many (newest) episodes")
+    reference: str | None = option(
+        None, "SAMPLER:STEPS to match (None: euler at the model's sampling steps)", metavar="SAMPLER:STEPS"
+    )
+    candidates: list[str] = option(
+        ["euler:1", "euler:2", "dpm++2m:2", "heun:2"],
+        f"few-step samplers to try (SAMPLER one of {', '.join(SAMPLERS)})",
+        metavar="SAMPLER:STEPS",
+    )
+    seeds: list[int] = option([0, 1, 2], "noise seeds; fidelity is their mean")
+    max_psnr_drop: float = option(0.5, "dB below the reference a candidate may lose")
+    max_ba_drop: float = option(0.02, "balanced accuracy below the reference a candidate may lose")
+    batch_size: int = option(8, "episodes imagined together")
+    device: str = option("cpu", DEVICE_HELP, type=torch_device)
+    json: Path | None = option(None, "also write the result here")
+
+
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.description = __doc__.split("\n\n")[0]
-    parser.add_argument(
-        "--wm", type=Path, required=True, help="world-model checkpoint (the record is written here)"
-    )
-    parser.add_argument(
-        "--reward", type=Path, required=True, help="reward-model checkpoint that scores imagined video"
-    )
-    parser.add_argument(
-        "--store", type=Path, required=True, help="episode store with labelled policy rollouts"
-    )
-    parser.add_argument("--policy-version", default=None, help="only this policy version's rollouts")
-    parser.add_argument(
-        "--include-trained",
-        action="store_true",
-        help="also use episodes either model was trained on (default: held-out episodes only)",
-    )
-    parser.add_argument(
-        "--max-episodes", type=int, default=64, help="use at most this many (newest) episodes"
-    )
-    parser.add_argument(
-        "--reference",
-        default=None,
-        metavar="SAMPLER:STEPS",
-        help="default: euler at the model's sampling steps",
-    )
-    parser.add_argument(
-        "--candidates",
-        nargs="+",
-        default=["euler:1", "euler:2", "dpm++2m:2", "heun:2"],
-        metavar="SAMPLER:STEPS",
-        help=f"few-step samplers to try (SAMPLER one of {', '.join(SAMPLERS)})",
-    )
-    parser.add_argument(
-        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="noise seeds; fidelity is their mean"
-    )
-    parser.add_argument(
-        "--max-psnr-drop", type=float, default=0.5, help="dB below the reference (default 0.5)"
-    )
-    parser.add_argument(
-        "--max-ba-drop", type=float, default=0.02, help="balanced accuracy below the reference (default 0.02)"
-    )
-    parser.add_argument("--batch-size", type=int, default=8, help="episodes imagined together")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="torch device (default cpu)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+    add_config_arguments(parser, FewStepConfig)
 
 
 def _fail(message: str) -> int:
@@ -255,6 +244,22 @@ def _fail(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    return few_step(config_from_args(FewStepConfig, args))
+
+
+def few_step(config: FewStepConfig) -> int:
+    """The `wm-few-step` stage as a command: certify, print the table; returns the exit status."""
+    try:
+        result = certify_checkpoint(config)
+    except ValueError as exc:
+        return _fail(str(exc))
+    print(format_report(result))
+    return 0
+
+
+def certify_checkpoint(config: FewStepConfig) -> dict[str, Any]:
+    """Measure on the store's labelled rollouts, write the record into the checkpoint (and to
+    `config.json`) and return it. Raises ValueError with a one-line message; nothing is written then."""
     from wmpo_core.episode_store import EpisodeStore, StoreError
 
     from wmpo_learner.imagination_check import trained_on
@@ -262,32 +267,32 @@ def run(args: argparse.Namespace) -> int:
     from wmpo_learner.reward.checkpoint import load_checkpoint as load_reward
     from wmpo_learner.world_model.model import WorldModel, WorldModelLoadError
 
-    if args.max_episodes < 1 or args.batch_size < 1:
-        return _fail("--max-episodes and --batch-size must be >= 1")
-    if args.max_psnr_drop < 0 or args.max_ba_drop < 0:
-        return _fail("--max-psnr-drop and --max-ba-drop must be >= 0")
+    if config.max_episodes < 1 or config.batch_size < 1:
+        raise ValueError("--max-episodes and --batch-size must be >= 1")
+    if config.max_psnr_drop < 0 or config.max_ba_drop < 0:
+        raise ValueError("--max-psnr-drop and --max-ba-drop must be >= 0")
     try:
-        device = choose_device(args.device)
+        device = choose_device(config.device)
     except DeviceError as exc:
-        return _fail(f"--device {exc}")
+        raise ValueError(f"--device {exc}") from exc
     try:
-        candidates = [parse_candidate(c) for c in args.candidates]
-        wm = WorldModel.load(args.wm, device=device).eval()
-        reference = parse_candidate(args.reference or f"euler:{wm.config.sampling_steps}")
-        rm, rm_meta = load_reward(args.reward, device=str(device))
-        store = EpisodeStore.open(args.store)
+        candidates = [parse_candidate(c) for c in config.candidates]
+        wm = WorldModel.load(config.wm, device=device).eval()
+        reference = parse_candidate(config.reference or f"euler:{wm.config.sampling_steps}")
+        rm, rm_meta = load_reward(config.reward, device=str(device))
+        store = EpisodeStore.open(config.store)
         metas = [
             m
-            for m in select_episodes(store, None, source="policy", policy_version=args.policy_version)
+            for m in select_episodes(store, None, source="policy", policy_version=config.policy_version)
             if m.robot_config_name == wm.robot_config_name and m.success is not None and m.num_steps >= 2
         ]
         seen = trained_on(wm, rm_meta)
-        if not args.include_trained:
+        if not config.include_trained:
             metas = [m for m in metas if m.episode_id not in seen]
-        metas = metas[-args.max_episodes :]
+        metas = metas[-config.max_episodes :]
         if len({bool(m.success) for m in metas}) < 2:
-            return _fail(
-                f"{args.store} has {len(metas)} usable labelled rollouts; balanced accuracy needs "
+            raise ValueError(
+                f"{config.store} has {len(metas)} usable labelled rollouts; balanced accuracy needs "
                 "successes and failures among them"
             )
         episodes = [
@@ -299,30 +304,29 @@ def run(args: argparse.Namespace) -> int:
             episodes,
             reference,
             candidates,
-            args.seeds,
-            args.max_psnr_drop,
-            args.max_ba_drop,
-            args.batch_size,
+            config.seeds,
+            config.max_psnr_drop,
+            config.max_ba_drop,
+            config.batch_size,
         )
-    except (StoreError, WorldModelLoadError, CheckpointError, FileNotFoundError, ValueError) as exc:
-        return _fail(str(exc))
+    except (StoreError, WorldModelLoadError, CheckpointError, FileNotFoundError) as exc:
+        raise ValueError(str(exc)) from exc
     result.update(
-        world_model=str(args.wm),
-        weights_sha256=weights_sha256(args.wm),
-        reward_model=str(args.reward),
-        store=str(args.store),
+        world_model=str(config.wm),
+        weights_sha256=weights_sha256(config.wm),
+        reward_model=str(config.reward),
+        store=str(config.store),
         held_out=not any(m.episode_id in seen for m in metas),
         device=str(wm.device),
     )
     text = json.dumps(result, indent=2) + "\n"
-    tmp = args.wm / (RECORD_FILE + ".tmp")
+    tmp = config.wm / (RECORD_FILE + ".tmp")
     tmp.write_text(text)
-    tmp.replace(args.wm / RECORD_FILE)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text)
-    print(format_report(result))
-    return 0
+    tmp.replace(config.wm / RECORD_FILE)
+    if config.json is not None:
+        config.json.parent.mkdir(parents=True, exist_ok=True)
+        config.json.write_text(text)
+    return result
 
 
 def format_report(result: dict[str, Any]) -> str:
