@@ -372,12 +372,12 @@ def run_loop(args: argparse.Namespace) -> Path:
                 version = publish_and_deploy(client, current, "SFT on the seed demonstrations")
             with progress.stage(f"the robot loads {version} and records {sizes['rollouts']} rollouts"):
                 results.append(rollouts(robot_side, learner_store, version, sizes["rollouts"], "SFT"))
-            with progress.stage("pretrain the world model on the demonstrations"):
+            # The robot idles again until the world model is done (the side-by-side child included).
+            with progress.stage("pretrain the world model on the demonstrations"), robot_side.paused():
                 if pretraining is not None:
                     stage("wm-train", pretraining.result())
                 elif not world_model_done:
-                    with robot_side.paused():
-                        stage("wm-train", train_world_model(wm_config))
+                    stage("wm-train", train_world_model(wm_config))
                 world_model = paths.world_model
             reward = None
             for k in range(1, args.rounds + 1):
