@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -87,6 +88,13 @@ def test_the_status_becomes_running_when_the_staged_deployment_goes_active():
     assert status.on_active("") == {"active_version": None}
     waiting = SyncStatus("http://learner", state="downloading", deployed_version="v2")
     assert waiting.on_active("v2") == {"active_version": "v2"}  # not staged by us (yet)
+    # The episode began (v2 announced active) between the policy node's staged message and the sync
+    # node's confirmation: the confirmation finds v2 already running and says so.
+    loading = SyncStatus("http://learner", state="loading", deployed_version="v2", active_version="v1")
+    after_active = replace(loading, **loading.on_active("v2"))
+    assert after_active.state == "loading"
+    assert after_active.on_staged("v2") == {"state": "running"}
+    assert loading.on_staged("v2") == {"state": "staged"}
 
 
 def test_diagnostics_say_error_on_a_rejection_warn_when_the_learner_is_away_ok_otherwise():

@@ -46,6 +46,7 @@ import random
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -169,10 +170,14 @@ class SyncNode(Node):
 
     # ------------------------------------------------------------------ status
 
-    def _update(self, **changes: Any) -> None:
+    def _update(self, derive: Callable[[SyncStatus], dict[str, Any]] | None = None, **changes: Any) -> None:
+        """Apply `changes`, and those `derive` computes from the current status (under the lock, so a
+        change that depends on the status cannot interleave with another thread's), then publish."""
         with self._lock:
             if self._stopping.is_set():  # the outbox may be closed and the publisher destroyed
                 return
+            if derive is not None:
+                changes = {**changes, **derive(self.status)}
             self.status = replace(self.status, **changes)
             if self.outbox is not None:
                 stats = self.outbox.stats()
@@ -250,7 +255,7 @@ class SyncNode(Node):
     # ------------------------------------------------------------------ policies down
 
     def _on_active(self, msg: String) -> None:
-        self._update(**self.status.on_active(msg.data))
+        self._update(lambda status: status.on_active(msg.data))
 
     def _on_staged(self, msg: String) -> None:
         self._update(staged_version=msg.data or None)
@@ -351,7 +356,7 @@ class SyncNode(Node):
             self._reject(version, str(exc))
             return
         self.get_logger().info(f"policy version '{version}' verified and staged in the policy node")
-        self._update(state="staged")
+        self._update(lambda status: status.on_staged(version))
         self._prune_cache(keep=version)
 
     def _stage(self, path: Path) -> None:

@@ -41,6 +41,12 @@ class SyncStatus:
         running = version and version == self.deployed_version and self.state == "staged"
         return {"active_version": version or None, **({"state": "running"} if running else {})}
 
+    def on_staged(self, version: str) -> dict[str, Any]:
+        """The changes once the policy node confirmed it staged deployed `version`: running if it
+        already announced that version active (an episode began between its staged message and
+        this confirmation, so `on_active` saw no staged state to promote), else staged."""
+        return {"state": "running" if version == self.active_version else "staged"}
+
     def health(self) -> tuple[str, str]:
         """(level, message) for /diagnostics; level is "OK", "WARN" or "ERROR"."""
         if self.state == "rejected":
