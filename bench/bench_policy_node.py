@@ -37,6 +37,7 @@ nothing else of ours running) instead, to see what the concurrent echo costs the
 off` runs the node alone as before.
 
     .venv/bin/python bench/bench_policy_node.py --seconds 60 [--model-ms 0] [--echo concurrent|after|off]
+        [--threads N]
 """
 
 from __future__ import annotations
