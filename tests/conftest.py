@@ -31,7 +31,7 @@ from wmpo_core.vla.checkpoint import save_checkpoint
 from wmpo_core.vla.config import load_recipe
 from wmpo_core.vla.model import VLA
 from wmpo_learner.reward.model import RewardModel
-from wmpo_learner.reward.preprocessing import PreprocessSpec
+from wmpo_learner.reward.preprocessing import PreprocessConfig
 
 TINY_ACTION_BOUNDS = ([-1, -1, -1, 0], [1, 1, 1, 1])
 """q01/q99 of the tiny VLA's action statistics: so101_sim's 3 end-effector deltas and gripper."""
@@ -54,6 +54,15 @@ def short_robot() -> RobotConfig:
     data = yaml.safe_load((Path(__file__).parents[1] / "robot_configs" / "so101_sim.yaml").read_text())
     data["episode_time_limit_s"] = 1.6
     return parse_robot_config(data, source="so101_sim (short episodes)")
+
+
+@pytest.fixture(scope="module")
+def short_robot_yaml(tmp_path_factory) -> Path:
+    """`short_robot` as a YAML file, for stage configs that name their robot config by path."""
+    data = yaml.safe_load((Path(__file__).parents[1] / "robot_configs" / "so101_sim.yaml").read_text())
+    path = tmp_path_factory.mktemp("robot") / "so101_sim.yaml"
+    path.write_text(yaml.safe_dump({**data, "episode_time_limit_s": 1.6}))
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -135,7 +144,7 @@ def tiny_reward_model() -> Callable[..., RewardModel]:
             num_labels=1,
             problem_type="multi_label_classification",
         )
-        spec = PreprocessSpec(camera="front", image_size=32, num_frames=8)
+        spec = PreprocessConfig(camera="front", image_size=32, num_frames=8)
         return RewardModel(VideoMAEForVideoClassification(config), spec, threshold=threshold).eval()
 
     return make

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from wmpo_core.normalization import ActionNormalizer
 from wmpo_core.vla.checkpoint import load_checkpoint, read_manifest
 from wmpo_learner.grpo.algorithm import GRPOConfig
 from wmpo_learner.grpo.rollouts import BudgetExhausted, SimSource
-from wmpo_learner.grpo.run import run_grpo
+from wmpo_learner.grpo.run import GRPORunConfig, grpo
 
 
 def test_sim_source_groups_share_a_seed_and_respect_the_budget(
@@ -40,7 +41,7 @@ def test_sim_source_groups_share_a_seed_and_respect_the_budget(
 
 
 def test_sim_baseline_spends_exactly_its_budget_and_records_provenance(
-    tiny_vla_checkpoint, short_robot, tmp_path: Path
+    tiny_vla_checkpoint, short_robot, short_robot_yaml, tmp_path: Path
 ) -> None:
     base = tiny_vla_checkpoint(short_robot, tmp_path / "base", version="test-base-0")
     config = GRPOConfig(
@@ -51,9 +52,10 @@ def test_sim_baseline_spends_exactly_its_budget_and_records_provenance(
         max_resample_rounds=0,
         lr=1e-4,
     )
-    summary = run_grpo(
-        base, short_robot, tmp_path / "out", config, env="sim", budget=6, seed_offset=500, progress=False
+    run = GRPORunConfig(
+        policy=base, out=tmp_path / "out", robot=str(short_robot_yaml), env="sim", budget=6, seed_offset=500
     )
+    summary = grpo(dataclasses.replace(run, algorithm=config), progress=False)
     assert summary["real_episodes_used"] == 6  # 3 groups of 2, then the budget is spent
     manifest = read_manifest(tmp_path / "out")
     assert manifest["parent_version"] == "test-base-0"
@@ -167,40 +169,44 @@ def test_imagined_groups_scored_by_the_reward_model_drive_the_update(
     assert change[advantages > 0].mean() > 0 > change[advantages < 0].mean()
 
 
-def test_grpo_in_imagination_writes_a_new_version_naming_its_sources(
-    tiny_vla_checkpoint, short_robot, tmp_path: Path
-) -> None:
-    base, wm_path, reward_path, store = _imagination_parts(short_robot, tmp_path, tiny_vla_checkpoint)
-    config = GRPOConfig(
-        group_size=2, groups_per_batch=2, minibatch_trajectories=4, iterations=1, max_resample_rounds=0
+def imagination_run(
+    parts: tuple[Path, Path, Path, Path], robot_yaml: Path, out: Path, iterations: int, **changes
+) -> GRPORunConfig:
+    """A test-sized GRPO run in imagination over `_imagination_parts` (8 steps, 1 sampling step)."""
+    base, wm_path, reward_path, store = parts
+    algorithm = GRPOConfig(
+        group_size=2,
+        groups_per_batch=2,
+        minibatch_trajectories=4,
+        iterations=iterations,
+        max_resample_rounds=0,
     )
-    summary = run_grpo(
-        base,
-        short_robot,
-        tmp_path / "out",
-        config,
-        env="imagination",
-        world_model=wm_path,
-        reward_model=reward_path,
+    return GRPORunConfig(
+        policy=base,
+        out=out,
+        robot=str(robot_yaml),
+        wm=wm_path,
+        reward=reward_path,
         store=store,
         horizon=8,
         sampling_steps=1,
-        progress=False,
-        version="test-grpo-1",
+        algorithm=algorithm,
+        **changes,
     )
+
+
+def test_grpo_in_imagination_writes_a_new_version_naming_its_sources(
+    tiny_vla_checkpoint, short_robot, short_robot_yaml, tmp_path: Path
+) -> None:
+    parts = _imagination_parts(short_robot, tmp_path, tiny_vla_checkpoint)
+    wm_path, reward_path = parts[1], parts[2]
+    run = imagination_run(parts, short_robot_yaml, tmp_path / "out", iterations=1, version="test-grpo-1")
+    summary = grpo(run, progress=False)
     assert summary["version"] == "test-grpo-1" and summary["real_episodes_used"] == 0
     provenance = read_manifest(tmp_path / "out")["provenance"]
     assert provenance["method"] == "grpo-imagination" and provenance["world_model"] == str(wm_path)
     assert provenance["reward_model"] == str(reward_path) and len(provenance["data"]["initial_episodes"]) == 3
     assert load_checkpoint(tmp_path / "out", short_robot).parent_version == "test-base-0"
     with pytest.raises(ValueError, match="imagination needs --wm"):
-        run_grpo(
-            base,
-            short_robot,
-            tmp_path / "x",
-            config,
-            env="imagination",
-            reward_model=reward_path,
-            store=store,
-            progress=False,
-        )
+        grpo(dataclasses.replace(run, out=tmp_path / "x", wm=None), progress=False)
+    assert not (tmp_path / "x").exists()

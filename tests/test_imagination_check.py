@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_grpo_run import _imagination_parts
+from test_grpo_run import _imagination_parts, imagination_run
 from wmpo_core.cli import main as wmpo
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.vla.checkpoint import load_checkpoint
 from wmpo_learner.grpo.algorithm import GRPOConfig
 from wmpo_learner.grpo.rollouts import ImaginationSource
-from wmpo_learner.grpo.run import initial_frames, run_grpo
+from wmpo_learner.grpo.run import grpo, initial_frames
 from wmpo_learner.grpo.trainer import train
 from wmpo_learner.reward.checkpoint import load_checkpoint as load_reward
 from wmpo_learner.reward.checkpoint import save_checkpoint as save_reward
@@ -212,26 +212,11 @@ def test_collapse_guard_keeps_the_best_iterate_or_the_parent(
 
 
 def test_grpo_in_imagination_records_what_the_guard_kept(
-    tiny_vla_checkpoint, short_robot, tmp_path: Path
+    tiny_vla_checkpoint, short_robot, short_robot_yaml, tmp_path: Path
 ) -> None:
-    base, wm_path, reward_path, store = _imagination_parts(short_robot, tmp_path, tiny_vla_checkpoint)
-    config = GRPOConfig(
-        group_size=2, groups_per_batch=2, minibatch_trajectories=4, iterations=2, max_resample_rounds=0
-    )
-    summary = run_grpo(
-        base,
-        short_robot,
-        tmp_path / "out",
-        config,
-        env="imagination",
-        world_model=wm_path,
-        reward_model=reward_path,
-        store=store,
-        horizon=8,
-        sampling_steps=1,
-        progress=False,
-        guard_frames=2,
-    )
+    parts = _imagination_parts(short_robot, tmp_path, tiny_vla_checkpoint)
+    run = imagination_run(parts, short_robot_yaml, tmp_path / "out", iterations=2, guard_frames=2)
+    summary = grpo(run, progress=False)
     saved = json.loads((tmp_path / "out" / "training" / "grpo_summary.json").read_text())
     assert saved["guard"] == summary["guard"] and 0.0 <= saved["guard"]["parent_score"] <= 1.0
     assert saved["guard"]["best_iteration"] in (-1, 0, 1) and saved["iterations"] == 2

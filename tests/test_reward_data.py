@@ -15,7 +15,7 @@ from wmpo_learner.reward.dataset import (
     labelled_episodes,
     split_episodes,
 )
-from wmpo_learner.reward.preprocessing import PreprocessSpec, preprocess
+from wmpo_learner.reward.preprocessing import PreprocessConfig, preprocess
 from wmpo_learner.reward.windows import window_ends, window_frame_indices
 
 N = 8
@@ -80,7 +80,7 @@ def test_labelled_episodes_skip_unlabelled_and_check_the_camera(store):
 
 @pytest.mark.parametrize("cached", [True, False])
 def test_dataset_items_are_the_preprocessed_store_frames(store, cached):
-    spec = PreprocessSpec(camera="front", image_size=32, num_frames=N)
+    spec = PreprocessConfig(camera="front", image_size=32, num_frames=N)
     metas = {m.episode_id: m for m in labelled_episodes(store, "so101_sim", "front")}
     clips = [c for i, m in metas.items() for c in episode_clips(i, m.num_steps, bool(m.success), N)]
     dataset = ClipDataset(store, clips, spec, cache_bytes=(1 << 30) if cached else 0)
@@ -161,7 +161,7 @@ def test_balanced_batches():
 
 
 def test_loader_with_balanced_sampler_yields_balanced_batches(store):
-    spec = PreprocessSpec(camera="front", image_size=16, num_frames=N)
+    spec = PreprocessConfig(camera="front", image_size=16, num_frames=N)
     metas = labelled_episodes(store, "so101_sim", "front")
     clips = [c for m in metas for c in episode_clips(m.episode_id, m.num_steps, bool(m.success), N)]
     dataset = ClipDataset(store, clips, spec)

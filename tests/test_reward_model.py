@@ -15,7 +15,7 @@ from transformers import (
 from wmpo_core.durable import file_sha256
 from wmpo_learner.reward.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
 from wmpo_learner.reward.model import RewardModel, success_loss, success_probability
-from wmpo_learner.reward.preprocessing import PreprocessSpec, preprocess
+from wmpo_learner.reward.preprocessing import PreprocessConfig, preprocess
 from wmpo_learner.reward.windows import window_ends, window_frame_indices
 
 N = 8
@@ -36,7 +36,7 @@ def test_tiny_preset_is_videomae_with_one_logit():
 
 
 def test_inconsistent_configs_are_refused(tiny_reward_model):
-    spec = PreprocessSpec(camera="front", image_size=32, num_frames=N)
+    spec = PreprocessConfig(camera="front", image_size=32, num_frames=N)
     two_logits = VideoMAEConfig(
         image_size=32,
         patch_size=8,

@@ -6,7 +6,7 @@ from wmpo_core.cli import main as wmpo
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.robot_config import load_robot_config
 from wmpo_learner.reward.checkpoint import load_checkpoint
-from wmpo_learner.reward.train import TrainSettings, train_reward_model
+from wmpo_learner.reward.train import RewardTrainConfig, train_reward_model
 
 ROBOT = load_robot_config("so101_sim")
 BOTTOM, MIDDLE, TOP = 96, 56, 8
@@ -42,7 +42,9 @@ def store_path(tmp_path_factory, write_episode_store):
 def test_short_training_reaches_high_f1_on_held_out_episodes(tiny_reward_model, store_path, tmp_path):
     store = EpisodeStore.open(store_path)
     model = tiny_reward_model()
-    settings = TrainSettings(steps=300, batch_size=16, learning_rate=1e-3, holdout_fraction=0.3, log_every=50)
+    settings = RewardTrainConfig(
+        steps=300, batch_size=16, learning_rate=1e-3, holdout_fraction=0.3, log_every=50
+    )
     meta = train_reward_model(model, store, ROBOT, settings, str(tmp_path / "ckpt"), init="test")
     val = meta.validation
     assert set(val.episodes).isdisjoint(meta.training.episodes)

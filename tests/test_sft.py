@@ -1,7 +1,5 @@
 """`wmpo sft`: behaviour cloning on scripted demonstrations recorded in a real episode store."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -10,7 +8,8 @@ from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.robot_config import load_robot_config
 from wmpo_core.sim_rollout import run_episodes, train_seeds
 from wmpo_core.vla.checkpoint import load_checkpoint, read_manifest
-from wmpo_learner.sft import chunk_windows, load_optimizer, lr_at, random_shift, save_optimizer
+from wmpo_learner.sft import chunk_windows, lr_at, random_shift
+from wmpo_learner.training_state import load_training_state, read_counters, save_training_state
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +49,7 @@ def sft(store, out, *extra):
 def test_short_sft_lowers_the_loss_and_writes_a_loadable_policy(demo_store, robot, tmp_path):
     out = tmp_path / "policy"
     assert sft(demo_store, out, "--steps", "60", "--save-every", "30") == 0
-    state = json.loads((out / "training" / "trainer_state.json").read_text())
+    state = read_counters(out / "training")
     losses = [loss for _, loss in state["loss_history"]]
     assert state["step"] == 60 and len(losses) == 6
     assert losses[-1] < 0.75 * losses[0], losses  # starts near ln(256) = 5.5
@@ -70,7 +69,7 @@ def test_short_sft_lowers_the_loss_and_writes_a_loadable_policy(demo_store, robo
 
     # resume continues from the saved step with the saved optimizer; a second fresh run is refused
     assert sft(demo_store, out, "--steps", "70", "--resume") == 0
-    resumed = json.loads((out / "training" / "trainer_state.json").read_text())
+    resumed = read_counters(out / "training")
     assert resumed["step"] == 70 and resumed["loss_history"][:6] == state["loss_history"]
     assert read_manifest(out)["version"] != manifest["version"]
     with pytest.raises(SystemExit, match="already holds a training run"):
@@ -125,9 +124,10 @@ def test_optimizer_state_round_trips_without_pickle(tmp_path):
         optimizer.zero_grad()
         sum((p**2).sum() for p in params).backward()
         optimizer.step()
-    save_optimizer(optimizer, tmp_path / "opt.safetensors")
+    save_training_state(tmp_path / "state", optimizer, None, {"step": 3})
     restored = torch.optim.AdamW([torch.nn.Parameter(p.detach().clone()) for p in params], lr=1.0)
-    load_optimizer(restored, tmp_path / "opt.safetensors")
+    assert load_training_state(tmp_path / "state", restored) == ({"step": 3}, None)
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["optimizer.safetensors", "state.json"]
     a, b = optimizer.state_dict(), restored.state_dict()
     assert a["param_groups"][0]["lr"] == b["param_groups"][0]["lr"] == 1e-2
     for i in a["state"]:

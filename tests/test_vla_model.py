@@ -183,7 +183,7 @@ def test_pretrained_backbone_loads_from_a_local_model_directory(robot, tmp_path)
     (saved as ...ForConditionalGeneration, like the hub's) plus its tokenizer."""
     from transformers import Idefics3ForConditionalGeneration
     from wmpo_core.vla.checkpoint import load_checkpoint, save_checkpoint
-    from wmpo_core.vla.config import BackboneSpec
+    from wmpo_core.vla.config import BackboneConfig
     from wmpo_core.vla.model import build_backbone
 
     tiny = load_recipe("tiny").model
@@ -193,7 +193,7 @@ def test_pretrained_backbone_loads_from_a_local_model_directory(robot, tmp_path)
     tokenizer.save_pretrained(tmp_path / "hub_model")
 
     config = dataclasses.replace(
-        tiny, backbone=BackboneSpec(kind="pretrained", name_or_path=str(tmp_path / "hub_model"))
+        tiny, backbone=BackboneConfig(kind="pretrained", name_or_path=str(tmp_path / "hub_model"))
     )
     model = VLA.create(config, robot, ActionNormalizer([-1, -1, -1, 0], [1, 1, 1, 1])).eval()
     assert torch.equal(
@@ -215,7 +215,7 @@ def test_pretrained_backbone_loads_from_a_local_model_directory(robot, tmp_path)
     with pytest.raises(VLAConfigError, match="cannot load pretrained backbone"):
         VLA.create(
             dataclasses.replace(
-                config, backbone=BackboneSpec(kind="pretrained", name_or_path=str(tmp_path / "absent"))
+                config, backbone=BackboneConfig(kind="pretrained", name_or_path=str(tmp_path / "absent"))
             ),
             robot,
             ActionNormalizer([-1, -1, -1, 0], [1, 1, 1, 1]),

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -32,12 +31,10 @@ from wmpo_core.cli_args import DEVICE_HELP, torch_device
 from wmpo_core.config_cli import add_config_arguments, config_from_args, option
 from wmpo_core.devices import choose_device
 from wmpo_core.episode_arrays import load_episode
-from wmpo_core.vla.config import SFTSettings
+from wmpo_core.vla.config import SFTRecipeConfig
 from wmpo_core.window_sampler import WindowSampler
 
 TRAINING_DIR = "training"
-OPTIMIZER_FILE = "optimizer.safetensors"
-STATE_FILE = "trainer_state.json"
 
 
 @dataclass
@@ -69,11 +66,11 @@ class SFTConfig:
     seed: int = option(0, "seed for initialization, batch sampling and augmentation")
 
     def recipe_overrides(self) -> dict[str, Any]:
-        """The recipe's `SFTSettings` values this run replaces (the fields of both that are set)."""
+        """The recipe's `SFTRecipeConfig` values this run replaces (the fields of both that are set)."""
         own = {f.name for f in dataclasses.fields(self)}
         return {
             f.name: getattr(self, f.name)
-            for f in dataclasses.fields(SFTSettings)
+            for f in dataclasses.fields(SFTRecipeConfig)
             if f.name in own and getattr(self, f.name) is not None
         }
 
@@ -178,37 +175,6 @@ def lr_at(step: int, peak: float, warmup: int, total: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def save_optimizer(optimizer, path: Path) -> None:
-    """Optimizer state as safetensors + JSON (no pickle): tensors flattened to 'state.<param>.<name>'."""
-    from safetensors.torch import save_file
-
-    state = optimizer.state_dict()
-    tensors = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for param_id, entries in state["state"].items():
-        for name, value in entries.items():
-            if hasattr(value, "shape"):
-                tensors[f"state.{param_id}.{name}"] = value.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(str(param_id), {})[name] = value
-    meta = {"param_groups": state["param_groups"], "scalars": scalars}
-    save_file(tensors, str(path), metadata={"optimizer": json.dumps(meta)})
-
-
-def load_optimizer(optimizer, path: Path) -> None:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        meta = json.loads(handle.metadata()["optimizer"])
-        state: dict[int, dict[str, Any]] = {}
-        for key in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
-            _, param_id, name = key.split(".", 2)
-            state.setdefault(int(param_id), {})[name] = handle.get_tensor(key)
-    for param_id, values in meta["scalars"].items():
-        state.setdefault(int(param_id), {}).update(values)
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
 def train_sft(config: SFTConfig) -> int:
     """The `train_sft` stage; returns the exit status."""
     import torch
@@ -220,6 +186,14 @@ def train_sft(config: SFTConfig) -> int:
     from wmpo_core.vla.checkpoint import load_checkpoint, save_checkpoint
     from wmpo_core.vla.config import load_recipe
     from wmpo_core.vla.model import VLA, cross_entropy, resolve_cameras
+
+    from wmpo_learner.training_state import (
+        STATE_JSON,
+        has_training_state,
+        load_training_state,
+        read_counters,
+        save_training_state,
+    )
 
     try:
         robot = load_robot_config(config.robot)
@@ -235,9 +209,9 @@ def train_sft(config: SFTConfig) -> int:
             raise SystemExit(
                 "wmpo sft: --resume continues the run in --out; it cannot be combined with --from"
             )
-        if config.resume and not (training_dir / STATE_FILE).is_file():
-            raise SystemExit(f"wmpo sft: nothing to resume in {out} (no {TRAINING_DIR}/{STATE_FILE})")
-        if not config.resume and (training_dir / STATE_FILE).is_file():
+        if config.resume and not has_training_state(training_dir):
+            raise SystemExit(f"wmpo sft: nothing to resume in {out} (no {TRAINING_DIR}/{STATE_JSON})")
+        if not config.resume and has_training_state(training_dir):
             raise SystemExit(
                 f"wmpo sft: {out} already holds a training run; pass --resume to continue it or choose "
                 "another --out"
@@ -248,7 +222,7 @@ def train_sft(config: SFTConfig) -> int:
         start_step, rng_state, history = 0, None, []
         parent_version = None
         if config.resume:
-            trainer_state = json.loads((training_dir / STATE_FILE).read_text())
+            trainer_state = read_counters(training_dir)
             model = load_checkpoint(out, robot, device=device)
             start_step, rng_state, history = (
                 trainer_state["step"],
@@ -287,7 +261,7 @@ def train_sft(config: SFTConfig) -> int:
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     if config.resume:
-        load_optimizer(optimizer, training_dir / OPTIMIZER_FILE)
+        load_training_state(training_dir, optimizer)
     rng = np.random.default_rng(config.seed)
     if rng_state is not None:
         rng.bit_generator.state = rng_state
@@ -318,8 +292,6 @@ def train_sft(config: SFTConfig) -> int:
             model, out, robot, version_prefix="sft", parent_version=parent_version, provenance=provenance
         )
         model.train()
-        training_dir.mkdir(parents=True, exist_ok=True)
-        save_optimizer(optimizer, training_dir / OPTIMIZER_FILE)
         state = {
             "step": step,
             "rng": rng.bit_generator.state,
@@ -327,9 +299,7 @@ def train_sft(config: SFTConfig) -> int:
             "recipe": recipe_name,
             "episode_ids_sha256": "sha256:" + data_hash,
         }
-        tmp = training_dir / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(state, indent=1))
-        tmp.replace(training_dir / STATE_FILE)
+        save_training_state(training_dir, optimizer, None, state)
 
     writer = SummaryWriter(str(training_dir / "tensorboard"))
     print(

@@ -75,41 +75,6 @@ class GRPORunConfig:
     """The algorithm's hyper-parameters (their flags come from `GRPOConfig`)."""
 
 
-def grpo(
-    config: GRPORunConfig, episode_ids: list[str] | None = None, progress: bool = True
-) -> dict[str, Any]:
-    """The `wmpo grpo` stage: check the config, then `run_grpo`. Raises ValueError naming the flag."""
-    problems = config.algorithm.problems()
-    if config.microbatch < 1:
-        problems.append("--microbatch must be >= 1")
-    if config.guard_frames < 0:
-        problems.append("--guard-frames must be >= 0")
-    if problems:
-        raise ValueError("; ".join(problems))
-    return run_grpo(
-        policy=config.policy,
-        robot_config=load_robot_config(config.robot),
-        out=config.out,
-        config=config.algorithm,
-        env=config.env,
-        world_model=config.wm,
-        reward_model=config.reward,
-        store=config.store,
-        initial_source=config.initial_source,
-        episode_ids=episode_ids,
-        horizon=config.horizon,
-        sampling_steps=config.sampling_steps,
-        budget=config.budget,
-        seed_offset=config.seed_offset,
-        seed=config.seed,
-        device=config.device,
-        microbatch=config.microbatch,
-        version=config.version,
-        progress=progress,
-        guard_frames=config.guard_frames,
-    )
-
-
 def initial_frames(
     store_path: Path,
     robot_config: RobotConfig,
@@ -143,32 +108,15 @@ def initial_frames(
     return frames, [m.task for m in metas], [m.episode_id for m in metas]
 
 
-def run_grpo(
-    policy: Path,
-    robot_config: RobotConfig,
-    out: Path,
-    config: GRPOConfig,
-    env: str = "imagination",
-    world_model: Path | None = None,
-    reward_model: Path | None = None,
-    store: Path | None = None,
-    initial_source: str = "policy",
-    episode_ids: list[str] | None = None,
-    horizon: int | None = None,
-    sampling_steps: int | None = None,
-    budget: int = 128,
-    seed_offset: int = 100_000,
-    seed: int = 0,
-    device: str = "auto",
-    microbatch: int = 16,
-    version: str | None = None,
-    progress: bool = True,
-    guard_frames: int = 16,
+def grpo(
+    config: GRPORunConfig, episode_ids: list[str] | None = None, progress: bool = True
 ) -> dict[str, Any]:
-    """Train `policy` with GRPO and save the result to `out`; returns a JSON-able summary.
+    """The `wmpo grpo` stage: train `config.policy` with GRPO and save the result to `config.out`;
+    returns a JSON-able summary. Raises ValueError naming the flag of a bad value.
 
-    In imagination, `guard_frames` > 0 real start frames drive the collapse guard (trainer.py):
-    the greedy policy's imagined success from them decides which iterate is kept."""
+    In imagination, `config.guard_frames` > 0 real start frames drive the collapse guard
+    (trainer.py): the greedy policy's imagined success from them decides which iterate is kept.
+    `episode_ids` (iterate's choice) narrows the episodes whose first frames start imagination."""
     from torch.utils.tensorboard import SummaryWriter
     from wmpo_core.vla.checkpoint import load_checkpoint, save_checkpoint
 
@@ -176,15 +124,34 @@ def run_grpo(
     from wmpo_learner.grpo.rollouts import ImaginationSource, SimSource
     from wmpo_learner.grpo.trainer import log_to_tensorboard, train
 
-    world = setup(device)
+    problems = config.algorithm.problems()
+    if config.microbatch < 1:
+        problems.append("--microbatch must be >= 1")
+    if config.guard_frames < 0:
+        problems.append("--guard-frames must be >= 0")
+    if config.env == "imagination":
+        missing = [
+            flag
+            for flag, value in (("--wm", config.wm), ("--reward", config.reward), ("--store", config.store))
+            if value is None
+        ]
+        if missing:
+            problems.append(f"imagination needs {', '.join(missing)}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    robot_config = load_robot_config(config.robot)
+    env, seed, horizon, store = config.env, config.seed, config.horizon, config.store
+    world_model, reward_model, algorithm = config.wm, config.reward, config.algorithm
+
+    world = setup(config.device)
     torch.manual_seed(seed + world.rank)
     generator = torch.Generator(device=world.device).manual_seed(seed + 1000 * world.rank)
-    vla = load_checkpoint(policy, robot_config, device=world.device)
+    vla = load_checkpoint(config.policy, robot_config, device=world.device)
     parent = vla.version
     provenance: dict[str, Any] = {
         "method": f"grpo-{env}",
-        "parent_checkpoint": str(policy),
-        "grpo": dataclasses.asdict(config),
+        "parent_checkpoint": str(config.policy),
+        "grpo": dataclasses.asdict(algorithm),
         "seed": seed,
     }
     guard = None
@@ -192,13 +159,6 @@ def run_grpo(
         from wmpo_learner.reward.checkpoint import load_checkpoint as load_reward
         from wmpo_learner.world_model.model import WorldModel
 
-        missing = [
-            flag
-            for flag, value in (("--wm", world_model), ("--reward", reward_model), ("--store", store))
-            if value is None
-        ]
-        if missing:
-            raise ValueError(f"imagination needs {', '.join(missing)}")
         wm = WorldModel.load(world_model, device=world.device).eval()
         if wm.robot_config_hash != robot_config.content_hash:
             raise ValueError(
@@ -210,19 +170,21 @@ def run_grpo(
                 f"the policy sees cameras {list(vla.cameras)}, the world model imagines camera '{wm.camera}'"
             )
         rm, _ = load_reward(reward_model, device=str(world.device))
-        frames, texts, ids = initial_frames(store, robot_config, wm.camera, initial_source, episode_ids)
+        frames, texts, ids = initial_frames(
+            store, robot_config, wm.camera, config.initial_source, episode_ids
+        )
         source = ImaginationSource(
             wm,
             rm,
             frames,
             texts,
             horizon or robot_config.max_episode_steps,
-            sampling_steps,
+            config.sampling_steps,
             seed=seed + world.rank,
             checkpoint=world_model,
         )
-        if guard_frames > 0:
-            pick = np.random.default_rng(seed).permutation(len(frames))[:guard_frames]
+        if config.guard_frames > 0:
+            pick = np.random.default_rng(seed).permutation(len(frames))[: config.guard_frames]
             guard_frames_, guard_texts = frames[pick], [texts[i] for i in pick]
             guard_horizon = horizon or robot_config.max_episode_steps
 
@@ -254,21 +216,22 @@ def run_grpo(
     elif env == "sim":
         if world.enabled:
             raise ValueError("the simulator baseline runs as one process (launch it without torchrun)")
-        seeds = train_seeds(max(1, budget // config.group_size), offset=seed_offset)
-        source = SimSource(robot_config, seeds, budget)
-        provenance.update(data={"simulator_seeds": [seeds[0], seeds[-1]], "budget_episodes": budget})
+        seeds = train_seeds(max(1, config.budget // algorithm.group_size), offset=config.seed_offset)
+        source = SimSource(robot_config, seeds, config.budget)
+        provenance.update(data={"simulator_seeds": [seeds[0], seeds[-1]], "budget_episodes": config.budget})
     else:
         raise ValueError(f"--env must be 'imagination' or 'sim', got {env!r}")
 
+    out = config.out
     out.mkdir(parents=True, exist_ok=True)
     writer = SummaryWriter(str(out / "logs")) if world.is_main else None
     try:
         history, guarded = train(
             vla,
             source,
-            config,
+            algorithm,
             generator,
-            microbatch=microbatch,
+            microbatch=config.microbatch,
             world=world,
             on_iteration=log_to_tensorboard(writer) if writer is not None else None,
             progress=progress and world.is_main,
@@ -293,7 +256,7 @@ def run_grpo(
             vla,
             out,
             robot_config,
-            version=version,
+            version=config.version,
             version_prefix="grpo",
             parent_version=parent,
             provenance=provenance,

@@ -24,7 +24,7 @@ from wmpo_core.checkpoint import CheckpointError as BaseCheckpointError
 from wmpo_core.checkpoint import CheckpointFormat
 
 from wmpo_learner.reward.model import RewardModel
-from wmpo_learner.reward.preprocessing import PreprocessSpec
+from wmpo_learner.reward.preprocessing import PreprocessConfig
 from wmpo_learner.reward.threshold import EpisodeMetrics
 
 FORMAT = "wmpo-reward-model"
@@ -92,7 +92,7 @@ class RewardModelMetadata(BaseModel):
     scoring: Literal["sigmoid(logit); trained with BCE-with-logits"] = (
         "sigmoid(logit); trained with BCE-with-logits"
     )
-    preprocessing: PreprocessSpec
+    preprocessing: PreprocessConfig
     threshold: float = Field(ge=0.0, le=1.0)
     validation: Validation | None = None
     training: TrainingRecord | None = None

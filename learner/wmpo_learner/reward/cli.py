@@ -85,7 +85,7 @@ def train_reward(config: RewardConfig) -> int:
     from wmpo_learner.reward.dataset import labelled_episodes
     from wmpo_learner.reward.model import RewardModel
     from wmpo_learner.reward.threshold import episode_metrics
-    from wmpo_learner.reward.train import TrainSettings, score_stored_episodes, train_reward_model
+    from wmpo_learner.reward.train import RewardTrainConfig, score_stored_episodes, train_reward_model
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -152,7 +152,7 @@ def train_reward(config: RewardConfig) -> int:
     from torch.utils.tensorboard import SummaryWriter
 
     lr = config.lr if config.lr is not None else (1e-4 if config.init else 5e-4)
-    settings = TrainSettings(
+    settings = RewardTrainConfig(
         steps=config.steps,
         batch_size=config.batch_size,
         learning_rate=lr,

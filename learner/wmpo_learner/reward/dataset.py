@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from wmpo_core.episode_arrays import load_episode
 from wmpo_core.episode_store import EpisodeMeta, EpisodeStore
 
-from wmpo_learner.reward.preprocessing import PreprocessSpec, preprocess
+from wmpo_learner.reward.preprocessing import PreprocessConfig, preprocess
 from wmpo_learner.reward.windows import window_ends, window_frame_indices
 
 
@@ -113,7 +113,7 @@ class ClipDataset(Dataset):
         self,
         store: EpisodeStore,
         clips: Sequence[Clip],
-        spec: PreprocessSpec,
+        spec: PreprocessConfig,
         cache_bytes: int = 2 << 30,
         max_shift: int = 0,
     ):

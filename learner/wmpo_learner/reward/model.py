@@ -22,7 +22,7 @@ from transformers import VideoMAEConfig, VideoMAEForVideoClassification
 from wmpo_learner.reward.preprocessing import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    PreprocessSpec,
+    PreprocessConfig,
     as_uint8_frames,
     preprocess,
 )
@@ -90,7 +90,7 @@ class RewardModel(nn.Module):
     """A VideoMAE classifier with its preprocessing and its decision threshold."""
 
     def __init__(
-        self, classifier: VideoMAEForVideoClassification, spec: PreprocessSpec, threshold: float = 0.5
+        self, classifier: VideoMAEForVideoClassification, spec: PreprocessConfig, threshold: float = 0.5
     ):
         super().__init__()
         config = classifier.config
@@ -119,7 +119,7 @@ class RewardModel(nn.Module):
     def from_preset(cls, preset: str, camera: str, num_frames: int = NUM_FRAMES) -> RewardModel:
         """A randomly initialized model of a named size (`PRESETS`)."""
         config = videomae_config(preset, num_frames)
-        spec = PreprocessSpec(camera=camera, image_size=config.image_size, num_frames=num_frames)
+        spec = PreprocessConfig(camera=camera, image_size=config.image_size, num_frames=num_frames)
         return cls(VideoMAEForVideoClassification(config), spec)
 
     @classmethod
@@ -134,7 +134,9 @@ class RewardModel(nn.Module):
         )
         mean, std = _pretrained_normalization(name_or_path)
         image_size = classifier.config.image_size
-        spec = PreprocessSpec(camera=camera, image_size=image_size, num_frames=num_frames, mean=mean, std=std)
+        spec = PreprocessConfig(
+            camera=camera, image_size=image_size, num_frames=num_frames, mean=mean, std=std
+        )
         return cls(classifier, spec)
 
     # ------------------------------------------------------------------ the one rule

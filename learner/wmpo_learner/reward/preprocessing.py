@@ -21,7 +21,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 """The statistics VideoMAE checkpoints (MCG-NJU/videomae-*) were pretrained with."""
 
 
-class PreprocessSpec(BaseModel):
+class PreprocessConfig(BaseModel):
     """Everything needed to turn stored frames into model input; saved with every checkpoint."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -48,7 +48,7 @@ def as_uint8_frames(frames: np.ndarray | torch.Tensor) -> np.ndarray:
     return frames
 
 
-def preprocess(frames: np.ndarray | torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+def preprocess(frames: np.ndarray | torch.Tensor, spec: PreprocessConfig) -> torch.Tensor:
     """(..., H, W, C) uint8 RGB (or mono) -> (..., 3, S, S) float32, normalized, on the CPU."""
     frames = resize_frames(as_uint8_frames(frames), spec.image_size)
     if frames.shape[-1] == 1:  # mono cameras: VideoMAE takes three channels

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class TrainSettings:
+class RewardTrainConfig:
     steps: int = 1000
     batch_size: int = 16
     learning_rate: float = 1e-4
@@ -78,7 +78,7 @@ def train_reward_model(
     model: RewardModel,
     store: EpisodeStore,
     robot: RobotConfig,
-    settings: TrainSettings,
+    settings: RewardTrainConfig,
     out_dir: str,
     init: str,
     already_trained_on: Sequence[str] = (),

@@ -19,7 +19,6 @@ continues from the newest one. The finished model is written to `<out>/` itself.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +34,11 @@ from wmpo_core.episode_store import EpisodeMeta, EpisodeStore
 from wmpo_core.robot_config import RobotConfig
 
 from wmpo_learner.distributed import Distributed
+from wmpo_learner.training_state import load_training_state, read_counters, save_training_state
 
 from .config import TrainConfig, WorldModelConfig
 from .data import FrameSampler, LatentEpisode, LatentWindowSampler, fit_normalizer, read_episode
 from .model import CHECKPOINT_FILE, WorldModel
-from .training_state import load_training_state, save_training_state
 
 STAGES = ("vae", "dit")
 CHECKPOINTS_DIR = "checkpoints"
@@ -125,7 +124,7 @@ class WorldModelTrainer:
         checkpoint = latest_checkpoint(plan.out) if plan.resume else None
         if checkpoint is not None:
             wm = WorldModel.load(checkpoint, self.ctx.device)
-            state = json.loads((checkpoint / "training_state" / "state.json").read_text())["state"]
+            state = read_counters(checkpoint / "training_state")
             self.stage, self.stage_step = state["stage"], state["stage_step"]
             self.resumed_from = checkpoint
         elif plan.init_from is not None:

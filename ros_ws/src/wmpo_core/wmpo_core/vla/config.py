@@ -22,7 +22,7 @@ class VLAConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class BackboneSpec:
+class BackboneConfig:
     """Where the vision-language backbone comes from.
 
     `pretrained`: `transformers.AutoModel.from_pretrained(name_or_path)` (hub id or local dir) and
@@ -52,7 +52,7 @@ class BackboneSpec:
 class VLAConfig:
     """Everything that defines the VLA's architecture and its input/output layout."""
 
-    backbone: BackboneSpec
+    backbone: BackboneConfig
     chunk_size: int = 8
     """K actions predicted per forward pass."""
     num_bins: int = 256
@@ -106,20 +106,20 @@ class VLAConfig:
         backbone = values.pop("backbone")
         if not isinstance(backbone, dict):
             raise VLAConfigError("'backbone' must be a mapping")
-        bad = sorted(set(backbone) - {f.name for f in fields(BackboneSpec)})
+        bad = sorted(set(backbone) - {f.name for f in fields(BackboneConfig)})
         if bad:
             raise VLAConfigError(f"unknown backbone fields {bad}")
         for name in ("cameras", "image_mean", "image_std"):
             if values.get(name) is not None:
                 values[name] = tuple(values[name])
         try:
-            return cls(backbone=BackboneSpec(**backbone), **values)
+            return cls(backbone=BackboneConfig(**backbone), **values)
         except TypeError as exc:
             raise VLAConfigError(f"invalid VLA model config: {exc}") from None
 
 
 @dataclass(frozen=True)
-class SFTSettings:
+class SFTRecipeConfig:
     """Behaviour-cloning defaults that belong to a model size (overridable on the command line)."""
 
     steps: int = 2000
@@ -135,7 +135,7 @@ class SFTSettings:
     """e.g. 'bfloat16' on a GPU; None trains in the model's dtype."""
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SFTSettings:
+    def from_dict(cls, data: dict[str, Any]) -> SFTRecipeConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -147,7 +147,7 @@ class SFTSettings:
 class Recipe:
     name: str
     model: VLAConfig
-    sft: SFTSettings = field(default_factory=SFTSettings)
+    sft: SFTRecipeConfig = field(default_factory=SFTRecipeConfig)
 
 
 def available_recipes() -> list[str]:
@@ -180,7 +180,7 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
         return Recipe(
             name=path.stem,
             model=VLAConfig.from_dict(data["model"]),
-            sft=SFTSettings.from_dict(data.get("sft", {})),
+            sft=SFTRecipeConfig.from_dict(data.get("sft", {})),
         )
     except VLAConfigError as exc:
         raise VLAConfigError(f"{path}: {exc}") from None

@@ -31,7 +31,7 @@ from wmpo_core.image_ops import resize_frames
 from wmpo_core.normalization import ActionNormalizer
 from wmpo_core.robot_config import RobotConfig
 from wmpo_core.vla.action_tokens import ActionTokenizer
-from wmpo_core.vla.config import IMAGE_PLACEHOLDER, BackboneSpec, VLAConfig, VLAConfigError
+from wmpo_core.vla.config import IMAGE_PLACEHOLDER, BackboneConfig, VLAConfig, VLAConfigError
 
 SUPPORTED_BACKBONES = ("idefics3", "smolvlm")
 """Model types whose base model exposes `vision_model`, `connector` and `text_model` (SmolVLM, Idefics3)."""
@@ -40,7 +40,7 @@ Frames = np.ndarray | torch.Tensor
 EncodedInputs = dict[str, torch.Tensor]
 
 
-def build_backbone(spec: BackboneSpec, tokenizer_corpus: Sequence[str]) -> tuple[nn.Module, Any]:
+def build_backbone(spec: BackboneConfig, tokenizer_corpus: Sequence[str]) -> tuple[nn.Module, Any]:
     """A fresh backbone and its tokenizer: pretrained (hub id / local dir) or from a config."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 

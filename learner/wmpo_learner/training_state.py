@@ -1,7 +1,9 @@
 """Resumable training state as safetensors + JSON (no pickle: checkpoints are safe to load).
 
-`torch.save` of an optimizer is a pickle; here its tensors go to a safetensors file keyed
-"<param index>.<name>" and everything else (param groups, scalar state) to JSON.
+Shared by SFT and world-model training. `torch.save` of an optimizer is a pickle; here its tensors
+go to a safetensors file keyed "<param index>.<name>" and everything else (param groups, scalar
+state, the trainer's counters) to JSON. Every file is replaced atomically (wmpo_core.durable) and
+`state.json` is written last, so a run killed while saving resumes from the previous save.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from wmpo_core.durable import atomic_output, atomic_write_json
 
 STATE_JSON = "state.json"
 OPTIMIZER_TENSORS = "optimizer.safetensors"
@@ -35,13 +38,23 @@ def save_training_state(
                 tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
             else:
                 scalars.setdefault(str(index), {})[name] = value
-    save_file(tensors, str(directory / OPTIMIZER_TENSORS))
+    with atomic_output(directory / OPTIMIZER_TENSORS) as tmp:
+        save_file(tensors, str(tmp))
     if raw_weights is not None:
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in raw_weights.items()}, str(directory / MODEL_TENSORS)
-        )
+        with atomic_output(directory / MODEL_TENSORS) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in raw_weights.items()}, str(tmp))
     payload = {"state": state, "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars}}
-    (directory / STATE_JSON).write_text(json.dumps(payload, indent=2))
+    atomic_write_json(directory / STATE_JSON, payload)
+
+
+def has_training_state(directory: Path) -> bool:
+    """Whether `directory` holds a completed save (its `state.json`)."""
+    return (directory / STATE_JSON).is_file()
+
+
+def read_counters(directory: Path) -> dict[str, Any]:
+    """The trainer's JSON-able counters of the save in `directory` (no tensors loaded)."""
+    return json.loads((directory / STATE_JSON).read_text())["state"]
 
 
 def load_training_state(
