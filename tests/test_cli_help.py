@@ -20,12 +20,16 @@ from wmpo_learner.grpo.run import GRPORunConfig
 from wmpo_learner.imagination_check import ImaginationCheckConfig
 from wmpo_learner.iterate import IterateConfig
 from wmpo_learner.reward.cli import RewardConfig
+from wmpo_learner.service.app import ServeConfig
 from wmpo_learner.sft import SFTConfig
 from wmpo_learner.sim_eval import EvalConfig
+from wmpo_learner.world_model.evaluate import WorldModelEvalConfig
 from wmpo_learner.world_model.few_step import FewStepConfig
 from wmpo_learner.world_model.train import AlignConfig, WorldModelTrainConfig
+from wmpo_loop.main_job import MainJobConfig
+from wmpo_ros.bringup import BringupConfig, DeployConfig, TeleopConfig
 
-STAGE_CONFIGS: dict[str, tuple[type, ...]] = {
+COMMAND_CONFIGS: dict[str, tuple[type, ...]] = {
     "sft": (SFTConfig,),
     "eval": (EvalConfig,),
     "wm-train": (WorldModelTrainConfig,),
@@ -35,7 +39,15 @@ STAGE_CONFIGS: dict[str, tuple[type, ...]] = {
     "grpo": (GRPORunConfig, GRPOConfig),
     "imagination-check": (ImaginationCheckConfig,),
     "iterate": (IterateConfig,),
+    "wm-eval": (WorldModelEvalConfig,),
+    "run": (MainJobConfig,),
+    "serve": (ServeConfig,),
+    "robot": (BringupConfig,),
+    "teleop": (TeleopConfig,),
+    "deploy": (DeployConfig,),
 }
+"""Every command whose flags are generated from config dataclasses; `store`, `policy` and `outbox`
+are groups of small tools with positional arguments and keep plain argparse."""
 
 
 def help_text(command: str) -> str:
@@ -76,10 +88,10 @@ def test_no_command_help_imports_the_world_model_code():
     assert out.stdout.strip() == ""
 
 
-@pytest.mark.parametrize("command", sorted(STAGE_CONFIGS))
-def test_a_stage_help_lists_every_config_field_with_its_default(command):
+@pytest.mark.parametrize("command", sorted(COMMAND_CONFIGS))
+def test_a_config_command_help_lists_every_field_with_its_default(command):
     text = help_text(command)
-    for cls in STAGE_CONFIGS[command]:
+    for cls in COMMAND_CONFIGS[command]:
         for field in dataclasses.fields(cls):
             if "help" not in field.metadata:
                 continue

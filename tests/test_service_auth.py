@@ -15,15 +15,17 @@ import httpx
 import pytest
 from openapi_spec_validator import validate as validate_openapi
 from service_harness import TOKEN, WRONG_TOKEN, auth, record_episodes, start_learner
+from wmpo_core.config_cli import config_from_args
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.protocol.archive import write_dir_archive
 from wmpo_learner.service.app import (
     LearnerService,
+    ServeConfig,
     ServiceConfig,
     ServiceConfigError,
     add_arguments,
-    config_from_args,
     create_app,
+    service_config,
 )
 from wmpo_ros.learner_client import LearnerClient, LearnerUnavailable
 
@@ -224,10 +226,11 @@ def test_openapi_schema_is_valid_and_every_endpoint_is_typed(app, learner):
 # ---------------------------------------------------------------------------------- start-up policy
 
 
-def _args(*argv: str) -> argparse.Namespace:
+def _config(*argv: str) -> ServiceConfig:
+    """The service config `wmpo serve <argv>` would start with (ServiceConfigError if refused)."""
     parser = argparse.ArgumentParser()
     add_arguments(parser, "serve")
-    return parser.parse_args(list(argv))
+    return service_config(config_from_args(ServeConfig, parser.parse_args(list(argv))))
 
 
 @pytest.fixture
@@ -237,44 +240,53 @@ def no_env_token(monkeypatch):
 
 def test_refuses_to_start_without_a_token(no_env_token):
     with pytest.raises(ServiceConfigError, match="no token"):
-        config_from_args(_args())
+        _config()
 
 
 def test_token_from_file_or_environment(no_env_token, tmp_path, monkeypatch):
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
-    assert config_from_args(_args("--token-file", str(token_file))).token == TOKEN
+    assert _config("--token-file", str(token_file)).token == TOKEN
     token_file.write_text("short")
     with pytest.raises(ServiceConfigError, match="at least 16"):
-        config_from_args(_args("--token-file", str(token_file)))
+        _config("--token-file", str(token_file))
     with pytest.raises(ServiceConfigError, match="cannot read"):
-        config_from_args(_args("--token-file", str(tmp_path / "missing")))
+        _config("--token-file", str(tmp_path / "missing"))
     monkeypatch.setenv("WMPO_LEARNER_TOKEN", TOKEN)
-    assert config_from_args(_args()).token == TOKEN
+    assert _config().token == TOKEN
 
 
 def test_no_auth_only_when_asked_and_only_on_loopback(no_env_token):
-    assert config_from_args(_args("--insecure-no-auth")).token is None
-    assert config_from_args(_args("--insecure-no-auth", "--host", "::1")).token is None
+    assert _config("--insecure-no-auth").token is None
+    assert _config("--insecure-no-auth", "--host", "::1").token is None
     for host in ("0.0.0.0", "192.168.1.20", "learner.lab"):
         with pytest.raises(ServiceConfigError, match="loopback"):
-            config_from_args(_args("--insecure-no-auth", "--host", host))
+            _config("--insecure-no-auth", "--host", host)
 
 
 def test_remote_binding_needs_tls_or_an_explicit_override(monkeypatch, tmp_path):
     monkeypatch.setenv("WMPO_LEARNER_TOKEN", TOKEN)
     with pytest.raises(ServiceConfigError, match="without TLS"):
-        config_from_args(_args("--host", "0.0.0.0"))
+        _config("--host", "0.0.0.0")
     with pytest.raises(ServiceConfigError, match="both"):
-        config_from_args(_args("--host", "0.0.0.0", "--ssl-certfile", "cert.pem"))
-    assert (
-        config_from_args(
-            _args("--host", "0.0.0.0", "--ssl-certfile", "c.pem", "--ssl-keyfile", "k.pem")
-        ).token
-        == TOKEN
+        _config("--host", "0.0.0.0", "--ssl-certfile", "cert.pem")
+    assert _config("--host", "0.0.0.0", "--ssl-certfile", "c.pem", "--ssl-keyfile", "k.pem").token == TOKEN
+    assert _config("--host", "0.0.0.0", "--allow-insecure-remote").token == TOKEN
+    assert _config("--host", "localhost").spool == Path("data/learner.zarr.spool")
+
+
+def test_upload_limits_are_sizes_and_must_be_positive(monkeypatch):
+    monkeypatch.setenv("WMPO_LEARNER_TOKEN", TOKEN)
+    config = _config("--max-episode-bytes", "512M", "--max-json-bytes", "64k")
+    assert (config.max_episode_bytes, config.max_json_bytes, config.max_policy_bytes) == (
+        512 << 20,
+        64 << 10,
+        64 << 30,
     )
-    assert config_from_args(_args("--host", "0.0.0.0", "--allow-insecure-remote")).token == TOKEN
-    assert config_from_args(_args("--host", "localhost")).spool == Path("data/learner.zarr.spool")
+    with pytest.raises(ServiceConfigError, match="not a size: 'lots'"):
+        _config("--max-policy-bytes", "lots")
+    with pytest.raises(ServiceConfigError, match="--max-json-bytes must be positive"):
+        _config("--max-json-bytes", "0")
 
 
 def test_cli_exits_with_a_clear_message_without_token(tmp_path):

@@ -41,9 +41,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from wmpo_core.cli_args import add_device_argument
+from wmpo_core.cli_args import DEVICE_HELP, torch_device
+from wmpo_core.config_cli import add_config_arguments, config_from_args, option
 from wmpo_core.devices import choose_device
 from wmpo_core.episode_store import EpisodeStore
 from wmpo_core.robot_config import GymSimDriver, load_robot_config
@@ -54,7 +55,7 @@ from wmpo_learner.service.local import LocalService
 from wmpo_learner.sft import SFTConfig, train_sft
 from wmpo_learner.stats import one_sided_worse_p_value
 from wmpo_learner.world_model.train import WorldModelTrainConfig, train_world_model
-from wmpo_ros.bringup import add_ros_domain_argument
+from wmpo_ros.bringup import ROS_DOMAIN_HELP, domain_argument
 from wmpo_ros.learner_client import LearnerClient
 from wmpo_ros.session import RobotSession
 
@@ -95,56 +96,47 @@ GRPO iterations, which keeps a round near 6 minutes on 2 cores (docs/wmpo.md). `
 after these."""
 
 
+@dataclass
+class MainJobConfig:
+    """`wmpo run`: the whole loop on one machine; sizes by `--size`, each overridable."""
+
+    out: Path | None = option(
+        None, "run folder for stores, checkpoints, logs and report.md (default: runs/<date-time>)"
+    )
+    robot: str = option(
+        "so101_sim_near", "robot config name or YAML (so101_sim_near: the CPU-scale SO-101 sim)"
+    )
+    rounds: int = option(2, "lifelong rounds after the SFT policy")
+    size: Literal["cpu", "gpu"] = option("cpu", "model and data sizes")
+    demos: int | None = option(None, "teleop demonstrations to seed with (default: by --size)")
+    rollouts: int | None = option(None, "P: robot episodes per policy version (default: by --size)")
+    teleop_device: str = option(
+        "auto",
+        "teleop device for the demos: auto (the scripted expert in sim), keyboard, gamepad, so101_leader",
+    )
+    learner: str | None = option(
+        None,
+        "use this running learner service instead of starting one (token: WMPO_LEARNER_TOKEN)",
+        metavar="URL",
+    )
+    ros_domain: int | str | None = option(None, ROS_DOMAIN_HELP, type=domain_argument, metavar="auto|env|ID")
+    device: str = option("auto", DEVICE_HELP, type=torch_device)
+    seed: int = option(0, "seed of the scene sequence and of every stage")
+    overrides: list[str] = option(
+        [],
+        "override one size, e.g. --set sft_steps=500; keys: "
+        f"{', '.join(SIZES['cpu'])}, and every `wmpo iterate` stage size (passed on to each round)",
+        flag="--set",
+        repeat=True,
+        metavar="KEY=VALUE",
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.description = __doc__.split("\n\n")[0]
     parser.epilog = "Example: wmpo run --out runs/first --rounds 2"
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="run folder for stores, checkpoints, logs and report.md (default: runs/<date-time>)",
-    )
-    parser.add_argument(
-        "--robot",
-        default="so101_sim_near",
-        help="robot config name or YAML (default: so101_sim_near, the CPU-scale SO-101 sim)",
-    )
-    parser.add_argument(
-        "--rounds", type=int, default=2, help="lifelong rounds after the SFT policy (default: 2)"
-    )
-    parser.add_argument(
-        "--size", choices=sorted(SIZES), default="cpu", help="model and data sizes (default: cpu)"
-    )
-    parser.add_argument(
-        "--demos", type=int, default=None, help="teleop demonstrations to seed with (default: by --size)"
-    )
-    parser.add_argument(
-        "--rollouts", type=int, default=None, help="P: robot episodes per policy version (default: by --size)"
-    )
-    parser.add_argument(
-        "--teleop-device",
-        default="auto",
-        help="teleop device for the demos: auto (the scripted expert in sim), keyboard, gamepad, "
-        "so101_leader",
-    )
-    parser.add_argument(
-        "--learner",
-        default=None,
-        metavar="URL",
-        help="use this running learner service instead of starting one (token: WMPO_LEARNER_TOKEN)",
-    )
-    add_ros_domain_argument(parser)
-    add_device_argument(parser)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one size, e.g. --set sft_steps=500; keys: "
-        f"{', '.join(SIZES['cpu'])}, and every `wmpo iterate` stage size (passed on to each round)",
-    )
+    add_config_arguments(parser, MainJobConfig)
 
 
 @dataclass(frozen=True)
@@ -182,15 +174,15 @@ class RunPaths:
         return self.root / "report"
 
 
-def sizes_for(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+def sizes_for(config: MainJobConfig) -> tuple[dict[str, Any], list[str]]:
     """This job's sizes, and the `--set` items meant for `wmpo iterate` (checked there too)."""
-    sizes = dict(SIZES[args.size])
-    if args.demos is not None:
-        sizes["demos"] = args.demos
-    if args.rollouts is not None:
-        sizes["rollouts"] = args.rollouts
-    iterate_items = list(ITERATE_SETS[args.size])
-    for item in args.set:
+    sizes = dict(SIZES[config.size])
+    if config.demos is not None:
+        sizes["demos"] = config.demos
+    if config.rollouts is not None:
+        sizes["rollouts"] = config.rollouts
+    iterate_items = list(ITERATE_SETS[config.size])
+    for item in config.overrides:
         key, sep, value = item.partition("=")
         if sep and key in sizes:
             try:
@@ -277,44 +269,44 @@ def wait_for_learner_episodes(store_path: Path, count: int, timeout_s: float, **
         time.sleep(1.0)
 
 
-def run_loop(args: argparse.Namespace) -> Path:
-    sizes, iterate_sets = sizes_for(args)
-    robot = load_robot_config(args.robot)
+def run_loop(config: MainJobConfig) -> Path:
+    sizes, iterate_sets = sizes_for(config)
+    robot = load_robot_config(config.robot)
     sim = isinstance(robot.driver, GymSimDriver)
-    paths = RunPaths(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    paths = RunPaths(config.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     paths.root.mkdir(parents=True, exist_ok=True)
     (paths.root / "run.json").write_text(
-        json.dumps({"robot": robot.name, "rounds": args.rounds, "sizes": sizes, "argv": sys.argv}, indent=2)
+        json.dumps({"robot": robot.name, "rounds": config.rounds, "sizes": sizes, "argv": sys.argv}, indent=2)
         + "\n"
     )
     print(
-        f"wmpo run: {robot.name}, {args.rounds} round(s), sizes '{args.size}' {sizes}\n  everything goes to "
-        f"{paths.root}"
+        f"wmpo run: {robot.name}, {config.rounds} round(s), sizes '{config.size}' {sizes}\n"
+        f"  everything goes to {paths.root}"
     )
-    progress = Progress(total=6 + 2 * args.rounds)
+    progress = Progress(total=6 + 2 * config.rounds)
     results: list[VersionResult] = []
     notes: list[str] = []
 
-    service = None if args.learner else LocalService(paths.learner, robot=args.robot).start()
-    url = args.learner or service.url
-    token_file = None if args.learner else service.token_file
+    service = None if config.learner else LocalService(paths.learner, robot=config.robot).start()
+    url = config.learner or service.url
+    token_file = None if config.learner else service.token_file
     learner_store = paths.learner / "learner.zarr" if service else None
     try:
         with (
             LearnerClient.from_env(url, token_file=token_file) as client,
             RobotSession(
-                robot=args.robot,
+                robot=config.robot,
                 store=paths.robot_store,
                 learner_url=url,
                 token_file=token_file,
-                seed=args.seed,
-                ros_domain=args.ros_domain,
+                seed=config.seed,
+                ros_domain=config.ros_domain,
             ) as robot_side,
         ):
-            with progress.stage(f"seed {sizes['demos']} demonstrations by teleop ({args.teleop_device})"):
+            with progress.stage(f"seed {sizes['demos']} demonstrations by teleop ({config.teleop_device})"):
                 have = robot_side.count_episodes(source={"teleop", "scripted"})
                 if have < sizes["demos"]:
-                    robot_side.teleop(sizes["demos"] - have, device=args.teleop_device)
+                    robot_side.teleop(sizes["demos"] - have, device=config.teleop_device)
             with progress.stage("stream the demonstrations to the learner"):
                 robot_side.wait_uploaded(timeout_s=600)
                 if learner_store is not None:
@@ -328,28 +320,30 @@ def run_loop(args: argparse.Namespace) -> Path:
                 )
             sft_config = SFTConfig(
                 store=learner_store,
-                robot=args.robot,
+                robot=config.robot,
                 config=sizes["vla_recipe"],
                 out=paths.sft,
                 steps=sizes["sft_steps"] or None,
-                seed=args.seed,
-                device=args.device,
+                seed=config.seed,
+                device=config.device,
             )
             wm_config = WorldModelTrainConfig(
                 store=learner_store,
-                robot=args.robot,
+                robot=config.robot,
                 config=sizes["wm_preset"],
                 out=paths.world_model,
                 source="any",
                 steps=sizes["wm_steps"] or None,
                 vae_steps=sizes["wm_vae_steps"] or None,
-                seed=args.seed,
-                device=args.device,
+                seed=config.seed,
+                device=config.device,
             )
             sft_done = (paths.sft / "manifest.json").exists()
             world_model_done = (paths.world_model / "world_model.json").exists()
             # On CPU the two pretrainings share the cores in two processes (`wmpo_loop.child_stage`).
-            side_by_side = not sft_done and not world_model_done and choose_device(args.device).type == "cpu"
+            side_by_side = (
+                not sft_done and not world_model_done and choose_device(config.device).type == "cpu"
+            )
             pretraining = None
             with progress.stage("SFT of the VLA on the demonstrations"):
                 # The robot idles until the SFT policy exists: its graph pauses so training gets the cores.
@@ -380,7 +374,7 @@ def run_loop(args: argparse.Namespace) -> Path:
                     stage("wm-train", train_world_model(wm_config))
                 world_model = paths.world_model
             reward = None
-            for k in range(1, args.rounds + 1):
+            for k in range(1, config.rounds + 1):
                 out = paths.round(k)
                 with (
                     progress.stage(f"round {k}: align, reward model, GRPO in imagination (wmpo iterate)"),
@@ -389,14 +383,14 @@ def run_loop(args: argparse.Namespace) -> Path:
                     run_round(
                         IterateConfig(
                             store=learner_store,
-                            robot=args.robot,
+                            robot=config.robot,
                             policy=current,
                             wm=world_model,
                             out=out,
                             preset=sizes["iterate_preset"],
                             overrides=["eval_episodes=0", *iterate_sets],
-                            seed=args.seed + k,
-                            device=args.device,
+                            seed=config.seed + k,
+                            device=config.device,
                             reward=reward,
                         )
                     )
@@ -468,7 +462,7 @@ def run_loop(args: argparse.Namespace) -> Path:
                 )
             report = write_report(
                 paths.report,
-                f"wmpo run on {robot.name} ({args.size} sizes, P={sizes['rollouts']} per version)",
+                f"wmpo run on {robot.name} ({config.size} sizes, P={sizes['rollouts']} per version)",
                 results,
                 {
                     "robot": robot.name,
@@ -513,7 +507,7 @@ def merged(results, version: str):
 
 def run(args: argparse.Namespace) -> int:
     try:
-        run_loop(args)
+        run_loop(config_from_args(MainJobConfig, args))
     except (RuntimeError, ValueError, FileNotFoundError) as exc:
         print(f"wmpo run: {exc}", file=sys.stderr)
         return 1

@@ -22,13 +22,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.requests import ClientDisconnect
+from wmpo_core.config_cli import add_config_arguments, config_from_args, option
 from wmpo_core.episode_store import EpisodeMeta, EpisodeStore, StoreError
 from wmpo_core.ids import UnsafeNameError
 from wmpo_core.protocol.archive import ArchiveError, extract_dir_archive
@@ -542,7 +543,7 @@ def parse_size(text: str) -> int:
             return int(float(s[:-1]) * units[s[-1]])
         return int(s)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: '{text}' (examples: 4G, 512M, 1048576)") from None
+        raise ServiceConfigError(f"not a size: '{text}' (examples: 4G, 512M, 1048576)") from None
 
 
 def is_loopback(host: str) -> bool:
@@ -554,169 +555,105 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+@dataclass
+class ServeConfig:
+    """`wmpo serve`: where the service keeps its data, where it listens, how it authenticates, and
+    its limits on what clients may send. `service_config` checks the security flags together."""
+
+    store: Path = option(
+        Path("data/learner.zarr"), "the learner's episode store; the service is its only writer"
+    )
+    registry: Path = option(Path("data/registry"), "policy registry directory")
+    runs: Path = option(Path("data/runs"), "where training-run status and metrics are kept")
+    spool: Path | None = option(
+        None, "scratch directory for uploads in flight, emptied at start (default: <store>.spool)"
+    )
+    robot: str = option("so101_sim", "robot config name or YAML path; uploaded episodes must match it")
+    host: str = option("127.0.0.1", "address to listen on (loopback only by default)")
+    port: int = option(8765, "port")
+    token_file: Path | None = option(
+        None, f"file holding the bearer token (default: the {TOKEN_ENV} environment variable)"
+    )
+    insecure_no_auth: bool = option(False, "run without a token; accepted only when listening on loopback")
+    ssl_certfile: Path | None = option(None, "TLS certificate (PEM); needed off loopback")
+    ssl_keyfile: Path | None = option(None, "TLS private key (PEM)")
+    allow_insecure_remote: bool = option(
+        False, "listen off loopback without TLS (only behind a TLS proxy or on a private link)"
+    )
+    max_episode_bytes: str = option("4G", "largest episode upload, e.g. 4G or 512M; larger ones get 413")
+    max_policy_bytes: str = option("64G", "largest policy upload")
+    max_json_bytes: str = option("1M", "largest JSON request body")
+    max_concurrent_uploads: int = option(4, "uploads received at once; more get 503 + Retry-After")
+    upload_idle_timeout_s: float = option(60.0, "drop an upload that sends nothing for this long")
+    upload_deadline_s: float = option(3600.0, "drop an upload not finished within this time")
+    max_long_poll_s: float = option(60.0, "longest wait a client may ask of GET /v1/deployment")
+    log_level: Literal["debug", "info", "warning", "error"] = option("info", "server log verbosity")
+
+
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    defaults = ServiceConfig(Path(), Path(), Path(), Path(), "", None)
-    parser.add_argument(
-        "--store",
-        type=Path,
-        default=Path("data/learner.zarr"),
-        help="the learner's episode store; the service is its only writer (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--registry",
-        type=Path,
-        default=Path("data/registry"),
-        help="policy registry directory (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--runs",
-        type=Path,
-        default=Path("data/runs"),
-        help="where training-run status and metrics are kept (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--spool",
-        type=Path,
-        default=None,
-        help="scratch directory for uploads in flight, emptied at start (default: <store>.spool)",
-    )
-    parser.add_argument(
-        "--robot",
-        default="so101_sim",
-        help="robot config name or YAML path; uploaded episodes must match it (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s, loopback only)"
-    )
-    parser.add_argument("--port", type=int, default=8765, help="port (default: %(default)s)")
-    parser.add_argument(
-        "--token-file",
-        type=Path,
-        default=None,
-        help=f"file holding the bearer token (default: the {TOKEN_ENV} environment variable)",
-    )
-    parser.add_argument(
-        "--insecure-no-auth",
-        action="store_true",
-        help="run without a token; accepted only when listening on loopback",
-    )
-    parser.add_argument(
-        "--ssl-certfile", type=Path, default=None, help="TLS certificate (PEM); needed off loopback"
-    )
-    parser.add_argument("--ssl-keyfile", type=Path, default=None, help="TLS private key (PEM)")
-    parser.add_argument(
-        "--allow-insecure-remote",
-        action="store_true",
-        help="listen off loopback without TLS (only behind a TLS proxy or on a private link)",
-    )
-    parser.add_argument(
-        "--max-episode-bytes",
-        type=parse_size,
-        default=defaults.max_episode_bytes,
-        help="largest episode upload, e.g. 4G (default: 4G); larger ones get 413",
-    )
-    parser.add_argument(
-        "--max-policy-bytes",
-        type=parse_size,
-        default=defaults.max_policy_bytes,
-        help="largest policy upload (default: 64G)",
-    )
-    parser.add_argument(
-        "--max-json-bytes",
-        type=parse_size,
-        default=defaults.max_json_bytes,
-        help="largest JSON request body (default: 1M)",
-    )
-    parser.add_argument(
-        "--max-concurrent-uploads",
-        type=int,
-        default=defaults.max_concurrent_uploads,
-        help="uploads received at once; more get 503 + Retry-After (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--upload-idle-timeout-s",
-        type=float,
-        default=defaults.upload_idle_timeout_s,
-        help="drop an upload that sends nothing for this long (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--upload-deadline-s",
-        type=float,
-        default=defaults.upload_deadline_s,
-        help="drop an upload not finished within this time (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-long-poll-s",
-        type=float,
-        default=defaults.max_long_poll_s,
-        help="longest wait a client may ask of GET /v1/deployment (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="server log verbosity (default: %(default)s)",
-    )
+    add_config_arguments(parser, ServeConfig)
 
 
-def config_from_args(args: argparse.Namespace) -> ServiceConfig:
+def service_config(serve: ServeConfig) -> ServiceConfig:
     """Validate the security-relevant flags together; raises ServiceConfigError with the fix."""
     try:
-        token = load_token(args.token_file)
+        token = load_token(serve.token_file)
     except TokenError as exc:
         raise ServiceConfigError(str(exc)) from None
-    loopback = is_loopback(args.host)
-    if args.insecure_no_auth:
+    loopback = is_loopback(serve.host)
+    if serve.insecure_no_auth:
         if token is not None:
             raise ServiceConfigError(
                 f"--insecure-no-auth given, but a token is configured ({TOKEN_ENV} or --token-file); pick one"
             )
         if not loopback:
             raise ServiceConfigError(
-                f"--insecure-no-auth is accepted only on a loopback address, not on '{args.host}'"
+                f"--insecure-no-auth is accepted only on a loopback address, not on '{serve.host}'"
             )
     elif token is None:
         raise ServiceConfigError(
             f"no token: set {TOKEN_ENV} or pass --token-file (or --insecure-no-auth for a local test on "
             "loopback)"
         )
-    if (args.ssl_certfile is None) != (args.ssl_keyfile is None):
+    if (serve.ssl_certfile is None) != (serve.ssl_keyfile is None):
         raise ServiceConfigError("TLS needs both --ssl-certfile and --ssl-keyfile")
-    if not loopback and args.ssl_certfile is None and not args.allow_insecure_remote:
+    if not loopback and serve.ssl_certfile is None and not serve.allow_insecure_remote:
         raise ServiceConfigError(
-            f"refusing to listen on '{args.host}' without TLS: the token and the weights would cross the "
-            "network in "
-            "clear text. Give --ssl-certfile/--ssl-keyfile, or --allow-insecure-remote behind a TLS proxy or "
-            "VPN."
+            f"refusing to listen on '{serve.host}' without TLS: the token and the weights would cross the "
+            "network in clear text. Give --ssl-certfile/--ssl-keyfile, or --allow-insecure-remote behind "
+            "a TLS proxy or VPN."
         )
-    for flag in ("max_episode_bytes", "max_policy_bytes", "max_json_bytes", "max_concurrent_uploads"):
-        if getattr(args, flag) < 1:
+    sizes = {
+        flag: parse_size(getattr(serve, flag))
+        for flag in ("max_episode_bytes", "max_policy_bytes", "max_json_bytes")
+    }
+    for flag, value in (*sizes.items(), ("max_concurrent_uploads", serve.max_concurrent_uploads)):
+        if value < 1:
             raise ServiceConfigError(f"--{flag.replace('_', '-')} must be positive")
     return ServiceConfig(
-        store=args.store,
-        registry=args.registry,
-        runs=args.runs,
-        spool=args.spool or args.store.with_name(args.store.name + ".spool"),
-        robot=args.robot,
+        store=serve.store,
+        registry=serve.registry,
+        runs=serve.runs,
+        spool=serve.spool or serve.store.with_name(serve.store.name + ".spool"),
+        robot=serve.robot,
         token=token,
-        max_episode_bytes=args.max_episode_bytes,
-        max_policy_bytes=args.max_policy_bytes,
-        max_json_bytes=args.max_json_bytes,
-        max_concurrent_uploads=args.max_concurrent_uploads,
-        upload_idle_timeout_s=args.upload_idle_timeout_s,
-        upload_deadline_s=args.upload_deadline_s,
-        max_long_poll_s=args.max_long_poll_s,
+        **sizes,
+        max_concurrent_uploads=serve.max_concurrent_uploads,
+        upload_idle_timeout_s=serve.upload_idle_timeout_s,
+        upload_deadline_s=serve.upload_deadline_s,
+        max_long_poll_s=serve.max_long_poll_s,
     )
 
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    serve = config_from_args(ServeConfig, args)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=serve.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        config = config_from_args(args)
+        config = service_config(serve)
         service = LearnerService.open(config)
     except (
         ServiceConfigError,
@@ -728,13 +665,13 @@ def run(args: argparse.Namespace) -> int:
     ) as exc:
         print(f"wmpo serve: {exc}", file=sys.stderr)
         return 2
-    scheme = "https" if args.ssl_certfile else "http"
+    scheme = "https" if serve.ssl_certfile else "http"
     log.info(
         "learner service for robot '%s' on %s://%s:%d (store %s, registry %s, auth %s)",
         service.robot_config.name,
         scheme,
-        args.host,
-        args.port,
+        serve.host,
+        serve.port,
         config.store,
         config.registry,
         "bearer token" if config.token else "DISABLED",
@@ -742,11 +679,11 @@ def run(args: argparse.Namespace) -> int:
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(service),
-            host=args.host,
-            port=args.port,
-            ssl_certfile=args.ssl_certfile,
-            ssl_keyfile=args.ssl_keyfile,
-            log_level=args.log_level,
+            host=serve.host,
+            port=serve.port,
+            ssl_certfile=serve.ssl_certfile,
+            ssl_keyfile=serve.ssl_keyfile,
+            log_level=serve.log_level,
             workers=1,  # one process: the service is the single writer of the store and registry
             timeout_graceful_shutdown=5,  # long-polls would otherwise hold shutdown for up to a minute
         )

@@ -19,49 +19,40 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-from wmpo_core.cli_args import add_device_argument
+from wmpo_core.cli_args import DEVICE_HELP, torch_device
+from wmpo_core.config_cli import add_config_arguments, config_from_args, option
+
+
+@dataclass
+class WorldModelEvalConfig:
+    """`wmpo wm-eval`: the world model's imagination against held-out real episodes."""
+
+    store: Path = option(help="episode store holding the held-out episodes")
+    wm: Path = option(help="world-model checkpoint directory")
+    out: Path = option(help="directory for metrics.json, report.md and videos/")
+    select: str = option(
+        "held-out",
+        "held-out (every episode of the model's robot it was not trained on), first:N, last:N, "
+        "or comma-separated episode ids",
+    )
+    source: Literal["policy", "teleop", "scripted", "any"] = option("any", "episode source filter")
+    max_episodes: int = option(16, "evaluate at most this many of the selected episodes")
+    horizon: int | None = option(None, "imagined steps per episode (default: the whole episode)")
+    sampling_steps: int | None = option(None, "flow-matching steps per window (default: the model's)")
+    batch_size: int = option(8, "episodes imagined together")
+    video_count: int = option(4, "how many episodes to write as side-by-side mp4")
+    seed: int = option(0, "noise seed")
+    device: str = option("auto", DEVICE_HELP, type=torch_device)
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("--store", required=True, help="episode store holding the held-out episodes")
-    parser.add_argument("--wm", required=True, type=Path, help="world-model checkpoint directory")
-    parser.add_argument(
-        "--select",
-        default="held-out",
-        help="held-out (every episode of the model's robot it was not trained on), first:N, last:N, "
-        "or comma-separated episode ids",
-    )
-    parser.add_argument(
-        "--source",
-        default="any",
-        choices=["policy", "teleop", "scripted", "any"],
-        help="episode source filter",
-    )
-    parser.add_argument(
-        "--max-episodes", type=int, default=16, help="evaluate at most this many of the selected episodes"
-    )
-    parser.add_argument(
-        "--horizon", type=int, default=None, help="imagined steps per episode (default: the whole episode)"
-    )
-    parser.add_argument(
-        "--sampling-steps",
-        type=int,
-        default=None,
-        help="flow-matching steps per window (default: the model's)",
-    )
-    parser.add_argument("--batch-size", type=int, default=8, help="episodes imagined together")
-    parser.add_argument(
-        "--video-count", type=int, default=4, help="how many episodes to write as side-by-side mp4"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="noise seed")
-    add_device_argument(parser)
-    parser.add_argument(
-        "--out", required=True, type=Path, help="directory for metrics.json, report.md and videos/"
-    )
+    add_config_arguments(parser, WorldModelEvalConfig)
 
 
 def mirrored(world_model: Any, actions: np.ndarray) -> np.ndarray:
@@ -244,58 +235,74 @@ def format_report(result: dict[str, Any], predicted_frames: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(args: argparse.Namespace) -> int:
-    import sys
-
+def wm_eval(config: WorldModelEvalConfig) -> dict[str, Any]:
+    """The `wmpo wm-eval` stage: evaluate, write metrics.json, report.md and videos into
+    `config.out`; returns the metrics. A bad input raises ValueError naming it, before anything is
+    written."""
     from wmpo_core.devices import choose_device  # imports torch: kept out of `wmpo --help`
     from wmpo_core.episode_store import EpisodeStore, StoreError
 
     from .data import select_episodes
     from .model import WorldModel, WorldModelLoadError
 
-    def fail(message: str) -> int:
-        print(f"wmpo wm-eval: {message}", file=sys.stderr)
-        return 2
-
-    device = choose_device(args.device)
+    for flag, value in (
+        ("--max-episodes", config.max_episodes),
+        ("--batch-size", config.batch_size),
+        ("--horizon", config.horizon),
+        ("--sampling-steps", config.sampling_steps),
+    ):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1")
+    if config.video_count < 0:
+        raise ValueError("--video-count must be >= 0")
+    device = choose_device(config.device)
     try:
-        wm = WorldModel.load(args.wm, device)
-        store = EpisodeStore.open(args.store)
+        wm = WorldModel.load(config.wm, device)
+        store = EpisodeStore.open(config.store)
         trained_on = {e for h in wm.provenance.get("history", []) for e in h.get("episodes", [])}
-        spec = None if args.select == "held-out" else args.select
-        source = None if args.source == "any" else args.source
+        spec = None if config.select == "held-out" else config.select
+        source = None if config.source == "any" else config.source
         episodes = [
             m
             for m in select_episodes(store, spec, source=source)
             if m.robot_config_name == wm.robot_config_name
         ]
-        if args.select == "held-out":
-            episodes = [m for m in episodes if m.episode_id not in trained_on]
-    except (StoreError, WorldModelLoadError, ValueError) as exc:
-        return fail(str(exc))
+    except (StoreError, WorldModelLoadError) as exc:
+        raise ValueError(str(exc)) from None
+    if config.select == "held-out":
+        episodes = [m for m in episodes if m.episode_id not in trained_on]
     overlap = [m.episode_id for m in episodes if m.episode_id in trained_on]
     if overlap:
         print(
             f"wmpo wm-eval: warning: {len(overlap)} selected episodes were used to train this model",
             file=sys.stderr,
         )
-    episodes = [m for m in episodes if m.num_steps >= 2][: args.max_episodes]
+    episodes = [m for m in episodes if m.num_steps >= 2][: config.max_episodes]
     if not episodes:
-        return fail(
-            f"no held-out episodes of robot '{wm.robot_config_name}' in {args.store} match the selection"
+        raise ValueError(
+            f"no held-out episodes of robot '{wm.robot_config_name}' in {config.store} match the selection"
         )
     result = evaluate_world_model(
         wm,
         store,
         episodes,
-        args.out,
-        horizon=args.horizon,
-        sampling_steps=args.sampling_steps,
-        batch_size=args.batch_size,
-        videos=args.video_count,
-        seed=args.seed,
-        label=str(args.wm),
+        config.out,
+        horizon=config.horizon,
+        sampling_steps=config.sampling_steps,
+        batch_size=config.batch_size,
+        videos=config.video_count,
+        seed=config.seed,
+        label=str(config.wm),
     )
     print(format_report(result, wm.config.predicted_frames))
-    print(f"metrics: {args.out / 'metrics.json'}, videos: {args.out / 'videos'}")
+    print(f"metrics: {config.out / 'metrics.json'}, videos: {config.out / 'videos'}")
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        wm_eval(config_from_args(WorldModelEvalConfig, args))
+    except ValueError as exc:
+        print(f"wmpo wm-eval: {exc}", file=sys.stderr)
+        return 2
     return 0

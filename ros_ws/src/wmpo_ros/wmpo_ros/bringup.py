@@ -26,171 +26,146 @@ import argparse
 import os
 import sys
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
+from wmpo_core.config_cli import add_config_arguments, config_from_args, option
 from wmpo_core.policy import PolicyLoadError, resolve_policy_spec
 
 from wmpo_ros.isolation import DomainRequest, isolate_graph, parse_domain
 from wmpo_ros.params import POLICY, RECORDER, SIM_ARM, SYNC, TELEOP
 
-DEFAULT_STORES = {"teleop": "data/demos", "deploy": "data/rollouts"}
 UPLOAD_DRAIN_S = 120.0
 """At the end of `wmpo deploy --learner`, wait this long for the run's episodes to reach the learner."""
 
 
-def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument(
-        "--robot",
-        default="so101_sim",
-        help="robot config name (robot_configs/<name>.yaml) or YAML path (default: so101_sim)",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=SIM_ARM["seed"].default,
-        help="simulation only: seed of the first episode; episode k uses seed+k (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--real-time-factor",
-        type=float,
-        default=SIM_ARM["real_time_factor"].default,
-        help="simulation only: cap on simulated time per wall second; 0 = as fast as the CPU allows "
-        "(default: %(default)s)",
-    )
-    add_ros_domain_argument(parser)
-    if command == "robot":
-        return
-    parser.add_argument(
-        "--episodes", type=int, default=10, help="number of episodes to record (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--store",
-        default=DEFAULT_STORES[command],
-        help="episode store directory, created if missing (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--task",
-        default=None,
-        help="task instruction stamped into episodes and given to the policy (default: the config's first "
-        "task)",
-    )
-    parser.add_argument(
-        "--max-steps",
-        type=int,
-        default=RECORDER["max_steps"].default,
-        help="steps per episode; 0 = the config's time limit (default: %(default)s)",
-    )
-    if command == "teleop":
-        parser.add_argument(
-            "--teleop-device",
-            default=TELEOP["device"].default,
-            choices=["auto", "scripted", "keyboard", "gamepad", "so101_leader"],
-            help="teleop device; auto = the scripted expert in a simulation that has one, else keyboard "
-            "(default: %(default)s)",
-        )
-        parser.add_argument(
-            "--teleop-port",
-            "--device-port",  # deprecated spelling, same meaning
-            dest="teleop_port",
-            default="",
-            help="serial port of a leader arm (so101_leader)",
-        )
-        parser.add_argument(
-            "--teleop-id",
-            "--device-id",  # deprecated spelling, same meaning
-            dest="teleop_id",
-            default="",
-            help="LeRobot id of a leader arm (its calibration file)",
-        )
-    else:
-        parser.add_argument(
-            "--policy",
-            default="",
-            help="checkpoint directory or spec (replay:<store>[:<episode>], hold:..., "
-            "scripted:<module>:<Class>); "
-            "optional with --learner, which then provides the deployed version",
-        )
-        parser.add_argument(
-            "--dry-run",
-            action="store_true",
-            help="check the policy without moving the arm: actions are computed, logged and published on "
-            "<ns>/policy/dry_run_action, "
-            "never sent to the arm; each episode runs for the time limit and nothing is recorded or uploaded",
-        )
-        parser.add_argument(
-            "--refill-threshold",
-            type=int,
-            default=POLICY["refill_threshold"].default,
-            help="request a new chunk when this many actions remain (default: %(default)s)",
-        )
-        parser.add_argument(
-            "--learner",
-            default="",
-            metavar="URL",
-            help="learner service URL: upload every recorded episode to it and follow its deployed policy "
-            "version "
-            "(token from --learner-token-file or WMPO_LEARNER_TOKEN)",
-        )
-        parser.add_argument(
-            "--learner-token-file",
-            default="",
-            help="file holding the learner's bearer token (default: WMPO_LEARNER_TOKEN)",
-        )
-        parser.add_argument(
-            "--learner-ca",
-            default="",
-            help="CA certificate bundle of an https learner with a private CA (default: system CAs)",
-        )
-        parser.add_argument(
-            "--swap-at",
-            default=POLICY["swap_at"].default,
-            choices=["episode", "chunk"],
-            help="when a new policy version takes over: at the next episode start, or at the next action "
-            "chunk, mid-episode "
-            "(default: %(default)s)",
-        )
+ROS_DOMAIN_HELP = (
+    "DDS domain of the graph. Default: a simulated arm gets a free domain of its own with localhost-only "
+    "discovery (unless ROS_DOMAIN_ID is set), so graphs on one host never cross; a real arm keeps the "
+    "environment. auto: pick a free one; env: keep the environment; ID: that domain"
+)
 
 
-def add_ros_domain_argument(parser: argparse.ArgumentParser) -> None:
-    """`--ros-domain`, shared with `wmpo run` (wmpo_ros.isolation)."""
-    parser.add_argument(
-        "--ros-domain",
-        type=_domain_arg,
-        default=None,
-        metavar="auto|env|ID",
-        help="DDS domain of the graph. Default: a simulated arm gets a free domain of its own with "
-        "localhost-only discovery "
-        "(unless ROS_DOMAIN_ID is set), so graphs on one host never cross; a real arm keeps the environment. "
-        "auto: pick a free one; env: keep the environment; ID: that domain",
-    )
-
-
-def _domain_arg(text: str):
+def domain_argument(text: str) -> int | str:
+    """argparse type of `--ros-domain` (shared with `wmpo run`): wmpo_ros.isolation.parse_domain."""
     try:
         return parse_domain(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def parameter_values(args: argparse.Namespace) -> dict[str, Any]:
+@dataclass
+class BringupConfig:
+    """`wmpo robot`: an arm (simulated or real) behind the standard topics, until Ctrl-C."""
+
+    robot: str = option("so101_sim", "robot config name (robot_configs/<name>.yaml) or YAML path")
+    seed: int = option(
+        SIM_ARM["seed"].default, "simulation only: seed of the first episode; episode k uses seed+k"
+    )
+    real_time_factor: float = option(
+        SIM_ARM["real_time_factor"].default,
+        "simulation only: cap on simulated time per wall second; 0 = as fast as the CPU allows",
+    )
+    ros_domain: int | str | None = option(None, ROS_DOMAIN_HELP, type=domain_argument, metavar="auto|env|ID")
+
+
+@dataclass
+class RecordingConfig(BringupConfig):
+    """The arm plus the recorder: episodes into a store."""
+
+    episodes: int = option(10, "number of episodes to record")
+    store: str = option("data/demos", "episode store directory, created if missing")
+    task: str | None = option(
+        None,
+        "task instruction stamped into episodes and given to the policy (default: the config's first task)",
+    )
+    max_steps: int = option(RECORDER["max_steps"].default, "steps per episode; 0 = the config's time limit")
+
+
+@dataclass
+class TeleopConfig(RecordingConfig):
+    """`wmpo teleop`: record demonstrations with a teleop device (the scripted expert in sim)."""
+
+    teleop_device: Literal["auto", "scripted", "keyboard", "gamepad", "so101_leader"] = option(
+        TELEOP["device"].default,
+        "teleop device; auto = the scripted expert in a simulation that has one, else keyboard",
+    )
+    teleop_port: str | None = option(
+        None, "serial port of a leader arm (so101_leader)", aliases=("--device-port",)
+    )
+    teleop_id: str | None = option(
+        None, "LeRobot id of a leader arm (its calibration file)", aliases=("--device-id",)
+    )
+
+
+@dataclass
+class DeployConfig(RecordingConfig):
+    """`wmpo deploy`: run a policy on the arm, recording (and with --learner uploading) episodes."""
+
+    store: str = option("data/rollouts", "episode store directory, created if missing")
+    policy: str | None = option(
+        None,
+        "checkpoint directory or spec (replay:<store>[:<episode>], hold:..., scripted:<module>:<Class>); "
+        "optional with --learner, which then provides the deployed version",
+    )
+    dry_run: bool = option(
+        False,
+        "check the policy without moving the arm: actions are computed, logged and published on "
+        "<ns>/policy/dry_run_action, never sent to the arm; each episode runs for the time limit and "
+        "nothing is recorded or uploaded",
+    )
+    refill_threshold: int = option(
+        POLICY["refill_threshold"].default, "request a new chunk when this many actions remain"
+    )
+    learner: str | None = option(
+        None,
+        "learner service URL: upload every recorded episode to it and follow its deployed policy version "
+        "(token from --learner-token-file or WMPO_LEARNER_TOKEN)",
+        metavar="URL",
+    )
+    learner_token_file: str | None = option(
+        None, "file holding the learner's bearer token (default: WMPO_LEARNER_TOKEN)"
+    )
+    learner_ca: str | None = option(
+        None, "CA certificate bundle of an https learner with a private CA (default: system CAs)"
+    )
+    swap_at: Literal["episode", "chunk"] = option(
+        POLICY["swap_at"].default,
+        "when a new policy version takes over: at the next episode start, or at the next action chunk, "
+        "mid-episode",
+    )
+
+
+COMMAND_CONFIGS: dict[str, type[BringupConfig]] = {
+    "robot": BringupConfig,
+    "teleop": TeleopConfig,
+    "deploy": DeployConfig,
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    add_config_arguments(parser, COMMAND_CONFIGS[command])
+
+
+def parameter_values(config: BringupConfig) -> dict[str, Any]:
     """`wmpo robot` flags -> node parameter values (names from wmpo_ros.params)."""
-    return {"robot": args.robot, "seed": args.seed, "real_time_factor": args.real_time_factor}
+    return {"robot": config.robot, "seed": config.seed, "real_time_factor": config.real_time_factor}
 
 
-def session_arguments(args: argparse.Namespace) -> dict[str, Any]:
+def session_arguments(command: str, config: RecordingConfig) -> dict[str, Any]:
     """`wmpo teleop | deploy` flags -> `RobotSession` arguments."""
     kwargs: dict[str, Any] = {
-        "robot": args.robot, "store": args.store, "bringup": args.command, "seed": args.seed,
-        "real_time_factor": args.real_time_factor, "max_steps": args.max_steps, "task": args.task,
-        "ros_domain": args.ros_domain,
+        "robot": config.robot, "store": config.store, "bringup": command, "seed": config.seed,
+        "real_time_factor": config.real_time_factor, "max_steps": config.max_steps, "task": config.task,
+        "ros_domain": config.ros_domain,
     }  # fmt: skip
-    if args.command == "teleop":
-        kwargs["device"] = args.teleop_device
-    else:
+    if isinstance(config, TeleopConfig):
+        kwargs["device"] = config.teleop_device
+    elif isinstance(config, DeployConfig):
         kwargs.update(
-            policy=args.policy, dry_run=args.dry_run, refill_threshold=args.refill_threshold,
-            swap_at=args.swap_at, learner_url=args.learner, token_file=args.learner_token_file or None,
-            ca_file=args.learner_ca or None,
+            policy=config.policy or "", dry_run=config.dry_run, refill_threshold=config.refill_threshold,
+            swap_at=config.swap_at, learner_url=config.learner or "", token_file=config.learner_token_file,
+            ca_file=config.learner_ca,
         )  # fmt: skip
     return kwargs
 
@@ -220,22 +195,27 @@ def _robot(config, values: dict[str, Any], ros_domain: DomainRequest) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    return bring_up(args.command, config_from_args(COMMAND_CONFIGS[args.command], args))
+
+
+def bring_up(command: str, args: BringupConfig) -> int:
+    """`wmpo <command>` with its config: bring the graph up, run its episodes, bring it down."""
     from wmpo_core.robot_config import RobotConfigError, load_robot_config
 
     try:
         config = load_robot_config(args.robot)
     except RobotConfigError as exc:
-        print(f"wmpo {args.command}: {exc}", file=sys.stderr)
+        print(f"wmpo {command}: {exc}", file=sys.stderr)
         return 2
-    if args.command != "robot" and args.episodes < 1:
-        print(f"wmpo {args.command}: --episodes must be at least 1", file=sys.stderr)
+    if isinstance(args, RecordingConfig) and args.episodes < 1:
+        print(f"wmpo {command}: --episodes must be at least 1", file=sys.stderr)
         return 2
-    if args.command == "deploy" and not (args.policy or args.learner):
+    if isinstance(args, DeployConfig) and not (args.policy or args.learner):
         print(
             "wmpo deploy: give --policy, or --learner to run the learner's deployed version", file=sys.stderr
         )
         return 2
-    if args.command == "deploy" and args.policy:
+    if isinstance(args, DeployConfig) and args.policy:
         try:
             resolve_policy_spec(args.policy)  # a typo fails here, before the arm comes up or a store is made
         except PolicyLoadError as exc:
@@ -247,15 +227,15 @@ def run(args: argparse.Namespace) -> int:
     use_large_frames_profile()
     print(f"bringing up {config.name} ({config.driver.kind}) ...", file=sys.stderr)
     try:
-        if args.command == "robot":
+        if not isinstance(args, RecordingConfig):
             return _robot(config, parameter_values(args), args.ros_domain)
-        with RobotSession(**session_arguments(args)) as robot:
-            if args.command == "teleop":
+        with RobotSession(**session_arguments(command, args)) as robot:
+            if isinstance(args, TeleopConfig):
                 metas = robot.teleop(
                     args.episodes,
                     device=args.teleop_device,
-                    device_port=args.teleop_port,
-                    device_id=args.teleop_id,
+                    device_port=args.teleop_port or "",
+                    device_id=args.teleop_id or "",
                 )
             else:
                 if not args.policy:
@@ -282,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
                 f"recorded {len(metas)} episodes into {os.path.abspath(args.store)}: {successes} successful",
                 file=sys.stderr,
             )
-            if args.command == "deploy" and args.learner:
+            if isinstance(args, DeployConfig) and args.learner:
                 try:
                     robot.wait_uploaded(timeout_s=UPLOAD_DRAIN_S)
                     print(
@@ -301,5 +281,5 @@ def run(args: argparse.Namespace) -> int:
         ValueError,
         OSError,
     ) as exc:  # bad config, policy, device, store: say what, not a traceback
-        print(f"wmpo {args.command}: {exc}", file=sys.stderr)
+        print(f"wmpo {command}: {exc}", file=sys.stderr)
         return 1
