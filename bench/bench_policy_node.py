@@ -371,12 +371,12 @@ def main() -> None:
     wall_minus_perf = time.time() - time.perf_counter()
     go.set()
     time.sleep(1.0)  # first frames in
-    node.timings = deque(maxlen=1_000_000)  # keep every inference, not just the diagnostics window
+    node.control.timings = deque(maxlen=1_000_000)  # keep every inference, not just the diagnostics window
     enabled_wall = time.time()
     node.enable(True)
     arm_result = results.get(timeout=args.seconds + 60)
     node.enable(False)
-    timings = [t for t in node.timings if t.published is not None]
+    timings = [t for t in node.control.timings if t.published is not None]
     executor.shutdown()
     node.destroy_node()
     rclpy.shutdown()

@@ -221,17 +221,12 @@ def test_a_running_policy_node_refuses_every_bad_kind_and_keeps_driving_with_the
     wait_until(lambda: probe.count_publishers(node.names.policy_loads) > 0, what="discovery")
 
     def delivered(t: float) -> bool:
-        with node._lock:
-            return (
-                node._frames.get("front", (-1.0,))[0] >= t - 1e-6
-                and node._state is not None
-                and node._state[0] >= t - 1e-6
-            )
+        return node.control.inputs_since(t)
 
     def received() -> bool:
         arm.publish_observation()
         arm.publish_clock()
-        return node._state is not None and "front" in node._frames
+        return node.control.inputs_since(-1e9)
 
     wait_until(received, what="the first observation")
     node.enable(True)

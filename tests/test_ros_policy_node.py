@@ -57,9 +57,7 @@ def start(graph: Graph, config, policy: str, **params) -> tuple[FakeArm, PolicyN
     )
     arm.publish_observation()
     arm.publish_clock()
-    wait_until(
-        lambda: node._state is not None and len(node._frames) == len(config.cameras), what="first observation"
-    )
+    wait_until(lambda: node.control.inputs_since(-1e9), what="first observation")
     return arm, node
 
 
@@ -67,10 +65,10 @@ def tick(arm: FakeArm, node: PolicyNode, cameras: bool = True, state: bool = Tru
     """One control tick; /clock goes out once the node has whatever observation was published."""
 
     def delivered(t: float) -> bool:
-        with node._lock:
-            frames_in = not cameras or all(node._frames[c.name][0] >= t - 1e-6 for c in node.config.cameras)
-            state_in = not state or node._state[0] >= t - 1e-6
-        return frames_in and state_in
+        stamps = node.control.input_stamps()
+        state_in = stamps.pop("joint_state") >= t - 1e-6
+        frames_in = min(stamps.values()) >= t - 1e-6
+        return (frames_in or not cameras) and (state_in or not state)
 
     return arm.tick(cameras=cameras, state=state, delivered=delivered)
 
@@ -83,7 +81,9 @@ def tick_without_observation(
     the clock moves past the tick, so the first tick is answered only when the second begins."""
     before = arm.num_commands
     arm.tick(cameras=cameras, state=state, wait_command=False)
-    wait_until(lambda: node._awaiting is not None, what="the node to wait for the tick's observation")
+    wait_until(
+        lambda: node.control.waiting_for_observation, what="the node to wait for the tick's observation"
+    )
     assert arm.num_commands == before, "a tick was answered before its observation or the next tick came"
     tick(arm, node, cameras=cameras, state=state)
     wait_until(lambda: arm.num_commands >= before + 2, what="commands for both ticks")
@@ -93,7 +93,7 @@ def tick_without_observation(
 
 def expect(node: PolicyNode, actual: np.ndarray, desired: np.ndarray) -> None:
     np.testing.assert_allclose(
-        actual, desired, err_msg=f"node counters {node.counters}, watchdog {node.watchdog_state}"
+        actual, desired, err_msg=f"node counters {node.counters}, watchdog {node.control.watchdog_state}"
     )
 
 
@@ -141,10 +141,10 @@ def test_watchdog_holds_within_two_periods_when_the_camera_stops(graph):
     # Holds are marked as holds on the command topic (the recorder keeps them apart from actions).
     marks = [CommandCodec.is_hold(msg) for _, _, msg in arm.commands]
     assert marks == [False] * (len(marks) - 5) + [True] * 5
-    assert node.watchdog_state == "stale"
+    assert node.control.watchdog_state == "stale"
     # Frames back: the policy acts again (served late, as soon as its new chunk arrives).
     expect(node, tick(arm, node), moving)
-    assert node.watchdog_state == "ok"
+    assert node.control.watchdog_state == "ok"
 
 
 def test_stale_joint_state_also_holds(graph):
@@ -167,12 +167,14 @@ def test_in_sim_time_a_late_observation_is_waited_for_not_held(graph):
     # ... at two periods the node waits for the tick's observation rather than hold,
     before = arm.num_commands
     arm.tick(cameras=False, state=False, wait_command=False)
-    wait_until(lambda: node._awaiting is not None, what="the node to wait for the tick's observation")
+    wait_until(
+        lambda: node.control.waiting_for_observation, what="the node to wait for the tick's observation"
+    )
     assert arm.num_commands == before
     arm.publish_observation()  # and acts when it arrives.
     wait_until(lambda: arm.num_commands > before, what="the tick's command")
     expect(node, arm.commands[-1][1], moving)
-    assert node.counters["holds"] == 0 and node.watchdog_state == "ok"
+    assert node.counters["holds"] == 0 and node.control.watchdog_state == "ok"
 
 
 def test_non_finite_and_out_of_limit_actions_never_reach_the_command_topic(graph):

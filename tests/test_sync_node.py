@@ -186,11 +186,7 @@ class Robot:
         def received() -> bool:  # best-effort frames sent before discovery completed may be lost
             self.arm.publish_observation()
             self.arm.publish_clock()
-            return (
-                self.policy._state is not None
-                and "front" in self.policy._frames
-                and bool(self.recorder._sync._frames["front"].sent)
-            )
+            return self.policy.control.inputs_since(-1e9) and bool(self.recorder._sync._frames["front"].sent)
 
         wait_until(received, what="the first observation at the policy node and the recorder")
 
@@ -217,9 +213,9 @@ class Robot:
         refill budget, so any tick that waits is one the node made wait (episode start, swap)."""
 
         def delivered(t: float) -> bool:
-            with self.policy._lock:
-                observed = self.policy._frames["front"][0] >= t - 1e-6 and self.policy._state[0] >= t - 1e-6
-                return observed and not self.policy._inflight
+            control = self.policy.control
+            with control.lock:
+                return control.inputs_since(t) and not control.inflight
 
         return self.arm.tick(delivered=delivered)
 

@@ -37,6 +37,8 @@ Control loop (a timer at the config's control rate, on the ROS clock, so sim tim
   serving ticks until the new one arrives, so no tick waits). `<ns>/policy/rollback` stages the
   previously active policy again (still loaded in memory).
 - /diagnostics (1 Hz, wall clock): inference latency, queue depth, versions, watchdog state.
+- The rules above are `wmpo_ros.policy_control.ControlLoop` (ROS-free, unit-tested); this node
+  feeds it messages and clock ticks and publishes what it sends.
 - Executor: one thread (`EXECUTOR_THREADS`). Inference and loading have threads of their own and
   every callback only copies inputs or flips state under the lock, so nothing waits on a pool;
   a pool hand-off cost each frame about 1.4 ms at p50 before the tick saw it
@@ -48,8 +50,6 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -62,32 +62,20 @@ from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
-from wmpo_core.policy import Observation, PolicyLoadError
+from wmpo_core.policy import PolicyLoadError
 from wmpo_core.robot_config import load_robot_config
-from wmpo_core.safety import SafetyFilter
 
 from wmpo_ros.messages import LATCHED_QOS, STATE_QOS, CommandCodec, camera_subscription_qos, stamp_to_seconds
 from wmpo_ros.names import graph_names
 from wmpo_ros.node_inputs import subscribe_cameras, subscribe_joint_states
 from wmpo_ros.node_utils import run_node
 from wmpo_ros.params import POLICY
-from wmpo_ros.policy_holder import LoadedPolicy, PolicyHolder
+from wmpo_ros.policy_control import ControlLoop
+from wmpo_ros.policy_holder import PolicyHolder
 from wmpo_ros.policy_loads import LoadOutcome, spec_refusal
-from wmpo_ros.policy_timing import ChunkQueue, InferenceTiming, captured_at, stale_input
-
-SWAP_POINTS = ("episode", "chunk")
 
 EXECUTOR_THREADS = 1
 """The node process spins on one thread (module docstring: Executor)."""
-
-
-@dataclass
-class _Request:
-    token: int
-    tick_time: float
-    observation: Observation
-    loaded: LoadedPolicy
-    timing: InferenceTiming
 
 
 class PolicyNode(Node):
@@ -96,48 +84,24 @@ class PolicyNode(Node):
         p = POLICY.declare(self)
         self.config = load_robot_config(p["robot"])
         self.names = graph_names(self.config)
-        self._period = self.config.control_period_s
-        self._refill = int(p["refill_threshold"])
-        self._watchdog_s = float(p["watchdog_periods"]) * self._period
         self.dry_run = bool(p["dry_run"])
-        if self._refill < 0 or p["watchdog_periods"] <= 0:
-            raise ValueError("refill_threshold must be >= 0 and watchdog_periods > 0")
-        if p["swap_at"] not in SWAP_POINTS:
-            raise ValueError(f"swap_at must be one of {SWAP_POINTS}, got '{p['swap_at']}'")
-        self.swap_at: str = p["swap_at"]
         self._autostart = bool(p["autostart"])
         self.holder = PolicyHolder(self.config)
         self._codec = CommandCodec(self.config)
-        self._safety = SafetyFilter(self.config.action)
-
-        self._lock = threading.RLock()
-        self._frames: dict[str, tuple[float, np.ndarray, float]] = {}
-        self._state: tuple[float, np.ndarray] | None = None
-        self._instruction = self.config.tasks[0]
-        self._enabled = False
-        self._token = 0
-        self._inflight = False
-        self._queue = ChunkQueue(self._period)
-        self._pending_tick: float | None = None
-        self._request_due: float | None = None
-        self._last_tick: float = -np.inf
-        self._awaiting: float | None = None
-        """Sim time: a tick waiting for its own observation before the watchdog judges it."""
         self._serving: str | None = None
         """Version whose actions the arm gets now (announced on <ns>/policy/version)."""
-        self._sim_time = bool(self.get_parameter("use_sim_time").value)
-        self.watchdog_state = "no_input"
-        self.counters = {
-            "ticks": 0,
-            "commands": 0,
-            "holds": 0,
-            "late_ticks": 0,
-            "dropped_non_finite": 0,
-            "clamped": 0,
-            "rate_limited": 0,
-        }
-        self.timings: deque[InferenceTiming] = deque(maxlen=1000)
-        self._requests: queue.Queue[_Request | None] = queue.Queue()
+        self.control = ControlLoop(
+            self.config,
+            self.holder,
+            refill=int(p["refill_threshold"]),
+            watchdog_s=float(p["watchdog_periods"]) * self.config.control_period_s,
+            sim_time=bool(self.get_parameter("use_sim_time").value),
+            swap_at=p["swap_at"],
+            send=self._publish_command,
+            announce=self._announce,
+            on_event=self._log_event,
+        )
+        self.swap_at = self.control.swap_at
         self._loads: queue.Queue[str | None] = queue.Queue()
 
         sensors = MutuallyExclusiveCallbackGroup()
@@ -172,7 +136,9 @@ class PolicyNode(Node):
             self._on_rollback,
             callback_group=MutuallyExclusiveCallbackGroup(),
         )
-        self.create_timer(self._period, self._tick, callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_timer(
+            self.config.control_period_s, self._tick, callback_group=MutuallyExclusiveCallbackGroup()
+        )
         self.create_timer(
             1.0,
             self._publish_diagnostics,
@@ -181,8 +147,6 @@ class PolicyNode(Node):
         )
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        self._worker = threading.Thread(target=self._inference_loop, name="policy_inference", daemon=True)
-        self._worker.start()
         self._loader = threading.Thread(target=self._load_loop, name="policy_loader", daemon=True)
         self._loader.start()
         if p["policy"]:
@@ -195,41 +159,26 @@ class PolicyNode(Node):
     # ------------------------------------------------------------------ inputs
 
     def _on_frame(self, camera: str, frame: np.ndarray, msg: Image, info: MessageInfo) -> None:
-        with self._lock:
-            self._frames[camera] = (stamp_to_seconds(msg.header.stamp), frame, time.perf_counter())
-            self._request_if_inputs_arrived()
+        self.control.on_frame(camera, stamp_to_seconds(msg.header.stamp), frame, time.perf_counter())
 
     def _on_joint_state(self, state: np.ndarray, msg: JointState, info: MessageInfo) -> None:
-        with self._lock:
-            self._state = (stamp_to_seconds(msg.header.stamp), state)
-            self._request_if_inputs_arrived()
+        self.control.on_state(stamp_to_seconds(msg.header.stamp), state)
 
     def _on_instruction(self, msg: String) -> None:
-        with self._lock:
-            self._instruction = msg.data
+        self.control.on_instruction(msg.data)
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.control.counters
 
     # ------------------------------------------------------------------ episodes and policies
 
     def enable(self, on: bool) -> str:
         """Start (on) or stop an episode; returns a human-readable summary. Also the service."""
-        with self._lock:
-            self._token += 1
-            self._queue.clear()
-            self._pending_tick = self._request_due = self._awaiting = None
-            self._inflight = False
-            if not on:
-                self._enabled = False
-                return "stopped"
-            active = self.holder.begin_episode()
-            if active is None:
-                self._enabled = False
-                raise PolicyLoadError("no policy loaded: set the 'policy' parameter")
-            reference = None
-            if self.config.action.space == "joint_position" and self._state is not None:
-                reference = self._state[1]
-            self._safety.reset(reference)
-            self._enabled = True  # _last_tick is kept: a tick already served is never served twice
-            self._announce(active.version)
+        if not on:
+            self.control.stop_episode()
+            return "stopped"
+        active = self.control.start_episode()
         self._tick()  # serve the episode's first tick now rather than up to a period later
         if self.dry_run:
             self.get_logger().info(
@@ -296,10 +245,10 @@ class PolicyNode(Node):
 
     def _set_dry_run(self, on: bool) -> str | None:
         """Switch dry run between episodes (module docstring); returns why not, or None."""
-        with self._lock:  # _send publishes under this lock: never on a publisher being destroyed
+        with self.control.lock:  # commands go out under this lock: never on a publisher being destroyed
             if on == self.dry_run:
                 return None
-            if self._enabled:
+            if self.control.enabled:
                 return (
                     "dry_run changes between episodes only: stop the episode first "
                     f"({self.names.policy_enable} false)"
@@ -338,173 +287,54 @@ class PolicyNode(Node):
 
     # ------------------------------------------------------------------ control loop
 
-    def _now(self) -> float:
-        return self.get_clock().now().nanoseconds * 1e-9
-
     def _tick(self) -> None:
-        with self._lock:
-            if not self._enabled:
-                return
-            now = self._now()
-            if now <= self._last_tick + 1e-6:
-                return  # this tick was already served (the enable call and the timer can both fire)
-            if self._awaiting is not None:  # the clock moved on before that tick's observation came
-                self._serve(self._awaiting, may_wait=False)
-            self._last_tick = now
-            self.counters["ticks"] += 1
-            # Wait only while the inputs were fresh: once the clock has moved past a tick without its
-            # observation, they really stopped, and the next ticks hold at once until they are back.
-            self._serve(now, may_wait=self._sim_time and self.watchdog_state != "stale")
+        self.control.tick(self.get_clock().now().nanoseconds * 1e-9)
 
-    def _serve(self, now: float, may_wait: bool) -> None:
-        """Answer the tick at `now`: a hold if inputs are stale, else its queued action (or request one)."""
-        self._awaiting = None
-        stale = stale_input(self._frames, self._state, self.config.camera_names, now, self._watchdog_s)
-        if stale is not None and may_wait and not self._inputs_at(now):
-            self._awaiting = now  # served when its observation arrives (_request_if_inputs_arrived)
-            return
-        if stale is not None:
-            if self.watchdog_state != "stale":
-                self.get_logger().warning(f"watchdog: {stale}; holding")
-            self.watchdog_state = "stale"
-            self._queue.clear()
-            self._pending_tick = self._request_due = None
-            self._send(self._safety.hold(), hold=True)
-            return
-        self.watchdog_state = "ok"
-        action = self._queue.take_for(now)
-        if action is not None:
-            self._send_proposal(action)
-        else:
-            self._pending_tick = now
-        if len(self._queue) <= self._refill and not self._inflight:
-            if self._sim_time and not self._inputs_at(now):
-                self._request_due = now  # requested when this tick's observation arrives
-            else:
-                self._request_due = None
-                self._request(now)
-
-    def _inputs_at(self, tick_time: float) -> bool:
-        return captured_at(self._frames, self._state, self.config.camera_names, tick_time)
-
-    def _request_if_inputs_arrived(self) -> None:
-        if self._enabled and self._awaiting is not None and self._inputs_at(self._awaiting):
-            self._serve(self._awaiting, may_wait=False)
-        if (
-            self._enabled
-            and self._request_due is not None
-            and not self._inflight
-            and self._inputs_at(self._request_due)
-        ):
-            tick_time, self._request_due = self._request_due, None
-            self._request(tick_time)
-
-    def _request(self, tick_time: float) -> None:
-        if self.swap_at == "chunk" and self.holder.staged is not None:
-            # A chunk boundary is a policy boundary like an episode start: swap the staged policy in
-            # (already loaded and verified) and reset it. The queued chunk of the old one keeps
-            # serving ticks until this request's chunk arrives, so no tick waits for the swap.
-            self.holder.begin_episode()
-        loaded = self.holder.active
-        frames = {cam: self._frames[cam] for cam in self.config.camera_names}
-        observation = Observation(
-            images={cam: f[1] for cam, f in frames.items()},
-            state=self._state[1].copy(),
-            instruction=self._instruction,
-            stamp=max(f[0] for f in frames.values()),
-            extra={"tick_time": tick_time},
-        )
-        timing = InferenceTiming(
-            frame_arrival=max(f[2] for f in frames.values()), requested=time.perf_counter()
-        )
-        self._inflight = True
-        self._requests.put(_Request(self._token, tick_time, observation, loaded, timing))
-
-    def _inference_loop(self) -> None:
-        while True:
-            request = self._requests.get()
-            if request is None:
-                return
-            if request.token != self._token:
-                continue  # the episode it was for is over
-            request.timing.model_start = time.perf_counter()
-            try:
-                chunk = np.asarray(request.loaded.policy.predict_chunk(request.observation), dtype=np.float64)
-                if chunk.ndim != 2 or chunk.shape[1] != self.config.action.dim or chunk.shape[0] < 1:
-                    raise ValueError(
-                        f"predict_chunk returned shape {chunk.shape}, expected (K, {self.config.action.dim})"
-                    )
-            except Exception as exc:  # a failing policy must not kill the node: hold instead
-                self.get_logger().error(
-                    f"inference failed ({request.loaded.version}): {exc}", throttle_duration_sec=5.0
-                )
-                chunk = np.full((1, self.config.action.dim), np.nan)
-            request.timing.model_end = time.perf_counter()
-            self._on_chunk(request, chunk)
-
-    def _on_chunk(self, request: _Request, chunk: np.ndarray) -> None:
-        with self._lock:
-            if request.token != self._token:
-                return
-            self._inflight = False
-            self.timings.append(request.timing)
-            self._announce(request.loaded.version)
-            self._queue.load(request.tick_time, chunk)
-            if self._pending_tick is not None:
-                action = self._queue.take_for(self._pending_tick)
-                if action is not None:
-                    self._pending_tick = None
-                    self.counters["late_ticks"] += 1
-                    self._send_proposal(action)
-                    request.timing.published = time.perf_counter()
-
-    def _send_proposal(self, proposal: np.ndarray) -> None:
-        command, events = self._safety.filter(proposal)
-        if events.dropped_non_finite:
-            self.counters["dropped_non_finite"] += 1
-            self.get_logger().warning("dropped a non-finite action; holding", throttle_duration_sec=5.0)
-        self.counters["clamped"] += bool(events.clamped_dims)
-        self.counters["rate_limited"] += bool(events.rate_limited_dims)
-        self._send(command, hold=events.dropped_non_finite)
-
-    def _send(self, command: np.ndarray | None, hold: bool) -> None:
-        if command is None:
-            return
-        self.counters["holds" if hold else "commands"] += 1
+    def _publish_command(self, command: np.ndarray, hold: bool) -> None:
+        """ControlLoop's output (called under its lock): to the arm, or in a dry run to the log topic."""
         if self._command_pub is None:  # dry run
             self._dry_run_pub.publish(Float64MultiArray(data=[float(v) for v in command]))
             self.get_logger().info(f"dry run: {np.round(command, 4).tolist()}", throttle_duration_sec=1.0)
         else:
             self._command_pub.publish(self._codec.encode(command, hold=hold))
 
+    def _log_event(self, kind: str, message: str) -> None:
+        if kind == "stale":
+            self.get_logger().warning(message)
+        elif kind == "inference_failed":
+            self.get_logger().error(message, throttle_duration_sec=5.0)
+        else:
+            self.get_logger().warning(message, throttle_duration_sec=5.0)
+
     # ------------------------------------------------------------------ diagnostics
 
     def diagnostics(self) -> DiagnosticStatus:
-        with self._lock:
-            model_ms = [t.model_s * 1e3 for t in list(self.timings)[-100:]]
+        control = self.control
+        with control.lock:
+            model_ms = [t.model_s * 1e3 for t in list(control.timings)[-100:]]
             active, staged = self.holder.active, self.holder.staged
             values = {
                 "policy_version": active.version if active else "",
                 "staged_version": staged.version if staged else "",
                 "previous_version": self.holder.previous.version if self.holder.previous else "",
                 "swap_at": self.swap_at,
-                "enabled": str(self._enabled),
+                "enabled": str(control.enabled),
                 "dry_run": str(self.dry_run),
-                "watchdog": self.watchdog_state,
-                "queue_depth": str(len(self._queue)),
+                "watchdog": control.watchdog_state,
+                "queue_depth": str(control.queue_depth),
                 "inference_latency_ms_last": f"{model_ms[-1]:.2f}" if model_ms else "",
                 "inference_latency_ms_p50": f"{np.percentile(model_ms, 50):.2f}" if model_ms else "",
                 "inference_latency_ms_max": f"{max(model_ms):.2f}" if model_ms else "",
-                **{k: str(v) for k, v in self.counters.items()},
+                **{k: str(v) for k, v in control.counters.items()},
             }
             if active is None:
                 level, message = DiagnosticStatus.WARN, "no policy loaded"
-            elif self.watchdog_state == "stale" and self._enabled:
+            elif control.watchdog_state == "stale" and control.enabled:
                 level, message = DiagnosticStatus.ERROR, "inputs stale: holding"
             else:
                 level, message = (
                     DiagnosticStatus.OK,
-                    ("dry run" if self.dry_run else "running") if self._enabled else "idle",
+                    ("dry run" if self.dry_run else "running") if control.enabled else "idle",
                 )
         return DiagnosticStatus(
             level=level,
@@ -520,11 +350,8 @@ class PolicyNode(Node):
         self._diag_pub.publish(msg)
 
     def destroy_node(self) -> None:
-        with self._lock:
-            self._token += 1
-        self._requests.put(None)
+        self.control.close()
         self._loads.put(None)
-        self._worker.join(timeout=10.0)
         self._loader.join(timeout=1.0)  # a load in progress is not interruptible; the thread is a daemon
         super().destroy_node()
 
