@@ -1,6 +1,7 @@
 """The rules the sync node is a thin ROS shell around, checked without ROS: the policy node's
 load outcomes it waits for (and the specs refused before any load), a deployed version's manifest
-check, which deployments need staging, which cached versions are pruned, the status and its
+check, the policy-update loop (stage once, reject and delete, retry with backoff), which
+deployments need staging, which cached versions are pruned, the status and its
 /diagnostics summary, and which episodes are this robot's to upload (a real store, a real outbox
 and, for the upload itself, a real learner service over HTTP)."""
 
@@ -9,15 +10,18 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from dataclasses import replace
 
 import numpy as np
 import pytest
 from service_harness import TOKEN, start_learner
 from wmpo_core.episode_store import EpisodeStore
+from wmpo_core.protocol.models import Deployment
 from wmpo_core.robot_config import load_robot_config
-from wmpo_ros.learner_client import LearnerClient
-from wmpo_ros.outbox import Outbox, PermanentUploadError
+from wmpo_ros.deployment_follower import DeploymentFollower, RetryLater
+from wmpo_ros.learner_client import LearnerClient, LearnerUnavailable
+from wmpo_ros.outbox import Backoff, Outbox, PermanentUploadError
 from wmpo_ros.own_episodes import OwnEpisodes, announced_episode_id
 from wmpo_ros.policy_loads import LoadOutcome, LoadWaiter, spec_refusal
 from wmpo_ros.policy_versions import VersionRejected, check_manifest, settled_state, versions_to_prune
@@ -195,3 +199,120 @@ def test_the_sync_node_waits_for_the_outcome_of_its_own_load_only():
     waiter.forget()
     waiter.deliver(LoadOutcome.staged("/cache/v3", "v3"))
     assert later.outcome is None  # forgotten: a late outcome changes nothing
+
+
+# ------------------------------------------------------------------ the policy-update loop
+
+
+class ScriptedLearner:
+    """The learner client calls DeploymentFollower makes, answered from a script: `answers` is a
+    list of what each long-poll returns (a version, or an exception to raise); then the last
+    version again, as the service answers (changed unless it is the one the caller has). Downloads
+    write a checkpoint manifest (or raise `download_error`)."""
+
+    def __init__(self, answers, manifest_robot=None, download_error=None):
+        self.answers_ = list(answers)
+        self.last = None
+        self.downloads: list[str] = []
+        self.manifest_robot = manifest_robot or {"name": ROBOT.name, "content_hash": ROBOT.content_hash}
+        self.download_error = download_error
+        self.health = True
+
+    def wait_for_deployed(self, after, timeout_s):
+        if not self.answers_:
+            time.sleep(0.01)
+            return Deployment(version=self.last, generation=1, deployed_at=None, rollback_to=None,
+                              policy=None, changed=self.last != after)  # fmt: skip
+        answer = self.answers_.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        self.last = answer
+        return Deployment(version=answer, generation=1, deployed_at=None, rollback_to=None, policy=None)
+
+    def download_version(self, version, cache):
+        self.downloads.append(version)
+        path = cache / version
+        write_manifest(path, version=version, robot=self.manifest_robot)
+        if self.download_error is not None:
+            raise self.download_error
+        return path
+
+    def answers(self, timeout_s: float = 2.0) -> bool:
+        return self.health
+
+
+def follow(learner, tmp_path, stage=None, until=None, timeout_s: float = 5.0):
+    """Run a DeploymentFollower on `learner` until `until(status)`; returns (statuses, staged, events)."""
+    holder = {"status": SyncStatus(learner_url="http://learner")}
+    statuses: list[SyncStatus] = []
+    staged: list[str] = []
+    events: list[tuple[str, str]] = []
+    stopping = threading.Event()
+
+    def update(derive=None, **changes):
+        if derive is not None:
+            changes = {**changes, **derive(holder["status"])}
+        holder["status"] = replace(holder["status"], **changes)
+        statuses.append(holder["status"])
+
+    def default_stage(path):
+        staged.append(path.name)
+        update(staged_version=path.name)
+
+    follower = DeploymentFollower(
+        learner, ROBOT, tmp_path / "cache", long_poll_s=0.01, keep_versions=2,
+        backoff=Backoff(initial_s=0.01, max_s=0.02), stopping=stopping, find_policy_node=lambda: None,
+        stage=stage or default_stage, status=lambda: holder["status"], update=update,
+        on_event=lambda kind, message: events.append((kind, message)),
+    )  # fmt: skip
+    thread = threading.Thread(target=follower.run)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not until(holder["status"]):
+            assert time.monotonic() < deadline, f"timed out; last status {holder['status']}"
+            time.sleep(0.005)
+        time.sleep(0.05)  # a few more long-polls: nothing is done twice
+    finally:
+        stopping.set()
+        thread.join(5.0)
+    return statuses, staged, events
+
+
+def test_a_deployed_version_is_downloaded_checked_and_staged_once(tmp_path):
+    learner = ScriptedLearner(["v1", "v2"])
+    statuses, staged, _ = follow(learner, tmp_path, until=lambda s: s.staged_version == "v2")
+    assert staged == ["v1", "v2"] and learner.downloads == ["v1", "v2"]
+    states = [s.state for s in statuses]
+    assert states.index("downloading") < states.index("loading") < states.index("staged")
+    assert statuses[-1].deployed_version == "v2" and statuses[-1].learner_reachable
+
+
+def test_a_version_for_another_robot_is_rejected_deleted_and_not_retried(tmp_path):
+    learner = ScriptedLearner(["v1"], manifest_robot={"name": "other_arm", "content_hash": "x"})
+    statuses, staged, events = follow(learner, tmp_path, until=lambda s: s.state == "rejected")
+    assert staged == [] and learner.downloads == ["v1"]  # the long-poll keeps saying v1: not again
+    rejection = statuses[-1].last_rejection
+    assert rejection.version == "v1" and "other_arm" in rejection.reason
+    assert not (tmp_path / "cache" / "v1").exists()
+    assert [k for k, _ in events] == ["error"]
+
+
+def test_an_unreachable_learner_is_retried_with_backoff_and_a_refused_stage_later(tmp_path):
+    learner = ScriptedLearner([LearnerUnavailable("connection refused"), "v1"])
+    attempts: list[str] = []
+
+    def flaky_stage(path):
+        attempts.append(path.name)
+        if len(attempts) == 1:
+            raise RetryLater("the policy node is not running")
+
+    statuses, _, events = follow(
+        learner, tmp_path, stage=flaky_stage, until=lambda s: s.state == "staged" and len(attempts) == 2
+    )
+    retrying = [s for s in statuses if s.state == "retrying" and s.message]
+    assert retrying[0].learner_reachable is False  # said while the learner is away
+    messages = list(dict.fromkeys(s.message for s in retrying))
+    assert len(messages) == 2 and "connection refused" in messages[0]
+    assert "policy node is not running" in messages[1]
+    assert attempts == ["v1", "v1"] and [k for k, _ in events].count("retry") == 2

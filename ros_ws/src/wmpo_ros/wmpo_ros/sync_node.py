@@ -34,6 +34,7 @@ parameter, so the sync node works the same in the policy node's process (`wmpo d
 --learner`) or in its own (`ros2 launch ... learner_url:=...`).
 
 This node holds the ROS side and the two worker threads; its rules are ROS-free modules:
+`wmpo_ros.deployment_follower` (the policy-update loop: long-poll, download, verify, stage, retry),
 `wmpo_ros.own_episodes` (which episodes are this robot's, the upload call), `wmpo_ros.policy_versions`
 (manifest check, which deployments need staging, cache pruning), `wmpo_ros.sync_status` (the
 status and its /diagnostics summary) and `wmpo_ros.policy_loads` (the load outcome it waits for).
@@ -42,8 +43,6 @@ status and its /diagnostics summary) and `wmpo_ros.policy_loads` (the load outco
 from __future__ import annotations
 
 import json
-import random
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -58,10 +57,10 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
 from std_msgs.msg import String
-from wmpo_core.ids import UnsafeNameError, child_path
 from wmpo_core.robot_config import load_robot_config
 
-from wmpo_ros.learner_client import IntegrityError, LearnerClient, LearnerError, LearnerRejected
+from wmpo_ros.deployment_follower import DeploymentFollower, RetryLater
+from wmpo_ros.learner_client import LearnerClient
 from wmpo_ros.messages import LATCHED_QOS
 from wmpo_ros.names import graph_names
 from wmpo_ros.node_utils import run_node
@@ -69,16 +68,8 @@ from wmpo_ros.outbox import Backoff, Outbox, OutboxEntry, OutboxWorker
 from wmpo_ros.own_episodes import OwnEpisodes, announced_episode_id
 from wmpo_ros.params import POLICY, SYNC
 from wmpo_ros.policy_loads import LoadOutcome, LoadWaiter
-from wmpo_ros.policy_versions import VersionRejected, check_manifest, settled_state, versions_to_prune
-from wmpo_ros.sync_status import Rejection, SyncStatus
-
-PROBE_INTERVAL_S = 2.0
-"""While the learner does not answer, its health endpoint is probed this often (jittered), so the
-work resumes within seconds of its return instead of at the end of a long backoff."""
-
-
-class RetryLater(Exception):
-    """A step that failed for a reason that may pass (learner or policy node unavailable)."""
+from wmpo_ros.policy_versions import VersionRejected
+from wmpo_ros.sync_status import SyncStatus
 
 
 class SyncNode(Node):
@@ -101,11 +92,8 @@ class SyncNode(Node):
         self.names = graph_names(self.config)
         self.store_path = Path(p["store"])
         self.cache = Path(p["policy_cache"] or f"{self.store_path}.policies")
-        self._long_poll_s = float(p["long_poll_s"])
         self._stage_timeout_s = float(p["stage_timeout_s"])
-        self._keep_versions = int(p["keep_versions"])
         self._backoff = Backoff(initial_s=min(1.0, float(p["retry_max_s"])), max_s=float(p["retry_max_s"]))
-        self._rng = random.Random()
         verify = p["ca_file"] or True
         if token is not None:
             self.client = LearnerClient(p["learner_url"], token, verify=verify)
@@ -156,9 +144,21 @@ class SyncNode(Node):
             self._policy_params = AsyncParameterClient(
                 self, POLICY.node_name, callback_group=MutuallyExclusiveCallbackGroup()
             )
-            self._updates = threading.Thread(
-                target=self._follow_deployments, name="wmpo-sync-policy", daemon=True
+            follower = DeploymentFollower(
+                self.client,
+                self.config,
+                self.cache,
+                long_poll_s=float(p["long_poll_s"]),
+                keep_versions=int(p["keep_versions"]),
+                backoff=self._backoff,
+                stopping=self._stopping,
+                find_policy_node=self._see_policy_node,
+                stage=self._stage,
+                status=lambda: self.status,
+                update=self._update,
+                on_event=self._log_event,
             )
+            self._updates = threading.Thread(target=follower.run, name="wmpo-sync-policy", daemon=True)
             self._updates.start()
         self.create_timer(
             1.0,
@@ -280,85 +280,6 @@ class SyncNode(Node):
             time.sleep(0.05)
         self._update(message="")
 
-    def _follow_deployments(self) -> None:
-        handled: str | None = None  # the deployed version last acted on (staged, running or rejected)
-        failures = 0
-        seen_policy_node = False
-        while not self._stopping.is_set():
-            try:
-                if not seen_policy_node:
-                    self._see_policy_node()
-                    seen_policy_node = True
-                deployment = self.client.wait_for_deployed(after=handled, timeout_s=self._long_poll_s)
-                self._update(learner_reachable=True)
-                version = deployment.version
-                if deployment.changed and version is not None and version != handled:
-                    self._apply(version)
-                    handled = version
-                failures = 0
-            except (LearnerError, RetryLater) as exc:
-                if self._stopping.is_set():
-                    return
-                failures += 1
-                delay = self._backoff.delay(failures, self._rng)
-                unreachable = isinstance(exc, LearnerError) and exc.retryable
-                self._update(
-                    state="retrying",
-                    message=f"{exc}; retrying in {delay:.0f} s",
-                    **({"learner_reachable": False} if unreachable else {}),
-                )
-                self.get_logger().warning(
-                    f"policy update: {exc}; retrying in {delay:.1f} s", throttle_duration_sec=30.0
-                )
-                if unreachable and not self.client.answers():
-                    self._wait_for_learner(
-                        delay
-                    )  # back as soon as it answers, not at the end of a long backoff
-                else:
-                    self._stopping.wait(delay)
-            except Exception as exc:  # a bug here must not end the updates silently
-                if self._stopping.is_set():
-                    return  # the node's handles are going away under this thread: nothing to report
-                self.get_logger().error(f"policy update failed unexpectedly: {type(exc).__name__}: {exc}")
-                self._stopping.wait(self._backoff.max_s)
-
-    def _wait_for_learner(self, longest_s: float) -> None:
-        """Wait until the learner answers its health probe again, at most `longest_s`."""
-        deadline = time.monotonic() + longest_s
-        while not self._stopping.is_set() and time.monotonic() < deadline:
-            self._stopping.wait(
-                min(PROBE_INTERVAL_S * (0.5 + self._rng.random() / 2), max(0.0, deadline - time.monotonic()))
-            )
-            if self.client.answers():
-                return
-
-    def _apply(self, version: str) -> None:
-        """Download, verify and stage one deployed version; a rejection is reported, not raised."""
-        self._update(deployed_version=version, message="")
-        settled = settled_state(version, self.status.active_version, self.status.staged_version)
-        if settled is not None:
-            self._update(state=settled)
-            return
-        try:
-            self._update(state="downloading")
-            try:
-                path = self.client.download_version(version, self.cache)
-            except IntegrityError as exc:
-                raise VersionRejected(str(exc)) from None
-            except LearnerRejected as exc:
-                if exc.retryable:
-                    raise
-                raise VersionRejected(f"the learner refused the download: {exc.detail}") from None
-            check_manifest(path, version, self.config)
-            self._update(state="loading")
-            self._stage(path)
-        except VersionRejected as exc:
-            self._reject(version, str(exc))
-            return
-        self.get_logger().info(f"policy version '{version}' verified and staged in the policy node")
-        self._update(lambda status: status.on_staged(version))
-        self._prune_cache(keep=version)
-
     def _stage(self, path: Path) -> None:
         """Set the policy node's `policy` parameter and wait for the outcome of its load on
         `<ns>/policy/loads`: staged, or refused with the reason."""
@@ -391,20 +312,16 @@ class SyncNode(Node):
         if not pending.outcome.ok:
             raise VersionRejected(pending.outcome.reason or "the policy node refused it")
 
-    def _reject(self, version: str, reason: str) -> None:
-        running = self.status.active_version or "no policy"
-        self.get_logger().error(
-            f"rejected policy version '{version}' from the learner: {reason} (still running {running})"
-        )
-        try:  # the version came from the network: delete only inside the cache
-            shutil.rmtree(child_path(self.cache, version, "rejected policy version"), ignore_errors=True)
-        except UnsafeNameError as exc:
-            self.get_logger().error(str(exc))
-        self._update(state="rejected", last_rejection=Rejection(version, reason, time.time()))
-
-    def _prune_cache(self, keep: str) -> None:
-        for old in versions_to_prune(self.cache, {keep, self.status.active_version}, self._keep_versions):
-            shutil.rmtree(old, ignore_errors=True)
+    def _log_event(self, kind: str, message: str) -> None:
+        """DeploymentFollower's reports: retries are throttled (a learner away for an hour says so
+        every 30 s, not at every backoff step)."""
+        logger = self.get_logger()
+        if kind == "retry":
+            logger.warning(message, throttle_duration_sec=30.0)
+        elif kind == "error":
+            logger.error(message)
+        else:
+            logger.info(message)
 
     # ------------------------------------------------------------------ shutdown
 
