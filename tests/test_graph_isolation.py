@@ -193,12 +193,19 @@ def test_a_node_removed_mid_session_leaves_the_rest_running_and_nothing_on_stder
     tmp_path: Path, capfd
 ) -> None:
     """teleop() then a dry run: the teleop node (a commander the lockstep sim would wait for) is
-    destroyed between episodes while the graph runs on; the session still ends cleanly."""
+    destroyed between episodes while the graph runs on; the session still ends cleanly. The policy
+    node has an executor of its own, which pauses and resumes with the graph."""
     with RobotSession("so101_sim", store=tmp_path / "robot.zarr",
                       policy="scripted:ros_harness:ConstantPolicy", dry_run=True,
                       max_steps=3) as robot:  # fmt: skip
         (demo,) = robot.teleop(1, progress=False)
         assert robot._node("teleop") is not None
+        graph = robot._graph  # the policy node spins on one thread of its own, as in its own process
+        own = graph.executors["policy_node"]
+        assert own is not graph.shared and own.threads == 1 and graph.executors["teleop"] is graph.shared
+        with robot.paused():  # the learner trains: every executor of the graph stops ...
+            assert not own.spinning and not graph.shared.spinning
+        assert own.spinning and graph.shared.spinning  # ... and goes on afterwards
         (summary,) = robot.run_episodes(1, progress=False)
         assert robot._node("teleop") is None and robot._node("policy_node") is not None
     assert demo["num_steps"] == 3 and summary["dry_run"] and summary["num_steps"] >= 3

@@ -1,8 +1,7 @@
-"""The flags every `wmpo` command spells the same way, with one meaning each (docs/cli.md has the table).
-
-A command adds a shared flag through these helpers instead of writing its own `add_argument`, so
-`--device` is a torch device everywhere, `--store` an episode store everywhere, and a bad value is
-refused while the command line is parsed, before anything is loaded, brought up or written.
+"""`--device`, the flag every `wmpo` command that computes spells the same way (docs/cli.md has
+the table of shared flags): its help text and its argparse type, which refuses a device this
+machine lacks while the command line is parsed, before anything is loaded or written. A config
+field takes it as `option("auto", DEVICE_HELP, type=torch_device)`.
 """
 
 from __future__ import annotations
@@ -25,12 +24,3 @@ def torch_device(text: str) -> str:
     except DeviceError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
-
-
-def add_device_argument(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup, default: str = "auto"
-) -> None:
-    """`--device`: the torch device to compute on."""
-    parser.add_argument(
-        "--device", type=torch_device, default=default, help=f"{DEVICE_HELP} (default: %(default)s)"
-    )

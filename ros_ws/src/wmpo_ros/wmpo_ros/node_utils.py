@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import rclpy
+from rclpy.context import Context
 from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -20,10 +21,12 @@ def parameter_overrides(values: Mapping[str, Any]) -> list[Parameter]:
     return [Parameter(name, value=value) for name, value in values.items()]
 
 
-def node_executor(threads: int) -> Executor:
+def node_executor(threads: int, context: Context | None = None) -> Executor:
     """What a node process spins on: one thread runs every callback itself (rclpy's
     `SingleThreadedExecutor`, no hand-off to a pool), more share a `GraphExecutor` pool."""
-    return SingleThreadedExecutor() if threads == 1 else GraphExecutor(num_threads=threads)
+    if threads == 1:
+        return SingleThreadedExecutor(context=context)
+    return GraphExecutor(num_threads=threads, context=context)
 
 
 def run_node(factory: Callable[[], Node], args: list[str] | None = None, threads: int = 4) -> int:

@@ -1,4 +1,8 @@
-"""A `GraphExecutor` in a background thread that can be paused, so nodes can be destroyed.
+"""An executor in a background thread that can be paused, so nodes can be destroyed.
+
+With one thread it is rclpy's `SingleThreadedExecutor` (callbacks run on the spin thread itself),
+with more a `GraphExecutor` pool: `wmpo_ros.node_utils.node_executor`, what a node's own process
+spins on.
 
 rclpy cannot destroy a node while an executor spins it (its wait set holds the node's handles and
 the executor thread dies on "InvalidHandle: cannot use Destroyable because destruction was
@@ -25,10 +29,11 @@ import time
 from collections.abc import Iterable
 
 from rclpy.context import Context
+from rclpy.executors import Executor
 from rclpy.node import Node
 from rclpy.task import Future
 
-from wmpo_ros.executor import GraphExecutor
+from wmpo_ros.node_utils import node_executor
 
 
 class PausableExecutor:
@@ -41,7 +46,7 @@ class PausableExecutor:
         self.threads = threads
         self.stop_timeout_s = stop_timeout_s
         self.nodes: list[Node] = []
-        self._executor: GraphExecutor | None = None
+        self._executor: Executor | None = None
         self._thread: threading.Thread | None = None
         self._stop: Future | None = None
 
@@ -63,7 +68,7 @@ class PausableExecutor:
     def resume(self) -> None:
         if self._executor is not None:
             return
-        self._executor = GraphExecutor(num_threads=self.threads, context=self.context)
+        self._executor = node_executor(self.threads, self.context)
         for node in self.nodes:
             self._executor.add_node(node)
         self._stop = Future()
@@ -81,8 +86,9 @@ class PausableExecutor:
         self._thread.join(timeout=self.stop_timeout_s)
         if self._thread.is_alive():
             raise RuntimeError(f"the ROS executor did not stop within {self.stop_timeout_s:.0f} s")
-        # The callbacks it handed to its thread pool; no public accessor in rclpy 9.
-        handed_out: Iterable[Future] = list(self._executor._futures)
+        # The callbacks it handed to its thread pool (none with one thread: they run on the spin
+        # thread, which has returned); no public accessor in rclpy 9.
+        handed_out: Iterable[Future] = list(getattr(self._executor, "_futures", ()))
         while not all(task.done() for task in handed_out):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"a ROS callback did not finish within {self.stop_timeout_s:.0f} s")

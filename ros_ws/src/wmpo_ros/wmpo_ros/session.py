@@ -75,6 +75,7 @@ from wmpo_ros.names import graph_names
 from wmpo_ros.node_utils import parameter_overrides
 from wmpo_ros.params import POLICY, TELEOP
 from wmpo_ros.pausable_executor import PausableExecutor
+from wmpo_ros.policy_node import EXECUTOR_THREADS as POLICY_NODE_THREADS
 from wmpo_ros.policy_node import PolicyNode
 from wmpo_ros.recorder_node import RecorderNode
 from wmpo_ros.sim_arm_node import SimArmNode
@@ -112,6 +113,12 @@ NODE_CLASSES = {
 """The node class behind each console_scripts executable of the ROS package."""
 
 
+OWN_EXECUTORS = {"policy_node": POLICY_NODE_THREADS}
+"""Nodes that spin on an executor of their own, with this many threads, as in their own process
+(`ros2 run` / `ros2 launch`): the policy node's single thread runs its callbacks without a hand-off
+to a pool, which cost each frame ~1.4 ms at p50 on the shared executor (docs/robot.md)."""
+
+
 def node_class(executable: str):
     """The node class behind a console_scripts executable."""
     try:
@@ -121,11 +128,12 @@ def node_class(executable: str):
 
 
 class RunningGraph:
-    """The nodes of one bring-up, spinning on a `PausableExecutor` in a background thread.
+    """The nodes of one bring-up, spinning on `PausableExecutor`s in background threads: one shared
+    by most nodes, one of its own for each node in `OWN_EXECUTORS`.
 
     `context`: the rclpy context (initialised) the nodes live in. `node_kwargs`: constructor
     arguments by executable that are not ROS parameters (the sync node's learner token).
-    A node is destroyed only while the executor is paused (`wmpo_ros.pausable_executor` says why):
+    A node is destroyed only while its executor is paused (`wmpo_ros.pausable_executor` says why):
     `remove()` pauses, destroys and resumes; `shutdown()` pauses before destroying anything."""
 
     def __init__(
@@ -139,7 +147,9 @@ class RunningGraph:
     ):
         self.context = context
         self.nodes: dict[str, Any] = {}
-        self.executor = PausableExecutor(context, threads)
+        self.shared = PausableExecutor(context, threads)
+        self.executors: dict[str, PausableExecutor] = {}
+        """The executor each node spins on."""
         self._node_kwargs = node_kwargs or {}
         try:
             # The arm last: a bad policy, device or store fails in seconds, before the simulator loads.
@@ -148,10 +158,10 @@ class RunningGraph:
         except BaseException:
             self.shutdown()
             raise
-        self.executor.resume()
+        self.resume()
 
     def start_node(self, spec) -> Any:
-        """Create the node of a `wmpo_ros.graph.NodeSpec` and add it to the running executor."""
+        """Create the node of a `wmpo_ros.graph.NodeSpec` and add it to the running executors."""
         node = node_class(spec.executable)(
             parameter_overrides=parameter_overrides(spec.parameters),
             context=self.context,
@@ -161,23 +171,42 @@ class RunningGraph:
         return node
 
     def add(self, name: str, node) -> None:
+        own = OWN_EXECUTORS.get(name)
+        executor = self.shared if own is None else PausableExecutor(self.context, own)
         self.nodes[name] = node
-        self.executor.add(node)
+        self.executors[name] = executor
+        executor.add(node)
+        if own is not None and self.shared.spinning:
+            executor.resume()
+
+    def _distinct_executors(self) -> list[PausableExecutor]:
+        return list({id(e): e for e in [self.shared, *self.executors.values()]}.values())
+
+    def pause(self) -> None:
+        """Stop every callback of the graph (nodes keep their state; `resume()` goes on)."""
+        for executor in self._distinct_executors():
+            executor.pause()
+
+    def resume(self) -> None:
+        for executor in self._distinct_executors():
+            executor.resume()
 
     def remove(self, name: str) -> None:
-        """Destroy one node while the rest keep running (they pause for the swap of executors)."""
+        """Destroy one node while the rest keep running (nodes on the shared executor pause for the
+        swap of executors)."""
         if name not in self.nodes:
             return
-        spinning = self.executor.spinning
-        self.executor.pause()
+        executor = self.executors.pop(name)
+        spinning = executor.spinning
+        executor.pause()
         node = self.nodes.pop(name)
-        self.executor.forget(node)
+        executor.forget(node)
         node.destroy_node()
-        if spinning:
-            self.executor.resume()
+        if spinning and executor is self.shared:
+            executor.resume()
 
     def shutdown(self) -> None:
-        self.executor.pause()
+        self.pause()
         for name in [*SHUTDOWN_ORDER, *self.nodes]:
             node = self.nodes.pop(name, None)
             if node is not None:
@@ -512,11 +541,11 @@ class RobotSession:
         thread); episodes and version swaps wait for the end of the block."""
         if self._graph is None:
             raise RuntimeError("the robot session is not started (use `with RobotSession(...)` or .start())")
-        self._graph.executor.pause()
+        self._graph.pause()
         try:
             yield
         finally:
-            self._graph.executor.resume()
+            self._graph.resume()
 
     def _node(self, name: str):
         if self._graph is None:
