@@ -76,6 +76,16 @@ def wait_for(predicate, what: str) -> None:
         time.sleep(0.001)
 
 
+def running(policy: CountingPolicy, sim_time: bool = False):
+    """`make_loop` with an episode started at t = 0 and its first command sent."""
+    loop, sent, events = make_loop(policy, sim_time=sim_time)
+    observe(loop, 0.0)
+    loop.start_episode()
+    loop.tick(0.0)
+    wait_for(lambda: len(sent) == 1, "the first command")
+    return loop, sent, events
+
+
 def test_no_policy_no_episode():
     holder = PolicyHolder(CONFIG)
     loop = ControlLoop(
@@ -108,11 +118,13 @@ def test_each_tick_gets_the_next_action_and_a_late_tick_is_served_when_its_chunk
     for k in range(1, 6):
         observe(loop, k * PERIOD)
         loop.tick(k * PERIOD)
-        wait_for(lambda k=k: len(sent) == k + 1, f"tick {k}'s command")
+        wait_for(lambda k=k: len(sent) == k + 1 and not loop.inflight, f"tick {k}'s command and chunk")
     firsts = [command[0] for command, hold in sent]
     assert not any(hold for _, hold in sent)
-    # ticks 0..3 from the first chunk; the refill (1 left) asked for the next one at tick 2
-    assert firsts[:4] == pytest.approx([0.01, 0.02, 0.03, 0.04])
+    # ticks 0..2 from the first chunk; with 1 action left tick 2 asked for the next chunk, which
+    # holds the actions of ticks 2..5 and replaces the queue: tick 3 gets its second action; tick 4
+    # leaves 1 again and asks for the third chunk, whose second action is tick 5's
+    assert firsts == pytest.approx([0.01, 0.02, 0.03, 0.06, 0.07, 0.10])
     assert loop.counters["ticks"] == 6 and loop.counters["commands"] == 6
     assert ("version", "count-v1") in events
     loop.tick(5 * PERIOD)  # the same tick again (the timer and an episode start): served once
@@ -121,12 +133,7 @@ def test_each_tick_gets_the_next_action_and_a_late_tick_is_served_when_its_chunk
 
 
 def test_stale_inputs_hold_the_last_command_and_drop_the_queue():
-    policy = CountingPolicy()
-    loop, sent, events = make_loop(policy)
-    observe(loop, 0.0)
-    loop.start_episode()
-    loop.tick(0.0)
-    wait_for(lambda: len(sent) == 1, "the first command")
+    loop, sent, events = running(CountingPolicy())
     loop.tick(PERIOD)  # inputs 1 period old: still fresh
     wait_for(lambda: len(sent) == 2, "the second command")
     loop.tick(4 * PERIOD)  # nothing new for 4 periods > watchdog (3)
@@ -145,12 +152,7 @@ def test_stale_inputs_hold_the_last_command_and_drop_the_queue():
 
 
 def test_in_sim_time_a_tick_waits_for_its_own_observation():
-    policy = CountingPolicy()
-    loop, sent, _ = make_loop(policy, sim_time=True)
-    observe(loop, 0.0)
-    loop.start_episode()
-    loop.tick(0.0)
-    wait_for(lambda: len(sent) == 1, "the first command")
+    loop, sent, _ = running(CountingPolicy(), sim_time=True)
     loop.tick(4 * PERIOD)  # its observation is still in flight: no hold, the tick waits
     assert loop.waiting_for_observation and len(sent) == 1 and loop.counters["holds"] == 0
     observe(loop, 4 * PERIOD)  # ... and is answered when it arrives
@@ -161,11 +163,7 @@ def test_in_sim_time_a_tick_waits_for_its_own_observation():
 
 def test_a_non_finite_action_is_dropped_and_held():
     policy = CountingPolicy()
-    loop, sent, events = make_loop(policy)
-    observe(loop, 0.0)
-    loop.start_episode()
-    loop.tick(0.0)
-    wait_for(lambda: len(sent) == 1, "the first command")
+    loop, sent, events = running(policy)
     policy.predict_chunk = lambda obs: np.full((4, DIM), np.nan)
     for k in range(1, 5):
         observe(loop, k * PERIOD)
