@@ -1,5 +1,6 @@
 """The decoding subscriptions every node shares (`wmpo_ros.node_inputs`), over real DDS: good
-frames, joint states and commands reach the node's callback in config terms; bad ones never do."""
+frames, joint states and commands reach the node's callback in config terms; bad ones never do.
+And the service answer every node's Trigger/SetBool services share (`wmpo_ros.node_utils`)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import rclpy
 from ros_harness import Graph, wait_until
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray
+from std_srvs.srv import SetBool
+from wmpo_core.episode_store import StoreError
 from wmpo_core.robot_config import load_robot_config
 from wmpo_ros.image_conversion import image_to_msg
 from wmpo_ros.messages import STATE_QOS, CommandCodec, camera_publisher_qos
 from wmpo_ros.node_inputs import subscribe_cameras, subscribe_commands, subscribe_joint_states
+from wmpo_ros.node_utils import service_answer
 
 SIM = load_robot_config("so101_sim")
 
@@ -67,3 +71,26 @@ def test_only_well_formed_inputs_reach_the_callbacks(graph):
     assert len(states) == 1  # reordered to the config's joints, whatever the message's order
     np.testing.assert_array_equal(states[0], np.arange(len(names), dtype=float)[::-1])
     assert len(actions) == 1 and actions[0].tolist() == [0.1, -0.2, 0.3, 1.0]
+
+
+def test_a_service_answers_with_the_actions_message_or_the_refusal(graph):
+    """`node_utils.service_answer`, the Trigger/SetBool callback every node shares, over a real service."""
+    calls = []
+
+    def toggle(request: SetBool.Request) -> str:
+        calls.append(request.data)
+        if not request.data:
+            raise StoreError("no episode to stop")
+        return "started"
+
+    server = graph.add(rclpy.create_node("service_answer_server"))
+    server.create_service(SetBool, "/service_answer_test", service_answer(toggle, (StoreError,)))
+    client_node = graph.add(rclpy.create_node("service_answer_client"))
+    client = client_node.create_client(SetBool, "/service_answer_test")
+    assert client.wait_for_service(timeout_sec=10.0)
+    answers = []
+    for data in (True, False):
+        future = client.call_async(SetBool.Request(data=data))
+        wait_until(future.done, what="the service's answer")
+        answers.append((future.result().success, future.result().message))
+    assert answers == [(True, "started"), (False, "no episode to stop")] and calls == [True, False]

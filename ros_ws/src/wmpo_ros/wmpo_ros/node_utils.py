@@ -1,4 +1,5 @@
-"""Small helpers every node module uses: parameter overrides and the standard `main()`."""
+"""Small helpers every node module uses: parameter overrides, service answers, the executor a
+node spins on and the standard `main()`."""
 
 from __future__ import annotations
 
@@ -19,6 +20,24 @@ from wmpo_ros.executor import GraphExecutor
 def parameter_overrides(values: Mapping[str, Any]) -> list[Parameter]:
     """A dict of parameter values -> what `Node(parameter_overrides=...)` takes."""
     return [Parameter(name, value=value) for name, value in values.items()]
+
+
+def service_answer(
+    action: Callable[[Any], str], refused: tuple[type[Exception], ...] = ()
+) -> Callable[[Any, Any], Any]:
+    """A `std_srvs` Trigger/SetBool service callback around `action(request) -> message`: success
+    with its message, or failure with the text of a `refused` exception (others propagate: a bug
+    is not an answer)."""
+
+    def callback(request: Any, response: Any) -> Any:
+        try:
+            response.message = action(request)
+            response.success = True
+        except refused as exc:
+            response.success, response.message = False, str(exc)
+        return response
+
+    return callback
 
 
 def node_executor(threads: int, context: Context | None = None) -> Executor:

@@ -68,7 +68,7 @@ from wmpo_core.robot_config import load_robot_config
 from wmpo_ros.messages import LATCHED_QOS, STATE_QOS, CommandCodec, camera_subscription_qos, stamp_to_seconds
 from wmpo_ros.names import graph_names
 from wmpo_ros.node_inputs import subscribe_cameras, subscribe_joint_states
-from wmpo_ros.node_utils import run_node
+from wmpo_ros.node_utils import run_node, service_answer
 from wmpo_ros.params import POLICY
 from wmpo_ros.policy_control import ControlLoop
 from wmpo_ros.policy_holder import PolicyHolder
@@ -127,13 +127,13 @@ class PolicyNode(Node):
         self.create_service(
             SetBool,
             self.names.policy_enable,
-            self._on_enable,
+            service_answer(lambda request: self.enable(request.data), (PolicyLoadError,)),
             callback_group=MutuallyExclusiveCallbackGroup(),
         )
         self.create_service(
             Trigger,
             self.names.policy_rollback,
-            self._on_rollback,
+            service_answer(lambda request: self.rollback(), (PolicyLoadError,)),
             callback_group=MutuallyExclusiveCallbackGroup(),
         )
         self.create_timer(
@@ -205,21 +205,6 @@ class PolicyNode(Node):
             f"rollback: staged {previous.version} again; active from the next {self.swap_at}"
         )
         return f"staged {previous.version}; active from the next {self.swap_at}"
-
-    def _on_rollback(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        try:
-            response.success, response.message = True, self.rollback()
-        except PolicyLoadError as exc:
-            response.success, response.message = False, str(exc)
-        return response
-
-    def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
-        try:
-            response.message = self.enable(request.data)
-            response.success = True
-        except PolicyLoadError as exc:
-            response.success, response.message = False, str(exc)
-        return response
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         for param in params:

@@ -49,7 +49,7 @@ from wmpo_core.robot_config import CameraSpec, load_robot_config
 from wmpo_ros.messages import LATCHED_QOS, CommandCodec, camera_subscription_qos, stamp_to_seconds
 from wmpo_ros.names import graph_names
 from wmpo_ros.node_inputs import subscribe_cameras, subscribe_joint_states
-from wmpo_ros.node_utils import run_node
+from wmpo_ros.node_utils import run_node, service_answer
 from wmpo_ros.params import RECORDER
 from wmpo_ros.recording import EpisodeInProgress
 from wmpo_ros.step_sync import StepSynchronizer, SyncedStep
@@ -121,12 +121,14 @@ class RecorderNode(Node):
         )
         self._episodes_pub = self.create_publisher(String, self.names.recorder_episodes, 10)
         services = MutuallyExclusiveCallbackGroup()
-        self.create_service(Trigger, self.names.recorder_start, self._on_start, callback_group=services)
-        self.create_service(Trigger, self.names.recorder_stop, self._on_stop, callback_group=services)
-        self.create_service(Trigger, self.names.recorder_discard, self._on_discard, callback_group=services)
-        self.create_service(
-            SetBool, self.names.recorder_label_success, self._on_label, callback_group=services
-        )
+        for srv_type, name, action in (
+            (Trigger, self.names.recorder_start, lambda request: self.start()),
+            (Trigger, self.names.recorder_stop, lambda request: self._stop_message()),
+            (Trigger, self.names.recorder_discard, lambda request: self.discard()),
+            (SetBool, self.names.recorder_label_success, lambda request: self.label(bool(request.data))),
+        ):
+            answer = service_answer(action, (StoreError,))
+            self.create_service(srv_type, name, answer, callback_group=services)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         if p["autostart"]:
             self.start()
@@ -321,37 +323,10 @@ class RecorderNode(Node):
 
     # ------------------------------------------------------------------ services
 
-    def _on_start(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        try:
-            response.success, response.message = True, self.start()
-        except StoreError as exc:
-            response.success, response.message = False, str(exc)
-        return response
-
-    def _on_stop(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        try:
-            meta = self.stop()
-            response.success = True
-            response.message = (
-                json.dumps(meta) if meta else "stopped; the episode had no steps and was not committed"
-            )
-        except StoreError as exc:
-            response.success, response.message = False, str(exc)
-        return response
-
-    def _on_discard(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        try:
-            response.success, response.message = True, self.discard()
-        except StoreError as exc:
-            response.success, response.message = False, str(exc)
-        return response
-
-    def _on_label(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
-        try:
-            response.success, response.message = True, self.label(bool(request.data))
-        except StoreError as exc:
-            response.success, response.message = False, str(exc)
-        return response
+    def _stop_message(self) -> str:
+        """The stop service's answer: the committed episode's summary (JSON)."""
+        meta = self.stop()
+        return json.dumps(meta) if meta else "stopped; the episode had no steps and was not committed"
 
     # ------------------------------------------------------------------ committed episodes
 

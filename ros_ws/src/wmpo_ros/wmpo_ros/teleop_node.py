@@ -24,7 +24,7 @@ from wmpo_core.safety import SafetyFilter
 from wmpo_ros.messages import STATE_QOS, CommandCodec, JointOrderError, joint_positions, stamp_to_seconds
 from wmpo_ros.names import graph_names
 from wmpo_ros.node_inputs import subscribe_joint_states
-from wmpo_ros.node_utils import run_node
+from wmpo_ros.node_utils import run_node, service_answer
 from wmpo_ros.params import TELEOP
 from wmpo_ros.teleop_devices import TeleopDevice, make_device, resolve_device
 
@@ -60,7 +60,7 @@ class TeleopNode(Node):
         self.create_service(
             SetBool,
             self.names.teleop_enable,
-            self._on_enable,
+            service_answer(lambda request: self.enable(request.data)),
             callback_group=MutuallyExclusiveCallbackGroup(),
         )
         self.get_logger().info(f"teleop device: {self.device}")
@@ -79,10 +79,6 @@ class TeleopNode(Node):
                 reference = self._state if self.config.action.space == "joint_position" else None
                 self._safety.reset(reference)
         return f"{'relaying' if on else 'stopped'} {self.device}"
-
-    def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
-        response.success, response.message = True, self.enable(request.data)
-        return response
 
     def _on_joint_state(self, state: np.ndarray, msg: JointState, info: MessageInfo) -> None:
         with self._lock:
