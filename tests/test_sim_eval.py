@@ -11,7 +11,7 @@ from wmpo_core.robot_config import load_robot_config
 from wmpo_core.sim_env import SimArm
 from wmpo_core.sim_rollout import EVAL_SEED_START, eval_seeds, rollout, train_seeds
 from wmpo_core.vla.checkpoint import save_checkpoint
-from wmpo_learner.stats import SuccessRate, difference_interval, wilson_interval
+from wmpo_learner.stats import PairedComparison, SuccessRate, difference_interval, wilson_interval
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,20 @@ def test_wilson_interval_matches_published_values():
         wilson_interval(11, 10)
     rate = SuccessRate.from_outcomes([True, False, True, True])
     assert rate.rate == 0.75 and str(rate).startswith("75.0% (3/4), Wilson 95% CI [")
+
+
+def test_a_paired_comparison_counts_discordant_seeds_and_gives_the_exact_mcnemar_p():
+    old = {1: True, 2: False, 3: False, 4: True, 5: False}
+    new = {1: True, 2: True, 3: True, 4: False, 5: False}
+    paired = PairedComparison.from_outcomes(old, new)
+    assert (paired.gained, paired.lost, paired.both, paired.neither) == (2, 1, 1, 1)
+    assert paired.better_p_value == pytest.approx(4 / 8)  # P(X >= 2), X ~ Bin(3, 1/2)
+    # 15 gained, 6 lost: P(X >= 15), X ~ Bin(21, 1/2) = 0.0392 (binomial tables)
+    assert PairedComparison(15, 6, 25, 154).better_p_value == pytest.approx(0.0392, abs=1e-4)
+    assert PairedComparison(0, 0, 3, 2).better_p_value == 1.0  # no discordant seed: no evidence
+    assert PairedComparison(3, 0, 0, 0).better_p_value == pytest.approx(1 / 8)
+    with pytest.raises(ValueError, match="same seeds"):
+        PairedComparison.from_outcomes(old, {1: True})
 
 
 def test_train_and_eval_seed_ranges_are_disjoint():

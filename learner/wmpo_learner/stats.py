@@ -3,7 +3,9 @@
 Success rates from a few dozen episodes are noisy; a rate is always reported with its Wilson
 score interval (well-behaved near 0 and 1 and for small n, unlike the normal approximation), and
 two policies are compared with Newcombe's interval for the difference of two proportions, or
-with a one-sided two-proportion z-test when the question is "is the new one worse?".
+with a one-sided two-proportion z-test when the question is "is the new one worse?". Two policies
+evaluated on the same seeds are compared episode by episode (`PairedComparison`: exact McNemar),
+which sees a smaller change than the unpaired test, since most seeds succeed or fail for both.
 The imagination diagnostics use balanced accuracy, a rank AUC and Spearman's rank correlation;
 they are a few lines of numpy here because scipy/scikit-learn are not otherwise dependencies.
 """
@@ -105,6 +107,47 @@ def one_sided_worse_p_value(
     if se == 0.0:
         return 1.0 if p_new >= p_old else 0.0
     return NormalDist().cdf((p_new - p_old) / se)
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Two policies on the same evaluation seeds: the seeds only the new one solved (`gained`) and
+    only the old one solved (`lost`). Seeds both solve or both fail say nothing about which is better."""
+
+    gained: int
+    lost: int
+    both: int
+    neither: int
+
+    @classmethod
+    def from_outcomes(cls, old: dict[int, bool], new: dict[int, bool]) -> PairedComparison:
+        """`old`, `new`: success by evaluation seed; the seeds must be the same."""
+        if set(old) != set(new):
+            raise ValueError("a paired comparison needs both policies evaluated on the same seeds")
+        pairs = [(bool(old[seed]), bool(new[seed])) for seed in old]
+        return cls(
+            gained=sum(n and not o for o, n in pairs),
+            lost=sum(o and not n for o, n in pairs),
+            both=sum(o and n for o, n in pairs),
+            neither=sum(not o and not n for o, n in pairs),
+        )
+
+    @property
+    def better_p_value(self) -> float:
+        """Exact one-sided McNemar p-value of H1 "new is better": P(X >= gained), X ~ Bin(gained +
+        lost, 1/2), the chance of at least this many gains among the discordant seeds if neither
+        policy were better."""
+        n = self.gained + self.lost
+        return sum(math.comb(n, k) for k in range(self.gained, n + 1)) / 2**n
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {
+            "gained": self.gained,
+            "lost": self.lost,
+            "both": self.both,
+            "neither": self.neither,
+            "one_sided_mcnemar_p": self.better_p_value,
+        }
 
 
 def _ranks(values: Sequence[float]) -> np.ndarray:
