@@ -64,11 +64,13 @@ def main() -> int:
         print(f"compare_evals: {exc}", file=sys.stderr)
         return 1
     print(describe())
-    header = ["policy".ljust(16), "success".rjust(9), "Wilson 95%".rjust(15), "diff".rjust(7)]
+    width = max(len(name) for name in rows)
+    header = ["policy".ljust(width), "success".rjust(9), "Wilson 95%".rjust(15), "diff".rjust(7)]
     print(" ".join([*header, "gained", " lost", "      p"]))
     for name, row in rows.items():
         s = row["success"]
-        line = f"{name:16s} {s['successes']:>4d}/{s['trials']:<4d} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
+        interval = f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
+        line = f"{name:{width}s} {s['successes']:>4d}/{s['trials']:<4d} {interval}"
         if "paired" in row:
             paired = row["paired"]
             line += (
