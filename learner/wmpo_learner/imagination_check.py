@@ -248,7 +248,11 @@ class ImaginationCheckConfig:
         metavar="POLICY_DIR=EVAL_JSON",
         repeat=True,
     )
-    rank_frames: int = option(32, "real start frames for the policy ranking")
+    rank_frames: int = option(
+        32,
+        "real start frames for the policy ranking: the first frames of the newest policy episodes "
+        "of --store (fewer when the store holds fewer)",
+    )
     horizon: int | None = option(
         None, "imagined steps in the policy ranking (None: the robot's episode limit)"
     )
