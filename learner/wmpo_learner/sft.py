@@ -11,7 +11,7 @@ Frames are read and resized once (with the shared `resize_frames`) and kept in m
 batch goes through `VLA.encode_inputs`, the same path as deployment. Output:
 
     <out>/                  the policy checkpoint (rewritten at every periodic save)
-    <out>/training/         trainer state for --resume (optimizer.safetensors, trainer_state.json)
+    <out>/training/         trainer state for --resume (wmpo_learner.training_state: optimizer, state.json)
     <out>/training/tensorboard/
 """
 
