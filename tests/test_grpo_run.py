@@ -156,6 +156,11 @@ def test_imagined_groups_scored_by_the_reward_model_drive_the_update(
             lp = vla.log_probs(vla.encode_inputs(obs, texts), batch.tokens.reshape(-1, 8, 4))
         return lp.view(len(batch.instructions), -1).sum(dim=1)
 
+    # An update that cannot move the weights measures no distance from the sampling policy ...
+    frozen = update(
+        TokenScorer(vla), torch.optim.AdamW(vla.parameters(), lr=0.0, weight_decay=0.0), batch, config, 4
+    )
+    assert frozen["post_update_kl"] == pytest.approx(0.0, abs=1e-6)
     before = chosen_log_probs()
     stats = update(
         TokenScorer(vla),
@@ -166,6 +171,7 @@ def test_imagined_groups_scored_by_the_reward_model_drive_the_update(
     )
     change = chosen_log_probs() - before
     assert stats["entropy"] > 0 and stats["grad_norm"] > 0
+    assert stats["post_update_kl"] > 1e-4  # ... and a real one does
     assert change[advantages > 0].mean() > 0 > change[advantages < 0].mean()
 
 

@@ -51,11 +51,15 @@ class IterationLog:
     entropy: float
     """Mean per-token entropy (nats) of the sampling distribution over the valid tokens."""
     approx_kl: float
+    """Estimated during the update, against the policy that sampled: 0 on the first minibatch pass."""
     grad_norm: float
     real_episodes_used: int
     seconds: float
     greedy_score: float | None = None
     """The collapse guard's score of the greedy policy after this iteration (None without a guard)."""
+    post_update_kl: float = 0.0
+    """KL(sampling policy || updated policy) on this iteration's trajectories, measured after the
+    update (k3 estimator over the valid tokens): how far the iteration moved the policy."""
 
 
 @dataclass
@@ -157,7 +161,33 @@ def update(
                 stats[key] += value
             stats["grad_norm"] += float(grad_norm)
             steps += 1
-    return {key: value / max(steps, 1) for key, value in stats.items()}
+    result = {key: value / max(steps, 1) for key, value in stats.items()}
+    result["post_update_kl"] = post_update_kl(vla, scorer, batch, mask, config, microbatch) if steps else 0.0
+    return result
+
+
+@torch.no_grad()
+def post_update_kl(
+    vla, scorer, batch: RolloutBatch, mask: torch.Tensor, config: GRPOConfig, microbatch: int
+) -> float:
+    """KL(sampling policy || current policy) over `batch`'s valid tokens, k3 estimator
+    (exp(d) - 1 - d with d = log p_new - log p_old: unbiased and never negative)."""
+    _, num_chunks, k, dim = batch.tokens.shape
+    scorer.eval()
+    total, count = 0.0, 0.0
+    for micro in torch.arange(len(batch.instructions)).split(microbatch):
+        idx = micro.numpy()
+        frames = batch.observations[idx].reshape(-1, *batch.observations.shape[2:])
+        texts = [batch.instructions[i] for i in idx for _ in range(num_chunks)]
+        log_probs, _ = scorer(
+            vla.encode_inputs(frames, texts), batch.tokens[micro].reshape(-1, k, dim), config.temperature
+        )
+        d = log_probs.view(len(micro), num_chunks, k, dim) - batch.old_log_probs[micro].to(log_probs.device)
+        m = mask[micro].to(d.device)
+        total += float(((d.exp() - 1 - d) * m).sum())
+        count += float(m.sum())
+    scorer.train()
+    return total / max(count, 1.0)
 
 
 def train(
@@ -209,7 +239,9 @@ def train(
         stats = (
             update(scorer, optimizer, batch, config, microbatch, world)
             if batch is not None
-            else dict.fromkeys(("loss", "clip_fraction", "entropy", "approx_kl", "grad_norm"), 0.0)
+            else dict.fromkeys(
+                ("loss", "clip_fraction", "entropy", "approx_kl", "grad_norm", "post_update_kl"), 0.0
+            )
         )
         log = IterationLog(
             iteration=iteration,
