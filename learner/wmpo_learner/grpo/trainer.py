@@ -162,31 +162,32 @@ def update(
             stats["grad_norm"] += float(grad_norm)
             steps += 1
     result = {key: value / max(steps, 1) for key, value in stats.items()}
-    result["post_update_kl"] = post_update_kl(vla, scorer, batch, mask, config, microbatch) if steps else 0.0
+    result["post_update_kl"] = post_update_kl(vla, batch, mask, config, microbatch) if steps else 0.0
     return result
 
 
 @torch.no_grad()
 def post_update_kl(
-    vla, scorer, batch: RolloutBatch, mask: torch.Tensor, config: GRPOConfig, microbatch: int
+    vla, batch: RolloutBatch, mask: torch.Tensor, config: GRPOConfig, microbatch: int
 ) -> float:
     """KL(sampling policy || current policy) over `batch`'s valid tokens, k3 estimator
-    (exp(d) - 1 - d with d = log p_new - log p_old: unbiased and never negative)."""
+    (exp(d) - 1 - d with d = log p_new - log p_old: unbiased and never negative). Called on the VLA
+    itself, not through DDP: a forward pass here must not take part in any collective."""
     _, num_chunks, k, dim = batch.tokens.shape
-    scorer.eval()
+    was_training = vla.training
+    vla.eval()
     total, count = 0.0, 0.0
     for micro in torch.arange(len(batch.instructions)).split(microbatch):
         idx = micro.numpy()
         frames = batch.observations[idx].reshape(-1, *batch.observations.shape[2:])
         texts = [batch.instructions[i] for i in idx for _ in range(num_chunks)]
-        log_probs, _ = scorer(
-            vla.encode_inputs(frames, texts), batch.tokens[micro].reshape(-1, k, dim), config.temperature
-        )
+        tokens = batch.tokens[micro].reshape(-1, k, dim)
+        log_probs, _ = vla.log_probs_and_entropy(vla.encode_inputs(frames, texts), tokens, config.temperature)
         d = log_probs.view(len(micro), num_chunks, k, dim) - batch.old_log_probs[micro].to(log_probs.device)
         m = mask[micro].to(d.device)
         total += float(((d.exp() - 1 - d) * m).sum())
         count += float(m.sum())
-    scorer.train()
+    vla.train(was_training)
     return total / max(count, 1.0)
 
 
